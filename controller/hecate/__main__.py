@@ -1,0 +1,3 @@
+from hecate.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""I/O: one module per outside system, each translating that system's errors into Hecate's."""

@@ -1,0 +1,223 @@
+"""The state dir: run history, policy cache, run lock and the journal of in-flight runs.
+
+The power can go at any instant, including halfway through writing a file, and a torn
+file must never stop the next boot. So every write here is *atomic*: a temp file in
+the same directory, fsync, rename over the target, fsync the directory. A ``runs.json``
+that still fails to parse (a disk error, a human with an editor) is moved aside as
+``runs.json.corrupt-<timestamp>``, reported once, and treated as empty history -- the
+budget then falls back to the configured default instead of crashing the daemon.
+
+Layout (default ``/var/lib/hecate``)::
+
+    runs.json            list of run records (``hecate.domain.runs.RunRecord``), oldest first
+    policy-cache.yaml    last PowerPolicy that validated, for when the API is gone
+    journal/<run>.jsonl  one line per step event of an in-flight run
+    lock                 fcntl lock: one startup/shutdown at a time
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hecate.domain.runs import RunHistory, RunRecord
+
+log = logging.getLogger(__name__)
+
+RUNS_FILE = "runs.json"
+POLICY_CACHE_FILE = "policy-cache.yaml"
+JOURNAL_DIR = "journal"
+LOCK_FILE = "lock"
+MAX_RUNS_KEPT = 500
+
+
+class StoreError(Exception):
+    """The state dir cannot be used (permissions, disk)."""
+
+
+class RunInProgress(StoreError):
+    """Another startup or shutdown holds the run lock."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"another run is in progress ({holder})")
+        self.holder = holder
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A unique, time-ordered run id such as ``20261127T035000Z-3f9a``."""
+    now = now or datetime.now(UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"
+
+
+class StateStore:
+    """Everything Hecate keeps on the host between runs and reboots."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        try:
+            (self.dir / JOURNAL_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"{self.dir}: cannot create the state dir: {err}") from err
+
+    @property
+    def runs_path(self) -> Path:
+        return self.dir / RUNS_FILE
+
+    @property
+    def policy_cache_path(self) -> Path:
+        return self.dir / POLICY_CACHE_FILE
+
+    # -- run history -----------------------------------------------------------------
+
+    def load_runs(self) -> list[RunRecord]:
+        """The recorded runs, oldest first; a corrupt file is moved aside and reads as empty."""
+        with self._runs_lock():
+            return self._load_runs_locked()
+
+    def append_run(self, record: RunRecord) -> None:
+        """Add or replace (same id) one run record, keeping the newest ``MAX_RUNS_KEPT``."""
+        with self._runs_lock():
+            self._remove_stale_temps(RUNS_FILE)
+            runs = [r for r in self._load_runs_locked() if r.id != record.id]
+            runs.append(record)
+            runs = runs[-MAX_RUNS_KEPT:]
+            atomic_write(self.runs_path, RunHistory.dump_json(runs, indent=2) + b"\n")
+
+    def _load_runs_locked(self) -> list[RunRecord]:
+        try:
+            raw = self.runs_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        try:
+            return RunHistory.validate_json(raw)
+        except ValidationError as err:
+            self._quarantine(self.runs_path, _first_error(err))
+            return []
+
+    def _quarantine(self, path: Path, why: str) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        os.replace(path, aside)
+        log.warning("%s is corrupt (%s); moved it to %s and started an empty history", path, why, aside)
+        return aside
+
+    @contextlib.contextmanager
+    def _runs_lock(self) -> Iterator[None]:
+        with open(self.dir / f".{RUNS_FILE}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    def _remove_stale_temps(self, name: str) -> None:
+        """Temp files a killed writer left behind; only called while holding the file's lock."""
+        for tmp in self.dir.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    # -- policy cache ----------------------------------------------------------------
+
+    def write_policy_cache(self, text: str) -> None:
+        atomic_write(self.policy_cache_path, text.encode(), mode=0o600)
+
+    def read_policy_cache(self) -> str | None:
+        try:
+            return self.policy_cache_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    # -- run lock --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def run_lock(self, what: str) -> Iterator[None]:
+        """Hold the one run lock for the duration; raise ``RunInProgress`` if it is taken."""
+        path = self.dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown holder"
+                raise RunInProgress(holder) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    # -- journal of in-flight runs ---------------------------------------------------
+
+    def journal_path(self, run_id: str) -> Path:
+        return self.dir / JOURNAL_DIR / f"{run_id}.jsonl"
+
+    def journal_append(self, run_id: str, event: dict[str, Any]) -> None:
+        """Append one event durably (O_APPEND + fsync); a torn last line is ignored on read."""
+        line = json.dumps(event, separators=(",", ":"), default=str) + "\n"
+        fd = os.open(self.journal_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def journal_read(self, run_id: str) -> list[dict[str, Any]]:
+        try:
+            lines = self.journal_path(run_id).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the power went while this line was written
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+    def in_flight_runs(self) -> list[str]:
+        """Run ids whose journal is still present (the run never finished)."""
+        return sorted(p.stem for p in (self.dir / JOURNAL_DIR).glob("*.jsonl"))
+
+    def journal_finish(self, run_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.journal_path(run_id).unlink()
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]

@@ -1,0 +1,151 @@
+"""The ``hecate`` command: parse flags, load settings, wire adapters -- no logic here.
+
+Heavy libraries (kopf, kubernetes, paramiko) are imported inside the commands that need
+them, so ``hecate --help`` and ``hecate status`` start fast.
+
+Exit codes: 0 success, 1 the command failed or is not implemented yet, 2 bad usage or
+an unusable configuration (one readable message, never a traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+from hecate import __version__
+
+if TYPE_CHECKING:
+    from hecate.domain.config import HecateConfig
+
+DEFAULT_CONFIG = Path("/etc/hecate/hecate.yaml")
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG,
+    show_default=True, help="Hecate configuration file.",
+)
+execute_option = click.option(
+    "--execute", is_flag=True, help="Really do it. Without this flag the command is a dry-run.",
+)
+
+
+def load_config(path: Path) -> HecateConfig:
+    """Load the configuration or exit 2 with the loader's readable message."""
+    from hecate.adapters import config
+
+    try:
+        return config.load(path)
+    except config.ConfigError as err:
+        fail(f"configuration error:\n{err}", code=2)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"hecate: {message}", err=True)
+    sys.exit(code)
+
+
+def not_implemented(what: str, issue: int) -> NoReturn:
+    fail(f"{what} is not implemented yet (tracked in issue #{issue}); nothing was done.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hecate")
+def cli() -> None:
+    """Hecate: power protection and staged bootstrap for bare-metal k3s clusters."""
+
+
+@cli.command()
+@config_option
+@execute_option
+@click.option("--force-flux-branch", metavar="BRANCH", help="Point the Flux GitRepository at BRANCH.")
+def startup(config_path: Path, execute: bool, force_flux_branch: str | None) -> None:
+    """Bring the cluster back in stages after power returns."""
+    load_config(config_path)
+    not_implemented("startup", 5)
+
+
+@cli.command()
+@config_option
+@execute_option
+def shutdown(config_path: Path, execute: bool) -> None:
+    """Take the cluster down gracefully and power the hardware off in order."""
+    load_config(config_path)
+    not_implemented("shutdown", 4)
+
+
+@cli.command()
+@config_option
+def daemon(config_path: Path) -> None:
+    """Watch the UPSes, decide, serve metrics and run the PowerPolicy operator."""
+    load_config(config_path)
+    not_implemented("daemon", 3)
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(config_path: Path, as_json: bool) -> None:
+    """Show UPS state, budget, threshold and recent runs."""
+    load_config(config_path)
+    not_implemented("status", 3)
+
+
+@cli.group()
+def config() -> None:
+    """Check and show the configuration."""
+
+
+@config.command("validate")
+@config_option
+def config_validate(config_path: Path) -> None:
+    """Check a configuration file (and HECATE_* overrides); exit 2 if it is unusable."""
+    cfg = load_config(config_path)
+    click.echo(
+        f"{config_path}: OK (role {cfg.role.value}, {len(cfg.cluster.nodes)} nodes, "
+        f"{len(cfg.ups)} UPS)"
+    )
+
+
+@config.command("show")
+@config_option
+def config_show(config_path: Path) -> None:
+    """Print the effective configuration (file + environment + defaults) as YAML."""
+    import yaml
+
+    cfg = load_config(config_path)
+    click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+@cli.group()
+def drill() -> None:
+    """Disruptive drills that prove startup recovers the cluster."""
+
+
+@drill.command("list")
+def drill_list() -> None:
+    """List the drills."""
+    not_implemented("drills", 5)
+
+
+@drill.command("run")
+@click.argument("name")
+@config_option
+@execute_option
+def drill_run(name: str, config_path: Path, execute: bool) -> None:
+    """Run one drill."""
+    not_implemented("drills", 5)
+
+
+def _register_lab() -> None:
+    from hecate.cli import lab
+
+    cli.add_command(lab.lab)
+
+
+_register_lab()
+
+
+def main() -> None:
+    cli(prog_name="hecate")

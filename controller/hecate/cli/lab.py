@@ -1,0 +1,93 @@
+"""``hecate lab up|status|down``: the testbed for people (tests use ``hecate.lab`` directly)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hecate.lab import DEFAULT_DIR
+
+dir_option = click.option(
+    "--dir", "directory", type=click.Path(path_type=Path), envvar="HECATE_LAB_DIR",
+    default=DEFAULT_DIR, show_default=True, help="Lab directory (state, logs, generated hecate.yaml).",
+)
+
+
+@click.group()
+def lab() -> None:
+    """Bring the lab (real upsd + sshd nodes + emulated API) up and down."""
+
+
+@lab.command()
+@dir_option
+@click.option("--ups", "ups_names", multiple=True, default=("pyrphoros",), show_default=True,
+              help="UPS name; repeat for several UPSes.")
+@click.option("--servers", default=1, show_default=True, type=click.IntRange(1, 50))
+@click.option("--agents", default=2, show_default=True, type=click.IntRange(0, 500))
+@click.option("--netns/--loopback", default=None,
+              help="Nodes in network namespaces (default when root) or on loopback ports.")
+def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, netns: bool | None) -> None:
+    """Start a lab and write DIR/hecate.yaml pointing Hecate at it."""
+    from hecate.lab.testbed import Lab, LabSpec
+
+    started = Lab.up(directory, LabSpec(ups=ups_names, servers=servers, agents=agents, netns=netns))
+    click.echo(f"lab {started.id} is up in {directory}")
+    click.echo(f"  config:     {started.config_path}")
+    click.echo(f"  kubeconfig: {started.kubeconfig}")
+    click.echo(f"  stop with:  hecate lab down --dir {directory}")
+
+
+@lab.command()
+@dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(directory: Path, as_json: bool) -> None:
+    """Show what the lab's UPSes, nodes and API are doing."""
+    from hecate.lab.testbed import Lab
+    from hecate.lab.ups import LabError
+
+    try:
+        info = Lab.load(directory).status()
+    except LabError as err:
+        raise click.ClickException(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"lab {info['id']} in {info['dir']} ({info['mode']})")
+    click.echo("UPS:")
+    for name, u in info["ups"].items():
+        click.echo(
+            f"  {name:<12} {u['address']:<28} status={u['ups.status'] or '-':<12} "
+            f"runtime={u['battery.runtime'] or '-'}s charge={u['battery.charge'] or '-'}% "
+            f"load={u['ups.load'] or '-'}%"
+        )
+    click.echo("Nodes:")
+    for n in info["nodes"]:
+        services = ", ".join(f"{k}={v}" for k, v in n.get("services", {}).items())
+        click.echo(
+            f"  {n['name']:<12} {n['role']:<6} {n['address']:<21} power={n.get('power', '?'):<3} "
+            f"{services:<20} sshd={'up' if n['sshd_alive'] else 'down'}"
+        )
+    api = info["api"]
+    click.echo(f"API: {api['url'] or '-'} ({'up' if api['alive'] else 'down'})")
+    click.echo(f"Hecate config: {info['config']}")
+
+
+@lab.command()
+@dir_option
+def down(directory: Path) -> None:
+    """Stop every lab process by PID and remove its namespaces and bridge."""
+    from hecate.lab.testbed import Lab
+    from hecate.lab.ups import LabError
+
+    try:
+        running = Lab.load(directory)
+    except LabError as err:
+        click.echo(str(err))
+        return
+    try:
+        running.down()
+    except LabError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"lab {running.id} in {directory} is down")

@@ -1,0 +1,257 @@
+"""The shape of ``hecate.yaml``: host settings plus the baseline power policy.
+
+This module only describes and validates; it never reads files or the environment
+(``hecate.adapters.config`` does that). Every section is a frozen pydantic model that
+forbids unknown keys, so a typo in the file is an error rather than a silently ignored
+setting, and every field carries a default where one makes sense and a one-line
+description -- the configuration reference in the README is generated from them.
+
+The trigger, shutdown, startup and flux sections are also the vocabulary of the
+``PowerPolicy`` custom resource, which is validated with the same models.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class Role(StrEnum):
+    coordinator = "coordinator"
+    peer = "peer"
+
+
+class NodeRole(StrEnum):
+    server = "server"
+    agent = "agent"
+
+
+class Node(_Section):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Kubernetes node name (also used in logs and run records)."""
+    address: str = Field(min_length=1)
+    """Address Hecate reaches the node's sshd on (IP or DNS name)."""
+    role: NodeRole
+    """`server` runs the `k3s` unit, `agent` runs `k3s-agent`."""
+    ssh_user: str | None = None
+    """SSH user for this node; defaults to `ssh.user`."""
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    """SSH port of this node."""
+    poweroff_order: int = Field(default=100, ge=0)
+    """Power-off order within its role: lower goes first."""
+    wake_mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+    """MAC address for Wake-on-LAN at startup (optional)."""
+
+
+class Cluster(_Section):
+    kubeconfig: Path = Path("/etc/rancher/k3s/k3s.yaml")
+    """Kubeconfig Hecate uses to reach the API server."""
+    api_timeout_s: Seconds = 10.0
+    """Timeout of each Kubernetes API call."""
+    nodes: list[Node] = Field(default_factory=list)
+    """Every k3s node Hecate stops, starts and powers off."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Cluster:
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.name in seen:
+                raise ValueError(f"node name {node.name!r} appears more than once")
+            seen.add(node.name)
+        return self
+
+
+class Ssh(_Section):
+    user: str = "root"
+    """Default SSH user for nodes."""
+    key_file: Path = Path("/etc/hecate/id_ed25519")
+    """Private key Hecate authenticates with."""
+    known_hosts: Path = Path("/etc/hecate/known_hosts")
+    """Host keys are verified against this file; unknown hosts are refused."""
+    connect_timeout_s: Seconds = 10.0
+    """TCP connect, banner and authentication timeout."""
+    command_timeout_s: Seconds = 120.0
+    """Longest a single remote command may run."""
+    sudo: bool = False
+    """Prefix remote commands with `sudo -n`."""
+
+
+class Ups(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """UPS name as upsd knows it (the part before `@`)."""
+    host: str = "127.0.0.1"
+    """Host upsd listens on."""
+    port: int = Field(default=3493, ge=1, le=65535)
+    """upsd TCP port."""
+    credentials_file: Path | None = None
+    """File with `username:password` for upsd (only needed for instant commands)."""
+    protects_cluster: bool = True
+    """Whether this UPS feeds the cluster; only such UPSes can trigger a shutdown."""
+
+
+class Trigger(_Section):
+    poll_interval_s: Seconds = 2.0
+    """Poll interval while every UPS is on mains."""
+    poll_interval_on_battery_s: Seconds = 1.0
+    """Poll interval while any UPS is on battery."""
+    debounce_polls: int = Field(default=3, ge=1, le=100)
+    """Consecutive polls below the threshold before shutting down."""
+    safety_factor: float = Field(default=1.10, ge=1.0, le=10.0)
+    """Shut down when runtime <= safety_factor x shutdown budget."""
+    default_budget_s: Seconds = 300.0
+    """Shutdown budget used until Hecate has measured its own shutdowns."""
+    budget_history: int = Field(default=5, ge=1, le=100)
+    """How many recent successful shutdowns the budget estimate looks at."""
+    deadtime_s: Seconds = 15.0
+    """A UPS last seen on battery and silent this long counts as critical (NUT DEADTIME)."""
+
+
+class StorageQuiesce(_Section):
+    enabled: bool = False
+    """Wait for VolumeAttachments to go and run the host hooks before draining."""
+    timeout_s: Seconds = 120.0
+    """How long to wait for volumes to detach."""
+    hooks: list[list[str]] = Field(default_factory=list)
+    """Host commands (argv lists) run on the coordinator, e.g. Ceph noout. Host config only."""
+
+
+class WorkloadTier(_Section):
+    name: str = Field(min_length=1)
+    """Tier name shown in plans and run records."""
+    namespace: str | None = None
+    """Namespace to select in; all namespaces when empty."""
+    selector: str = Field(min_length=1)
+    """Label selector of the Deployments/StatefulSets this tier scales to zero."""
+
+
+class Shutdown(_Section):
+    execute: bool = False
+    """The daemon runs the shutdown plan when the decision falls; false records a dry-run."""
+    parallelism: int = Field(default=16, ge=1, le=1024)
+    """Most nodes acted on at once within a stage."""
+    flux_suspend: bool = True
+    """Suspend Flux Kustomizations and HelmReleases first."""
+    scale_down: list[WorkloadTier] = Field(default_factory=list)
+    """Workload tiers scaled to zero, in order."""
+    drain_timeout_s: Seconds = 120.0
+    """Give up on evictions blocked by PodDisruptionBudgets after this long."""
+    storage_quiesce: StorageQuiesce = Field(default_factory=StorageQuiesce)
+    """Optional storage quiesce stage."""
+    stop_servers_one_by_one: bool = True
+    """Stop k3s servers in power-off order rather than all at once."""
+    remote_poweroff_command: str = "systemctl poweroff"
+    """Command run on each node over SSH to power it off."""
+    local_poweroff_command: list[str] = Field(default_factory=lambda: ["systemctl", "poweroff"])
+    """Command (argv) the coordinator runs to power itself off, last."""
+    ups_power_cycle: bool = False
+    """Ask upsd to cut and restore outputs so machines boot when mains returns."""
+    stage_timeout_s: Seconds = 300.0
+    """Deadline of any single stage."""
+
+
+class Wake(StrEnum):
+    none = "none"
+    wol = "wol"
+    command = "command"
+
+
+class Startup(_Section):
+    min_charge_percent: float = Field(default=50.0, ge=0, le=100)
+    """Preflight waits until UPS charge reaches this."""
+    preflight_timeout_s: Seconds = 1800.0
+    """Longest preflight waits for mains and charge."""
+    wake: Wake = Wake.none
+    """How powered-off nodes are woken: none, Wake-on-LAN, or a host command."""
+    wake_command: list[str] = Field(default_factory=list)
+    """Host command (argv, `{node}` substituted) for `wake: command`."""
+    api_timeout_s: Seconds = 300.0
+    """Longest to wait for the API server after starting the first server."""
+    node_ready_timeout_s: Seconds = 300.0
+    """Longest to wait for nodes to become Ready."""
+    foundation: list[str] = Field(default_factory=list)
+    """Workloads (`namespace/kind/name`) that must be available before Flux resumes."""
+    foundation_timeout_s: Seconds = 600.0
+    """Longest to wait for foundation workloads, recovery included."""
+
+
+class Flux(_Section):
+    namespace: str = "flux-system"
+    """Namespace of the Flux objects."""
+    git_repository: str = "flux-system"
+    """GitRepository Flux bootstraps from."""
+    gitea_workload: str = "gitea/deployment/gitea"
+    """The in-cluster git server (`namespace/kind/name`) Flux pulls from."""
+    fallback_manifests_dir: Path = Path("/var/lib/hecate/bootstrap")
+    """Cached bootstrap manifests applied when Flux and Gitea deadlock."""
+    detection_window_s: Seconds = 120.0
+    """How long the deadlock must persist before the fallback breaks it."""
+    fallback_branch: str | None = None
+    """Branch to point the GitRepository at when breaking the deadlock."""
+
+
+class Peer(_Section):
+    coordinator_url: str | None = Field(default=None, pattern=r"^https?://")
+    """Coordinator's Hecate URL a peer forwards its shutdown trigger to."""
+    secret_file: Path | None = None
+    """Shared HMAC secret for peer requests (a file, never argv)."""
+    fallback_local_shutdown: bool = True
+    """Shut this host down locally if forwarding fails."""
+    replay_window_s: Seconds = 30.0
+    """Accepted clock skew and nonce memory for signed requests."""
+
+
+class Metrics(_Section):
+    listen: str = Field(default=":9560", pattern=r"^[^\s]*:\d{1,5}$")
+    """Address of the HTTP server (/metrics, /healthz, /readyz, /v1/status)."""
+
+
+class Policy(_Section):
+    name: str | None = None
+    """Name of the cluster-scoped PowerPolicy the embedded operator watches."""
+
+
+class HecateConfig(_Section):
+    role: Role = Role.coordinator
+    """`coordinator` shuts the cluster down; `peer` forwards its triggers to the coordinator."""
+    host_name: str | None = None
+    """This host's name in logs and status (defaults to the machine's hostname)."""
+    state_dir: Path = Path("/var/lib/hecate")
+    """Run history, policy cache, journal and lock."""
+    cluster: Cluster = Field(default_factory=Cluster)
+    """The k3s cluster."""
+    ssh: Ssh = Field(default_factory=Ssh)
+    """How Hecate reaches nodes."""
+    ups: list[Ups] = Field(default_factory=list)
+    """UPSes Hecate watches through NUT."""
+    trigger: Trigger = Field(default_factory=Trigger)
+    """When to shut down."""
+    shutdown: Shutdown = Field(default_factory=Shutdown)
+    """How to shut down."""
+    startup: Startup = Field(default_factory=Startup)
+    """How to start up after power returns."""
+    flux: Flux = Field(default_factory=Flux)
+    """Flux and its in-cluster git server."""
+    peer: Peer = Field(default_factory=Peer)
+    """Forwarding triggers between Hecate instances."""
+    metrics: Metrics = Field(default_factory=Metrics)
+    """The HTTP server."""
+    policy: Policy = Field(default_factory=Policy)
+    """The PowerPolicy custom resource."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HecateConfig:
+        names = [u.name for u in self.ups]
+        if len(names) != len(set(names)):
+            raise ValueError("ups names must be unique")
+        if self.role is Role.peer and self.peer.coordinator_url is None:
+            raise ValueError("role 'peer' needs peer.coordinator_url")
+        return self

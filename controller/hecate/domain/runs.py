@@ -1,0 +1,81 @@
+"""Run records: what Hecate remembers of every startup and shutdown.
+
+``runs.json`` in the state dir holds a list of these records, oldest first. The
+shutdown budget is learned from them, so their meaning must stay stable; the schema is
+documented in the README ("Run records"). This module is pure: it validates and
+summarises, the store (``hecate.adapters.store``) reads and writes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+class RunKind(StrEnum):
+    shutdown = "shutdown"
+    startup = "startup"
+    drill = "drill"
+
+
+class RunResult(StrEnum):
+    success = "success"
+    degraded = "degraded"
+    failed = "failed"
+    aborted = "aborted"
+
+
+class StageRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    """Stage name, e.g. `stop-agents`."""
+    duration_s: float = Field(ge=0)
+    """Wall time the stage took."""
+    result: RunResult
+    """How the stage ended."""
+    detail: str = ""
+    """Human-readable note (failed nodes, skipped steps)."""
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    """Version of this record format."""
+    id: str = Field(min_length=1)
+    """Unique run id (time-ordered)."""
+    kind: RunKind
+    """shutdown, startup or drill."""
+    trigger: dict[str, Any] = Field(default_factory=dict)
+    """What started the run: `{"source": "ups"|"manual"|"peer"|"boot", ...}` plus details."""
+    dry_run: bool
+    """True when nothing was touched (plan only)."""
+    started_at: datetime
+    """Start, timezone-aware UTC."""
+    finished_at: datetime | None = None
+    """End, or null while in flight."""
+    duration_s: float | None = Field(default=None, ge=0)
+    """finished_at - started_at."""
+    result: RunResult | None = None
+    """Outcome, or null while in flight."""
+    stages: list[StageRecord] = Field(default_factory=list)
+    """Per-stage durations and results, in execution order."""
+
+
+RunHistory = TypeAdapter(list[RunRecord])
+
+
+def counts_for_budget(run: RunRecord) -> bool:
+    """Only executed, successful, finished shutdowns measure the real shutdown budget."""
+    return (
+        run.kind is RunKind.shutdown
+        and not run.dry_run
+        and run.result is RunResult.success
+        and run.duration_s is not None
+    )

@@ -1,0 +1,278 @@
+"""The whole lab on one machine: UPSes, nodes and an emulated API, brought up and down as one.
+
+``Lab.up(dir, spec)`` starts, in order: one upsd + dummy-ups per UPS, one sshd per
+node (each in its own network namespace when root, on loopback ports otherwise), and
+the emulated Kubernetes API seeded with the nodes. It writes ``lab.json`` (every PID,
+port and address, so a later ``hecate lab down`` -- or the next ``up`` after a lab that
+was killed -- can stop everything by PID) and ``hecate.yaml``, a configuration that
+points Hecate at the lab. Nothing here reaches the machine's own systemd or power.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hecate.lab import DEFAULT_DIR, kubeapi, nodes
+from hecate.lab.ups import LabError, LabUps, start_ups
+
+MANIFEST = "lab.json"
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """What to build: UPS names and how many k3s servers and agents."""
+
+    ups: tuple[str, ...] = ("pyrphoros",)
+    servers: int = 1
+    agents: int = 2
+    netns: bool | None = None
+    """Network namespaces per node; ``None`` means "when root and ``ip netns`` works"."""
+
+    def node_specs(self) -> list[nodes.NodeSpec]:
+        return [nodes.NodeSpec(f"titan-s{i + 1}", "server") for i in range(self.servers)] + [
+            nodes.NodeSpec(f"titan-a{i + 1}", "agent") for i in range(self.agents)
+        ]
+
+
+@dataclass
+class Lab:
+    dir: Path
+    id: str
+    netns: bool
+    subnet: str
+    ups: dict[str, LabUps] = field(default_factory=dict)
+    nodes: list[nodes.LabNode] = field(default_factory=list)
+    kubeapi_pid: int | None = None
+
+    # -- paths -----------------------------------------------------------------------
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.dir / "ssh"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kube" / "kubeconfig"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "hecate.yaml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    def node(self, name: str) -> nodes.LabNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def up(cls, directory: Path = DEFAULT_DIR, spec: LabSpec | None = None) -> Lab:
+        """Start a lab in ``directory`` (stopping whatever a previous lab left there)."""
+        spec = spec or LabSpec()
+        stop_stale(directory)
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        netns = spec.netns if spec.netns is not None else netns_available()
+        lab = cls(dir=directory, id=secrets.token_hex(2), netns=netns, subnet=_free_subnet())
+        try:
+            for name in spec.ups:
+                lab.ups[name] = start_ups(directory, name)
+                lab.save()
+            lab.ssh_dir.mkdir()
+            pubkey = nodes.make_client_key(lab.ssh_dir)
+            lab.nodes = nodes.start_nodes(
+                directory / "nodes", spec.node_specs(), client_pubkey=pubkey,
+                known_hosts=lab.ssh_dir / "known_hosts", netns=netns, lab_id=lab.id, subnet=lab.subnet,
+            )
+            lab.save()
+            lab._start_kubeapi()
+            lab.save()
+            lab.write_hecate_config()
+        except BaseException:
+            lab.down()
+            raise
+        return lab
+
+    @classmethod
+    def load(cls, directory: Path = DEFAULT_DIR) -> Lab:
+        try:
+            data = json.loads((directory / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab is up in {directory} (no {MANIFEST})") from None
+        return cls(
+            dir=directory, id=data["id"], netns=data["netns"], subnet=data["subnet"],
+            ups={u["name"]: LabUps.from_dict(u) for u in data["ups"]},
+            nodes=[nodes.LabNode.from_dict(n) for n in data["nodes"]],
+            kubeapi_pid=data.get("kubeapi_pid"),
+        )
+
+    def save(self) -> None:
+        data = {
+            "id": self.id, "netns": self.netns, "subnet": self.subnet,
+            "ups": [u.to_dict() for u in self.ups.values()],
+            "nodes": [n.to_dict() for n in self.nodes],
+            "kubeapi_pid": self.kubeapi_pid,
+            "kubeconfig": str(self.kubeconfig), "config": str(self.config_path),
+        }
+        tmp = self.dir / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, self.dir / MANIFEST)
+
+    def down(self) -> None:
+        """Stop everything by PID and remove namespaces and the bridge; safe to repeat."""
+        errors: list[str] = []
+        if self.kubeapi_pid is not None:
+            try:
+                kubeapi.stop_kubeapi(self.kubeapi_pid)
+            except Exception as err:  # keep going: the rest must still be stopped
+                errors.append(f"kubeapi: {err}")
+            self.kubeapi_pid = None
+        try:
+            nodes.stop_nodes(self.nodes, lab_id=self.id if self.netns else None)
+        except Exception as err:
+            errors.append(f"nodes: {err}")
+        for ups in self.ups.values():
+            ups.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / MANIFEST).unlink()
+        if errors:
+            raise LabError("lab down left problems: " + "; ".join(errors))
+
+    def _start_kubeapi(self) -> None:
+        manifest = self.dir / "kube" / "nodes.json"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"nodes": [
+            {"name": n.name, "role": n.role, "dir": str(n.dir)} for n in self.nodes
+        ]}))
+        proc = kubeapi.start_kubeapi(manifest, self.kubeconfig, self.dir / "kube" / "kubeapi.log")
+        self.kubeapi_pid = proc.pid
+
+    # -- what Hecate sees ----------------------------------------------------------------
+
+    def hecate_config(self) -> dict[str, Any]:
+        """A hecate.yaml (as data) that points Hecate at this lab."""
+        return {
+            "role": "coordinator",
+            "host_name": "lab-coordinator",
+            "state_dir": str(self.state_dir),
+            "cluster": {
+                "kubeconfig": str(self.kubeconfig),
+                "api_timeout_s": 5,
+                "nodes": [
+                    {"name": n.name, "address": n.address, "ssh_port": n.port, "role": n.role,
+                     "poweroff_order": i}
+                    for i, n in enumerate(self.nodes)
+                ],
+            },
+            "ssh": {
+                "user": "root",
+                "key_file": str(self.ssh_dir / "id_ed25519"),
+                "known_hosts": str(self.ssh_dir / "known_hosts"),
+                "connect_timeout_s": 5,
+                "command_timeout_s": 30,
+            },
+            "ups": [{"name": u.name, "host": u.host, "port": u.port} for u in self.ups.values()],
+            "shutdown": {
+                # The lab's coordinator only records that it would power off.
+                "local_poweroff_command": ["sh", "-c", f"date +%s.%N >> {self.dir}/coordinator-poweroff"],
+            },
+            "metrics": {"listen": "127.0.0.1:9560"},
+        }
+
+    def write_hecate_config(self) -> None:
+        self.config_path.write_text(
+            "# Written by `hecate lab up`: points Hecate at the lab.\n"
+            + yaml.safe_dump(self.hecate_config(), sort_keys=False)
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What every lab part is doing right now."""
+        ups = {}
+        for name, u in self.ups.items():
+            served = u.read()
+            ups[name] = {
+                "address": u.address, "serving": bool(served),
+                **{k: served.get(k) for k in ("ups.status", "battery.runtime", "battery.charge", "ups.load")},
+            }
+        node_rows = []
+        for n in self.nodes:
+            try:
+                state = nodes.read_state(n.dir)
+            except FileNotFoundError:
+                state = {}
+            node_rows.append({
+                "name": n.name, "role": n.role, "address": f"{n.address}:{n.port}",
+                "netns": n.netns, "sshd_alive": _alive(n.pid), **state,
+            })
+        return {
+            "dir": str(self.dir), "id": self.id,
+            "mode": "network namespaces" if self.netns else "loopback",
+            "ups": ups, "nodes": node_rows,
+            "api": {"kubeconfig": str(self.kubeconfig), "alive": _alive(self.kubeapi_pid),
+                    "url": kubeapi.api_url(self.kubeconfig) if self.kubeconfig.exists() else None},
+            "config": str(self.config_path),
+        }
+
+
+def stop_stale(directory: Path) -> None:
+    """Stop a lab that was left running (or killed) in ``directory``."""
+    if (directory / MANIFEST).exists():
+        with contextlib.suppress(Exception):
+            Lab.load(directory).down()
+
+
+def netns_available() -> bool:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    probe = f"hlprobe{os.getpid()}"
+    ok = subprocess.run(["ip", "netns", "add", probe], capture_output=True, check=False).returncode == 0
+    if ok:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
+    return ok
+
+
+def _free_subnet() -> str:
+    """A 10.77.x.0/24 not yet on any interface (labs can coexist)."""
+    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=False).stdout
+    for third in range(1, 255):
+        candidate = f"10.77.{third}"
+        if f" {candidate}." not in used:
+            return candidate
+    raise LabError("no free 10.77.x.0/24 subnet for a lab bridge")
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(check: Any, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``check()`` until it is true; raise ``LabError`` naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout:.1f} s waiting for {what}")

@@ -1,0 +1,283 @@
+"""Lab UPSes: the real NUT ``upsd`` serving the real ``dummy-ups`` driver.
+
+Each lab UPS is its own pair of processes -- a ``dummy-ups`` driver reading a ``.dev``
+file and an ``upsd`` on a free loopback port -- run straight from ``/lib/nut`` with
+``NUT_CONFPATH``/``NUT_STATEPATH`` pointing into the lab dir, so nothing of the
+machine's own NUT setup is used or touched. One upsd per UPS lets a test take one UPS's
+server down while another keeps answering, as with two UPSes on two hosts.
+
+Tests change what the UPS reports with :meth:`LabUps.set`: the ``.dev`` file is
+rewritten atomically and its mtime pushed strictly past the previous whole second
+(``dummy-ups`` compares whole-second mtimes and would miss a same-second change), then
+the call waits until upsd actually serves the new values, read back with the real
+``upsc`` client -- independent of Hecate's own NUT adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NUT_BIN = Path(os.environ.get("HECATE_LAB_NUT_BIN", "/lib/nut"))
+LAB_USER = "hecate"
+LAB_PASSWORD = "lab-only-password"  # noqa: S105 - a throwaway lab credential on loopback
+
+DEFAULT_VARS: dict[str, str] = {
+    "device.mfr": "Hecate Lab",
+    "device.model": "dummy-ups",
+    "ups.mfr": "Hecate Lab",
+    "ups.model": "Lab UPS 1500",
+    "ups.status": "OL",
+    "battery.charge": "100",
+    "battery.runtime": "1800",
+    "ups.load": "25",
+    "input.voltage": "230.0",
+    "output.voltage": "230.0",
+    "battery.voltage": "27.0",
+}
+
+
+class LabError(Exception):
+    """The lab could not do what was asked; the message says what and why."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class LabUps:
+    """One lab UPS: its name, where upsd listens, its files and its processes."""
+
+    name: str
+    dir: Path
+    port: int
+    host: str = "127.0.0.1"
+    upsd_pid: int | None = None
+    driver_pid: int | None = None
+    values: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_VARS))
+    _mtime: int = 0
+
+    # -- persistence (lab.json) ----------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "dir": str(self.dir), "host": self.host, "port": self.port,
+            "upsd_pid": self.upsd_pid, "driver_pid": self.driver_pid,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabUps:
+        ups = cls(name=data["name"], dir=Path(data["dir"]), port=data["port"], host=data["host"],
+                  upsd_pid=data.get("upsd_pid"), driver_pid=data.get("driver_pid"))
+        ups.values = _read_dev(ups.dev_path) if ups.dev_path.exists() else dict(DEFAULT_VARS)
+        ups._mtime = int(ups.dev_path.stat().st_mtime) if ups.dev_path.exists() else 0
+        return ups
+
+    @property
+    def dev_path(self) -> Path:
+        return self.dir / f"{self.name}.dev"
+
+    @property
+    def address(self) -> str:
+        return f"{self.name}@{self.host}:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "NUT_CONFPATH": str(self.dir), "NUT_STATEPATH": str(self.dir / "state")}
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def write_config(self) -> None:
+        (self.dir / "state").mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir / "state", 0o700)
+        files = {
+            "nut.conf": "MODE=standalone\n",
+            "ups.conf": (
+                "maxretry = 3\n"
+                f"[{self.name}]\n  driver = dummy-ups\n  port = {self.dev_path.name}\n"
+                "  mode = dummy-once\n  pollinterval = 1\n  desc = \"Hecate lab UPS\"\n"
+            ),
+            "upsd.conf": f"LISTEN {self.host} {self.port}\nMAXAGE 15\n",
+            "upsd.users": (
+                f"[{LAB_USER}]\n  password = {LAB_PASSWORD}\n  upsmon primary\n"
+                "  actions = SET FSD\n  instcmds = ALL\n"
+            ),
+        }
+        for name, text in files.items():
+            (self.dir / name).write_text(text)
+            os.chmod(self.dir / name, 0o640)
+        self._write_dev()
+
+    def start_driver(self) -> None:
+        log = open(self.dir / "driver.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [str(NUT_BIN / "dummy-ups"), "-a", self.name, "-F", "-u", "root"],
+            env=self._env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.driver_pid = proc.pid
+        _wait_for(lambda: any((self.dir / "state").glob(f"dummy-ups-{self.name}*")), 10,
+                  f"dummy-ups for {self.name} did not create its socket", self.dir / "driver.log")
+
+    def start_upsd(self) -> None:
+        log = open(self.dir / "upsd.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [str(NUT_BIN / "upsd"), "-F", "-u", "root"],
+            env=self._env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.upsd_pid = proc.pid
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until upsd serves this UPS with a real status (not ``WAIT``)."""
+        def ready() -> bool:
+            status = self.read().get("ups.status", "")
+            return status not in ("", "WAIT")
+        _wait_for(ready, timeout, f"upsd for {self.name} did not serve a status", self.dir / "upsd.log")
+
+    def stop_upsd(self) -> None:
+        _kill(self.upsd_pid)
+        self.upsd_pid = None
+
+    def stop_driver(self) -> None:
+        _kill(self.driver_pid)
+        self.driver_pid = None
+
+    def stop(self) -> None:
+        self.stop_upsd()
+        self.stop_driver()
+
+    # -- what the UPS reports --------------------------------------------------------
+
+    def set(self, wait: bool = True, timeout: float = 10.0, **variables: str | float | int) -> None:
+        """Change variables (``ups_status="OB LB"``, ``battery_runtime=120``); ``_`` stands for ``.``.
+
+        Waits until upsd serves the new values unless ``wait`` is false.
+        """
+        changes = {k.replace("_", "."): str(v) for k, v in variables.items()}
+        self.values.update(changes)
+        self._write_dev()
+        if wait:
+            _wait_for(lambda: _matches(self.read(), changes), timeout,
+                      f"upsd did not serve {changes} for {self.name}", self.dir / "driver.log")
+
+    def read(self) -> dict[str, str]:
+        """Every variable upsd serves for this UPS right now, read with the real ``upsc``."""
+        try:
+            out = subprocess.run(
+                ["upsc", self.address], capture_output=True, text=True, timeout=5, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return {}
+        if out.returncode != 0:
+            return {}
+        return _parse_upsc(out.stdout)
+
+    def _write_dev(self) -> None:
+        text = "".join(f"{k}: {v}\n" for k, v in sorted(self.values.items()))
+        tmp = self.dev_path.with_suffix(".dev.tmp")
+        tmp.write_text(text)
+        # dummy-ups re-reads the file when its whole-second mtime changes: always move it on.
+        self._mtime = max(int(time.time()), self._mtime + 1)
+        os.utime(tmp, (self._mtime, self._mtime))
+        os.replace(tmp, self.dev_path)
+
+
+def start_ups(workdir: Path, name: str) -> LabUps:
+    """Start one lab UPS (driver + upsd) under ``workdir/ups/<name>`` and wait until it serves."""
+    ups = LabUps(name=name, dir=workdir / "ups" / name, port=free_port())
+    ups.dir.mkdir(parents=True, exist_ok=True)
+    ups.write_config()
+    try:
+        ups.start_driver()
+        ups.start_upsd()
+        ups.wait_ready()
+    except BaseException:
+        ups.stop()
+        raise
+    return ups
+
+
+def _parse_upsc(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _read_dev(path: Path) -> dict[str, str]:
+    return _parse_upsc(path.read_text())
+
+
+def _matches(served: dict[str, str], wanted: dict[str, str]) -> bool:
+    for key, value in wanted.items():
+        got = served.get(key)
+        if got is None:
+            return False
+        if got != value:
+            try:
+                if float(got) != float(value):
+                    return False
+            except ValueError:
+                return False
+    return True
+
+
+def _wait_for(check: Any, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+    raise LabError(f"{what} within {timeout:.0f} s{tail}")
+
+
+def _kill(pid: int | None, grace: float = 3.0) -> None:
+    """Stop a lab process (and its process group) by PID: SIGTERM, then SIGKILL."""
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; reaps it when it is our exited child."""
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie that is not our child still answers kill(0); look at its state.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
