@@ -4,7 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lint test test-fast demo bench lab-down clean
+.PHONY: system setup lint test test-fast demo bench docs lab-down clean
+
+# Debian packages the lab runs for real; no-op when they are already installed.
+system:
+	scripts/setup-machine.sh
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,22 +16,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: system $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check controller tests benchmarks
+	$(VENV)/bin/ruff check controller tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) scripts/update-docs.py --check
 
 # Lint, types, import contracts, then the whole suite (unit + integration on real upsd/sshd).
-test: lint
+test: system lint
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not integration"
 
-demo: $(STAMP)
-	scripts/demo.sh
+demo: system $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH scripts/demo.sh
+
+docs: $(STAMP)
+	$(PY) scripts/update-docs.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

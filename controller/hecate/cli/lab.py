@@ -91,3 +91,28 @@ def down(directory: Path) -> None:
     except LabError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"lab {running.id} in {directory} is down")
+
+
+@lab.command("ups-set")
+@dir_option
+@click.argument("name")
+@click.argument("assignments", nargs=-1, required=True, metavar="VAR=VALUE...")
+def ups_set(directory: Path, name: str, assignments: tuple[str, ...]) -> None:
+    """Change what a lab UPS reports, e.g. ups.status="OB DISCHRG" battery.runtime=240."""
+    from hecate.lab.testbed import Lab
+    from hecate.lab.ups import LabError
+
+    changes = {}
+    for item in assignments:
+        var, sep, value = item.partition("=")
+        if not sep or not var:
+            raise click.BadParameter(f"{item!r} is not VAR=VALUE", param_hint="assignments")
+        changes[var] = value
+    try:
+        ups = Lab.load(directory).ups[name]
+    except KeyError:
+        raise click.ClickException(f"the lab has no UPS named {name!r}") from None
+    except LabError as err:
+        raise click.ClickException(str(err)) from None
+    ups.set_vars(changes)
+    click.echo(f"{name}: upsd now serves " + ", ".join(f"{k}={v}" for k, v in changes.items()))

@@ -166,7 +166,10 @@ class LabUps:
 
         Waits until upsd serves the new values unless ``wait`` is false.
         """
-        changes = {k.replace("_", "."): str(v) for k, v in variables.items()}
+        self.set_vars({k.replace("_", "."): str(v) for k, v in variables.items()}, wait, timeout)
+
+    def set_vars(self, changes: dict[str, str], wait: bool = True, timeout: float = 10.0) -> None:
+        """Change variables by their NUT names (``{"ups.status": "OB"}``); see :meth:`set`."""
         self.values.update(changes)
         self._write_dev()
         if wait:
