@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from hecate.domain import reference
 from hecate.domain.config import HecateConfig
 
 ENV_PREFIX = "HECATE_"
@@ -154,18 +155,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
         field = current.model_fields.get(part) if current is not None else None
         if field is None:
             return []
-        current = _model_of(field.annotation)
+        current = reference.model_in(field.annotation)
     return sorted(current.model_fields) if current is not None else []
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _yaml_kind(value: object) -> str:

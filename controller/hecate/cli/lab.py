@@ -32,7 +32,8 @@ def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, n
     """Start a lab and write DIR/hecate.yaml pointing Hecate at it."""
     from hecate.lab.testbed import Lab, LabSpec
 
-    started = Lab.up(directory, LabSpec(ups=ups_names, servers=servers, agents=agents, netns=netns))
+    started = Lab.up(directory, LabSpec(ups=ups_names, servers=servers, agents=agents, netns=netns),
+                     detach=True)
     click.echo(f"lab {started.id} is up in {directory}")
     click.echo(f"  config:     {started.config_path}")
     click.echo(f"  kubeconfig: {started.kubeconfig}")
@@ -44,8 +45,8 @@ def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, n
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(directory: Path, as_json: bool) -> None:
     """Show what the lab's UPSes, nodes and API are doing."""
+    from hecate.lab.procs import LabError
     from hecate.lab.testbed import Lab
-    from hecate.lab.ups import LabError
 
     try:
         info = Lab.load(directory).status()
@@ -78,8 +79,8 @@ def status(directory: Path, as_json: bool) -> None:
 @dir_option
 def down(directory: Path) -> None:
     """Stop every lab process by PID and remove its namespaces and bridge."""
+    from hecate.lab.procs import LabError
     from hecate.lab.testbed import Lab
-    from hecate.lab.ups import LabError
 
     try:
         running = Lab.load(directory)
@@ -99,8 +100,8 @@ def down(directory: Path) -> None:
 @click.argument("assignments", nargs=-1, required=True, metavar="VAR=VALUE...")
 def ups_set(directory: Path, name: str, assignments: tuple[str, ...]) -> None:
     """Change what a lab UPS reports, e.g. ups.status="OB DISCHRG" battery.runtime=240."""
+    from hecate.lab.procs import LabError
     from hecate.lab.testbed import Lab
-    from hecate.lab.ups import LabError
 
     changes = {}
     for item in assignments:

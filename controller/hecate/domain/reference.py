@@ -15,11 +15,12 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``list[Node]`` or ``Path | None``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
+        found = model_in(arg)
         if found is not None:
             return found
     return None
@@ -54,7 +55,7 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, 
     out = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        nested = _model_in(field.annotation)
+        nested = model_in(field.annotation)
         is_list = str(field.annotation).startswith("list[")
         shown_type = f"list of {nested.__name__}" if nested and is_list else (
             "section" if nested else _type_name(field.annotation))

@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,9 @@ from typing import Any
 import yaml
 
 from hecate.lab import DEFAULT_DIR, kubeapi, nodes
-from hecate.lab.ups import LabError, LabUps, start_ups
+from hecate.lab.nodes import LabNode
+from hecate.lab.procs import LabError, alive
+from hecate.lab.ups import LabUps, start_ups
 
 MANIFEST = "lab.json"
 
@@ -52,7 +54,7 @@ class Lab:
     netns: bool
     subnet: str
     ups: dict[str, LabUps] = field(default_factory=dict)
-    nodes: list[nodes.LabNode] = field(default_factory=list)
+    nodes: list[LabNode] = field(default_factory=list)
     kubeapi_pid: int | None = None
 
     # -- paths -----------------------------------------------------------------------
@@ -73,7 +75,7 @@ class Lab:
     def state_dir(self) -> Path:
         return self.dir / "state"
 
-    def node(self, name: str) -> nodes.LabNode:
+    def node(self, name: str) -> LabNode:
         for node in self.nodes:
             if node.name == name:
                 return node
@@ -82,8 +84,12 @@ class Lab:
     # -- lifecycle -------------------------------------------------------------------
 
     @classmethod
-    def up(cls, directory: Path = DEFAULT_DIR, spec: LabSpec | None = None) -> Lab:
-        """Start a lab in ``directory`` (stopping whatever a previous lab left there)."""
+    def up(cls, directory: Path = DEFAULT_DIR, spec: LabSpec | None = None, *, detach: bool = False) -> Lab:
+        """Start a lab in ``directory`` (stopping whatever a previous lab left there).
+
+        The emulated API stops with the calling process unless ``detach`` (the CLI's case:
+        ``hecate lab up`` returns and the lab keeps running until ``hecate lab down``).
+        """
         spec = spec or LabSpec()
         stop_stale(directory)
         if directory.exists():
@@ -92,17 +98,29 @@ class Lab:
         netns = spec.netns if spec.netns is not None else netns_available()
         lab = cls(dir=directory, id=secrets.token_hex(2), netns=netns, subnet=_free_subnet())
         try:
-            for name in spec.ups:
-                lab.ups[name] = start_ups(directory, name)
-                lab.save()
-            lab.ssh_dir.mkdir()
-            pubkey = nodes.make_client_key(lab.ssh_dir)
-            lab.nodes = nodes.start_nodes(
-                directory / "nodes", spec.node_specs(), client_pubkey=pubkey,
-                known_hosts=lab.ssh_dir / "known_hosts", netns=netns, lab_id=lab.id, subnet=lab.subnet,
-            )
+            # The UPSes take ~3 s (upsd waits for the driver's first dump): start them
+            # alongside the nodes rather than before.
+            with ThreadPoolExecutor(max_workers=max(1, len(spec.ups))) as pool:
+                starting = {name: pool.submit(start_ups, directory, name) for name in spec.ups}
+                try:
+                    lab.ssh_dir.mkdir()
+                    key = nodes.make_client_key(lab.ssh_dir)
+                    lab.nodes = nodes.start_nodes(
+                        directory / "nodes", spec.node_specs(),
+                        client_pubkey=key.with_name(key.name + ".pub"),
+                        known_hosts=lab.ssh_dir / "known_hosts", netns=netns, lab_id=lab.id,
+                        subnet=lab.subnet,
+                    )
+                finally:
+                    for name, future in starting.items():
+                        with contextlib.suppress(Exception):
+                            lab.ups[name] = future.result()
+                    lab.save()
+            missing = [name for name in spec.ups if name not in lab.ups]
+            if missing:
+                starting[missing[0]].result()  # raises the UPS's own error
             lab.save()
-            lab._start_kubeapi()
+            lab._start_kubeapi(detach)
             lab.save()
             lab.write_hecate_config()
         except BaseException:
@@ -155,13 +173,14 @@ class Lab:
         if errors:
             raise LabError("lab down left problems: " + "; ".join(errors))
 
-    def _start_kubeapi(self) -> None:
+    def _start_kubeapi(self, detach: bool) -> None:
         manifest = self.dir / "kube" / "nodes.json"
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text(json.dumps({"nodes": [
             {"name": n.name, "role": n.role, "dir": str(n.dir)} for n in self.nodes
         ]}))
-        proc = kubeapi.start_kubeapi(manifest, self.kubeconfig, self.dir / "kube" / "kubeapi.log")
+        proc = kubeapi.start_kubeapi(manifest, self.kubeconfig, self.dir / "kube" / "kubeapi.log",
+                                     exit_with_parent=not detach)
         self.kubeapi_pid = proc.pid
 
     # -- what Hecate sees ----------------------------------------------------------------
@@ -219,13 +238,13 @@ class Lab:
                 state = {}
             node_rows.append({
                 "name": n.name, "role": n.role, "address": f"{n.address}:{n.port}",
-                "netns": n.netns, "sshd_alive": _alive(n.pid), **state,
+                "netns": n.netns, "sshd_alive": alive(n.pid), **state,
             })
         return {
             "dir": str(self.dir), "id": self.id,
             "mode": "network namespaces" if self.netns else "loopback",
             "ups": ups, "nodes": node_rows,
-            "api": {"kubeconfig": str(self.kubeconfig), "alive": _alive(self.kubeapi_pid),
+            "api": {"kubeconfig": str(self.kubeconfig), "alive": alive(self.kubeapi_pid),
                     "url": kubeapi.api_url(self.kubeconfig) if self.kubeconfig.exists() else None},
             "config": str(self.config_path),
         }
@@ -256,23 +275,3 @@ def _free_subnet() -> str:
         if f" {candidate}." not in used:
             return candidate
     raise LabError("no free 10.77.x.0/24 subnet for a lab bridge")
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_until(check: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``check()`` until it is true; raise ``LabError`` naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)
-    raise LabError(f"timed out after {timeout:.1f} s waiting for {what}")

@@ -15,15 +15,16 @@ the call waits until upsd actually serves the new values, read back with the rea
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hecate.lab.procs import LabError, free_port, kill_group, wait_for
+
+__all__ = ["LabError", "LabUps", "start_ups"]
 
 NUT_BIN = Path(os.environ.get("HECATE_LAB_NUT_BIN", "/lib/nut"))
 LAB_USER = "hecate"
@@ -42,17 +43,6 @@ DEFAULT_VARS: dict[str, str] = {
     "output.voltage": "230.0",
     "battery.voltage": "27.0",
 }
-
-
-class LabError(Exception):
-    """The lab could not do what was asked; the message says what and why."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -127,8 +117,8 @@ class LabUps:
         )
         log.close()
         self.driver_pid = proc.pid
-        _wait_for(lambda: any((self.dir / "state").glob(f"dummy-ups-{self.name}*")), 10,
-                  f"dummy-ups for {self.name} did not create its socket", self.dir / "driver.log")
+        wait_for(lambda: any((self.dir / "state").glob(f"dummy-ups-{self.name}*")), 10,
+                  f"dummy-ups for {self.name} to create its socket", self.dir / "driver.log")
 
     def start_upsd(self) -> None:
         log = open(self.dir / "upsd.log", "ab")  # noqa: SIM115 - handed to the child
@@ -145,14 +135,14 @@ class LabUps:
         def ready() -> bool:
             status = self.read().get("ups.status", "")
             return status not in ("", "WAIT")
-        _wait_for(ready, timeout, f"upsd for {self.name} did not serve a status", self.dir / "upsd.log")
+        wait_for(ready, timeout, f"upsd to serve a status for {self.name}", self.dir / "upsd.log")
 
     def stop_upsd(self) -> None:
-        _kill(self.upsd_pid)
+        kill_group(self.upsd_pid, marker=str(self.dir))
         self.upsd_pid = None
 
     def stop_driver(self) -> None:
-        _kill(self.driver_pid)
+        kill_group(self.driver_pid, marker=str(self.dir))
         self.driver_pid = None
 
     def stop(self) -> None:
@@ -173,8 +163,8 @@ class LabUps:
         self.values.update(changes)
         self._write_dev()
         if wait:
-            _wait_for(lambda: _matches(self.read(), changes), timeout,
-                      f"upsd did not serve {changes} for {self.name}", self.dir / "driver.log")
+            wait_for(lambda: _matches(self.read(), changes), timeout,
+                      f"upsd to serve {changes} for {self.name}", self.dir / "driver.log")
 
     def read(self) -> dict[str, str]:
         """Every variable upsd serves for this UPS right now, read with the real ``upsc``."""
@@ -238,49 +228,3 @@ def _matches(served: dict[str, str], wanted: dict[str, str]) -> bool:
             except ValueError:
                 return False
     return True
-
-
-def _wait_for(check: Any, timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    tail = ""
-    if log is not None and log.exists():
-        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-10:])
-    raise LabError(f"{what} within {timeout:.0f} s{tail}")
-
-
-def _kill(pid: int | None, grace: float = 3.0) -> None:
-    """Stop a lab process (and its process group) by PID: SIGTERM, then SIGKILL."""
-    if pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; reaps it when it is our exited child."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie that is not our child still answers kill(0); look at its state.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

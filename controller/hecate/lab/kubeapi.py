@@ -1,0 +1,924 @@
+"""The lab's Kubernetes API: kmock's emulator over real HTTP, plus a node simulator.
+
+No kube-apiserver can run on the development machines, so the lab serves
+:class:`kmock.KubernetesEmulator` (the in-memory Kubernetes emulator kopf's own test
+suite uses) on a loopback port, seeded with one ``v1`` ``Node`` per lab node, and runs a
+small simulator in the same process that keeps each Node's ``Ready`` condition in step
+with the node's ``state.json`` (see :mod:`hecate.lab.nodestate`): when the sshd forced
+command stops k3s or powers the node off, the Node goes NotReady within a poll interval.
+
+Run it as a process::
+
+    python -m hecate.lab.kubeapi --manifest lab-nodes.json --port 0 --kubeconfig kubeconfig
+
+The manifest is ``{"nodes": [{"name": "n1", "role": "server", "dir": "/lab/n1"}, ...]}``
+(optional per node: ``"address"``, an InternalIP; optional top level: ``"k3sVersion"``).
+Once the server listens, a kubeconfig with the real URL is written atomically, so
+``--port 0`` (any free port) is safe: the parent learns the port from the kubeconfig.
+From Python, :func:`start_kubeapi` does all that and waits until ``/version`` answers.
+
+What the emulator adds on top of kmock (see :class:`LabKubernetesEmulator`):
+``metadata.resourceVersion`` bumped on every create/patch (plus ``uid``,
+``creationTimestamp``, ``generation``, ``generateName``); list responses carry the
+current resourceVersion; watches honour ``timeoutSeconds`` and ``resourceVersion``
+and end cleanly at shutdown; label and field selectors on list and watch; CRDs
+created through the API become discoverable resources; a k3s ``/version``; healthz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import datetime as dt
+import http.client
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp.web
+import attrs
+import kmock
+import yaml
+
+from hecate.lab.nodestate import k3s_running, read_state
+from hecate.lab.procs import LabError
+
+log = logging.getLogger("hecate.lab.kubeapi")
+
+DEFAULT_K3S_VERSION = "v1.31.4+k3s1"
+NODES = kmock.resource("", "v1", "nodes")
+CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+POLL_INTERVAL = 0.2  # seconds between two reads of every node's state.json
+HEARTBEAT_PERIOD = dt.timedelta(seconds=10)  # how often a running "kubelet" refreshes Ready
+HISTORY_LIMIT = 100  # object versions kmock keeps per object (it would keep all otherwise)
+CRUD_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+
+READY_REASON = "KubeletReady"
+READY_MESSAGE = "kubelet is posting ready status"
+NOT_READY_REASON = "NodeStatusUnknown"
+NOT_READY_MESSAGE = "Kubelet stopped posting node status."
+
+
+class LabKubeApiError(LabError):
+    """The lab's Kubernetes API could not be started or configured; the message says why."""
+
+
+# -- time ----------------------------------------------------------------------------------
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(tz=dt.UTC)
+
+
+def format_time(when: dt.datetime) -> str:
+    """RFC 3339 with whole seconds, as the Kubernetes API writes timestamps."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+# -- the rule: a node's Ready condition from its state.json ---------------------------------
+
+
+def node_ready_condition(
+    state: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    now: dt.datetime,
+    *,
+    heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD,
+) -> dict[str, Any]:
+    """The Node's ``Ready`` condition for a node in ``state``, given the current one.
+
+    Pure. Ready is ``"True"`` exactly when :func:`~hecate.lab.nodestate.k3s_running`:
+    the node is powered and one of its k3s services is active; otherwise ``"False"``
+    with the node controller's reason (a real cluster would say ``"Unknown"`` after a
+    40 s grace period; the lab flips at once). ``lastTransitionTime`` moves only when the
+    status changes. ``lastHeartbeatTime`` is what a kubelet would post: refreshed on a
+    change and then every ``heartbeat_period`` while k3s runs, frozen while it does not.
+    When nothing is due, the result equals ``previous``, so the caller writes the Node
+    only when the result differs.
+    """
+    running = k3s_running(dict(state))
+    status = "True" if running else "False"
+    nows = format_time(now)
+    prev = dict(previous) if previous else {}
+    changed = prev.get("status") != status
+
+    last_heartbeat = parse_time(prev.get("lastHeartbeatTime"))
+    heartbeat: str
+    if last_heartbeat is None or (running and (changed or now - last_heartbeat >= heartbeat_period)):
+        heartbeat = nows
+    else:  # k3s up and a heartbeat is not yet due, or k3s down: nobody posts
+        heartbeat = str(prev["lastHeartbeatTime"])
+
+    transition = nows if changed or parse_time(prev.get("lastTransitionTime")) is None \
+        else str(prev["lastTransitionTime"])
+    return {
+        "type": "Ready",
+        "status": status,
+        "reason": READY_REASON if running else NOT_READY_REASON,
+        "message": READY_MESSAGE if running else NOT_READY_MESSAGE,
+        "lastHeartbeatTime": heartbeat,
+        "lastTransitionTime": transition,
+    }
+
+
+# -- the manifest and the Node objects ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabNode:
+    name: str
+    role: str  # "server" | "agent"
+    dir: Path
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class LabManifest:
+    nodes: tuple[LabNode, ...]
+    k3s_version: str = DEFAULT_K3S_VERSION
+
+
+def parse_manifest(data: Mapping[str, Any]) -> LabManifest:
+    nodes_data = data.get("nodes")
+    if not isinstance(nodes_data, list):
+        raise LabKubeApiError('the manifest needs a "nodes" list')
+    nodes: list[LabNode] = []
+    for item in nodes_data:
+        if not isinstance(item, Mapping) or not all(isinstance(item.get(k), str) for k in ("name", "dir")):
+            raise LabKubeApiError(f"a manifest node needs a name and a dir: {item!r}")
+        if item.get("role") not in ("server", "agent"):
+            raise LabKubeApiError(
+                f"node {item['name']!r}: role must be server or agent, not {item.get('role')!r}")
+        nodes.append(LabNode(name=item["name"], role=item["role"], dir=Path(item["dir"]),
+                             address=item.get("address")))
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise LabKubeApiError(f"duplicate node names in the manifest: {names}")
+    return LabManifest(nodes=tuple(nodes), k3s_version=str(data.get("k3sVersion") or DEFAULT_K3S_VERSION))
+
+
+def load_manifest(path: str | os.PathLike[str]) -> LabManifest:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise LabKubeApiError(f"cannot read the manifest {path}: {e}") from e
+    if not isinstance(data, Mapping):
+        raise LabKubeApiError(f"the manifest {path} is not a JSON object")
+    return parse_manifest(data)
+
+
+def read_node_state(node: LabNode) -> dict[str, Any] | None:
+    """The node's state.json, or None while it is absent or unreadable."""
+    try:
+        return read_state(node.dir)
+    except (OSError, ValueError):
+        return None
+
+
+def node_labels(node: LabNode) -> dict[str, str]:
+    labels = {
+        "kubernetes.io/hostname": node.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": "amd64",
+        "node.kubernetes.io/instance-type": "k3s",
+    }
+    if node.role == "server":
+        labels["node-role.kubernetes.io/control-plane"] = "true"
+        labels["node-role.kubernetes.io/master"] = "true"
+    return labels
+
+
+def node_object(
+    node: LabNode, ready: Mapping[str, Any], *, k3s_version: str, index: int = 0,
+) -> dict[str, Any]:
+    """The v1 Node a k3s node of this role registers (without server-set metadata)."""
+    pressure = [
+        ("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    ]
+    conditions = [
+        {"type": ctype, "status": "False", "reason": reason, "message": message,
+         "lastHeartbeatTime": ready["lastHeartbeatTime"], "lastTransitionTime": ready["lastTransitionTime"]}
+        for ctype, reason, message in pressure
+    ]
+    conditions.append(dict(ready))
+    addresses = [{"type": "Hostname", "address": node.name}]
+    if node.address:
+        addresses.insert(0, {"type": "InternalIP", "address": node.address})
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "labels": node_labels(node),
+            "annotations": {"k3s.io/hostname": node.name, "hecate.io/lab-role": node.role},
+        },
+        "spec": {"podCIDR": f"10.42.{index}.0/24", "podCIDRs": [f"10.42.{index}.0/24"],
+                 "providerID": f"k3s://{node.name}"},
+        "status": {
+            "conditions": conditions,
+            "addresses": addresses,
+            "capacity": {"cpu": "4", "memory": "8048292Ki", "pods": "110", "ephemeral-storage": "61202244Ki"},
+            "allocatable": {"cpu": "4", "memory": "8048292Ki", "pods": "110",
+                            "ephemeral-storage": "59536912386"},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "bootID": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node.name}.boot.hecate.lab")),
+                "containerRuntimeVersion": "containerd://1.7.23-k3s2",
+                "kernelVersion": "6.1.0-28-amd64",
+                "kubeProxyVersion": k3s_version,
+                "kubeletVersion": k3s_version,
+                "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, f"{node.name}.hecate.lab").hex,
+                "operatingSystem": "linux",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node.name}.hecate.lab")),
+            },
+        },
+    }
+
+
+# -- label and field selectors --------------------------------------------------------------
+
+
+def _split_selector(selector: str) -> list[str]:
+    """Split on commas that are not inside ``in (a,b)`` parentheses."""
+    terms: list[str] = []
+    depth, current = 0, ""
+    for char in selector:
+        depth += char == "("
+        depth -= char == ")"
+        if char == "," and depth == 0:
+            terms.append(current.strip())
+            current = ""
+        else:
+            current += char
+    terms.append(current.strip())
+    return [t for t in terms if t]
+
+
+_SET_TERM = re.compile(r"^(?P<key>[^\s!=(),]+)\s+(?P<op>in|notin)\s*\((?P<values>[^)]*)\)$")
+_EQ_TERM = re.compile(r"^(?P<key>[^\s!=(),]+)\s*(?P<op>==|!=|=)\s*(?P<value>[^\s!=(),]*)$")
+_KEY_TERM = re.compile(r"^(?P<neg>!?)\s*(?P<key>[^\s!=(),]+)$")
+
+
+def match_label_selector(labels: Mapping[str, str] | None, selector: str | None) -> bool:
+    """Whether the labels satisfy a Kubernetes label selector string; ValueError if malformed."""
+    labels = labels or {}
+    for term in _split_selector(selector or ""):
+        if m := _SET_TERM.match(term):
+            values = {v.strip() for v in m["values"].split(",") if v.strip()}
+            inside = labels.get(m["key"]) in values
+            if inside != (m["op"] == "in"):
+                return False
+        elif m := _EQ_TERM.match(term):
+            equal = m["key"] in labels and labels[m["key"]] == m["value"]
+            if equal != (m["op"] != "!="):
+                return False
+        elif m := _KEY_TERM.match(term):
+            if (m["key"] in labels) == bool(m["neg"]):
+                return False
+        else:
+            raise ValueError(f"invalid label selector term: {term!r}")
+    return True
+
+
+def _field_value(obj: Mapping[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def match_field_selector(obj: Mapping[str, Any], selector: str | None) -> bool:
+    """Whether the object satisfies a field selector (``a.b=v``, ``a.b==v``, ``a.b!=v``)."""
+    for term in _split_selector(selector or ""):
+        m = _EQ_TERM.match(term)
+        if not m:
+            raise ValueError(f"invalid field selector term: {term!r}")
+        equal = _field_value(obj, m["key"]) == m["value"]
+        if equal != (m["op"] != "!="):
+            return False
+    return True
+
+
+# -- CRDs -----------------------------------------------------------------------------------
+
+
+def register_crd(emulator: kmock.KubernetesScaffold, crd: Mapping[str, Any]) -> list[kmock.resource]:
+    """Make a CustomResourceDefinition's served versions known to kmock's discovery.
+
+    Returns the resources registered. :class:`LabKubernetesEmulator` calls this when a
+    CRD is created through the API; in-process users (e.g. a ``kmock`` fixture) can call
+    it directly with a parsed CRD manifest.
+    """
+    spec = crd.get("spec") or {}
+    names = spec.get("names") or {}
+    group, plural, kind = spec.get("group"), names.get("plural"), names.get("kind")
+    if not (group and plural and kind):
+        raise ValueError("a CRD needs spec.group, spec.names.plural and spec.names.kind")
+    registered = []
+    for version in spec.get("versions") or []:
+        if not version.get("served", True):
+            continue
+        res = kmock.resource(group, version["name"], plural)
+        emulator.resources[res] = kmock.ResourceInfo(
+            kind=kind,
+            singular=names.get("singular") or kind.lower(),
+            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+            shortnames=names.get("shortNames") or [],
+            categories=names.get("categories") or [],
+            verbs=CRUD_VERBS,
+            subresources=list((version.get("subresources") or {}).keys()),
+        )
+        registered.append(res)
+    return registered
+
+
+def _established_crd_status(crd: Mapping[str, Any], now: str) -> dict[str, Any]:
+    spec = crd.get("spec") or {}
+    stored = [v["name"] for v in spec.get("versions") or [] if v.get("storage")]
+    return {
+        "acceptedNames": spec.get("names") or {},
+        "storedVersions": stored,
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+             "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+             "message": "the initial names have been accepted", "lastTransitionTime": now},
+        ],
+    }
+
+
+# -- the emulator ---------------------------------------------------------------------------
+
+
+def _resource_version(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj.get("metadata", {}).get("resourceVersion", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+@attrs.define(kw_only=True)
+class LabKubernetesEmulator(kmock.KubernetesEmulator):
+    """kmock's Kubernetes emulator with the bits the kubernetes client and kopf rely on.
+
+    kmock 0.8 stores objects as plain JSON and merges patches; it does not bump
+    ``resourceVersion``, ignores ``timeoutSeconds``/``resourceVersion``/selectors on
+    watches and lists, and reports k3s 1.26. This subclass fills those gaps while keeping
+    kmock's own request path, so kmock's object store, history and watch bus stay the
+    single source of truth (``emulator.objects[...]`` still works for assertions).
+    """
+
+    server_version: str = DEFAULT_K3S_VERSION
+    history_limit: int = HISTORY_LIMIT
+    _last_rv: int = attrs.field(default=0, init=False)
+    _closing: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for path in ("/healthz", "/livez", "/readyz"):
+            self.fallback[f"get {path}"] << b"ok"
+        # The kubernetes client asks for discovery with a trailing slash (/version/, /api/v1/);
+        # kmock answers only the bare paths. Slightly above the fallbacks, or LIST would win.
+        self.fallback["get /version/"] << self._serve_server_version
+        discovery = self.fallback ** 1
+        discovery["get", re.compile(r"/apis/[^/]+/[^/]+/")] << self._serve_version
+        discovery["get", re.compile(r"/apis/[^/]+/")] << self._serve_group
+        discovery["get", re.compile(r"/api/[^/]+/")] << self._serve_version
+        discovery["get /apis/"] << self._serve_apis
+        discovery["get /api/"] << self._serve_api
+
+    # -- resource versions and server-set metadata --
+
+    def next_resource_version(self) -> str:
+        self._last_rv += 1
+        return str(self._last_rv)
+
+    @property
+    def resource_version(self) -> str:
+        return str(self._last_rv)
+
+    def seed(self, res: kmock.resource, obj: Mapping[str, Any]) -> None:
+        """Store an object directly (no watch event), with the metadata the API would set."""
+        body = self._prepare_create(res, None, obj)
+        meta = body["metadata"]
+        self.objects[res, meta.get("namespace"), meta["name"]] = body
+
+    def stored(
+        self, res: kmock.resource | None, namespace: str | None, name: str | None,
+    ) -> kmock.Object | None:
+        """The stored object (kmock's versioned view), or None if absent or deleted."""
+        if res is None or name is None or (res, namespace, name) not in self.objects:
+            return None
+        obj = self.objects[res, namespace, name]
+        return None if obj.deleted else obj
+
+    def _prepare_create(self, res: kmock.resource, namespace: str | None,
+                        data: Mapping[str, Any]) -> dict[str, Any]:
+        body = copy.deepcopy(dict(data))
+        meta = body.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
+        if namespace and not meta.get("namespace"):
+            meta["namespace"] = namespace
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", format_time(utcnow()))
+        meta.setdefault("generation", 1)
+        meta["resourceVersion"] = self.next_resource_version()
+        body.setdefault("apiVersion", f"{res.group}/{res.version}" if res.group else res.version)
+        if res in self.resources and self.resources[res].kind:
+            body.setdefault("kind", self.resources[res].kind)
+        if res == CRDS and "status" not in body:
+            body["status"] = _established_crd_status(body, meta["creationTimestamp"])
+        return body
+
+    def _prepare_update(self, request: kmock.Request) -> Any:
+        data = request.data
+        rv = self.next_resource_version()
+        if isinstance(data, list):  # a JSON patch
+            return [*data, {"op": "add", "path": "/metadata/resourceVersion", "value": rv}]
+        if not isinstance(data, Mapping):
+            return data
+        body = copy.deepcopy(dict(data))
+        meta = dict(body.get("metadata") or {})
+        meta["resourceVersion"] = rv
+        current = self.stored(request.resource, request.namespace, request.name)
+        if "spec" in body and not request.subresource and current is not None:
+            generation = current.get("metadata", {}).get("generation")
+            if isinstance(generation, int):
+                meta["generation"] = generation + 1
+        body["metadata"] = meta
+        return body
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        # kmock matches reactions to requests by identity, so the (frozen) request is amended in
+        # place rather than evolved; the amended body is what kmock stores and broadcasts.
+        res = request.resource
+        if res is not None and request.action == kmock.action.CREATE and isinstance(request.data, Mapping):
+            object.__setattr__(request, "data", self._prepare_create(res, request.namespace, request.data))
+        elif res is not None and request.action == kmock.action.UPDATE and request.name is not None:
+            object.__setattr__(request, "data", self._prepare_update(request))
+
+        response = await super()._handle(request)
+
+        if res is not None and response.status < 400:
+            if request.action == kmock.action.CREATE and res == CRDS:
+                try:
+                    registered = register_crd(self, request.data)
+                    log.info("CRD %s registered: %s", request.data["metadata"]["name"], registered)
+                except (ValueError, KeyError, TypeError) as e:
+                    log.warning("CRD not registered: %s", e)
+            current = self.stored(res, request.namespace, request.name)
+            too_long = current is not None and len(current.history) > self.history_limit
+            if request.action == kmock.action.UPDATE and current is not None and too_long:
+                del current.history[: -self.history_limit]
+        return response
+
+    # -- serving --
+
+    async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
+        result = await super()._serve_version(request)
+        if isinstance(result, dict) and result.get("groupVersion") == "/v1":
+            result["groupVersion"] = "v1"  # kmock writes "/v1" for the core group
+        return result
+
+    async def _serve_server_version(self, request: kmock.Request) -> kmock.Payload:
+        m = re.match(r"v(\d+)\.(\d+)", self.server_version)
+        major, minor = (m.group(1), m.group(2)) if m else ("1", "31")
+        return {
+            "major": major, "minor": minor, "gitVersion": self.server_version,
+            "gitCommit": "hecate-lab", "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z",
+            "goVersion": "go1.22.9", "compiler": "gc", "platform": "linux/amd64",
+        }
+
+    @staticmethod
+    def _selected(request: kmock.Request, obj: Mapping[str, Any]) -> bool:
+        try:
+            return match_label_selector(obj.get("metadata", {}).get("labels"),
+                                        request.params.get("labelSelector")) \
+                and match_field_selector(obj, request.params.get("fieldSelector"))
+        except ValueError as e:
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message=str(e)) from e
+
+    def _known(self, res: kmock.resource | None) -> bool:
+        return res is not None and any(r == res for r in self._get_resources())
+
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
+        result = cast(dict[str, Any], await super()._serve_list(request))
+        res = cast(kmock.resource, request.resource)
+        items = [obj for obj in result.get("items", []) if self._selected(request, obj)]
+        kind = self.resources[res].kind if res in self.resources else None
+        return {
+            "apiVersion": f"{res.group}/{res.version}" if res.group else res.version,
+            "kind": f"{kind}List" if kind else "List",
+            "metadata": {"resourceVersion": self.resource_version},
+            "items": items,
+        }
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
+        res = request.resource
+        if res is None or not self._known(res):
+            raise kmock.KubernetesResourceNotFoundError()
+        self._selected(request, {})  # reject a malformed selector before streaming
+        loop = asyncio.get_running_loop()
+        try:
+            timeout = float(request.params.get("timeoutSeconds") or 0)
+        except ValueError:
+            timeout = 0
+        deadline = loop.time() + timeout if timeout > 0 else None
+        rv_param = request.params.get("resourceVersion") or "0"
+        since = int(rv_param) if rv_param.isdigit() else 0  # "0"/absent: replay everything as ADDED
+
+        def wanted(obj: Mapping[str, Any]) -> bool:
+            meta = obj.get("metadata", {})
+            return (request.namespace is None or meta.get("namespace") == request.namespace) \
+                and (request.name is None or meta.get("name") == request.name) \
+                and self._selected(request, obj)
+
+        bus = self._buses[res]
+        mark = await bus.mark()  # before the snapshot: nothing falls between the two
+        events = cast(AsyncGenerator[Any, None], bus.stream(since=mark))
+        closing = asyncio.ensure_future(self._closing.wait())
+        pending: asyncio.Task[Any] | None = None
+        try:
+            yield b""  # send the headers now: the client sees the watch established
+            async with self._lock:
+                snapshot = [obj.raw for (r, _, _), obj in self.objects.items()
+                            if r == res and not obj.deleted]
+            for raw in snapshot:
+                if wanted(raw) and (since == 0 or _resource_version(raw) > since):
+                    yield {"type": "ADDED", "object": raw}
+            while not self._closing.is_set():
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    break
+                pending = asyncio.ensure_future(_anext(events))
+                done, _ = await asyncio.wait({pending, closing}, timeout=remaining,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if pending not in done:
+                    break
+                event = pending.result()
+                pending = None
+                obj = event.get("object", {}) if isinstance(event, Mapping) else {}
+                if wanted(obj):  # live events are all newer than the watch: no resourceVersion filter
+                    yield event
+        finally:
+            closing.cancel()
+            if pending is not None and not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+            await events.aclose()
+            await bus.unmark(mark)
+
+    def close_watches(self) -> None:
+        """End every open watch stream cleanly (as if its timeout had passed)."""
+        self._closing.set()
+
+
+async def _anext(iterator: AsyncIterator[Any]) -> Any:
+    return await iterator.__anext__()
+
+
+# -- the simulator --------------------------------------------------------------------------
+
+
+def build_emulator(manifest: LabManifest, now: dt.datetime | None = None) -> LabKubernetesEmulator:
+    """The emulator with k3s's builtin resources and one Node per lab node."""
+    now = now or utcnow()
+    emulator = LabKubernetesEmulator(server_version=manifest.k3s_version)
+    emulator.resources.load_bundled()
+    for index, node in enumerate(manifest.nodes):
+        ready = node_ready_condition(read_node_state(node) or {}, None, now)
+        emulator.seed(NODES, node_object(node, ready, k3s_version=manifest.k3s_version, index=index))
+    return emulator
+
+
+async def sync_node(emulator: LabKubernetesEmulator, node: LabNode, now: dt.datetime,
+                    heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD) -> bool:
+    """One simulator step for one node; True when the Node was written.
+
+    The write goes through the emulator's own HTTP API (a merge patch of the ``status``
+    subresource, as a kubelet would post it), so resourceVersion, history and the watch
+    events behave exactly as for any client.
+    """
+    state = read_node_state(node)
+    stored = emulator.stored(NODES, None, node.name)
+    if state is None or stored is None:  # the Node was deleted: k3s would re-register, the lab does not
+        return False
+    current = stored.raw
+    conditions = list(current.get("status", {}).get("conditions") or [])
+    previous = next((c for c in conditions if c.get("type") == "Ready"), None)
+    ready = node_ready_condition(state, previous, now, heartbeat_period=heartbeat_period)
+    if ready == previous:
+        return False
+    if previous is None:
+        conditions.append(ready)
+    else:
+        conditions = [ready if c.get("type") == "Ready" else c for c in conditions]
+    if previous is None or previous.get("status") != ready["status"]:
+        log.info("node %s: Ready=%s (%s)", node.name, ready["status"], ready["reason"])
+    body = json.dumps({"status": {"conditions": conditions}})
+    url = f"/api/v1/nodes/{urllib.parse.quote(node.name)}/status"
+    headers = {"Content-Type": "application/merge-patch+json"}
+    async with emulator.patch(url, data=body, headers=headers) as rsp:
+        if rsp.status >= 400:
+            raise LabKubeApiError(f"PATCH {url} -> {rsp.status}: {await rsp.text()}")
+    return True
+
+
+async def run_simulator(emulator: LabKubernetesEmulator, nodes: Iterable[LabNode], *,
+                        interval: float = POLL_INTERVAL,
+                        heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD) -> None:
+    """Keep every Node's Ready condition in step with its state.json, forever."""
+    nodes = tuple(nodes)
+    unreadable: set[str] = set()
+    while True:
+        now = utcnow()
+        for node in nodes:
+            if read_node_state(node) is None:
+                if node.name not in unreadable:
+                    log.warning("node %s: %s/state.json is missing or unreadable", node.name, node.dir)
+                    unreadable.add(node.name)
+                continue
+            unreadable.discard(node.name)
+            try:
+                await sync_node(emulator, node, now, heartbeat_period)
+            except (LabKubeApiError, aiohttp.ClientError, OSError) as e:
+                log.warning("node %s: cannot update the Node: %s", node.name, e)
+        await asyncio.sleep(interval)
+
+
+# -- the process ----------------------------------------------------------------------------
+
+
+def write_kubeconfig(path: str | os.PathLike[str], server_url: str) -> None:
+    """Write a kubeconfig for the lab API atomically (temp file + rename), mode 0600."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "hecate-lab", "cluster": {"server": server_url}}],
+        "users": [{"name": "hecate-lab", "user": {"token": "hecate-lab-dummy-token"}}],
+        "contexts": [{"name": "hecate-lab", "context": {"cluster": "hecate-lab", "user": "hecate-lab"}}],
+        "current-context": "hecate-lab",
+        "preferences": {},
+    }
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".kubeconfig-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(config, fh, sort_keys=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def api_url(kubeconfig_path: str | os.PathLike[str]) -> str:
+    """The API server URL of the kubeconfig's current context."""
+    with open(kubeconfig_path, encoding="utf-8") as fh:
+        config = yaml.safe_load(fh)
+    context_name = config["current-context"]
+    context = next(c["context"] for c in config["contexts"] if c["name"] == context_name)
+    cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+    return str(cluster["server"])
+
+
+async def _exit_with_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(0.5)
+    log.warning("the parent process %d is gone; stopping", parent_pid)
+    stop.set()
+
+
+async def serve(manifest: LabManifest, *, kubeconfig: Path, host: str = "127.0.0.1", port: int = 0,
+                interval: float = POLL_INTERVAL, heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD,
+                parent_pid: int | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve the lab API until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    emulator = build_emulator(manifest)
+    async with emulator, kmock.Server(emulator, host=host, port=port or None) as server:
+        url = f"http://{host}:{server.port}"
+        tasks = [asyncio.create_task(run_simulator(emulator, manifest.nodes, interval=interval,
+                                                   heartbeat_period=heartbeat_period))]
+        if parent_pid:
+            tasks.append(asyncio.create_task(_exit_with_parent(parent_pid, stop)))
+        try:
+            await sync_all(emulator, manifest.nodes, heartbeat_period)  # Nodes current before announcing
+            write_kubeconfig(kubeconfig, url)
+            log.info("serving the lab Kubernetes API on %s (%d nodes); kubeconfig %s",
+                     url, len(manifest.nodes), kubeconfig)
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            emulator.close_watches()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(OSError, KeyError, StopIteration, TypeError, yaml.YAMLError):
+                if api_url(kubeconfig) == url:
+                    kubeconfig.unlink()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+async def sync_all(emulator: LabKubernetesEmulator, nodes: Iterable[LabNode],
+                   heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD) -> None:
+    now = utcnow()
+    for node in nodes:
+        with contextlib.suppress(LabKubeApiError, aiohttp.ClientError, OSError):
+            await sync_node(emulator, node, now, heartbeat_period)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hecate.lab.kubeapi",
+                                     description="The lab's emulated Kubernetes API and node simulator.")
+    parser.add_argument("--manifest", required=True, type=Path, help="JSON: {nodes: [{name, role, dir}]}")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--kubeconfig", required=True, type=Path, help="written once the server listens")
+    parser.add_argument("--interval", type=float, default=POLL_INTERVAL, help="state.json poll interval, s")
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_PERIOD.total_seconds(),
+                        help="seconds between Ready heartbeats of a running node")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this parent process is gone")
+    parser.add_argument("--verbose", "-v", action="store_true", help="also log every HTTP request")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        manifest = load_manifest(args.manifest)
+        asyncio.run(serve(manifest, kubeconfig=args.kubeconfig, host=args.host, port=args.port,
+                          interval=args.interval, heartbeat_period=dt.timedelta(seconds=args.heartbeat),
+                          parent_pid=args.parent_pid))
+    except LabKubeApiError as e:
+        log.error("%s", e)
+        return 2
+    except OSError as e:
+        log.error("cannot serve: %s", e)
+        return 1
+    return 0
+
+
+# -- the Python API for the orchestrator and the tests ---------------------------------------
+
+
+def _version_answers(url: str) -> bool:
+    parsed = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port or 80, timeout=1.0)
+    try:
+        conn.request("GET", "/version")
+        rsp = conn.getresponse()
+        return rsp.status == 200 and "gitVersion" in json.loads(rsp.read() or b"{}")
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _log_tail(log_path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def start_kubeapi(manifest_path: str | os.PathLike[str], kubeconfig_path: str | os.PathLike[str],
+                  log_path: str | os.PathLike[str], *, port: int = 0, timeout: float = 15.0,
+                  exit_with_parent: bool = True, extra_args: Iterable[str] = ()) -> subprocess.Popen[bytes]:
+    """Spawn ``python -m hecate.lab.kubeapi`` and wait until it serves ``/version``.
+
+    The kubeconfig is removed first and re-appears only once the server listens, so its
+    presence is the readiness signal; its server URL carries the real port. The child's
+    output goes to ``log_path`` (appended). On failure the child is killed and
+    :class:`LabKubeApiError` carries the log's tail. With ``exit_with_parent`` the child
+    stops by itself when this process dies, so a crashed test leaves nothing behind.
+    """
+    kubeconfig = Path(kubeconfig_path)
+    log_file = Path(log_path)
+    kubeconfig.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "hecate.lab.kubeapi", "--manifest", str(manifest_path),
+            "--port", str(port), "--kubeconfig", str(kubeconfig), *extra_args]
+    if exit_with_parent:
+        argv += ["--parent-pid", str(os.getpid())]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    package_root = str(Path(__file__).resolve().parents[2])  # .../controller, holding hecate/
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                raise LabKubeApiError(f"the lab API exited with status {rc} before serving")
+            if kubeconfig.exists():
+                with contextlib.suppress(OSError, KeyError, StopIteration, TypeError, yaml.YAMLError):
+                    if _version_answers(api_url(kubeconfig)):
+                        return proc
+            if time.monotonic() > deadline:
+                raise LabKubeApiError(f"the lab API did not serve /version within {timeout:g}s")
+            time.sleep(0.05)
+    except BaseException as e:
+        _kill(proc)
+        if isinstance(e, LabKubeApiError):
+            raise LabKubeApiError(f"{e}; {log_file} ends with:\n{_log_tail(log_file)}") from None
+        raise
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it, or it stays a zombie
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (or already reaped): probe it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_kubeapi(pid: int | subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop the lab API: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL.
+
+    Accepts a pid (of a child or of any process we may signal) or the Popen from
+    :func:`start_kubeapi`. Returns once the process is gone; a gone pid is fine.
+    """
+    if isinstance(pid, subprocess.Popen):
+        proc = pid
+        if proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        _alive(pid)  # reap it if it is our zombie
+        return
+    for sig_deadline, sig in ((timeout, None), (5.0, signal.SIGKILL)):
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + sig_deadline
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.05)
+    raise LabKubeApiError(f"the lab API process {pid} does not die")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
