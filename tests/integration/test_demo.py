@@ -1,0 +1,29 @@
+"""`make demo`'s script runs end to end on the lab and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hecate.lab.testbed import MANIFEST
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_script_runs_the_lab_and_tears_it_down(tmp_path: Path) -> None:
+    directory = tmp_path / "demo"
+    env = {**os.environ, "HECATE_LAB_DIR": str(directory),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
+                          timeout=100, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK (role coordinator, 3 nodes, 1 UPS)" in proc.stdout
+    assert "status=OB DISCHRG" in proc.stdout
+    assert proc.stdout.count("sshd=up") == 6  # 3 nodes, shown twice
+    assert "is down" in proc.stdout
+    assert not (directory / MANIFEST).exists()
