@@ -1,0 +1,218 @@
+"""The shutdown decision: ``decide(previous, snapshots, policy, now) -> (state, decision)``.
+
+This is a purely computational function with no side-effects; the monitor loop feeds it
+one snapshot per UPS per poll and acts on what it returns. Each UPS runs a small state
+machine, modelled on NUT's upsmon and hardened against its users' worst complaints:
+
+    on_mains -> on_battery -> below_threshold (debouncing) -> critical
+
+* **Runtime**: a protecting UPS on battery whose ``battery.runtime <= threshold`` for
+  ``debounce_polls`` consecutive polls is critical. A reading above the threshold, or
+  mains, resets the count (a one-poll glitch, or mains flapping faster than the debounce,
+  never triggers). A poll whose runtime is not known neither counts nor resets.
+* **Low battery / FSD**: ``OB`` + ``LB`` is critical on the first poll that shows it, as is
+  ``FSD`` (another upsmon forcing shutdown).
+* **Calibration** (``CAL``) is a deliberate discharge: its runtime and LB readings do not
+  trigger (NUT #2104: a self-test led to a shutdown); FSD still does.
+* **Lost contact** (upsd unreachable, or data stale): critical only if the UPS was last
+  seen on battery *and* has not been seen for longer than ``deadtime`` (NUT's DEADTIME;
+  NUT #2454 shut down at once). Lost contact while last seen on mains -- or never seen --
+  is an alert, never a shutdown.
+* Only UPSes that protect the cluster can trigger; the others only raise alerts.
+* Once a shutdown is decided it is **latched** (like NUT's FSD): later polls return the
+  same decision until the caller ``reset``s the state when the run ends.
+
+"Runtime cannot cover the budget": a UPS on mains at full charge whose runtime is
+already below the threshold raises an alert -- the batteries can no longer carry a full
+shutdown, which no other UPS tool can say because none measures the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from hecate.domain.ups import Flag, Snapshot
+
+FULL_CHARGE_PCT = 95.0
+
+
+class Phase(StrEnum):
+    unknown = "unknown"  # never read
+    on_mains = "on_mains"
+    on_battery = "on_battery"
+    below_threshold = "below_threshold"  # on battery, runtime at or below threshold, debouncing
+    critical = "critical"
+    lost = "lost"  # no current data (unreachable or stale); see UpsState.last_on_battery
+
+
+class Reason(StrEnum):
+    runtime = "runtime"
+    low_battery = "low_battery"
+    fsd = "fsd"
+    deadtime = "deadtime"
+
+
+class AlertKind(StrEnum):
+    unreachable = "unreachable"
+    stale = "stale"
+    runtime_short = "runtime_short"
+    replace_battery = "replace_battery"
+    overload = "overload"
+    unknown_status = "unknown_status"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the decision needs to know, already resolved from config and the budget."""
+
+    threshold_s: float
+    debounce_polls: int = 3
+    deadtime_s: float = 15.0
+    protecting: frozenset[str] = frozenset()
+    """UPS names that feed the cluster; only these can trigger a shutdown."""
+
+
+@dataclass(frozen=True)
+class UpsState:
+    phase: Phase = Phase.unknown
+    below_polls: int = 0
+    """Consecutive polls on battery with runtime <= threshold."""
+    last_seen_at: float | None = None
+    """When upsd last served current data for this UPS."""
+    last_on_battery: bool = False
+    """Whether that last current reading was on battery."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A shutdown decision: which UPS, why, with the readings that led to it."""
+
+    ups: str
+    reason: Reason
+    at: float
+    detail: str
+    runtime_s: float | None = None
+    threshold_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    ups: str
+    kind: AlertKind
+    message: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    ups: str
+    before: Phase
+    after: Phase
+    at: float
+
+
+@dataclass(frozen=True)
+class State:
+    ups: Mapping[str, UpsState] = field(default_factory=dict)
+    latched: Decision | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one poll decided: the (possibly latched) shutdown, alerts, and phase edges."""
+
+    shutdown: Decision | None
+    fresh: bool = False
+    """True on the poll that decided the shutdown (False while it is merely latched)."""
+    alerts: tuple[Alert, ...] = ()
+    transitions: tuple[Transition, ...] = ()
+
+
+def reset(state: State) -> State:
+    """Clear the latch (the run ended) and every debounce count; keep what was last seen."""
+    return State(
+        ups={name: replace(s, below_polls=0, phase=_settled(s.phase)) for name, s in state.ups.items()},
+        latched=None,
+    )
+
+
+def decide(previous: State, snapshots: Iterable[Snapshot], policy: Policy, now: float) -> tuple[State, Outcome]:
+    states = dict(previous.ups)
+    alerts: list[Alert] = []
+    transitions: list[Transition] = []
+    criticals: list[Decision] = []
+    for snap in snapshots:
+        before = states.get(snap.ups, UpsState())
+        after, decision = _step(before, snap, policy, now)
+        states[snap.ups] = after
+        alerts.extend(_alerts(snap, after, policy))
+        if after.phase is not before.phase:
+            transitions.append(Transition(snap.ups, before.phase, after.phase, now))
+        if decision is not None and snap.ups in policy.protecting:
+            criticals.append(decision)
+    latched = previous.latched or (criticals[0] if criticals else None)
+    fresh = previous.latched is None and latched is not None
+    return State(states, latched), Outcome(latched, fresh, tuple(alerts), tuple(transitions))
+
+
+def _step(state: UpsState, snap: Snapshot, policy: Policy, now: float) -> tuple[UpsState, Decision | None]:
+    if not snap.ok:
+        silent_for = None if state.last_seen_at is None else now - state.last_seen_at
+        if state.last_on_battery and silent_for is not None and silent_for > policy.deadtime_s:
+            detail = (f"last seen on battery {silent_for:.1f} s ago, longer than deadtime "
+                      f"{policy.deadtime_s:g} s ({snap.error})")
+            return replace(state, phase=Phase.critical), Decision(snap.ups, Reason.deadtime, now, detail)
+        if state.phase is Phase.critical:
+            return state, None
+        return replace(state, phase=Phase.lost), None
+
+    seen = replace(state, last_seen_at=snap.at, last_on_battery=snap.on_battery)
+    if Flag.FSD in snap.flags:
+        return replace(seen, phase=Phase.critical), Decision(
+            snap.ups, Reason.fsd, now, f"UPS reports forced shutdown ({snap.status})", snap.runtime_s)
+    if not snap.on_battery:
+        return replace(seen, phase=Phase.on_mains if snap.on_mains else Phase.unknown, below_polls=0), None
+    if Flag.CAL in snap.flags:  # a deliberate discharge: watch, do not act
+        return replace(seen, phase=Phase.on_battery, below_polls=0), None
+    if Flag.LB in snap.flags:
+        return replace(seen, phase=Phase.critical), Decision(
+            snap.ups, Reason.low_battery, now, f"UPS on battery reports low battery ({snap.status})",
+            snap.runtime_s, policy.threshold_s)
+    if snap.runtime_s is None:  # not known: neither counts nor resets
+        return replace(seen, phase=state.phase if state.phase is Phase.below_threshold else Phase.on_battery), None
+    if snap.runtime_s > policy.threshold_s:
+        return replace(seen, phase=Phase.on_battery, below_polls=0), None
+    below = state.below_polls + 1
+    if below >= policy.debounce_polls:
+        detail = (f"runtime {snap.runtime_s:g} s <= threshold {policy.threshold_s:g} s "
+                  f"for {below} consecutive polls")
+        return replace(seen, phase=Phase.critical, below_polls=below), Decision(
+            snap.ups, Reason.runtime, now, detail, snap.runtime_s, policy.threshold_s)
+    return replace(seen, phase=Phase.below_threshold, below_polls=below), None
+
+
+def _alerts(snap: Snapshot, state: UpsState, policy: Policy) -> list[Alert]:
+    out: list[Alert] = []
+    if not snap.reachable:
+        out.append(Alert(snap.ups, AlertKind.unreachable, f"upsd unreachable: {snap.error}"))
+    elif snap.stale:
+        out.append(Alert(snap.ups, AlertKind.stale, f"no current data: {snap.error}"))
+    if not snap.ok:
+        return out
+    if (snap.on_mains and snap.charge_pct is not None and snap.charge_pct >= FULL_CHARGE_PCT
+            and snap.runtime_s is not None and snap.runtime_s < policy.threshold_s):
+        out.append(Alert(snap.ups, AlertKind.runtime_short, (
+            f"on mains at {snap.charge_pct:g} % charge the runtime is {snap.runtime_s:g} s, below the "
+            f"shutdown threshold {policy.threshold_s:g} s: the batteries cannot carry a full shutdown")))
+    if Flag.RB in snap.flags:
+        out.append(Alert(snap.ups, AlertKind.replace_battery, "UPS asks for its battery to be replaced"))
+    if Flag.OVER in snap.flags:
+        out.append(Alert(snap.ups, AlertKind.overload, "UPS is overloaded"))
+    if snap.unknown_tokens or not snap.flags:
+        out.append(Alert(snap.ups, AlertKind.unknown_status, f"status not understood: {snap.status!r}"))
+    return out
+
+
+def _settled(phase: Phase) -> Phase:
+    return Phase.on_battery if phase in (Phase.below_threshold, Phase.critical) else phase
