@@ -86,6 +86,8 @@ class StateStore:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
+        self.warnings: list[str] = []
+        """Problems found in the state dir this process should report (e.g. in status)."""
         try:
             (self.dir / JOURNAL_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -130,7 +132,9 @@ class StateStore:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         aside = path.with_name(f"{path.name}.corrupt-{stamp}")
         os.replace(path, aside)
-        log.warning("%s is corrupt (%s); moved it to %s and started an empty history", path, why, aside)
+        message = f"{path} is corrupt ({why}); moved it to {aside} and started an empty history"
+        log.warning("%s", message)
+        self.warnings.append(message)
         return aside
 
     @contextlib.contextmanager

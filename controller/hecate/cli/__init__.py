@@ -9,9 +9,10 @@ an unusable configuration (one readable message, never a traceback).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -87,9 +88,40 @@ def daemon(config_path: Path) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(config_path: Path, as_json: bool) -> None:
-    """Show UPS state, budget, threshold and recent runs."""
-    load_config(config_path)
-    not_implemented("status", 3)
+    """Show UPS state, budget, threshold and recent runs.
+
+    Asks the running daemon (on metrics.listen) and otherwise polls the UPSes once itself.
+    """
+    from hecate.cli import render
+
+    cfg = load_config(config_path)
+    doc = _status_document(cfg)
+    click.echo(json.dumps(doc, indent=2) if as_json else render.status_text(doc))
+
+
+def _status_document(cfg: HecateConfig) -> dict[str, Any]:
+    from hecate.adapters import daemon_client
+
+    doc = daemon_client.fetch_status(cfg.metrics.listen)
+    if doc is not None:
+        return doc
+    import asyncio
+
+    from hecate.adapters import nut
+    from hecate.adapters.store import StateStore, StoreError
+    from hecate.services import monitor, status
+
+    try:
+        store = StateStore(cfg.state_dir)
+    except StoreError as err:
+        fail(str(err))
+    mon = monitor.Monitor(cfg, nut.NutReader(timeout=1.0), store, _no_action)
+    asyncio.run(mon.poll_once())
+    return status.document(mon, "direct")
+
+
+async def _no_action(*_: object) -> None:
+    """`hecate status` only looks: a decision it computes is shown, never acted on."""
 
 
 @cli.group()

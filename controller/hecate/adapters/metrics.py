@@ -1,0 +1,95 @@
+"""Prometheus metrics rendered from the status document at scrape time.
+
+A custom collector rather than module-level gauges: every scrape reads the same
+document ``/v1/status`` serves, so metrics and status cannot disagree and nothing
+global is mutated from the poll loop. Metric names are documented in the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hecate.domain.ups import Flag
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class StatusCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        doc = self.status()
+        yield from _ups_metrics(doc["ups"])
+        budget, trig = doc["budget"], doc["trigger"]
+        yield _gauge("hecate_shutdown_budget_seconds",
+                     "Estimated shutdown duration (measured from past runs, else the configured default).",
+                     [([], budget["seconds"])])
+        yield _gauge("hecate_shutdown_budget_measured",
+                     "1 when the budget is measured from recorded shutdowns, 0 when it is the default.",
+                     [([], 1.0 if budget["source"] == "measured" else 0.0)])
+        yield _gauge("hecate_shutdown_threshold_seconds",
+                     "Shut down when a protecting UPS on battery reports at most this runtime.",
+                     [([], budget["threshold_s"])])
+        yield _gauge("hecate_shutdown_triggered", "1 once a shutdown has been decided (latched).",
+                     [([], 1.0 if trig["shutdown_triggered"] else 0.0)])
+        yield _gauge("hecate_trigger_debounce_polls_required",
+                     "Consecutive polls below the threshold that trigger a shutdown.",
+                     [([], trig["debounce_polls"])])
+        yield from _run_metrics(doc["runs"])
+
+
+def _gauge(name: str, doc: str, samples: list[tuple[list[str], float]], labels: tuple[str, ...] = ()) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=list(labels))
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
+
+
+def _ups_metrics(ups: list[dict[str, Any]]) -> Iterator[Metric]:
+    def per_ups(name: str, doc: str, key: str, scale: float = 1.0) -> Metric:
+        rows = [([u["name"]], u[key] * scale) for u in ups if u[key] is not None]
+        return _gauge(name, doc, rows, ("ups",))
+
+    yield _gauge("hecate_ups_reachable", "1 when upsd answered with current data for this UPS.",
+                 [([u["name"]], 1.0 if u["reachable"] and not u["stale"] else 0.0) for u in ups], ("ups",))
+    yield _gauge("hecate_ups_on_battery", "1 when the UPS reports OB (on battery).",
+                 [([u["name"]], 1.0 if u["on_battery"] else 0.0) for u in ups], ("ups",))
+    yield per_ups("hecate_ups_battery_runtime_seconds", "Remaining runtime the UPS reports.", "runtime_s")
+    yield per_ups("hecate_ups_battery_charge_ratio", "Battery charge, 0 to 1.", "charge_pct", 0.01)
+    yield per_ups("hecate_ups_load_ratio", "Output load, 0 to 1 (above 1 when overloaded).", "load_pct", 0.01)
+    yield per_ups("hecate_ups_input_voltage_volts", "Input (mains) voltage.", "input_voltage")
+    yield _gauge("hecate_ups_status_flag", "1 for each ups.status flag the UPS reports now, else 0.",
+                 [([u["name"], f.value], 1.0 if f.value in u["flags"] else 0.0) for u in ups for f in Flag],
+                 ("ups", "flag"))
+    yield per_ups("hecate_trigger_debounce_polls",
+                  "Consecutive polls this UPS has been on battery at or below the threshold.",
+                  "below_threshold_polls")
+    yield _gauge("hecate_ups_runtime_short",
+                 "1 when on mains at full charge the runtime is below the threshold (batteries too weak).",
+                 [([u["name"]], 1.0 if u["runtime_short"] else 0.0) for u in ups], ("ups",))
+
+
+def _run_metrics(runs: dict[str, Any]) -> Iterator[Metric]:
+    total = CounterMetricFamily("hecate_runs", "Runs recorded in the run history (runs.json).",
+                                labels=["kind", "result", "dry_run"])
+    for row in runs["counts"]:
+        total.add_metric([row["kind"], row["result"], "true" if row["dry_run"] else "false"], row["count"])
+    yield total
+    yield _gauge("hecate_last_run_duration_seconds", "Duration of the last executed run of each kind.",
+                 [([kind], seconds) for kind, seconds in sorted(runs["last_duration_s"].items())], ("kind",))
+
+
+def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,50 @@
+"""Plain-text rendering of the status document for people (``hecate status``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _num(value: float | None, unit: str = "", fmt: str = "{:g}") -> str:
+    return "-" if value is None else fmt.format(value) + unit
+
+
+def status_text(doc: dict[str, Any]) -> str:
+    budget, trig = doc["budget"], doc["trigger"]
+    source = "daemon" if doc["source"] == "daemon" else "polled directly (no daemon answered)"
+    lines = [f"Hecate on {doc['host'] or '?'} ({doc['role']}) — {source}", ""]
+    header = f"{'UPS':<12} {'state':<16} {'status':<14} {'runtime':>8} {'threshold':>9} {'charge':>7} {'load':>6}"
+    lines += [header, "-" * len(header)]
+    for u in doc["ups"]:
+        state = u["phase"] if u["reachable"] and not u["stale"] else ("stale" if u["stale"] else "unreachable")
+        if u["phase"] == "below_threshold":
+            state = f"below ({u['below_threshold_polls']}/{trig['debounce_polls']})"
+        lines.append(
+            f"{u['name']:<12} {state:<16} {(u['status'] or '-'):<14} {_num(u['runtime_s'], ' s'):>8} "
+            f"{_num(budget['threshold_s'], ' s', '{:.0f}'):>9} {_num(u['charge_pct'], ' %'):>7} "
+            f"{_num(u['load_pct'], ' %'):>6}" + ("" if u["protects_cluster"] else "  (does not protect the cluster)")
+        )
+    samples = ", ".join(f"{s:g}" for s in budget["samples"])
+    measured = f" from {len(budget['samples'])} shutdowns: {samples} s" if samples else ", no measured shutdown yet"
+    lines += [
+        "",
+        f"Budget:    {budget['seconds']:g} s ({budget['source']}{measured}); "
+        f"threshold = {budget['safety_factor']:g} x budget = {budget['threshold_s']:.0f} s",
+    ]
+    decision = trig["decision"]
+    if decision:
+        lines.append(f"Trigger:   SHUTDOWN decided — UPS {decision['ups']}, {decision['reason']}: {decision['detail']}")
+    else:
+        lines.append(f"Trigger:   armed (debounce {trig['debounce_polls']} polls, deadtime {trig['deadtime_s']:g} s)")
+    for alert in doc["alerts"]:
+        lines.append(f"Alert:     {alert['ups']}: {alert['message']}")
+    for warning in doc["warnings"]:
+        lines.append(f"Warning:   {warning}")
+    runs = doc["runs"]["recent"]
+    lines += ["", f"Last runs ({doc['runs']['count']} recorded):" if runs else "Last runs: none recorded"]
+    for r in runs:
+        what = "dry-run " if r["dry_run"] else ""
+        trigger = (r["trigger"].get("ups") and f" ({r['trigger'].get('ups')}: {r['trigger'].get('reason')})") or ""
+        lines.append(f"  {r['started_at'][:19]}  {what}{r['kind']:<9} {r['result'] or 'in flight':<9} "
+                     f"{_num(r['duration_s'], ' s', '{:.1f}')}{trigger}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Orchestration: the monitor loop, status, and (later) the plan executor."""

@@ -1,0 +1,180 @@
+"""The UPS monitor: poll every UPS, feed the pure decision, act on a shutdown decision.
+
+One asyncio loop, the way upsmon works: poll all UPSes (concurrently, each bounded by
+its own timeout), parse, decide, and on the poll that decides a shutdown call the
+shutdown handler once. It polls faster while any UPS is on battery or silent after being
+on battery. The budget is re-read from the run history when the monitor starts and
+after every run, so a new measured shutdown changes the threshold at once.
+
+The monitor keeps the latest snapshots, decision and alerts for ``/v1/status``,
+``/metrics`` and ``hecate status``; it never raises out of a poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from hecate.adapters.store import StateStore, new_run_id
+from hecate.domain import budget as budget_mod
+from hecate.domain import trigger
+from hecate.domain.config import HecateConfig, Ups
+from hecate.domain.runs import RunKind, RunRecord, RunResult
+from hecate.domain.ups import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+class UpsReader(Protocol):
+    """Reads one UPS; never raises -- a failed read is a snapshot with ``ok`` False."""
+
+    async def read(self, ups: Ups) -> Snapshot: ...
+
+
+ShutdownHandler = Callable[[trigger.Decision, budget_mod.Budget], Awaitable[None]]
+
+
+@dataclass
+class MonitorView:
+    """Everything status and metrics show, as of the last poll."""
+
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    state: trigger.State = field(default_factory=trigger.State)
+    outcome: trigger.Outcome | None = None
+    polls: int = 0
+    last_poll_at: float | None = None
+    runs: list[RunRecord] = field(default_factory=list)
+
+
+class Monitor:
+    def __init__(
+        self,
+        config: HecateConfig,
+        reader: UpsReader,
+        store: StateStore,
+        on_shutdown: ShutdownHandler,
+        clock: Callable[[], float] = time.time,
+        *,
+        unlatch_on_mains: bool = False,
+    ) -> None:
+        self.config = config
+        self.reader = reader
+        self.store = store
+        self.on_shutdown = on_shutdown
+        self.clock = clock
+        self.unlatch_on_mains = unlatch_on_mains
+        self.view = MonitorView()
+        self._active_alerts: set[tuple[str, trigger.AlertKind]] = set()
+        self.budget = budget_mod.Budget(
+            config.trigger.default_budget_s, budget_mod.BudgetSource.default, (), config.trigger.safety_factor)
+        self.refresh_budget()
+
+    # -- budget and policy ---------------------------------------------------------------
+
+    def refresh_budget(self) -> None:
+        """Re-read the run history (a corrupt file reads as empty) and re-estimate the budget."""
+        t = self.config.trigger
+        self.view.runs = self.store.load_runs()
+        self.budget = budget_mod.estimate(
+            self.view.runs, default_s=t.default_budget_s, history=t.budget_history, safety_factor=t.safety_factor)
+
+    def policy(self) -> trigger.Policy:
+        t = self.config.trigger
+        return trigger.Policy(
+            threshold_s=self.budget.threshold_s,
+            debounce_polls=t.debounce_polls,
+            deadtime_s=t.deadtime_s,
+            protecting=frozenset(u.name for u in self.config.ups if u.protects_cluster),
+        )
+
+    # -- polling -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Every configured UPS has been polled at least once."""
+        return all(u.name in self.view.snapshots for u in self.config.ups)
+
+    def interval(self) -> float:
+        t = self.config.trigger
+        on_battery = any(
+            s.on_battery or (not s.ok and self.view.state.ups.get(s.ups, trigger.UpsState()).last_on_battery)
+            for s in self.view.snapshots.values()
+        )
+        return t.poll_interval_on_battery_s if on_battery else t.poll_interval_s
+
+    async def poll_once(self) -> trigger.Outcome:
+        snapshots: Sequence[Snapshot] = await asyncio.gather(*(self.reader.read(u) for u in self.config.ups))
+        now = self.clock()
+        state, outcome = trigger.decide(self.view.state, snapshots, self.policy(), now)
+        self.view.snapshots = {s.ups: s for s in snapshots}
+        self.view.state, self.view.outcome = state, outcome
+        self.view.polls += 1
+        self.view.last_poll_at = now
+        for edge in outcome.transitions:
+            log.info("UPS %s: %s -> %s", edge.ups, edge.before.value, edge.after.value)
+        active = {(a.ups, a.kind) for a in outcome.alerts}
+        for alert in outcome.alerts:  # a standing alert is logged once, on its edge
+            if (alert.ups, alert.kind) not in self._active_alerts:
+                log.warning("UPS %s: %s", alert.ups, alert.message)
+        for ups, kind in self._active_alerts - active:
+            log.info("UPS %s: %s cleared", ups, kind.value)
+        self._active_alerts = active
+        if outcome.fresh and outcome.shutdown is not None:
+            log.critical("shutdown decided: UPS %s, %s: %s", outcome.shutdown.ups,
+                         outcome.shutdown.reason.value, outcome.shutdown.detail)
+            try:
+                await self.on_shutdown(outcome.shutdown, self.budget)
+            finally:
+                self.refresh_budget()
+        elif self.unlatch_on_mains and state.latched is not None and self._all_protecting_on_mains():
+            log.info("every protecting UPS is back on mains: the dry-run decision is cleared")
+            self.clear_latch()
+        return outcome
+
+    def _all_protecting_on_mains(self) -> bool:
+        protecting = [u.name for u in self.config.ups if u.protects_cluster]
+        return all(self.view.snapshots[name].on_mains for name in protecting)
+
+    def clear_latch(self) -> None:
+        """The run that the latched decision started has ended."""
+        self.view.state = trigger.reset(self.view.state)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; an unexpected error is logged and the loop goes on."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.poll_once()
+            except Exception:  # the monitor must outlive any single bad poll
+                log.exception("poll failed")
+            delay = max(0.0, self.interval() - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+
+def dry_run_recorder(store: StateStore, clock: Callable[[], float] = time.time) -> ShutdownHandler:
+    """A shutdown handler that only records the decision as a dry-run shutdown run."""
+
+    async def record(decision: trigger.Decision, budget: budget_mod.Budget) -> None:
+        at = datetime.fromtimestamp(clock(), UTC)
+        record = RunRecord(
+            id=new_run_id(at), kind=RunKind.shutdown, dry_run=True, started_at=at, finished_at=at,
+            duration_s=0.0, result=RunResult.success,
+            trigger={
+                "source": "ups", "ups": decision.ups, "reason": decision.reason.value,
+                "detail": decision.detail, "runtime_s": decision.runtime_s,
+                "threshold_s": decision.threshold_s, "budget_s": budget.seconds,
+                "budget_source": budget.source.value,
+                "decided_at": datetime.fromtimestamp(decision.at, UTC).isoformat(),
+            },
+        )
+        await asyncio.to_thread(store.append_run, record)
+        log.warning("dry-run: recorded shutdown run %s; nothing was touched", record.id)
+
+    return record

@@ -1,0 +1,111 @@
+"""The status document: one JSON object behind ``/v1/status``, ``hecate status --json`` and /metrics.
+
+Its fields are documented in the README ("Status"); the Prometheus collector renders
+the same document, so status and metrics can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from hecate.domain.budget import Budget
+from hecate.domain.config import HecateConfig
+from hecate.domain.runs import RunRecord
+from hecate.domain.trigger import AlertKind, Decision, UpsState
+from hecate.services.monitor import Monitor
+
+RECENT_RUNS = 5
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _decision(d: Decision | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {"ups": d.ups, "reason": d.reason.value, "detail": d.detail, "at": _iso(d.at),
+            "runtime_s": d.runtime_s, "threshold_s": d.threshold_s}
+
+
+def _budget(b: Budget, config: HecateConfig) -> dict[str, Any]:
+    return {"seconds": b.seconds, "source": b.source.value, "samples": list(b.samples),
+            "safety_factor": b.safety_factor, "threshold_s": b.threshold_s,
+            "default_s": config.trigger.default_budget_s}
+
+
+def _run(r: RunRecord) -> dict[str, Any]:
+    return {"id": r.id, "kind": r.kind.value, "dry_run": r.dry_run, "result": r.result and r.result.value,
+            "started_at": r.started_at.isoformat(), "duration_s": r.duration_s,
+            "trigger": r.trigger}
+
+
+def _runs(runs: list[RunRecord]) -> dict[str, Any]:
+    counts = Counter((r.kind.value, r.result.value if r.result else "in_flight", r.dry_run) for r in runs)
+    last_duration: dict[str, float] = {}
+    for r in runs:
+        if r.duration_s is not None and not r.dry_run:
+            last_duration[r.kind.value] = r.duration_s
+    return {
+        "count": len(runs),
+        "counts": [{"kind": k, "result": res, "dry_run": dry, "count": n}
+                   for (k, res, dry), n in sorted(counts.items())],
+        "last_duration_s": last_duration,
+        "recent": [_run(r) for r in runs[-RECENT_RUNS:]][::-1],
+    }
+
+
+def document(monitor: Monitor, source: str) -> dict[str, Any]:
+    """The status of everything the monitor knows. ``source``: ``daemon`` or ``direct``."""
+    config, view = monitor.config, monitor.view
+    outcome = view.outcome
+    ups = []
+    for u in config.ups:
+        snap = view.snapshots.get(u.name)
+        st = view.state.ups.get(u.name, UpsState())
+        ups.append({
+            "name": u.name,
+            "address": f"{u.host}:{u.port}",
+            "protects_cluster": u.protects_cluster,
+            "polled": snap is not None,
+            "reachable": bool(snap and snap.reachable),
+            "stale": bool(snap and snap.stale),
+            "error": snap.error if snap else None,
+            "status": snap.status if snap else None,
+            "flags": sorted(f.value for f in snap.flags) if snap else [],
+            "unknown_tokens": list(snap.unknown_tokens) if snap else [],
+            "on_battery": bool(snap and snap.on_battery),
+            "phase": st.phase.value,
+            "runtime_s": snap.runtime_s if snap else None,
+            "charge_pct": snap.charge_pct if snap else None,
+            "load_pct": snap.load_pct if snap else None,
+            "input_voltage": snap.input_voltage if snap else None,
+            "below_threshold_polls": st.below_polls,
+            "last_seen_at": _iso(st.last_seen_at),
+        })
+    runs = view.runs
+    short = {a.ups for a in (outcome.alerts if outcome else ()) if a.kind is AlertKind.runtime_short}
+    for row in ups:
+        row["runtime_short"] = row["name"] in short
+    return {
+        "host": config.host_name,
+        "role": config.role.value,
+        "source": source,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "polls": view.polls,
+        "last_poll_at": _iso(view.last_poll_at),
+        "ups": ups,
+        "budget": _budget(monitor.budget, config),
+        "trigger": {
+            "debounce_polls": config.trigger.debounce_polls,
+            "deadtime_s": config.trigger.deadtime_s,
+            "shutdown_triggered": bool(outcome and outcome.shutdown),
+            "decision": _decision(outcome.shutdown if outcome else None),
+        },
+        "alerts": [{"ups": a.ups, "kind": a.kind.value, "message": a.message}
+                   for a in (outcome.alerts if outcome else ())],
+        "runs": _runs(runs),
+        "warnings": list(monitor.store.warnings),
+    }
