@@ -79,9 +79,21 @@ def shutdown(config_path: Path, execute: bool) -> None:
 @cli.command()
 @config_option
 def daemon(config_path: Path) -> None:
-    """Watch the UPSes, decide, serve metrics and run the PowerPolicy operator."""
-    load_config(config_path)
-    not_implemented("daemon", 3)
+    """Watch the UPSes, decide, and serve /metrics, /healthz, /readyz and /v1/status."""
+    import asyncio
+    import logging
+
+    from hecate import daemon as daemon_mod
+    from hecate.adapters.store import StoreError
+
+    cfg = load_config(config_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(daemon_mod.run(cfg))
+    except OSError as err:  # e.g. the metrics port is taken
+        fail(f"daemon cannot start: {err}")
+    except StoreError as err:
+        fail(str(err))
 
 
 @cli.command()
