@@ -5,7 +5,11 @@
 set -euo pipefail
 
 DIR="${HECATE_LAB_DIR:-/tmp/hecate-demo}"
-cleanup() { hecate lab down --dir "$DIR" >/dev/null 2>&1 || true; }
+DAEMON_PID=""
+cleanup() {
+    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
+    hecate lab down --dir "$DIR" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -22,9 +26,20 @@ hecate config validate --config "$DIR/hecate.yaml"
 step "Lab status: mains power"
 hecate lab status --dir "$DIR"
 
-step "Mains fails: the UPS goes on battery and drains"
+step "hecate daemon starts watching the UPS"
+hecate daemon --config "$DIR/hecate.yaml" 2> "$DIR/daemon.log" &
+DAEMON_PID=$!
+for _ in $(seq 50); do hecate status --config "$DIR/hecate.yaml" --json 2>/dev/null | grep -q '"source": "daemon"' && break; sleep 0.2; done
+hecate status --config "$DIR/hecate.yaml"
+
+step "Mains fails: the UPS goes on battery, runtime drains below the threshold (1.1 x 300 s budget)"
 hecate lab ups-set --dir "$DIR" pyrphoros ups.status="OB DISCHRG" battery.runtime=240 battery.charge=58
-hecate lab status --dir "$DIR"
+sleep 4   # three polls on battery below the threshold: the debounce
+hecate status --config "$DIR/hecate.yaml"
+
+step "The daemon's log (the decision is recorded as a dry-run: the shutdown executor comes with issue #4)"
+kill "$DAEMON_PID"; wait "$DAEMON_PID" || true; DAEMON_PID=""
+cat "$DIR/daemon.log"
 
 step "Tearing the lab down"
 start=$EPOCHREALTIME

@@ -23,7 +23,8 @@ def test_demo_script_runs_the_lab_and_tears_it_down(tmp_path: Path) -> None:
                           timeout=100, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK (role coordinator, 3 nodes, 1 UPS)" in proc.stdout
-    assert "status=OB DISCHRG" in proc.stdout
-    assert proc.stdout.count("sshd=up") == 6  # 3 nodes, shown twice
+    assert proc.stdout.count("sshd=up") == 3
+    assert "Trigger:   SHUTDOWN decided — UPS pyrphoros, runtime" in proc.stdout
+    assert "dry-run: recorded shutdown run" in proc.stdout
     assert "is down" in proc.stdout
     assert not (directory / MANIFEST).exists()

@@ -25,7 +25,7 @@ import yaml
 
 from hecate.lab import DEFAULT_DIR, kubeapi, nodes
 from hecate.lab.nodes import LabNode
-from hecate.lab.procs import LabError, alive
+from hecate.lab.procs import LabError, alive, free_port
 from hecate.lab.ups import LabUps, start_ups
 
 MANIFEST = "lab.json"
@@ -56,6 +56,8 @@ class Lab:
     ups: dict[str, LabUps] = field(default_factory=dict)
     nodes: list[LabNode] = field(default_factory=list)
     kubeapi_pid: int | None = None
+    metrics_port: int = field(default_factory=free_port)
+    """Where a `hecate daemon` run against this lab serves (a free port, so labs can coexist)."""
 
     # -- paths -----------------------------------------------------------------------
 
@@ -138,7 +140,7 @@ class Lab:
             dir=directory, id=data["id"], netns=data["netns"], subnet=data["subnet"],
             ups={u["name"]: LabUps.from_dict(u) for u in data["ups"]},
             nodes=[nodes.LabNode.from_dict(n) for n in data["nodes"]],
-            kubeapi_pid=data.get("kubeapi_pid"),
+            kubeapi_pid=data.get("kubeapi_pid"), metrics_port=data["metrics_port"],
         )
 
     def save(self) -> None:
@@ -147,6 +149,7 @@ class Lab:
             "ups": [u.to_dict() for u in self.ups.values()],
             "nodes": [n.to_dict() for n in self.nodes],
             "kubeapi_pid": self.kubeapi_pid,
+            "metrics_port": self.metrics_port,
             "kubeconfig": str(self.kubeconfig), "config": str(self.config_path),
         }
         tmp = self.dir / f".{MANIFEST}.tmp"
@@ -212,7 +215,7 @@ class Lab:
                 # The lab's coordinator only records that it would power off.
                 "local_poweroff_command": ["sh", "-c", f"date +%s.%N >> {self.dir}/coordinator-poweroff"],
             },
-            "metrics": {"listen": "127.0.0.1:9560"},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
         }
 
     def write_hecate_config(self) -> None:
