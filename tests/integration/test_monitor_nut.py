@@ -113,12 +113,14 @@ def test_ob_lb_triggers_on_the_first_poll_and_fsd_triggers(tmp_path: Path, ups: 
     assert outcome.fresh
     assert outcome.shutdown is not None
     assert outcome.shutdown.reason is trigger.Reason.low_battery
+    assert len(recorder.decisions) == 1
 
     monitor, recorder = make_monitor(make_config(tmp_path, ups))
     ups.set(ups_status="FSD OL")
     outcome = poll(monitor)
     assert outcome.shutdown is not None
     assert outcome.shutdown.reason is trigger.Reason.fsd
+    assert [d.reason for d in recorder.decisions] == [trigger.Reason.fsd]
 
 
 def test_driver_gone_or_upsd_down_on_mains_alerts_but_never_triggers(tmp_path: Path, ups: LabUps) -> None:
