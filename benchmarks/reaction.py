@@ -13,8 +13,7 @@ Two results:
   never sets FSD on the lab UPS (a primary would, and upsd keeps FSD until it restarts);
   a secondary that sees ``OB LB`` waits up to HOSTSYNC for a primary before it gives up,
   then FINALDELAY, so its SHUTDOWNCMD comes about 20-25 s after its LOWBATT notice.
-  upsmon is restarted fresh for every repetition (it exits after SHUTDOWNCMD); the daemon
-  keeps running and must clear its dry-run latch when the UPS is back on mains.
+  upsmon is restarted fresh for every repetition (it exits after SHUTDOWNCMD).
 * **threshold** -- the same daemon, no upsmon: the UPS is on battery with a runtime well
   above the threshold (default budget 300 s x 1.1 = 330 s), then the runtime drops to
   200 s; measured from t0 to the decision, which needs ``debounce_polls`` (3) polls at the
@@ -24,8 +23,12 @@ t0 is the reference clock: a raw upsd connection of our own asks ``GET VAR`` eve
 right after the ``.dev`` file is rewritten (``dummy-ups`` picks the change up within its
 1 s poll interval), and t0 is when the first reply with the new value arrives. Every
 timestamp is this machine's wall clock (Hecate's ``time.time()``, the scripts' ``date``).
-Before each change we sleep a random 0-5 s (0-2 s on battery) so the change lands at a
-random point of both pollers' cycles.
+``dummy-ups`` serves a change only on its own 1 s tick, and every poll period here is a whole
+number of seconds, so a poller left running would meet every change at the same point of
+its cycle. So each repetition starts a fresh daemon and a fresh upsmon after random delays
+(0-2 s and 0-5 s), then sleeps a random 0-5 s (0-1 s on battery) before the change. Before
+a daemon is replaced, the benchmark checks that it cleared its dry-run latch once the UPS
+was back on mains, as it must (``latch_cleared_on_mains``).
 
 Each repetition with upsmon lasts ~30 s, nearly all of it upsmon's HOSTSYNC + FINALDELAY,
 so the repetitions run in ``LANES`` independent lanes at once (own UPS, own daemon, own
@@ -36,6 +39,7 @@ only append a timestamp to a file in the lab dir; POWERDOWNFLAG and upsmon's PID
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -271,7 +275,7 @@ class Upsmon:
         notify.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $NOTIFYTYPE" >> "{self.notify_log}"\n')
         shutdown.write_text(f'#!/bin/sh\ndate +%s.%N >> "{self.shutdown_log}"\n')
         for script in (notify, shutdown):
-            os.chmod(script, 0o755)
+            os.chmod(script, 0o700)
         lines = [
             f"MONITOR {self.ups.name}@{self.ups.host}:{self.ups.port} 1 {LAB_USER} {LAB_PASSWORD} secondary",
             "MINSUPPLIES 1",
@@ -304,10 +308,8 @@ class Upsmon:
         for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
             self._reap()
             for pid in _group(pgid, marker):
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
             deadline = time.monotonic() + grace
             while _group(pgid, marker) and time.monotonic() < deadline:
                 self._reap()
@@ -423,7 +425,8 @@ class Lane:
         poll period is a whole number of seconds too: a daemon kept running would meet every
         change at the same point of its cycle. A fresh start after a random delay does not.
         """
-        assert self.ups is not None and self.config is not None
+        assert self.ups is not None
+        assert self.config is not None
         self.ups.set(ups_status="OL", battery_runtime=1800, battery_charge=100)
         if self.daemon is not None:
             # The latch clears on the first poll that sees every protecting UPS on mains (dry-run only).
@@ -439,7 +442,8 @@ class Lane:
         self._wait_daemon("on_mains", "the new daemon to see the UPS on mains")
 
     def vs_upsmon(self, reps: int) -> None:
-        assert self.ups is not None and self.upsmon is not None
+        assert self.ups is not None
+        assert self.upsmon is not None
         ups, mon = self.ups, self.upsmon
         for rep in range(reps):
             mon.stop()
@@ -579,6 +583,8 @@ def run() -> Iterator[dict[str, Any]]:
         "speedup_median": speedup,
         "speedup_shutdowncmd_median": speedup_shutdown,
         "misses": misses,
+        "latch_cleared_on_mains": f"{sum(lane.latch_cleared for lane in lanes)}/"
+                                  f"{LANES * (REPS_PER_LANE + THRESHOLD_REPS_PER_LANE)}",
         "hecate_settings": {"poll_interval_s": 2.0, "poll_interval_on_battery_s": 1.0,
                             "debounce_polls": DEBOUNCE_POLLS, "note": "trigger defaults, not overridden"},
         "upsmon_settings": {

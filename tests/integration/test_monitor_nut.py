@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hecate.adapters import nut
+from hecate.adapters import metrics, nut
 from hecate.adapters.store import StateStore
 from hecate.domain import trigger
 from hecate.domain.budget import Budget
@@ -185,6 +185,11 @@ def test_learned_budget_and_corrupt_history(tmp_path: Path, ups: LabUps) -> None
     assert doc["budget"]["seconds"] == 110.0  # the dry-run's 600 s does not count
     assert doc["budget"]["threshold_s"] == pytest.approx(121.0)
     assert doc["warnings"] == []
+    text = metrics.render(metrics.registry_for(lambda: doc)).decode()
+    assert "hecate_shutdown_budget_seconds 110.0" in text
+    assert "hecate_shutdown_budget_measured 1.0" in text
+    assert "hecate_shutdown_threshold_seconds 121.0" in text
+    assert 'hecate_last_run_duration_seconds{kind="shutdown"} 110.0' in text
 
     (state / "runs.json").write_text('[{"id": "r1", "kind": "shutd')
     monitor, _ = make_monitor(config)
