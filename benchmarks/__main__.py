@@ -9,7 +9,7 @@ import importlib
 import json
 import sys
 
-BENCHMARKS = ["lab_bringup"]
+BENCHMARKS = ["lab_bringup", "reaction", "footprint"]
 
 
 def main(argv: list[str]) -> int:

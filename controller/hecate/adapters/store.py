@@ -75,6 +75,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
+def boot_id() -> str:
+    """This boot's id (a journal from another boot is history, not a run to resume)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
 def new_run_id(now: datetime | None = None) -> str:
     """A unique, time-ordered run id such as ``20261127T035000Z-3f9a``."""
     now = now or datetime.now(UTC)

@@ -66,6 +66,10 @@ class RunRecord(BaseModel):
     """Outcome, or null while in flight."""
     stages: list[StageRecord] = Field(default_factory=list)
     """Per-stage durations and results, in execution order."""
+    changes: dict[str, Any] = Field(default_factory=dict)
+    """What the run changed that a later run must undo exactly: `flux_suspended` (refs Hecate
+    suspended), `flux_already_suspended` (never resume these), `scaled` (ref -> original
+    replicas), `cordoned` (nodes Hecate cordoned)."""
 
 
 RunHistory = TypeAdapter(list[RunRecord])

@@ -1,0 +1,174 @@
+"""Footprint: ``hecate daemon`` watching 4 lab UPSes, each polled every second; ``hecate status``.
+
+The daemon (a subprocess, ``poll_interval_s: 1`` and ``poll_interval_on_battery_s: 1``)
+settles for a few seconds, then for 60 s we read its CPU time (utime + stime from
+``/proc/<pid>/stat``, every thread included) and sample its RSS (``VmRSS`` from
+``/proc/<pid>/status``) every second. Nothing talks to the daemon during that window.
+
+In the same run, so readers see the floor: the RSS of an idle ``python`` (the same
+interpreter) and of one that has only imported ``hecate.daemon``, and the wall time of
+``hecate --version`` (interpreter start + the CLI import). ``hecate status`` is timed
+against the running daemon and, after it stopped, with no daemon (``metrics.listen``
+on an unused port, so it polls the 4 UPSes itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.reaction import (
+    daemon_status,
+    hecate_argv,
+    progress,
+    start_daemon,
+    stop_daemon,
+    wait_daemon_ready,
+    write_daemon_config,
+)
+from hecate.lab.procs import free_port
+from hecate.lab.ups import LabUps, start_ups
+
+UPSES = 4
+SETTLE_S = 5.0
+WATCH_S = 60.0
+SAMPLE_EVERY_S = 1.0
+REPEAT = 10
+TARGET_CPU_PCT = 0.5
+TARGET_STATUS_S = 0.4
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def idle_rss(code: str) -> float:
+    """RSS of ``python -c code`` once it sits in its final sleep."""
+    proc = subprocess.Popen([sys.executable, "-c", f"{code}\nimport sys, time\nprint(flush=True)\ntime.sleep(60)"],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # imports done
+        time.sleep(0.3)
+        return rss_mib(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def wall(argv: list[str], repeat: int, expect: str | None = None) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        times.append(time.perf_counter() - started)
+        if out.returncode != 0 or (expect is not None and expect not in out.stdout):
+            raise RuntimeError(f"{' '.join(argv)} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
+            "min_s": round(min(times), 3)}
+
+
+def run() -> Iterator[dict[str, Any]]:
+    progress("footprint: baselines")
+    idle_python = idle_rss("pass")
+    import_daemon = idle_rss("import hecate.daemon")
+    version = wall(hecate_argv("--version"), REPEAT, expect="hecate")
+    with tempfile.TemporaryDirectory(prefix="hecate-bench-footprint-") as tmp:
+        work = Path(tmp)
+        upses: list[LabUps] = []
+        daemon = None
+        try:
+            progress(f"footprint: starting {UPSES} lab UPSes")
+            for i in range(1, UPSES + 1):
+                upses.append(start_ups(work, f"ups{i}"))
+            port = free_port()
+            trigger = {"poll_interval_s": 1.0, "poll_interval_on_battery_s": 1.0}
+            config = write_daemon_config(work / "hecate.yaml", work / "state", upses, port, trigger)
+            log = work / "daemon.log"
+            daemon = start_daemon(config, log)
+            wait_daemon_ready(daemon, port, log)
+            progress(f"footprint: daemon ready; settling {SETTLE_S:g} s, then watching {WATCH_S:g} s")
+            time.sleep(SETTLE_S)
+            polls_before = daemon_status(port)["polls"]
+            cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+            rss: list[float] = []
+            while time.monotonic() - t0 < WATCH_S:
+                rss.append(rss_mib(daemon.pid))
+                time.sleep(SAMPLE_EVERY_S)
+            cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+            polls = daemon_status(port)["polls"] - polls_before
+            cpu_s, wall_s = cpu1 - cpu0, t1 - t0
+            cpu_pct = 100 * cpu_s / wall_s
+
+            progress(f"footprint: hecate status x{REPEAT} against the daemon")
+            json_doc = json.loads(subprocess.run(hecate_argv("status", "--config", str(config), "--json"),
+                                                 capture_output=True, text=True, timeout=30, check=True).stdout)
+            if json_doc["source"] != "daemon":
+                raise RuntimeError(f"hecate status did not ask the daemon: source {json_doc['source']!r}")
+            with_daemon = wall(hecate_argv("status", "--config", str(config)), REPEAT)
+            stop_daemon(daemon)
+            daemon_rc = daemon.returncode
+            daemon = None
+
+            progress(f"footprint: hecate status x{REPEAT} with no daemon (direct poll)")
+            direct_config = write_daemon_config(work / "direct.yaml", work / "state", upses, free_port(), trigger)
+            direct = wall(hecate_argv("status", "--config", str(direct_config)), REPEAT, expect="polled directly")
+        finally:
+            stop_daemon(daemon)
+            for ups in upses:
+                ups.stop()
+
+    yield {
+        "result": "daemon_idle",
+        "upses": UPSES,
+        "poll_interval_s": 1.0,
+        "watch_s": round(wall_s, 1),
+        "polls": polls,
+        "cpu_s": round(cpu_s, 3),
+        "cpu_pct_of_one_core": round(cpu_pct, 3),
+        "cpu_ms_per_poll": round(1000 * cpu_s / polls, 2) if polls else None,
+        "rss_mean_mib": round(statistics.mean(rss), 1),
+        "rss_max_mib": round(max(rss), 1),
+        "rss_first_mib": round(rss[0], 1),
+        "rss_last_mib": round(rss[-1], 1),
+        "baseline_idle_python_rss_mib": round(idle_python, 1),
+        "baseline_python_import_hecate_daemon_rss_mib": round(import_daemon, 1),
+        "daemon_exit_code_on_sigterm": daemon_rc,
+        "target_cpu_pct": TARGET_CPU_PCT,
+        "cpu_pass": cpu_pct <= TARGET_CPU_PCT,
+    }
+    yield {
+        "result": "status_wall_time",
+        "repeat": REPEAT,
+        "upses": UPSES,
+        "with_daemon": summary(with_daemon),
+        "no_daemon_direct_poll": summary(direct),
+        "baseline_hecate_version": summary(version),
+        "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(hecate_argv("status"))),
+        "target_s": TARGET_STATUS_S,
+        "with_daemon_pass": statistics.median(with_daemon) <= TARGET_STATUS_S,
+        "no_daemon_pass": statistics.median(direct) <= TARGET_STATUS_S,
+    }

@@ -1,0 +1,312 @@
+"""The plan executor: runs a plan's stages in order, journaled, resumable, bounded in time.
+
+One executor applies every plan (shutdown now, startup later). Per stage it runs the
+steps wave by wave, up to the stage's parallelism at once; each step has its own timeout
+and retries transient errors with backoff; the stage has a deadline after which its
+unfinished steps are cancelled and recorded as failed. A failed step with
+``on_error: abort`` stops the run; with ``continue`` (the default) the stage is
+``degraded`` and the run goes on -- shutdown must reach power-off.
+
+It holds the state dir's run lock for the whole run, and journals every step's start and
+end (``journal/<run-id>.jsonl``, fsync'd). A process killed mid-run is resumed by
+``resume``: the plan comes back from the journal and finished steps are not repeated.
+The run record (per-stage durations, result, what was changed) is written to
+``runs.json`` at the end -- and *before* the coordinator powers itself off, which is the
+last stage and the one step that cannot report back.
+
+Before each non-disruptive stage the caller's ``power_restored()`` is asked; if mains is
+back before the first disruptive stage starts, the run aborts cleanly and undoes what
+the finished stages changed (the Flux suspension).
+
+Actions are capabilities handed in by the caller (``hecate.services.shutdown`` wires
+them to SSH, Kubernetes, NUT and the local host); an action raises :class:`Skipped` to
+skip itself (e.g. the API is unreachable), :class:`StepFailed` to fail (``transient``
+ones are retried), and returns a dict of data that is journaled and folded into the
+run's ``changes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from hecate.adapters.store import StateStore, boot_id, new_run_id
+from hecate.domain.plan import Action, OnError, Plan, Stage, Step, first_disruptive
+from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
+
+
+class Skipped(Exception):
+    """The step did not apply (e.g. the Kubernetes API is unreachable); the run goes on."""
+
+
+class StepFailed(Exception):
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+ActionFn = Callable[[Step], Awaitable[dict[str, Any]]]
+UndoFn = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class StepOutcome:
+    stage: str
+    step: Step
+    status: str  # ok | failed | skipped
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+    attempts: int = 1
+
+    @property
+    def key(self) -> str:
+        return self.step.key(self.stage)
+
+
+class Progress(Protocol):
+    """Live progress for people (rich, in the CLI) or JSON lines for journald (daemon)."""
+
+    def stage_started(self, stage: Stage, index: int, total: int) -> None: ...
+
+    def step_finished(self, outcome: StepOutcome) -> None: ...
+
+    def stage_finished(self, record: StageRecord) -> None: ...
+
+    def run_finished(self, record: RunRecord) -> None: ...
+
+
+class Executor:
+    def __init__(
+        self,
+        store: StateStore,
+        actions: Mapping[Action, ActionFn],
+        progress: Progress,
+        *,
+        undo: Mapping[Action, UndoFn] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.actions = actions
+        self.undo = undo or {}
+        self.progress = progress
+        self.clock = clock
+        self._closed: set[str] = set()  # runs recorded already (before local power-off): no more journal
+
+    # -- entry points --------------------------------------------------------------------
+
+    async def run(self, plan: Plan, trigger: dict[str, Any], *,
+                  power_restored: Callable[[], bool] | None = None) -> RunRecord:
+        """Run a new plan under the run lock (``RunInProgress`` if another run holds it)."""
+        with self.store.run_lock(f"{plan.kind} run"):
+            run_id = new_run_id(datetime.fromtimestamp(self.clock(), UTC))
+            started = self.clock()
+            self._journal(run_id, {"event": "run", "plan": plan.to_dict(), "trigger": trigger, "t": started,
+                                   "boot_id": boot_id()})
+            return await self._execute(run_id, plan, trigger, started, {}, power_restored)
+
+    async def resume(self, run_id: str, *, power_restored: Callable[[], bool] | None = None) -> RunRecord:
+        """Finish a run a killed process left in the journal, without repeating finished steps."""
+        with self.store.run_lock(f"resume {run_id}"):
+            events = self.store.journal_read(run_id)
+            head = next((e for e in events if e.get("event") == "run"), None)
+            if head is None:
+                self.store.journal_finish(run_id)
+                raise ValueError(f"journal of run {run_id} has no plan; discarded it")
+            if head.get("boot_id") != boot_id():
+                # The machine rebooted mid-run: resuming would shut down a cluster that has
+                # come back with the power. Record the run as interrupted instead.
+                log.warning("run %s was interrupted by a reboot; recording it, not resuming it", run_id)
+                record = RunRecord(
+                    id=run_id, kind=RunKind(head["plan"]["kind"]), trigger=head["trigger"], dry_run=False,
+                    started_at=datetime.fromtimestamp(head["t"], UTC), result=RunResult.failed,
+                    stages=[StageRecord(name="interrupted", duration_s=0, result=RunResult.failed,
+                                        detail="the host rebooted before the run finished")])
+                self.store.append_run(record)
+                self.store.journal_finish(run_id)
+                return record
+            done = {e["step"]: e for e in events if e.get("event") == "step-end"}
+            log.warning("resuming run %s: %d steps already done", run_id, len(done))
+            self._journal(run_id, {"event": "resume", "t": self.clock()})
+            plan = Plan.from_dict(head["plan"])
+            return await self._execute(run_id, plan, head["trigger"], head["t"], done, power_restored)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def _execute(self, run_id: str, plan: Plan, trigger: dict[str, Any], started: float,
+                       done: dict[str, dict[str, Any]], power_restored: Callable[[], bool] | None) -> RunRecord:
+        record = RunRecord(id=run_id, kind=RunKind(plan.kind), trigger=trigger, dry_run=False,
+                           started_at=datetime.fromtimestamp(started, UTC))
+        outcomes: list[StepOutcome] = [_from_journal(plan, e) for e in done.values()]
+        stage_records: dict[str, StageRecord] = {}
+        disruptive_from = first_disruptive(plan)
+        aborted = False
+        for index, stage in enumerate(plan.stages):
+            if stage.steps[0].action is Action.local_poweroff:
+                # Record the run before the coordinator goes dark: nothing reports after this step.
+                record = self._finish(record, stage_records, outcomes, started, aborted=False)
+            if index <= disruptive_from and power_restored is not None and power_restored():
+                log.warning("power is back before the first disruptive stage: aborting the %s", plan.kind)
+                await self._undo(outcomes)
+                aborted = True
+                break
+            self.progress.stage_started(stage, index, len(plan.stages))
+            stage_outcomes = await self._run_stage(run_id, stage, done)
+            outcomes.extend(stage_outcomes)
+            stage_record = _stage_record(stage, [o for o in outcomes if o.stage == stage.name], self.store, run_id)
+            stage_records[stage.name] = stage_record
+            self.progress.stage_finished(stage_record)
+            if any(o.status == "failed" and o.step.on_error is OnError.abort for o in stage_outcomes):
+                log.error("stage %s failed a step marked abort: stopping the run", stage.name)
+                break
+        return self._finish(record, stage_records, outcomes, started, aborted=aborted)
+
+    async def _run_stage(self, run_id: str, stage: Stage, done: Mapping[str, Any]) -> list[StepOutcome]:
+        gate = asyncio.Semaphore(stage.parallelism)
+        results: list[StepOutcome] = []
+        deadline = time.monotonic() + stage.deadline_s
+
+        async def one(step: Step) -> None:
+            async with gate:
+                results.append(await self._run_step(run_id, stage, step))
+
+        for wave in stage.waves():
+            pending = [s for s in wave if s.key(stage.name) not in done]
+            if not pending:
+                continue
+            tasks = {asyncio.create_task(one(s)): s for s in pending}
+            _done, unfinished = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            for task in unfinished:
+                step = tasks[task]
+                outcome = StepOutcome(stage.name, step, "failed", f"stage deadline of {stage.deadline_s:g} s passed")
+                self._journal(run_id, _end_event(outcome, self.clock()))
+                results.append(outcome)
+                self.progress.step_finished(outcome)
+            if unfinished:
+                break  # the stage is out of time: later waves do not start
+        return results
+
+    async def _run_step(self, run_id: str, stage: Stage, step: Step) -> StepOutcome:
+        action = self.actions.get(step.action)
+        key = step.key(stage.name)
+        self._journal(run_id, {"event": "step-start", "step": key, "t": self.clock()})
+        started = time.monotonic()
+        attempts = 0
+        outcome: StepOutcome
+        while True:
+            attempts += 1
+            try:
+                if action is None:
+                    raise StepFailed(f"no capability for action {step.action.value}")
+                data = await asyncio.wait_for(action(step), timeout=step.timeout_s)
+                outcome = StepOutcome(stage.name, step, "ok", data.pop("detail", ""), data)
+            except Skipped as err:
+                outcome = StepOutcome(stage.name, step, "skipped", str(err))
+            except StepFailed as err:
+                if err.transient and attempts <= step.retries:
+                    await asyncio.sleep(BACKOFF_S[min(attempts - 1, len(BACKOFF_S) - 1)])
+                    continue
+                outcome = StepOutcome(stage.name, step, "failed", str(err))
+            except TimeoutError:
+                outcome = StepOutcome(stage.name, step, "failed", f"timed out after {step.timeout_s:g} s")
+            except Exception as err:  # a bug in one step must not stop a shutdown
+                log.exception("step %s crashed", key)
+                outcome = StepOutcome(stage.name, step, "failed", f"unexpected error: {err!r}")
+            break
+        outcome.duration_s = time.monotonic() - started
+        outcome.attempts = attempts
+        self._journal(run_id, _end_event(outcome, self.clock()))
+        self.progress.step_finished(outcome)
+        return outcome
+
+    async def _undo(self, outcomes: list[StepOutcome]) -> None:
+        for outcome in reversed(outcomes):
+            undo = self.undo.get(outcome.step.action)
+            if undo is not None and outcome.status == "ok":
+                try:
+                    await undo(outcome.data)
+                except Exception:
+                    log.exception("undoing %s failed", outcome.key)
+
+    def _finish(self, record: RunRecord, stage_records: Mapping[str, StageRecord], outcomes: list[StepOutcome],
+                started: float, *, aborted: bool) -> RunRecord:
+        finished = self.clock()
+        stages = list(stage_records.values())
+        failed_abort = any(o.status == "failed" and o.step.on_error is OnError.abort for o in outcomes)
+        if aborted:
+            result = RunResult.aborted
+        elif failed_abort:
+            result = RunResult.failed
+        elif any(s.result is not RunResult.success for s in stages):
+            result = RunResult.degraded
+        else:
+            result = RunResult.success
+        final = record.model_copy(update={
+            "finished_at": datetime.fromtimestamp(finished, UTC), "duration_s": max(0.0, finished - started),
+            "result": result, "stages": stages, "changes": _changes(outcomes),
+        })
+        self.store.append_run(final)
+        self.store.journal_finish(record.id)
+        self._closed.add(record.id)
+        self.progress.run_finished(final)
+        return final
+
+    def _journal(self, run_id: str, event: dict[str, Any]) -> None:
+        if run_id not in self._closed:
+            self.store.journal_append(run_id, event)
+
+
+def _end_event(outcome: StepOutcome, t: float) -> dict[str, Any]:
+    return {"event": "step-end", "step": outcome.key, "status": outcome.status, "detail": outcome.detail,
+            "data": outcome.data, "t": t, "duration_s": outcome.duration_s, "attempts": outcome.attempts}
+
+
+def _from_journal(plan: Plan, event: dict[str, Any]) -> StepOutcome:
+    stage_name, _, _ = event["step"].partition("/")
+    stage = next(s for s in plan.stages if s.name == stage_name)
+    step = next(st for st in stage.steps if st.key(stage.name) == event["step"])
+    return StepOutcome(stage_name, step, event["status"], event.get("detail", ""), event.get("data", {}),
+                       event.get("duration_s", 0.0), event.get("attempts", 1))
+
+
+def _stage_record(stage: Stage, outcomes: list[StepOutcome], store: StateStore, run_id: str) -> StageRecord:
+    """Stage wall time from the journal (first step start to last step end; survives a resume)."""
+    keys = {s.key(stage.name) for s in stage.steps}
+    times = [e["t"] for e in store.journal_read(run_id)
+             if e.get("event") in ("step-start", "step-end") and e.get("step") in keys]
+    duration = max(times) - min(times) if times else sum(o.duration_s for o in outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    skipped = [o for o in outcomes if o.status == "skipped"]
+    missing = len(keys) - len({o.key for o in outcomes})
+    result = RunResult.success if not failed and not missing else RunResult.degraded
+    notes = [f"{o.step.target}: {o.detail}" for o in failed] + [f"{o.step.target} skipped: {o.detail}" for o in skipped]
+    if missing:
+        notes.append(f"{missing} step(s) not run")
+    return StageRecord(name=stage.name, duration_s=round(duration, 3), result=result, detail="; ".join(notes))
+
+
+def _changes(outcomes: list[StepOutcome]) -> dict[str, Any]:
+    changes: dict[str, Any] = {"flux_suspended": [], "flux_already_suspended": [], "scaled": {}, "cordoned": []}
+    for o in outcomes:
+        if o.status != "ok":
+            continue
+        if o.step.action is Action.flux_suspend:
+            changes["flux_suspended"] += o.data.get("suspended", [])
+            changes["flux_already_suspended"] += o.data.get("already_suspended", [])
+        elif o.step.action is Action.scale_down:
+            changes["scaled"].update(o.data.get("scaled", {}))
+        elif o.step.action is Action.drain and o.data.get("cordoned"):
+            changes["cordoned"].append(o.step.target)
+    return changes

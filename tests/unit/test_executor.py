@@ -1,0 +1,233 @@
+"""The plan executor with fake capabilities: order, waves, retries, deadlines, abort, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hecate.adapters.store import RunInProgress, StateStore
+from hecate.domain.plan import Action, OnError, Plan, Stage, Step
+from hecate.domain.runs import RunRecord, RunResult, StageRecord
+from hecate.services.executor import Executor, Skipped, StepFailed, StepOutcome
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Quiet:
+    def stage_started(self, stage: Stage, index: int, total: int) -> None: ...
+    def step_finished(self, outcome: StepOutcome) -> None: ...
+    def stage_finished(self, record: StageRecord) -> None: ...
+    def run_finished(self, record: RunRecord) -> None: ...
+
+
+class Log:
+    """Fake capabilities that log every call (to a file, so a killed child's calls survive)."""
+
+    def __init__(self, path: Path, behaviour: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.behaviour = behaviour or {}
+        self.active = 0
+        self.max_active = 0
+
+    def calls(self) -> list[str]:
+        return self.path.read_text().split() if self.path.exists() else []
+
+    async def __call__(self, step: Step) -> dict[str, Any]:
+        with open(self.path, "a") as fh:
+            fh.write(f"{step.target}\n")
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            what = self.behaviour.get(step.target)
+            if callable(what):
+                return await what(step)
+            await asyncio.sleep(what if isinstance(what, float) else 0.01)
+            return {"target": step.target}
+        finally:
+            self.active -= 1
+
+
+def plan(*stages: Stage) -> Plan:
+    return Plan("shutdown", stages)
+
+
+def stage(name: str, targets: list[str], *, waves: list[int] | None = None, parallelism: int = 8,
+          deadline: float = 30, action: Action = Action.stop_service, **step_kw: Any) -> Stage:
+    return Stage(name, tuple(Step(action, t, timeout_s=step_kw.pop("timeout_s", 5), wave=(waves or [0] * 99)[i],
+                                  **step_kw) for i, t in enumerate(targets)),
+                 parallelism=parallelism, deadline_s=deadline)
+
+
+def executor(tmp_path: Path, log: Log, **kw: Any) -> Executor:
+    actions = {a: log for a in Action}
+    return Executor(StateStore(tmp_path / "state"), actions, Quiet(), **kw)
+
+
+def test_stages_in_order_waves_in_order_parallelism_bounded(tmp_path: Path) -> None:
+    log = Log(tmp_path / "calls", {f"a{i}": 0.05 for i in range(6)})
+    p = plan(stage("one", [f"a{i}" for i in range(6)], parallelism=2),
+             stage("two", ["s2", "s1"], waves=[1, 0]))
+    record = asyncio.run(executor(tmp_path, log).run(p, {"source": "test"}))
+    assert log.calls()[-2:] == ["s1", "s2"]
+    assert sorted(log.calls()[:6]) == [f"a{i}" for i in range(6)]
+    assert log.max_active == 2
+    assert record.result is RunResult.success
+    assert [(s.name, s.result) for s in record.stages] == [("one", RunResult.success), ("two", RunResult.success)]
+    assert record.stages[0].duration_s >= 0.15  # 6 steps of 50 ms, two at a time
+    assert StateStore(tmp_path / "state").load_runs()[-1].id == record.id
+    assert StateStore(tmp_path / "state").in_flight_runs() == []
+
+
+def test_transient_errors_are_retried_permanent_ones_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+    attempts: dict[str, int] = {}
+
+    async def flaky(step: Step) -> dict[str, Any]:
+        attempts[step.target] = attempts.get(step.target, 0) + 1
+        if attempts[step.target] < 2:
+            raise StepFailed("connection refused", transient=True)
+        return {}
+
+    async def broken(step: Step) -> dict[str, Any]:
+        raise StepFailed("exit code 5")
+
+    async def skipped(step: Step) -> dict[str, Any]:
+        raise Skipped("API unreachable")
+
+    log = Log(tmp_path / "calls", {"flaky": flaky, "broken": broken, "skip": skipped})
+    p = plan(stage("one", ["flaky", "broken", "skip", "fine"], retries=2), stage("two", ["after"]))
+    record = asyncio.run(executor(tmp_path, log).run(p, {}))
+    assert attempts["flaky"] == 2
+    assert "after" in log.calls()
+    assert record.result is RunResult.degraded
+    assert record.stages[0].result is RunResult.degraded
+    assert "broken: exit code 5" in record.stages[0].detail
+    assert "skip skipped: API unreachable" in record.stages[0].detail
+    assert record.stages[1].result is RunResult.success
+
+
+def test_on_error_abort_stops_the_run(tmp_path: Path) -> None:
+    async def broken(step: Step) -> dict[str, Any]:
+        raise StepFailed("no")
+
+    log = Log(tmp_path / "calls", {"x": broken})
+    p = plan(stage("one", ["x"], on_error=OnError.abort), stage("two", ["never"]))
+    record = asyncio.run(executor(tmp_path, log).run(p, {}))
+    assert record.result is RunResult.failed
+    assert "never" not in log.calls()
+
+
+def test_step_timeout_and_stage_deadline_bound_everything(tmp_path: Path) -> None:
+    log = Log(tmp_path / "calls", {"hang": 3600.0, "slow1": 3600.0, "slow2": 3600.0})
+    p = plan(stage("one", ["hang"], timeout_s=0.2),
+             stage("two", ["slow1", "slow2"], timeout_s=100, deadline=0.3),
+             stage("three", ["fine"]))
+    started = time.monotonic()
+    record = asyncio.run(executor(tmp_path, log).run(p, {}))
+    assert time.monotonic() - started < 3
+    assert "timed out after 0.2 s" in record.stages[0].detail
+    assert "stage deadline of 0.3 s passed" in record.stages[1].detail
+    assert record.stages[2].result is RunResult.success
+
+
+def test_power_back_before_the_first_disruptive_stage_aborts_and_undoes(tmp_path: Path) -> None:
+    undone: list[dict[str, Any]] = []
+
+    async def undo(data: dict[str, Any]) -> None:
+        undone.append(data)
+
+    log = Log(tmp_path / "calls")
+    safe = Stage("flux-suspend", (Step(Action.flux_suspend, "flux", timeout_s=5),), 1, 30, disruptive=False)
+    p = plan(safe, stage("stop", ["n1"]))
+    polls = iter([False, True])
+    record = asyncio.run(executor(tmp_path, log, undo={Action.flux_suspend: undo}).run(
+        p, {}, power_restored=lambda: next(polls)))
+    assert record.result is RunResult.aborted
+    assert log.calls() == ["flux"]
+    assert undone == [{"target": "flux"}]
+
+
+def test_power_back_after_the_point_of_no_return_completes(tmp_path: Path) -> None:
+    log = Log(tmp_path / "calls")
+    p = plan(stage("stop", ["n1"]), stage("poweroff", ["n1-off"]))
+    record = asyncio.run(executor(tmp_path, log).run(p, {}, power_restored=lambda: True))
+    assert record.result is RunResult.success
+    assert log.calls() == ["n1", "n1-off"]
+
+
+def test_the_record_is_written_before_the_coordinator_powers_off(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+    store = StateStore(tmp_path / "state")
+
+    async def local_off(step: Step) -> dict[str, Any]:
+        seen.append([r.id for r in store.load_runs()])
+        seen.append(store.in_flight_runs())
+        return {}
+
+    log = Log(tmp_path / "calls", {"local": local_off})
+    off = Stage("local-poweroff", (Step(Action.local_poweroff, "local", timeout_s=5),), 1, 30)
+    record = asyncio.run(executor(tmp_path, log).run(plan(stage("stop", ["n1"]), off), {}))
+    assert seen[0] == [record.id]  # recorded already
+    assert seen[1] == []  # and no journal left that a reboot would "resume"
+    assert [s.name for s in store.load_runs()[-1].stages] == ["stop", "local-poweroff"]
+
+
+def test_a_second_run_while_one_holds_the_lock_is_refused(tmp_path: Path) -> None:
+    log = Log(tmp_path / "calls", {"slow": 0.5})
+
+    async def both() -> list[Any]:
+        ex = executor(tmp_path, log)
+        first = asyncio.create_task(ex.run(plan(stage("one", ["slow"])), {}))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(ex.run(plan(stage("one", ["other"])), {}))
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    first, second = asyncio.run(both())
+    assert isinstance(first, RunRecord)
+    assert isinstance(second, RunInProgress)
+    assert log.calls() == ["slow"]
+
+
+def test_sigkill_mid_run_then_resume_does_not_repeat_finished_steps(tmp_path: Path) -> None:
+    targets = [f"n{i}" for i in range(8)]
+    p = plan(stage("one", targets[:4], parallelism=1), stage("two", targets[4:], parallelism=1))
+    log = Log(tmp_path / "calls", {t: 0.1 for t in targets})
+    pid = os.fork()
+    if pid == 0:  # the executor process that will be killed
+        try:
+            asyncio.run(executor(tmp_path, log).run(p, {"source": "test"}))
+        finally:
+            os._exit(0)
+    while len(log.calls()) < 5:  # let it get into the second stage
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    before = log.calls()
+    store = StateStore(tmp_path / "state")
+    [run_id] = store.in_flight_runs()
+    journal = [json.loads(line) for line in store.journal_path(run_id).read_text().splitlines()]
+    finished = {e["step"].rsplit("/", 1)[1] for e in journal if e["event"] == "step-end"}
+    record = asyncio.run(executor(tmp_path, log).resume(run_id))
+    after = log.calls()[len(before):]
+    assert not finished & set(after), "a finished step was repeated"
+    assert set(before) | set(after) == set(targets)
+    assert record.id == run_id
+    assert record.result is RunResult.success
+    assert store.in_flight_runs() == []
+
+
+def test_a_journal_from_another_boot_is_recorded_not_resumed(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    p = plan(stage("one", ["n1"]))
+    store.journal_append("old", {"event": "run", "plan": p.to_dict(), "trigger": {}, "t": 1.0, "boot_id": "other"})
+    log = Log(tmp_path / "calls")
+    record = asyncio.run(executor(tmp_path, log).resume("old"))
+    assert record.result is RunResult.failed
+    assert log.calls() == []
+    assert store.in_flight_runs() == []
