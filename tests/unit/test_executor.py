@@ -156,7 +156,8 @@ def test_power_back_before_the_first_disruptive_stage_aborts_and_undoes(tmp_path
 def test_power_back_after_the_point_of_no_return_completes(tmp_path: Path) -> None:
     log = Log(tmp_path / "calls")
     p = plan(stage("stop", ["n1"]), stage("poweroff", ["n1-off"]))
-    record = asyncio.run(executor(tmp_path, log).run(p, {}, power_restored=lambda: True))
+    polls = iter([False] + [True] * 10)  # mains returns once the first disruptive stage has started
+    record = asyncio.run(executor(tmp_path, log).run(p, {}, power_restored=lambda: next(polls)))
     assert record.result is RunResult.success
     assert log.calls() == ["n1", "n1-off"]
 
