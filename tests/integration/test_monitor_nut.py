@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -146,7 +147,7 @@ def test_upsd_down_on_battery_triggers_after_deadtime_not_before(tmp_path: Path,
     ups.stop_upsd()
     while not recorder.decisions:
         outcome = poll(monitor)
-        silent = time.time() - last_seen
+        silent = time.monotonic() - last_seen
         if outcome.shutdown is None:
             assert silent < deadtime + 0.5, "deadtime passed without a decision"
         time.sleep(0.2)
@@ -172,9 +173,10 @@ def test_learned_budget_and_corrupt_history(tmp_path: Path, ups: LabUps) -> None
     config = make_config(tmp_path, ups)
     state = Path(config.state_dir)
     state.mkdir(parents=True)
+    start = datetime(2026, 11, 20, 3, tzinfo=UTC)
     seeded = [
-        {"id": f"r{i}", "kind": "shutdown", "dry_run": dry, "started_at": "2026-11-20T03:00:00+00:00",
-         "finished_at": "2026-11-20T03:01:00+00:00", "duration_s": d, "result": "success"}
+        {"id": f"r{i}", "kind": "shutdown", "dry_run": dry, "started_at": start.isoformat(),
+         "finished_at": (start + timedelta(seconds=d)).isoformat(), "duration_s": d, "result": "success"}
         for i, (d, dry) in enumerate([(95.0, False), (600.0, True), (110.0, False)])
     ]
     (state / "runs.json").write_text(json.dumps(seeded))

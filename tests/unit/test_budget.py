@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,8 +12,9 @@ from hecate.domain.runs import RunKind, RunRecord, RunResult
 
 def run(duration: float, *, kind: RunKind = RunKind.shutdown, dry_run: bool = False,
         result: RunResult = RunResult.success) -> RunRecord:
+    start = datetime(2026, 11, 27, tzinfo=UTC)
     return RunRecord(id=f"r{duration}", kind=kind, dry_run=dry_run, result=result, duration_s=duration,
-                     started_at=datetime(2026, 11, 27, tzinfo=UTC))
+                     started_at=start, finished_at=start + timedelta(seconds=duration))
 
 
 def test_no_history_uses_the_default() -> None:
@@ -40,3 +41,11 @@ def test_only_the_most_recent_runs_count() -> None:
     assert budget.samples == (60, 70, 80, 90, 65)
     assert budget.seconds == 90
     assert budget.threshold_s == pytest.approx(112.5)
+
+
+def test_implausible_records_are_ignored() -> None:
+    """A hand-edited duration that disagrees with its timestamps (or is absurd) must not set the budget."""
+    edited = run(120).model_copy(update={"duration_s": 1e9})
+    liar = run(100).model_copy(update={"duration_s": 5000.0})
+    budget = estimate([run(90), edited, liar], default_s=300, history=5, safety_factor=1.1)
+    assert budget.samples == (90,)

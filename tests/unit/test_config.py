@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,7 @@ def test_example_config_is_valid_and_complete() -> None:
 
 def test_empty_file_means_all_defaults(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, ""), {})
-    assert cfg == HecateConfig()
+    assert cfg == HecateConfig(host_name=socket.gethostname())  # the one default read from the machine
     assert cfg.metrics.listen == ":9560"
     assert cfg.state_dir == Path("/var/lib/hecate")
     assert cfg.trigger.debounce_polls == 3
@@ -105,6 +106,8 @@ def test_unknown_key_inside_a_list_item(tmp_path: Path) -> None:
         ("cluster:\n  nodes:\n    - {name: n1, address: a, role: worker}\n",
          "cluster.nodes[0].role = 'worker'", "'server' or 'agent'"),
         ("metrics:\n  listen: nowhere\n", "metrics.listen = 'nowhere'", "match pattern"),
+        ("metrics:\n  listen: ':99999'\n", "metrics.listen = ':99999'", "port must be 1-65535"),
+        ("ups:\n  - {name: p}\n  - {name: p, host: h}\n", "ups", "UPS names must be unique; repeated: p"),
         ("role: boss\n", "role = 'boss'", "'coordinator' or 'peer'"),
     ],
 )

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from hecate.domain import trigger
 from hecate.domain.trigger import AlertKind, Phase, Policy, Reason, State
-from hecate.domain.ups import Snapshot, failed, from_variables
+from hecate.domain.ups import MAX_RUNTIME_S, Snapshot, failed, from_variables, parse_number
 
 POLICY = Policy(threshold_s=330.0, debounce_polls=3, deadtime_s=15.0, protecting=frozenset({"pyr", "sta"}))
 
@@ -177,7 +177,7 @@ garbage = st.one_of(
     st.sampled_from(["", " ", "unknown", "nan", "NaN", "inf", "-inf", "-5", "1e309", "9" * 40, "0x10",
                      "12,5", "null", "ÿ", "\x00"]),
     st.text(max_size=12),
-)
+).filter(lambda text: parse_number(text, 0.0, MAX_RUNTIME_S) is None)  # text can spell a valid number
 mains_status = st.sampled_from(["OL", "OL CHRG", "OL BOOST", "OL TRIM", "OL LB", "OL RB", "OL HB", "OL BYPASS",
                                 "OL OVER", "OL CHRG LB", "OL ECO", "OL ALARM"])
 
@@ -218,3 +218,14 @@ def test_property_sustained_crossing_triggers_within_debounce_polls(
     # Never later than debounce polls into the sustained crossing (earlier only if the prefix
     # already ended below the threshold on battery).
     assert index <= len(prefix) + debounce - 1
+
+
+def test_a_driver_restart_does_not_erase_last_seen_on_battery() -> None:
+    readings = [snap("OB DISCHRG", "900", at=0), snap("WAIT", None, at=1)] + [lost(at=i) for i in range(2, 30)]
+    outcomes = run(readings)
+    assert first_shutdown(outcomes) == 17  # deadtime counted from the last reading at t=1
+
+
+def test_calibration_raises_an_alert() -> None:
+    [outcome] = run([snap("OB CAL DISCHRG", "100")])
+    assert [a.kind for a in outcome.alerts] == [AlertKind.calibrating]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,12 @@ def load(path: Path = DEFAULT_PATH, environ: Mapping[str, str] | None = None) ->
         var = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "HECATE_*"
         raise ConfigError(f"environment {var}: not valid JSON for a list or mapping setting") from None
     try:
-        return HecateConfig.model_validate(_merge(data, overrides))
+        config = HecateConfig.model_validate(_merge(data, overrides))
     except ValidationError as err:
         raise ConfigError(_describe(err, path, _env_paths(env))) from None
+    if config.host_name is None:
+        config = config.model_copy(update={"host_name": socket.gethostname()})
+    return config
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

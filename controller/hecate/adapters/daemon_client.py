@@ -8,21 +8,10 @@ import urllib.request
 from typing import Any
 
 
-def local_url(listen: str, path: str) -> str:
-    """The URL this host reaches its own daemon on, from ``metrics.listen``."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}{path}"
-
-
-def fetch_status(listen: str, timeout: float = 0.3) -> dict[str, Any] | None:
-    """The daemon's status document, or None when no daemon answers in time."""
+def fetch_status(url: str, timeout: float = 0.3) -> dict[str, Any] | None:
+    """The daemon's status document at ``url``, or None when no daemon answers in time."""
     try:
-        with urllib.request.urlopen(local_url(listen, "/v1/status"), timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
             data = json.loads(resp.read())
     except (OSError, urllib.error.URLError, ValueError, TimeoutError):
         return None

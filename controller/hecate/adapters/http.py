@@ -14,13 +14,6 @@ from aiohttp import web
 from hecate.adapters import metrics
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``":9560"`` -> ``("0.0.0.0", 9560)``; ``"127.0.0.1:9560"``; ``"[::1]:9560"``."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
-
-
 def make_app(status: Callable[[], dict[str, Any]], ready: Callable[[], bool]) -> web.Application:
     registry = metrics.registry_for(status)
 
@@ -46,9 +39,9 @@ def make_app(status: Callable[[], dict[str, Any]], ready: Callable[[], bool]) ->
     return app
 
 
-async def start(app: web.Application, listen: str) -> web.AppRunner:
+async def start(app: web.Application, bind: tuple[str, int]) -> web.AppRunner:
     """Bind and serve; the caller ``await runner.cleanup()`` to stop."""
-    host, port = parse_listen(listen)
+    host, port = bind
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -490,7 +490,7 @@ class NutReader:
     the connect and the reply each.
     """
 
-    def __init__(self, *, timeout: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, timeout: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout = timeout
         self.clock = clock
 

@@ -122,13 +122,21 @@ class StateStore:
             self._remove_stale_temps(RUNS_FILE)
             runs = [r for r in self._load_runs_locked() if r.id != record.id]
             runs.append(record)
-            runs = runs[-MAX_RUNS_KEPT:]
+            while len(runs) > MAX_RUNS_KEPT:  # drop dry-runs first: executed runs teach the budget
+                dry = next((i for i, r in enumerate(runs) if r.dry_run), 0)
+                del runs[dry]
             atomic_write(self.runs_path, RunHistory.dump_json(runs, indent=2) + b"\n")
 
     def _load_runs_locked(self) -> list[RunRecord]:
         try:
             raw = self.runs_path.read_bytes()
         except FileNotFoundError:
+            return []
+        except OSError as err:  # a directory, permissions, I/O error: report, do not crash, move nothing
+            message = f"{self.runs_path} cannot be read ({err}); using an empty history"
+            if message not in self.warnings:
+                log.warning("%s", message)
+                self.warnings.append(message)
             return []
         try:
             return RunHistory.validate_json(raw)
@@ -139,7 +147,14 @@ class StateStore:
     def _quarantine(self, path: Path, why: str) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-        os.replace(path, aside)
+        try:
+            os.replace(path, aside)
+        except OSError as err:  # read-only file system: leave it, report it
+            message = f"{path} is corrupt ({why}) and could not be moved aside ({err}); using an empty history"
+            if message not in self.warnings:
+                log.warning("%s", message)
+                self.warnings.append(message)
+            return path
         message = f"{path} is corrupt ({why}); moved it to {aside} and started an empty history"
         log.warning("%s", message)
         self.warnings.append(message)
@@ -147,7 +162,12 @@ class StateStore:
 
     @contextlib.contextmanager
     def _runs_lock(self) -> Iterator[None]:
-        with open(self.dir / f".{RUNS_FILE}.lock", "a") as fh:
+        try:
+            fh = open(self.dir / f".{RUNS_FILE}.lock", "a")  # noqa: SIM115 - closed below
+        except OSError:  # a read-only state dir (e.g. `hecate status` as a user): read unlocked
+            yield
+            return
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
 

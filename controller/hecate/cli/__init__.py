@@ -71,9 +71,32 @@ def startup(config_path: Path, execute: bool, force_flux_branch: str | None) -> 
 @config_option
 @execute_option
 def shutdown(config_path: Path, execute: bool) -> None:
-    """Take the cluster down gracefully and power the hardware off in order."""
-    load_config(config_path)
-    not_implemented("shutdown", 4)
+    """Take the cluster down gracefully and power the hardware off in order.
+
+    Without --execute: print the plan and touch nothing. With --execute: run it (or resume
+    the shutdown a killed process left in the journal), showing progress live.
+    """
+    import asyncio
+
+    from hecate.adapters.store import RunInProgress, StoreError
+    from hecate.cli.progress import RichProgress, plan_table
+    from hecate.domain.plan import shutdown_plan
+    from hecate.domain.runs import RunResult
+    from hecate.services import shutdown as shutdown_mod
+
+    cfg = load_config(config_path)
+    if not execute:
+        progress = RichProgress()
+        progress.console.print(plan_table(shutdown_plan(cfg)))
+        progress.console.print("Dry-run: nothing was touched. Run with --execute to shut the cluster down.")
+        return
+    try:
+        record = asyncio.run(shutdown_mod.run(cfg, {"source": "manual"}, RichProgress()))
+    except RunInProgress as err:
+        fail(f"not started: {err}")
+    except StoreError as err:
+        fail(str(err))
+    sys.exit(0 if record.result is RunResult.success else 1)
 
 
 @cli.command()
@@ -114,7 +137,7 @@ def status(config_path: Path, as_json: bool) -> None:
 def _status_document(cfg: HecateConfig) -> dict[str, Any]:
     from hecate.adapters import daemon_client
 
-    doc = daemon_client.fetch_status(cfg.metrics.listen)
+    doc = daemon_client.fetch_status(cfg.metrics.local_url("/v1/status"))
     if doc is not None:
         return doc
     import asyncio

@@ -1,10 +1,15 @@
-"""``hecate daemon``: one asyncio loop with the UPS monitor and the HTTP server.
+"""``hecate daemon``: one asyncio loop with the UPS monitor, the HTTP server and the shutdown.
 
 Start order matters for what comes later (the embedded kopf operator cancels tasks
 created after it starts): the HTTP server and the monitor start first. systemd is told
 ``READY=1`` once the server listens and every UPS has been polled once, and gets
-watchdog keep-alives while the loop is alive. SIGTERM/SIGINT only set a flag; the loop
-finishes its poll and stops cleanly.
+watchdog keep-alives while polls keep happening.
+
+On a shutdown decision with ``shutdown.execute: true`` the shutdown runs as its own task
+while the monitor keeps polling (it tells the run when mains is back); otherwise the
+decision is recorded as a dry-run. A shutdown a killed daemon left in the journal is
+resumed at start. SIGTERM/SIGINT only set a flag: the loop stops after its poll, but a
+shutdown in progress is never cut short -- the daemon waits for it to finish.
 """
 
 from __future__ import annotations
@@ -15,53 +20,102 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 from hecate.adapters import http, nut, systemd
-from hecate.adapters.store import StateStore
+from hecate.adapters.store import RunInProgress, StateStore
+from hecate.domain import trigger
+from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
 from hecate.services import monitor as monitor_mod
-from hecate.services import status
+from hecate.services import shutdown, status
+from hecate.services.progress import JsonLines
 
 log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: HecateConfig, reader: monitor_mod.UpsReader | None = None) -> None:
+        self.config = config
+        self.store = StateStore(config.state_dir)
+        self.shutdown_task: asyncio.Task[None] | None = None
+        self.dry_run = monitor_mod.dry_run_recorder(self.store)
+        self.monitor = monitor_mod.Monitor(config, reader or nut.NutReader(), self.store, self.on_shutdown,
+                                           unlatch_on_mains=True)
+        self.monitor.busy = self.shutting_down
+
+    def shutting_down(self) -> bool:
+        return self.shutdown_task is not None and not self.shutdown_task.done()
+
+    async def on_shutdown(self, decision: trigger.Decision, budget: Budget) -> None:
+        if not self.config.shutdown.execute:
+            await self.dry_run(decision, budget)
+            return
+        if self.shutting_down():
+            log.warning("a shutdown is already running; this decision joins it")
+            return
+        self.start_shutdown(monitor_mod.trigger_info(decision, budget))
+
+    def start_shutdown(self, trigger_info: dict[str, Any]) -> None:
+        self.shutdown_task = asyncio.create_task(self._shutdown(trigger_info), name="shutdown")
+
+    async def _shutdown(self, trigger_info: dict[str, Any]) -> None:
+        try:
+            record = await shutdown.run(self.config, trigger_info, JsonLines(),
+                                        power_restored=self.monitor.power_restored)
+            log.warning("shutdown run %s ended: %s", record.id, record.result)
+        except RunInProgress as err:
+            log.warning("shutdown not started: %s", err)
+        except Exception:
+            log.exception("shutdown run crashed")
+        finally:
+            self.monitor.refresh_budget()
 
 
 async def run(config: HecateConfig, stop: asyncio.Event | None = None,
               reader: monitor_mod.UpsReader | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    daemon = Daemon(config, reader)
+    if not config.shutdown.execute:
+        log.warning("shutdown.execute is false: shutdown decisions are recorded as dry-runs only")
+    app = http.make_app(lambda: status.document(daemon.monitor, "daemon"), lambda: daemon.monitor.ready)
+    runner = await http.start(app, config.metrics.bind)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    store = StateStore(config.state_dir)
-    if config.shutdown.execute:
-        log.warning("shutdown.execute is true, but the shutdown executor is not built yet (issue #4): "
-                    "decisions are recorded as dry-run shutdown runs")
-    monitor = monitor_mod.Monitor(
-        config, reader or nut.NutReader(), store, monitor_mod.dry_run_recorder(store),
-        unlatch_on_mains=True,
-    )
-    app = http.make_app(lambda: status.document(monitor, "daemon"), lambda: monitor.ready)
-    runner = await http.start(app, config.metrics.listen)
     log.info("serving /metrics, /healthz, /readyz and /v1/status on %s", config.metrics.listen)
-    tasks = [asyncio.create_task(monitor.run(stop), name="monitor")]
+    # The monitor and watchdog stop on `halt`, which follows `stop` only once no shutdown is running:
+    # the run needs the monitor (is mains back?) and systemd must keep seeing keep-alives.
+    halt = asyncio.Event()
+    tasks = [asyncio.create_task(daemon.monitor.run(halt), name="monitor")]
+    pending = shutdown.in_flight_shutdown(daemon.store)
+    if pending is not None:
+        log.warning("a shutdown (%s) was in flight when Hecate stopped: resuming it", pending)
+        daemon.start_shutdown({"source": "resume"})
     interval = systemd.watchdog_interval()
     if interval:
         # Keep-alives only while polls happen: a wedged monitor must let systemd restart us.
         stale_after = max(10.0, 5 * config.trigger.poll_interval_s)
 
         def polling() -> bool:
-            last = monitor.view.last_poll_at
-            return last is not None and time.time() - last < stale_after
+            last = daemon.monitor.view.last_poll_at
+            return last is not None and time.monotonic() - last < stale_after
 
-        tasks.append(asyncio.create_task(_watchdog(interval, stop, polling), name="watchdog"))
+        tasks.append(asyncio.create_task(_watchdog(interval, halt, polling), name="watchdog"))
     try:
-        while not monitor.ready and not stop.is_set():
+        while not daemon.monitor.ready and not stop.is_set():
             await asyncio.sleep(0.05)
         systemd.notify("READY=1\nSTATUS=monitoring " + ", ".join(u.name for u in config.ups))
         await stop.wait()
+        if daemon.shutting_down():
+            log.warning("stop requested during a shutdown: finishing the shutdown first")
+            systemd.notify("STATUS=finishing the shutdown before stopping")
+            assert daemon.shutdown_task is not None
+            await asyncio.shield(daemon.shutdown_task)
         log.info("stopping")
         systemd.notify("STOPPING=1")
     finally:
-        stop.set()
+        halt.set()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
@@ -213,6 +213,25 @@ class Metrics(_Section):
     listen: str = Field(default=":9560", pattern=r"^[^\s]*:\d{1,5}$")
     """Address of the HTTP server (/metrics, /healthz, /readyz, /v1/status)."""
 
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        if not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError("port must be 1-65535")
+        return value
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        """(host, port) to bind: ``":9560"`` -> ``("0.0.0.0", 9560)``, ``"[::1]:9560"`` -> ``("::1", 9560)``."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+    def local_url(self, path: str) -> str:
+        """The URL this host reaches its own server on."""
+        host, port = self.bind
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
 
 class Policy(_Section):
     name: str | None = None
@@ -247,11 +266,17 @@ class HecateConfig(_Section):
     policy: Policy = Field(default_factory=Policy)
     """The PowerPolicy custom resource."""
 
+    @field_validator("ups")
+    @classmethod
+    def _unique_ups(cls, value: list[Ups]) -> list[Ups]:
+        names = [u.name for u in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"UPS names must be unique; repeated: {', '.join(dupes)}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> HecateConfig:
-        names = [u.name for u in self.ups]
-        if len(names) != len(set(names)):
-            raise ValueError("ups names must be unique")
         if self.role is Role.peer and self.peer.coordinator_url is None:
             raise ValueError("role 'peer' needs peer.coordinator_url")
         return self

@@ -31,7 +31,7 @@ class RunResult(StrEnum):
 
 
 class StageRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: str
     """Stage name, e.g. `stop-agents`."""
@@ -44,7 +44,7 @@ class StageRecord(BaseModel):
 
 
 class RunRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     schema_version: int = SCHEMA_VERSION
     """Version of this record format."""
@@ -53,7 +53,8 @@ class RunRecord(BaseModel):
     kind: RunKind
     """shutdown, startup or drill."""
     trigger: dict[str, Any] = Field(default_factory=dict)
-    """What started the run: `{"source": "ups"|"manual"|"peer"|"boot", ...}` plus details."""
+    """What started the run: `source` (`ups`, `manual`, `resume`, `peer`, `boot`); for `ups` also `ups`, `reason`,
+    `detail`, `runtime_s`, `threshold_s`, `budget_s`, `budget_source`, `decided_at`."""
     dry_run: bool
     """True when nothing was touched (plan only)."""
     started_at: datetime

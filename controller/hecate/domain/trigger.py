@@ -61,6 +61,7 @@ class AlertKind(StrEnum):
     replace_battery = "replace_battery"
     overload = "overload"
     unknown_status = "unknown_status"
+    calibrating = "calibrating"
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,10 @@ def _step(state: UpsState, snap: Snapshot, policy: Policy, now: float) -> tuple[
             return state, None
         return replace(state, phase=Phase.lost), None
 
-    seen = replace(state, last_seen_at=snap.at, last_on_battery=snap.on_battery)
+    # Only a reading that says OB or OL updates "last seen on battery": a driver restarting
+    # (WAIT, OFF, empty) must not erase it, or a UPS that then goes silent never reaches deadtime.
+    knows = Flag.OB in snap.flags or Flag.OL in snap.flags
+    seen = replace(state, last_seen_at=snap.at, last_on_battery=snap.on_battery if knows else state.last_on_battery)
     if Flag.FSD in snap.flags:
         return replace(seen, phase=Phase.critical), Decision(
             snap.ups, Reason.fsd, now, f"UPS reports forced shutdown ({snap.status})", snap.runtime_s)
@@ -205,6 +209,9 @@ def _alerts(snap: Snapshot, state: UpsState, policy: Policy) -> list[Alert]:
         out.append(Alert(snap.ups, AlertKind.runtime_short, (
             f"on mains at {snap.charge_pct:g} % charge the runtime is {snap.runtime_s:g} s, below the "
             f"shutdown threshold {policy.threshold_s:g} s: the batteries cannot carry a full shutdown")))
+    if Flag.CAL in snap.flags and snap.on_battery:
+        out.append(Alert(snap.ups, AlertKind.calibrating,
+                         "runtime calibration (a deliberate discharge): runtime and LB do not trigger, FSD still does"))
     if Flag.RB in snap.flags:
         out.append(Alert(snap.ups, AlertKind.replace_battery, "UPS asks for its battery to be replaced"))
     if Flag.OVER in snap.flags:

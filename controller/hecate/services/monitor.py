@@ -26,7 +26,7 @@ from hecate.domain import budget as budget_mod
 from hecate.domain import trigger
 from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.runs import RunKind, RunRecord, RunResult
-from hecate.domain.ups import Snapshot
+from hecate.domain.ups import Flag, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Monitor:
         reader: UpsReader,
         store: StateStore,
         on_shutdown: ShutdownHandler,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
         *,
         unlatch_on_mains: bool = False,
     ) -> None:
@@ -69,6 +69,10 @@ class Monitor:
         self.on_shutdown = on_shutdown
         self.clock = clock
         self.unlatch_on_mains = unlatch_on_mains
+        self._pending: trigger.Decision | None = None  # decided, but the handler has not succeeded yet
+        self._runs_mtime: float | None = None
+        self.busy: Callable[[], bool] = lambda: False
+        """Whether a run started by a decision is still in progress (the latch holds until it ends)."""
         self.view = MonitorView()
         self._active_alerts: set[tuple[str, trigger.AlertKind]] = set()
         self.budget = budget_mod.Budget(
@@ -80,9 +84,16 @@ class Monitor:
     def refresh_budget(self) -> None:
         """Re-read the run history (a corrupt file reads as empty) and re-estimate the budget."""
         t = self.config.trigger
+        self._runs_mtime = self._mtime()
         self.view.runs = self.store.load_runs()
         self.budget = budget_mod.estimate(
             self.view.runs, default_s=t.default_budget_s, history=t.budget_history, safety_factor=t.safety_factor)
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.store.runs_path.stat().st_mtime
+        except OSError:
+            return None
 
     def policy(self) -> trigger.Policy:
         t = self.config.trigger
@@ -109,6 +120,8 @@ class Monitor:
         return t.poll_interval_on_battery_s if on_battery else t.poll_interval_s
 
     async def poll_once(self) -> trigger.Outcome:
+        if self._mtime() != self._runs_mtime:  # another process (hecate shutdown --execute) recorded a run
+            self.refresh_budget()
         snapshots: Sequence[Snapshot] = await asyncio.gather(*(self.reader.read(u) for u in self.config.ups))
         now = self.clock()
         state, outcome = trigger.decide(self.view.state, snapshots, self.policy(), now)
@@ -128,18 +141,28 @@ class Monitor:
         if outcome.fresh and outcome.shutdown is not None:
             log.critical("shutdown decided: UPS %s, %s: %s", outcome.shutdown.ups,
                          outcome.shutdown.reason.value, outcome.shutdown.detail)
+            self._pending = outcome.shutdown
+        if self._pending is not None:
+            # Retried on every poll until the handler succeeds: a full disk or a held lock must
+            # not drop a shutdown decision.
             try:
-                await self.on_shutdown(outcome.shutdown, self.budget)
+                await self.on_shutdown(self._pending, self.budget)
+                self._pending = None
+            except Exception:
+                log.exception("acting on the shutdown decision failed; retrying at the next poll")
             finally:
                 self.refresh_budget()
-        elif self.unlatch_on_mains and state.latched is not None and self._all_protecting_on_mains():
-            log.info("every protecting UPS is back on mains: the dry-run decision is cleared")
+        elif (self.unlatch_on_mains and state.latched is not None and not self.busy()
+              and self.power_restored()):
+            log.info("every protecting UPS is back on mains and no run is in progress: the decision is cleared")
             self.clear_latch()
         return outcome
 
-    def _all_protecting_on_mains(self) -> bool:
+    def power_restored(self) -> bool:
+        """Every UPS that protects the cluster was on mains, without FSD, at the last poll."""
         protecting = [u.name for u in self.config.ups if u.protects_cluster]
-        return all(self.view.snapshots[name].on_mains for name in protecting)
+        snaps = [self.view.snapshots.get(name) for name in protecting]
+        return bool(protecting) and all(s is not None and s.on_mains and Flag.FSD not in s.flags for s in snaps)
 
     def clear_latch(self) -> None:
         """The run that the latched decision started has ended."""
@@ -158,6 +181,22 @@ class Monitor:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
+def trigger_info(decision: trigger.Decision, budget: budget_mod.Budget) -> dict[str, object]:
+    """What a run record says about the decision that started it."""
+    return {
+        "source": "ups", "ups": decision.ups, "reason": decision.reason.value, "detail": decision.detail,
+        "runtime_s": decision.runtime_s, "threshold_s": decision.threshold_s, "budget_s": budget.seconds,
+        "budget_source": budget.source.value,
+        "decided_at": datetime.fromtimestamp(to_wall(decision.at), UTC).isoformat(),
+    }
+
+
+def to_wall(monotonic_ts: float) -> float:
+    """A ``time.monotonic()`` instant as wall-clock epoch seconds (decisions use the monotonic
+    clock so an NTP step cannot fire or stall deadtime; people read wall-clock times)."""
+    return time.time() - (time.monotonic() - monotonic_ts)
+
+
 def dry_run_recorder(store: StateStore, clock: Callable[[], float] = time.time) -> ShutdownHandler:
     """A shutdown handler that only records the decision as a dry-run shutdown run."""
 
@@ -165,14 +204,7 @@ def dry_run_recorder(store: StateStore, clock: Callable[[], float] = time.time) 
         at = datetime.fromtimestamp(clock(), UTC)
         record = RunRecord(
             id=new_run_id(at), kind=RunKind.shutdown, dry_run=True, started_at=at, finished_at=at,
-            duration_s=0.0, result=RunResult.success,
-            trigger={
-                "source": "ups", "ups": decision.ups, "reason": decision.reason.value,
-                "detail": decision.detail, "runtime_s": decision.runtime_s,
-                "threshold_s": decision.threshold_s, "budget_s": budget.seconds,
-                "budget_source": budget.source.value,
-                "decided_at": datetime.fromtimestamp(decision.at, UTC).isoformat(),
-            },
+            duration_s=0.0, result=RunResult.success, trigger=trigger_info(decision, budget),
         )
         await asyncio.to_thread(store.append_run, record)
         log.warning("dry-run: recorded shutdown run %s; nothing was touched", record.id)

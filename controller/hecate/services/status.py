@@ -14,13 +14,13 @@ from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
 from hecate.domain.runs import RunRecord
 from hecate.domain.trigger import AlertKind, Decision, UpsState
-from hecate.services.monitor import Monitor
+from hecate.services.monitor import Monitor, to_wall
 
 RECENT_RUNS = 5
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+def _iso(monotonic_ts: float | None) -> str | None:
+    return None if monotonic_ts is None else datetime.fromtimestamp(to_wall(monotonic_ts), UTC).isoformat()
 
 
 def _decision(d: Decision | None) -> dict[str, Any] | None:
@@ -101,8 +101,8 @@ def document(monitor: Monitor, source: str) -> dict[str, Any]:
         "trigger": {
             "debounce_polls": config.trigger.debounce_polls,
             "deadtime_s": config.trigger.deadtime_s,
-            "shutdown_triggered": bool(outcome and outcome.shutdown),
-            "decision": _decision(outcome.shutdown if outcome else None),
+            "shutdown_triggered": view.state.latched is not None,
+            "decision": _decision(view.state.latched),
         },
         "alerts": [{"ups": a.ups, "kind": a.kind.value, "message": a.message}
                    for a in (outcome.alerts if outcome else ())],
