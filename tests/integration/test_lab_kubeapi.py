@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
+from hecate.lab.cluster_seed import seed_workloads
 from hecate.lab.kubeapi import (
     DEFAULT_K3S_VERSION,
     LabKubeApiError,
@@ -32,6 +33,7 @@ from hecate.lab.kubeapi import (
     node_object,
     node_ready_condition,
     parse_manifest,
+    parse_namespace_path,
     start_kubeapi,
     stop_kubeapi,
 )
@@ -453,3 +455,154 @@ def test_start_failure_reports_the_log_tail(tmp_path: Path) -> None:
     with pytest.raises(LabKubeApiError, match="role must be server or agent") as failure:
         start_kubeapi(manifest, tmp_path / "kubeconfig", tmp_path / "kubeapi.log", timeout=10)
     assert "exited with status 2" in str(failure.value)
+
+
+# -- what a k3s + Flux cluster adds: Flux CRDs, namespaces, evictions, the seeded workloads ---
+
+
+def http_request(lab: Lab, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    url = urllib.parse.urlsplit(api_url(lab.kubeconfig))
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=5)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        rsp = conn.getresponse()
+        data = rsp.read()
+        return rsp.status, json.loads(data) if data.startswith((b"{", b"[")) else data
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api/v1/namespaces", ("", "v1", "namespaces", None, None, None)),
+        ("/api/v1/namespaces/apps", ("", "v1", "namespaces", None, "apps", None)),
+        ("/api/v1/namespaces/apps/status", ("", "v1", "namespaces", None, "apps", "status")),
+        ("/api/v1/namespaces/apps/pods", ("", "v1", "pods", "apps", None, None)),
+        ("/api/v1/namespaces/apps/pods/web-1/eviction", ("", "v1", "pods", "apps", "web-1", "eviction")),
+        ("/apis/apps/v1/namespaces/apps/deployments/web", ("apps", "v1", "deployments", "apps", "web", None)),
+    ],
+)
+def test_namespace_paths_are_namespace_objects(path: str, expected: tuple[str | None, ...]) -> None:
+    parsed = parse_namespace_path(path)
+    assert (parsed.group, parsed.version, parsed.plural, parsed.namespace, parsed.name, parsed.subresource) == expected
+
+
+def test_manifest_flux_flag() -> None:
+    nodes = [{"name": "n", "role": "server", "dir": "/x"}]
+    assert parse_manifest({"nodes": nodes}).flux is True
+    assert parse_manifest({"nodes": nodes, "flux": False}).flux is False
+    with pytest.raises(LabKubeApiError, match='"flux" must be true or false'):
+        parse_manifest({"nodes": nodes, "flux": "no"})
+
+
+def test_flux_crds_are_installed_at_start(lab: Lab, api: client.ApiClient) -> None:
+    crds = {c.metadata.name for c in client.ApiextensionsV1Api(api).list_custom_resource_definition().items}
+    assert {"kustomizations.kustomize.toolkit.fluxcd.io", "helmreleases.helm.toolkit.fluxcd.io",
+            "gitrepositories.source.toolkit.fluxcd.io"} <= crds
+    for path, plural, kind in [("/apis/kustomize.toolkit.fluxcd.io/v1", "kustomizations", "Kustomization"),
+                               ("/apis/helm.toolkit.fluxcd.io/v2", "helmreleases", "HelmRelease"),
+                               ("/apis/source.toolkit.fluxcd.io/v1", "gitrepositories", "GitRepository")]:
+        status, group = http_get(lab, path)
+        assert status == 200
+        resources = {r["name"]: r for r in group["resources"]}
+        assert (resources[plural]["kind"], resources[plural]["namespaced"]) == (kind, True)
+        assert f"{plural}/status" in resources
+    status, storage = http_get(lab, "/apis/storage.k8s.io/v1")
+    assert "volumeattachments" in {r["name"] for r in storage["resources"]}
+
+    crs = client.CustomObjectsApi(api)
+    crs.create_namespaced_custom_object("source.toolkit.fluxcd.io", "v1", "flux-system", "gitrepositories", {
+        "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": "flux-system"}, "spec": {"url": "http://gitea/ops/fleet.git", "ref": {"branch": "main"}},
+    })
+    crs.patch_namespaced_custom_object_status("source.toolkit.fluxcd.io", "v1", "flux-system", "gitrepositories",
+                                              "flux-system", {"status": {"conditions": [{"type": "Ready",
+                                                                                         "status": "False"}]}})
+    repo = crs.get_namespaced_custom_object("source.toolkit.fluxcd.io", "v1", "flux-system", "gitrepositories",
+                                            "flux-system")
+    assert repo["spec"]["ref"] == {"branch": "main"}
+    assert repo["status"]["conditions"][0]["status"] == "False"
+
+
+def test_namespaces_creates_and_not_found_speak_like_the_api(lab: Lab, core: client.CoreV1Api) -> None:
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="apps")))
+    assert "apps" in {n.metadata.name for n in core.list_namespace().items}
+    assert core.read_namespace("apps").metadata.uid
+
+    status, created = http_request(lab, "POST", "/api/v1/namespaces/apps/configmaps",
+                                   {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})
+    assert status == 201
+    assert created["metadata"]["namespace"] == "apps"
+    status, missing = http_request(lab, "GET", "/apis/apps/v1/namespaces/apps/deployments/nope")
+    assert status == 404
+    assert (missing["reason"], missing["message"]) == ("NotFound", 'deployments.apps "nope" not found')
+    assert http_request(lab, "PATCH", "/api/v1/nodes/nope", {"spec": {}})[1]["message"] == 'nodes "nope" not found'
+
+
+def evict(core: client.CoreV1Api, namespace: str, name: str, **kwargs: Any) -> Any:
+    body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+    return core.create_namespaced_pod_eviction(name, namespace, body, **kwargs)
+
+
+def test_eviction_honours_the_disruption_budget(lab: Lab, core: client.CoreV1Api) -> None:
+    seeded = seed_workloads(lab.kubeconfig)
+    assert seeded.blocked_node == "lab-a1"
+    ns, name = seeded.blocked_pod.split("/")
+
+    with pytest.raises(client.ApiException) as refused:
+        evict(core, ns, name)
+    assert refused.value.status == 429
+    body = json.loads(refused.value.body)
+    assert body["reason"] == "TooManyRequests"
+    assert body["message"] == "Cannot evict pod as it would violate the pod's disruption budget."
+    assert body["details"]["causes"] == [{"reason": "DisruptionBudget",
+                                          "message": "The disruption budget postgres needs 1 healthy pods "
+                                                     "and has 1 currently"}]
+    assert core.read_namespaced_pod(name, ns).metadata.name == name  # still there
+
+    web = next(p for p in seeded.pods_by_node["lab-a2"] if p.startswith("apps/web-")).split("/")[1]
+    evict(core, "apps", web, dry_run="All")
+    assert core.read_namespaced_pod(web, "apps")  # a dry run changes nothing
+
+    rv = core.list_namespaced_pod("apps").metadata.resource_version
+    timer = threading.Timer(0.3, evict, args=(core, "apps", web))
+    timer.start()
+    try:
+        events = [(e["type"], e["object"].metadata.name)
+                  for e in watch.Watch().stream(core.list_namespaced_pod, "apps", resource_version=rv,
+                                                timeout_seconds=2)]
+    finally:
+        timer.cancel()
+    assert events == [("DELETED", web)]  # watchers see the eviction as a deletion
+    with pytest.raises(client.ApiException) as gone:
+        core.read_namespaced_pod(web, "apps")
+    assert gone.value.status == 404
+
+    with pytest.raises(client.ApiException) as missing:
+        evict(core, "apps", web)
+    assert missing.value.status == 404
+    assert json.loads(missing.value.body)["message"] == f'pods "{web}" not found'
+
+
+def test_seed_places_pods_and_is_idempotent(lab: Lab, core: client.CoreV1Api, api: client.ApiClient) -> None:
+    seeded = seed_workloads(lab.kubeconfig)
+    again = seed_workloads(lab.kubeconfig)  # everything exists already: no error, same answer
+    assert again == seeded
+    assert seeded.workloads == {"Deployment/apps/web": 2, "Deployment/apps/api": 1, "Deployment/data/redis": 1,
+                                "StatefulSet/data/postgres": 1, "Deployment/gitea/gitea": 1}
+    assert set(seeded.daemonset_pods) == set(NODES)
+    assert seeded.pods_by_node["lab-s1"] == [seeded.daemonset_pods["lab-s1"]]  # servers: DaemonSet pods only
+    for node in NODES:
+        pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+        assert {f"{p.metadata.namespace}/{p.metadata.name}" for p in pods} == set(seeded.pods_by_node[node])
+    ds_pod = core.read_namespaced_pod(*reversed(seeded.daemonset_pods["lab-a1"].split("/")))
+    assert ds_pod.metadata.owner_references[0].kind == "DaemonSet"
+    tiers = client.AppsV1Api(api).list_deployment_for_all_namespaces(label_selector="hecate.io/tier=apps").items
+    assert sorted(d.metadata.name for d in tiers) == ["api", "web"]
+    web_pods = core.list_namespaced_pod("apps", label_selector="app=web").items
+    assert web_pods[0].metadata.owner_references[0].kind == "ReplicaSet"
+    assert len(web_pods) == 2
+    pdb = client.PolicyV1Api(api).read_namespaced_pod_disruption_budget("postgres", "data")
+    assert pdb.spec.min_available == 1

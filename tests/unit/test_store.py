@@ -136,4 +136,4 @@ def test_sigkill_during_writes_never_leaves_an_unloadable_file(tmp_path: Path) -
     assert not list(tmp_path.glob("runs.json.corrupt-*")), "a torn write was seen"
     assert seen > 0, "the writer never got a write through: the test proved nothing"
     assert torn >= 10, f"only {torn} kills landed mid-write: the test proved little"
-    assert store.load_runs()[-1].id == f"run-{seen:05d}"
+    assert int(store.load_runs()[-1].id.split("-")[1]) >= seen  # the newest record is the last

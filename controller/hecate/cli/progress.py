@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from rich.console import Console
@@ -17,7 +18,8 @@ STYLE = {"ok": "green", "skipped": "yellow", "failed": "red", "success": "green"
 
 class RichProgress:
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(highlight=False)
+        # Piped output (logs, CI) gets a wide fixed width so plan tables are never truncated.
+        self.console = console or Console(highlight=False, width=None if sys.stdout.isatty() else 200)
         self.started = time.monotonic()
 
     def _t(self) -> str:

@@ -131,6 +131,10 @@ def shutdown_plan(config: HecateConfig) -> Plan:
     every = agents + servers
     width = sd.parallelism
     command_timeout = ssh.command_timeout_s
+    # An SSH step may first connect (TCP, banner, auth: each bounded by the connect timeout),
+    # then run its command (bounded by the command timeout): the step's own bound covers both.
+    node_timeout = command_timeout + 3 * ssh.connect_timeout_s + 1
+    remote = {"command_timeout_s": command_timeout}
     stage_deadline = sd.stage_timeout_s
     stages: list[Stage] = []
 
@@ -155,26 +159,26 @@ def shutdown_plan(config: HecateConfig) -> Plan:
                  params={"drain_timeout_s": sd.drain_timeout_s}) for n in agents),
             parallelism=width, deadline_s=sd.drain_timeout_s + stage_deadline))
         stages.append(Stage("stop-agents", tuple(
-            Step(Action.stop_service, n.name, timeout_s=command_timeout, retries=2,
-                 params={"unit": "k3s-agent"}) for n in agents),
+            Step(Action.stop_service, n.name, timeout_s=node_timeout, retries=2,
+                 params={"unit": "k3s-agent", **remote}) for n in agents),
             parallelism=width, deadline_s=stage_deadline))
     if servers:
         # One at a time in power-off order (even when orders tie: embedded etcd), or all at once.
         server_waves = {n.name: i if sd.stop_servers_one_by_one else 0 for i, n in enumerate(servers)}
         stages.append(Stage("stop-servers", tuple(
-            Step(Action.stop_service, n.name, timeout_s=command_timeout, retries=2, wave=server_waves[n.name],
-                 params={"unit": "k3s"}) for n in servers),
+            Step(Action.stop_service, n.name, timeout_s=node_timeout, retries=2, wave=server_waves[n.name],
+                 params={"unit": "k3s", **remote}) for n in servers),
             parallelism=width, deadline_s=stage_deadline))
     if every:
         stages.append(Stage("killall", tuple(
-            Step(Action.killall, n.name, timeout_s=command_timeout, retries=1) for n in every),
+            Step(Action.killall, n.name, timeout_s=node_timeout, retries=1, params=remote) for n in every),
             parallelism=width, deadline_s=stage_deadline))
         agent_waves = _waves_by_order(agents)
         server_wave_map = _waves_by_order(servers, start=len(set(agent_waves.values())))
         stages.append(Stage("poweroff", tuple(
-            Step(Action.poweroff, n.name, timeout_s=command_timeout, retries=2,
+            Step(Action.poweroff, n.name, timeout_s=node_timeout, retries=2,
                  wave={**agent_waves, **server_wave_map}[n.name],
-                 params={"command": sd.remote_poweroff_command}) for n in every),
+                 params={"command": sd.remote_poweroff_command, **remote}) for n in every),
             parallelism=width, deadline_s=stage_deadline))
     if sd.ups_power_cycle:
         stages.append(Stage("ups-power-cycle", tuple(

@@ -12,7 +12,8 @@ Run it as a process::
     python -m hecate.lab.kubeapi --manifest lab-nodes.json --port 0 --kubeconfig kubeconfig
 
 The manifest is ``{"nodes": [{"name": "n1", "role": "server", "dir": "/lab/n1"}, ...]}``
-(optional per node: ``"address"``, an InternalIP; optional top level: ``"k3sVersion"``).
+(optional per node: ``"address"``, an InternalIP; optional top level: ``"k3sVersion"``, and
+``"flux": false`` for a cluster without the Flux CRDs).
 Once the server listens, a kubeconfig with the real URL is written atomically, so
 ``--port 0`` (any free port) is safe: the parent learns the port from the kubeconfig.
 From Python, :func:`start_kubeapi` does all that and waits until ``/version`` answers.
@@ -22,7 +23,27 @@ What the emulator adds on top of kmock (see :class:`LabKubernetesEmulator`):
 ``creationTimestamp``, ``generation``, ``generateName``); list responses carry the
 current resourceVersion; watches honour ``timeoutSeconds`` and ``resourceVersion``
 and end cleanly at shutdown; label and field selectors on list and watch; CRDs
-created through the API become discoverable resources; a k3s ``/version``; healthz.
+created through the API become discoverable resources; a k3s ``/version``; healthz;
+the ``v1`` ``namespaces`` resource itself (kmock cannot route ``/api/v1/namespaces``:
+:func:`parse_namespace_path`); 404s for missing objects in the API's words
+(``deployments.apps "web" not found``, reason ``NotFound``); ``201 Created`` for creates.
+
+What a k3s + Flux cluster has that kmock's bundled resources lack: the Flux CRDs
+(``Kustomization`` kustomize.toolkit.fluxcd.io/v1, ``HelmRelease`` helm.toolkit.fluxcd.io/v2,
+``GitRepository`` source.toolkit.fluxcd.io/v1; namespaced, status subresource) are
+installed at start as CustomResourceDefinition objects, as ``flux install`` would
+(:data:`FLUX_CRDS`). apps/v1 Deployments/StatefulSets/DaemonSets, v1 Pods, policy/v1
+PodDisruptionBudgets and storage.k8s.io/v1 VolumeAttachments are kmock's bundled
+resources and need nothing more.
+
+The Eviction subresource (``POST /api/v1/namespaces/{ns}/pods/{name}/eviction``, what
+``kubectl drain`` and Hecate use) is emulated: the pure rule :func:`eviction_verdict`
+decides from the pod, its namespace's PodDisruptionBudgets and pods; a refusal is the
+real API's ``429 TooManyRequests`` Status ("Cannot evict pod as it would violate the
+pod's disruption budget."), an allowed eviction deletes the pod and answers ``201``.
+There is no controller: an evicted pod is not re-created elsewhere, and scaling a
+Deployment changes only its ``spec.replicas`` (the startup simulator will add that).
+:mod:`hecate.lab.cluster_seed` fills the lab with workloads, a PDB and Flux objects.
 """
 
 from __future__ import annotations
@@ -62,6 +83,8 @@ log = logging.getLogger("hecate.lab.kubeapi")
 DEFAULT_K3S_VERSION = "v1.31.4+k3s1"
 NODES = kmock.resource("", "v1", "nodes")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+PODS = kmock.resource("", "v1", "pods")
+PDBS = kmock.resource("policy", "v1", "poddisruptionbudgets")
 POLL_INTERVAL = 0.2  # seconds between two reads of every node's state.json
 HEARTBEAT_PERIOD = dt.timedelta(seconds=10)  # how often a running "kubelet" refreshes Ready
 HISTORY_LIMIT = 100  # object versions kmock keeps per object (it would keep all otherwise)
@@ -160,6 +183,7 @@ class LabNode:
 class LabManifest:
     nodes: tuple[LabNode, ...]
     k3s_version: str = DEFAULT_K3S_VERSION
+    flux: bool = True  # install the Flux CRDs at start
 
 
 def parse_manifest(data: Mapping[str, Any]) -> LabManifest:
@@ -178,7 +202,11 @@ def parse_manifest(data: Mapping[str, Any]) -> LabManifest:
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise LabKubeApiError(f"duplicate node names in the manifest: {names}")
-    return LabManifest(nodes=tuple(nodes), k3s_version=str(data.get("k3sVersion") or DEFAULT_K3S_VERSION))
+    flux = data.get("flux", True)
+    if not isinstance(flux, bool):
+        raise LabKubeApiError(f'"flux" must be true or false, not {flux!r}')
+    return LabManifest(nodes=tuple(nodes), k3s_version=str(data.get("k3sVersion") or DEFAULT_K3S_VERSION),
+                       flux=flux)
 
 
 def load_manifest(path: str | os.PathLike[str]) -> LabManifest:
@@ -380,7 +408,182 @@ def _established_crd_status(crd: Mapping[str, Any], now: str) -> dict[str, Any]:
     }
 
 
+def _flux_crd(group: str, version: str, kind: str, plural: str, short_names: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}",
+                     "labels": {"app.kubernetes.io/part-of": "flux", "app.kubernetes.io/instance": "flux-system"}},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List",
+                      "shortNames": short_names},
+            "versions": [{
+                "name": version, "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                "subresources": {"status": {}},
+            }],
+        },
+    }
+
+
+FLUX_CRDS: tuple[dict[str, Any], ...] = (
+    _flux_crd("source.toolkit.fluxcd.io", "v1", "GitRepository", "gitrepositories", ["gitrepo"]),
+    _flux_crd("kustomize.toolkit.fluxcd.io", "v1", "Kustomization", "kustomizations", ["ks"]),
+    _flux_crd("helm.toolkit.fluxcd.io", "v2", "HelmRelease", "helmreleases", ["hr"]),
+)
+"""The Flux CRDs the lab installs at start (one served version each: the GA one)."""
+
+
+# -- the rule: may a pod be evicted (PodDisruptionBudgets) -----------------------------------
+
+EVICTION_REFUSED = "Cannot evict pod as it would violate the pod's disruption budget."
+MULTIPLE_BUDGETS = "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class EvictionVerdict:
+    """What the API answers to an eviction: ``code`` 201 (allowed), 429 (budget) or 500."""
+
+    allowed: bool
+    code: int
+    message: str = ""
+    budget: str | None = None  # the PodDisruptionBudget that decided, if any
+    cause: str | None = None  # the DisruptionBudget cause, as the real API words it
+
+
+def match_selector_object(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None) -> bool:
+    """Whether labels satisfy a ``LabelSelector`` object (``matchLabels`` + ``matchExpressions``).
+
+    A missing (null) selector selects nothing, an empty one (``{}``) everything, as for a
+    policy/v1 PodDisruptionBudget. Unknown operators select nothing.
+    """
+    if selector is None:
+        return False
+    labels = labels or {}
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return False
+    return True
+
+
+def scaled_value(value: int | str, total: int) -> int:
+    """An int-or-percent (``2``, ``"50%"``) against ``total``, percentages rounded up (as k8s)."""
+    if isinstance(value, str) and value.endswith("%"):
+        percent = int(value[:-1])
+        return -(-percent * total // 100)
+    return int(value)
+
+
+def _terminating(pod: Mapping[str, Any]) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp")) \
+        or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+
+
+def eviction_verdict(pod: Mapping[str, Any], budgets: Iterable[Mapping[str, Any]],
+                     pods: Iterable[Mapping[str, Any]]) -> EvictionVerdict:
+    """May ``pod`` be evicted, given its namespace's PodDisruptionBudgets and pods?
+
+    Pure; a simplified version of the API server's rule. A pod that is already being
+    deleted or has finished (``Succeeded``/``Failed``) may always go. Otherwise the
+    budgets whose selector matches the pod's labels apply: none -- allowed; more than
+    one -- refused with 500, as the real API does. With one, its *healthy* pods are the
+    pods it selects that are neither being deleted nor finished, and the eviction is
+    allowed when ``healthy - 1 >= desired``, where ``desired`` is ``minAvailable``, or
+    ``selected - maxUnavailable`` (percentages of the selected pods, rounded up), or 0
+    when the budget sets neither. Refusals answer 429 with the real API's message.
+    """
+    if _terminating(pod):
+        return EvictionVerdict(allowed=True, code=201)
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    matching = [b for b in budgets if not (b.get("metadata") or {}).get("deletionTimestamp")
+                and match_selector_object((b.get("spec") or {}).get("selector"), labels)]
+    if not matching:
+        return EvictionVerdict(allowed=True, code=201)
+    if len(matching) > 1:
+        return EvictionVerdict(allowed=False, code=500, message=MULTIPLE_BUDGETS)
+    budget = matching[0]
+    name = str((budget.get("metadata") or {}).get("name"))
+    spec = budget.get("spec") or {}
+    selected = [p for p in pods if match_selector_object(spec.get("selector"),
+                                                         (p.get("metadata") or {}).get("labels"))]
+    healthy = sum(1 for p in selected if not _terminating(p))
+    if spec.get("minAvailable") is not None:
+        desired = scaled_value(spec["minAvailable"], len(selected))
+    elif spec.get("maxUnavailable") is not None:
+        desired = max(0, len(selected) - scaled_value(spec["maxUnavailable"], len(selected)))
+    else:
+        desired = 0
+    if healthy - 1 >= desired:
+        return EvictionVerdict(allowed=True, code=201, budget=name)
+    return EvictionVerdict(
+        allowed=False, code=429, message=EVICTION_REFUSED, budget=name,
+        cause=f"The disruption budget {name} needs {desired} healthy pods and has {healthy} currently")
+
+
+def status_body(code: int, message: str, reason: str, *, details: Mapping[str, Any] | None = None,
+                success: bool = False) -> dict[str, Any]:
+    """A v1 ``Status`` as the API server writes it."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Success" if success else "Failure", "code": code}
+    if message:
+        body["message"] = message
+    if reason:
+        body["reason"] = reason
+    if details:
+        body["details"] = dict(details)
+    return body
+
+
 # -- the emulator ---------------------------------------------------------------------------
+
+_NAMESPACE_SUBRESOURCES = ("status", "finalize")
+
+
+def parse_namespace_path(path: str) -> Any:
+    """kmock's URL parser, fixed for the ``v1`` ``namespaces`` resource itself.
+
+    kmock 0.8 reads ``/api/v1/namespaces/X/...`` as "inside namespace X" only, so
+    ``/api/v1/namespaces`` fails (a 500) and ``/api/v1/namespaces/X`` is no object URL.
+    Those two, and ``/api/v1/namespaces/X/status|finalize``, are the Namespace objects.
+    """
+    from kmock._internal import parsing  # kmock's private parser, wrapped below
+
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (
+            len(parts) in (3, 4) or (len(parts) == 5 and parts[4] in _NAMESPACE_SUBRESOURCES)):
+        return parsing.ParsedPath(group="", version="v1", plural="namespaces",
+                                  name=parts[3] if len(parts) > 3 else None,
+                                  subresource=parts[4] if len(parts) > 4 else None)
+    return _kmock_parse_path(path)
+
+
+def _install_namespace_parser() -> None:
+    global _kmock_parse_path
+    from kmock._internal import parsing
+
+    if parsing.parse_path is not parse_namespace_path:
+        _kmock_parse_path = parsing.parse_path
+        parsing.parse_path = parse_namespace_path
+
+
+_kmock_parse_path: Any = None
+_install_namespace_parser()
+
 
 
 def _resource_version(obj: Mapping[str, Any]) -> int:
@@ -483,6 +686,8 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         return body
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource == PODS and request.subresource == "eviction" and request.name is not None:
+            return await self._serve_eviction(request)
         # kmock matches reactions to requests by identity, so the (frozen) request is amended in
         # place rather than evolved; the amended body is what kmock stores and broadcasts.
         res = request.resource
@@ -491,8 +696,14 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         elif res is not None and request.action == kmock.action.UPDATE and request.name is not None:
             object.__setattr__(request, "data", self._prepare_update(request))
 
-        response = await super()._handle(request)
+        try:
+            response = await super()._handle(request)
+        except kmock.KubernetesObjectNotFoundError as e:  # kmock's wording names kmock, not the object
+            raise self._not_found(request) from e
 
+        if res is not None and request.action == kmock.action.CREATE and response.status == 200 \
+                and not response.prepared:
+            response.set_status(201)  # "201 Created", as the API server answers a create
         if res is not None and response.status < 400:
             if request.action == kmock.action.CREATE and res == CRDS:
                 try:
@@ -505,6 +716,62 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
             if request.action == kmock.action.UPDATE and current is not None and too_long:
                 del current.history[: -self.history_limit]
         return response
+
+    @staticmethod
+    def _not_found(request: kmock.Request) -> kmock.KubernetesError:
+        """The real API's 404 for a missing object: ``deployments.apps "web" not found``."""
+        res = request.resource
+        plural = (res.plural if res is not None else None) or "objects"
+        group = (res.group if res is not None else None) or ""
+        what = f"{plural}.{group}" if group else plural
+        return kmock.KubernetesError(status=404, reason="NotFound", message=f'{what} "{request.name}" not found',
+                                     details={"name": request.name, "group": group, "kind": plural})
+
+    # -- the Eviction subresource --
+
+    async def _serve_eviction(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """``POST .../pods/{name}/eviction``: :func:`eviction_verdict`, then delete the pod."""
+        namespace, name = request.namespace, cast(str, request.name)
+        if request.method != kmock.method.POST:
+            body = status_body(405, f"the server does not allow this method on pods/eviction: {request.method}",
+                               "MethodNotAllowed")
+            return aiohttp.web.json_response(body, status=405)
+        async with self._lock:
+            pod = self.stored(PODS, namespace, name)
+            if pod is None:
+                body = status_body(404, f'pods "{name}" not found', "NotFound",
+                                   details={"name": name, "kind": "pods"})
+                return aiohttp.web.json_response(body, status=404)
+            live = [(r, ns, obj) for (r, ns, _), obj in self.objects.items() if ns == namespace and not obj.deleted]
+            verdict = eviction_verdict(pod.raw, [obj.raw for r, _, obj in live if r == PDBS],
+                                       [obj.raw for r, _, obj in live if r == PODS])
+            if not verdict.allowed:
+                log.info("eviction of pod %s/%s refused (%d): %s", namespace, name, verdict.code,
+                         verdict.cause or verdict.message)
+                details: dict[str, Any] = {}
+                if verdict.cause:
+                    details = {"causes": [{"reason": "DisruptionBudget", "message": verdict.cause}]}
+                reason = "TooManyRequests" if verdict.code == 429 else "InternalError"
+                return aiohttp.web.json_response(
+                    status_body(verdict.code, verdict.message, reason, details=details), status=verdict.code)
+            if request.params.get("dryRun") != "All":
+                await self._delete_locked(PODS, namespace, name)
+                log.info("pod %s/%s evicted", namespace, name)
+        return aiohttp.web.json_response(status_body(201, "", "", success=True), status=201)
+
+    async def _delete_locked(self, res: kmock.resource, namespace: str | None, name: str) -> None:
+        """Delete a stored object as kmock's DELETE does (finalizers honoured); hold ``_lock``."""
+        obj = self.objects[res, namespace, name]
+        if obj.get("metadata", {}).get("deletionTimestamp"):
+            return
+        if obj.get("metadata", {}).get("finalizers"):
+            obj.patch({"metadata": {"deletionTimestamp": format_time(utcnow()),
+                                    "resourceVersion": self.next_resource_version()}})
+            await self._buses[res].put({"type": "MODIFIED", "object": obj.raw})
+            return
+        obj.patch({"metadata": {"resourceVersion": self.next_resource_version()}})
+        obj.delete()
+        await self._buses[res].put({"type": "DELETED", "object": obj.last.raw})
 
     # -- serving --
 
@@ -619,6 +886,10 @@ def build_emulator(manifest: LabManifest, now: dt.datetime | None = None) -> Lab
     now = now or utcnow()
     emulator = LabKubernetesEmulator(server_version=manifest.k3s_version)
     emulator.resources.load_bundled()
+    if manifest.flux:
+        for crd in FLUX_CRDS:
+            emulator.seed(CRDS, crd)
+            register_crd(emulator, crd)
     for index, node in enumerate(manifest.nodes):
         ready = node_ready_condition(read_node_state(node) or {}, None, now)
         emulator.seed(NODES, node_object(node, ready, k3s_version=manifest.k3s_version, index=index))

@@ -140,7 +140,7 @@ class Lab:
             dir=directory, id=data["id"], netns=data["netns"], subnet=data["subnet"],
             ups={u["name"]: LabUps.from_dict(u) for u in data["ups"]},
             nodes=[nodes.LabNode.from_dict(n) for n in data["nodes"]],
-            kubeapi_pid=data.get("kubeapi_pid"), metrics_port=data["metrics_port"],
+            kubeapi_pid=data.get("kubeapi_pid"), metrics_port=data.get("metrics_port") or free_port(),
         )
 
     def save(self) -> None:

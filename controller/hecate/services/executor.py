@@ -49,9 +49,12 @@ class Skipped(Exception):
 
 
 class StepFailed(Exception):
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    """The step failed; ``data`` keeps what it changed before failing (e.g. half the Flux objects)."""
+
+    def __init__(self, message: str, *, transient: bool = False, data: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.data = data or {}
 
 
 ActionFn = Callable[[Step], Awaitable[dict[str, Any]]]
@@ -218,7 +221,7 @@ class Executor:
                 if err.transient and attempts <= step.retries:
                     await asyncio.sleep(BACKOFF_S[min(attempts - 1, len(BACKOFF_S) - 1)])
                     continue
-                outcome = StepOutcome(stage.name, step, "failed", str(err))
+                outcome = StepOutcome(stage.name, step, "failed", str(err), err.data)
             except TimeoutError:
                 outcome = StepOutcome(stage.name, step, "failed", f"timed out after {step.timeout_s:g} s")
             except Exception as err:  # a bug in one step must not stop a shutdown
@@ -299,9 +302,7 @@ def _stage_record(stage: Stage, outcomes: list[StepOutcome], store: StateStore, 
 
 def _changes(outcomes: list[StepOutcome]) -> dict[str, Any]:
     changes: dict[str, Any] = {"flux_suspended": [], "flux_already_suspended": [], "scaled": {}, "cordoned": []}
-    for o in outcomes:
-        if o.status != "ok":
-            continue
+    for o in outcomes:  # failed steps count too: they may have changed part of what they touch
         if o.step.action is Action.flux_suspend:
             changes["flux_suspended"] += o.data.get("suspended", [])
             changes["flux_already_suspended"] += o.data.get("already_suspended", [])

@@ -52,14 +52,14 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
         except kube_mod.ApiUnavailable as err:
             raise Skipped(f"Kubernetes API unreachable, {what} skipped: {err}") from err
         except kube_mod.KubeError as err:
-            raise StepFailed(f"{what}: {err}") from err
+            raise StepFailed(f"{what}: {err}", data=_partial(what, err.partial)) from err
 
     async def node_command(step: Step, command: str, *, lost_is_success: bool = False) -> dict[str, Any]:
         try:
-            result = await pool.run(step.target, command, timeout=step.timeout_s)
-        except ssh.SshDisconnected as err:
-            if lost_is_success:  # poweroff took the node (and its sshd) away mid-reply
-                return {"detail": "connection closed by the poweroff"}
+            result = await pool.run(step.target, command, timeout=step.params["command_timeout_s"])
+        except (ssh.SshDisconnected, ssh.SshTimeout) as err:
+            if lost_is_success:  # the poweroff took the node (and its sshd) away before it could reply
+                return {"detail": f"no reply after the command was sent ({type(err).__name__}): taken as off"}
             raise StepFailed(str(err), transient=err.transient) from err
         except ssh.SshError as err:
             raise StepFailed(str(err), transient=err.transient) from err
@@ -91,7 +91,12 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
 
     async def drain(step: Step) -> dict[str, Any]:
         cordoned = await k8s("cordon", lambda: kube.cordon(step.target))
-        result: dict[str, Any] = await k8s("drain", lambda: kube.drain(step.target, step.params["drain_timeout_s"]))
+        try:
+            result: dict[str, Any] = await k8s(
+                "drain", lambda: kube.drain(step.target, step.params["drain_timeout_s"]))
+        except StepFailed as err:
+            err.data["cordoned"] = cordoned  # startup must still undo our cordon
+            raise
         result["cordoned"] = cordoned
         if result.get("timed_out"):
             result["detail"] = f"drain timeout: {len(result.get('blocked', []))} pods left (PodDisruptionBudget)"
@@ -141,6 +146,13 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
         yield Capabilities(actions, {Action.flux_suspend: flux_unsuspend}, pool, kube)
     finally:
         await pool.close()
+
+
+def _partial(what: str, partial: Any) -> dict[str, Any]:
+    """A failed Kubernetes step's partial result, in the shape its success would have had."""
+    if not isinstance(partial, dict):
+        return {}
+    return {"scaled": partial} if what == "scale-down" else partial
 
 
 def in_flight_shutdown(store: StateStore) -> str | None:

@@ -1,0 +1,573 @@
+"""Kubernetes: the executor's capability to quiesce (and later restore) the cluster.
+
+Why this module exists: the plan's Kubernetes steps -- suspend Flux, scale workloads to
+zero, wait for volume detachment, cordon and drain nodes, and for startup resume,
+restore and check readiness -- must never hang a shutdown and must tell "the API is
+gone" apart from "the API said no". Shutdown never depends on the cluster being
+healthy: when the API cannot be reached the executor *skips* Kubernetes steps and goes
+on stopping the nodes over SSH.
+
+How it talks: the official ``kubernetes`` client is blocking, so every call runs in a
+thread (:func:`asyncio.to_thread`) with ``_request_timeout`` = ``cluster.api_timeout_s``
+(one bound for connect + response) and no urllib3 retries, so one call costs at most one
+timeout. Responses are read as plain JSON (``_preload_content=False``): Hecate needs a
+few fields, and a generated model that lags behind the server must not fail a
+shutdown. A cancelled call's thread finishes by itself within that timeout. Patches are
+JSON merge patches (``application/merge-patch+json``), which built-in and custom
+resources both accept. The kubeconfig is read on first use, so it may be absent when
+:class:`Kube` is built, and again after the API was unreachable (the lab and some
+clusters come back on a new address).
+
+Errors -- every one is a :class:`KubeError` (``status`` is the HTTP status when there
+was one), chained ``from`` the original:
+
+- :class:`ApiUnavailable`: connection refused or reset, timeout, a 5xx answer, a
+  kubeconfig that is missing or unreadable. The executor skips Kubernetes steps on it.
+  After one, the client **short-circuits** later calls for ``cooldown`` seconds (5 s by
+  default): they raise :class:`ApiUnavailable` at once, without touching the network,
+  so a dead API costs one timeout per cool-down rather than one per step; the first
+  call after the cool-down tries again (and reloads the kubeconfig).
+- :class:`KubeNotFound`: 404 for an object the call needed (e.g. :meth:`Kube.scale` of
+  a workload that no longer exists).
+- :class:`KubeError` itself: any other refusal (401, 403, 409, 422, ...), with a readable
+  message: the verb, ``Kind/namespace/name``, the status and the API's reason/message.
+
+The operations over many objects (:meth:`Kube.flux_suspend`, :meth:`Kube.scale_down`,
+:meth:`Kube.drain`) are best effort: one object's refusal does not stop the others;
+:meth:`~Kube.flux_suspend` and :meth:`~Kube.scale_down` raise a :class:`KubeError` at the
+end if any object failed, and whenever they raise part-way (:class:`ApiUnavailable`
+included) ``err.partial`` holds the same-shaped result of what was already changed, so
+the caller can record it and startup can undo exactly that.
+
+``Kube.writes`` counts the mutating requests sent (patches, evictions): a dry-run must
+leave it at zero.
+
+Object refs are ``Kind/namespace/name`` (``Deployment/apps/web``,
+``Kustomization/flux-system/apps``); pods in drain results are ``namespace/name``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import http.client
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import urllib3
+import yaml
+from kubernetes import client as kclient
+from kubernetes import config as kconfig
+from kubernetes.config.config_exception import ConfigException
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "COOLDOWN_S",
+    "ApiUnavailable",
+    "Kube",
+    "KubeError",
+    "KubeNotFound",
+    "drain_skip_reason",
+    "parse_ref",
+]
+
+COOLDOWN_S = 5.0
+"""After an :class:`ApiUnavailable`, calls fail fast for this long."""
+EVICTION_RETRY_S = 1.0
+"""How often a drain retries an eviction a PodDisruptionBudget refused."""
+EVICTION_CONCURRENCY = 8
+MERGE_PATCH = "application/merge-patch+json"
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+RECONCILE_ANNOTATION = "reconcile.fluxcd.io/requestedAt"
+
+
+class KubeError(Exception):
+    """A Kubernetes call failed; ``status`` is the HTTP status, ``partial`` what was done."""
+
+    def __init__(self, message: str, *, status: int | None = None, partial: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.partial = partial
+
+
+class ApiUnavailable(KubeError):
+    """The API cannot be reached (refused, reset, timeout, 5xx, no usable kubeconfig)."""
+
+
+class KubeNotFound(KubeError):
+    """The object (or its resource type) does not exist: HTTP 404."""
+
+
+@dataclass(frozen=True)
+class _Flux:
+    kind: str
+    group: str
+    versions: tuple[str, ...]  # newest first; the first one the API serves is used
+    plural: str
+
+
+FLUX_KINDS: tuple[_Flux, ...] = (
+    _Flux("Kustomization", "kustomize.toolkit.fluxcd.io", ("v1", "v1beta2"), "kustomizations"),
+    _Flux("HelmRelease", "helm.toolkit.fluxcd.io", ("v2", "v2beta2", "v2beta1"), "helmreleases"),
+)
+_FLUX_BY_KIND = {f.kind: f for f in FLUX_KINDS}
+_WORKLOADS = {"Deployment": "deployment", "StatefulSet": "stateful_set"}
+
+
+def parse_ref(ref: str) -> tuple[str, str, str]:
+    """``"Kind/namespace/name"`` -> ``(kind, namespace, name)``; ValueError if malformed."""
+    parts = ref.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"not a Kind/namespace/name reference: {ref!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _ref(kind: str, obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{kind}/{meta.get('namespace')}/{meta.get('name')}"
+
+
+def _pod_ref(pod: Mapping[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def drain_skip_reason(pod: Mapping[str, Any]) -> str | None:
+    """Why a drain leaves this pod alone (as ``kubectl drain --ignore-daemonsets``), or None.
+
+    Pure. DaemonSet pods would be re-created on the node at once (and tolerate the
+    cordon); mirror pods are the kubelet's static pods, which the API cannot evict.
+    """
+    meta = pod.get("metadata") or {}
+    if MIRROR_ANNOTATION in (meta.get("annotations") or {}):
+        return "mirror pod"
+    if any(o.get("kind") == "DaemonSet" for o in meta.get("ownerReferences") or []):
+        return "DaemonSet pod"
+    return None
+
+
+def _status_message(err: kclient.ApiException) -> str:
+    """The API's own words from an error response (a v1 Status), else the HTTP reason."""
+    try:
+        body = json.loads(err.body or "")
+    except (TypeError, ValueError):
+        body = None
+    if isinstance(body, dict):
+        message = str(body.get("message") or "")
+        reason = str(body.get("reason") or err.reason or "")
+        return f"{reason}: {message}" if message else reason
+    return str(err.reason or "no reason given")
+
+
+class Kube:
+    """The Kubernetes API as the executor uses it (see the module docstring)."""
+
+    def __init__(self, kubeconfig: Path, timeout: float, *, cooldown: float = COOLDOWN_S,
+                 retry_interval: float = EVICTION_RETRY_S, context: str | None = None) -> None:
+        self.kubeconfig = Path(kubeconfig)
+        self.timeout = float(timeout)
+        self.cooldown = float(cooldown)
+        self.retry_interval = float(retry_interval)
+        self.context = context
+        self.writes = 0
+        """Mutating requests sent (patches and evictions), successful or not."""
+        self._client: kclient.ApiClient | None = None
+        self._client_lock = threading.Lock()
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._flux_versions: dict[str, str] = {}
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop the HTTP connections (the client is rebuilt on the next call)."""
+        with self._client_lock:
+            api, self._client = self._client, None
+        if api is not None:
+            api.close()  # type: ignore[no-untyped-call]
+
+    async def __aenter__(self) -> Kube:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def _api(self) -> kclient.ApiClient:
+        with self._client_lock:
+            if self._client is None:
+                if not self.kubeconfig.is_file():
+                    raise ApiUnavailable(f"kubeconfig {self.kubeconfig} does not exist")
+                cfg = kclient.Configuration()
+                try:
+                    kconfig.load_kube_config(  # type: ignore[no-untyped-call]
+                        config_file=str(self.kubeconfig), context=self.context,
+                        client_configuration=cfg, persist_config=False)
+                except (ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as err:
+                    raise ApiUnavailable(f"cannot use kubeconfig {self.kubeconfig}: {err}") from err
+                cfg.retries = 0  # one call, one timeout: no silent urllib3 retries
+                self._client = kclient.ApiClient(cfg)
+            return self._client
+
+    def _request(self, api_class: type, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """In a worker thread: one API call, its JSON body decoded (None when empty)."""
+        fn: Callable[..., Any] = getattr(api_class(self._api()), method)
+        rsp = fn(*args, _request_timeout=self.timeout, _preload_content=False, **kwargs)
+        try:
+            data = rsp.data
+        finally:
+            rsp.release_conn()
+        return json.loads(data) if data else None
+
+    async def _call(self, what: str, api_class: type, method: str, *args: Any, write: bool = False,
+                    server_error_is_unavailable: bool = True, **kwargs: Any) -> Any:
+        """Run one API call in a thread, translating every failure into a KubeError.
+
+        A 5xx answer is :class:`ApiUnavailable` (and starts the cool-down) unless
+        ``server_error_is_unavailable`` is false: the Eviction API answers 500 for a
+        request it will never accept (a pod under two PodDisruptionBudgets).
+        """
+        now = time.monotonic()
+        if now < self._down_until:
+            raise ApiUnavailable(f"{what}: API unavailable ({self._down_reason}); not retried for another "
+                                 f"{self._down_until - now:.1f}s")
+        if write:
+            self.writes += 1
+        try:
+            return await asyncio.to_thread(self._request, api_class, method, args, kwargs)
+        except ApiUnavailable as err:
+            raise self._unavailable(f"{what}: {err}", None) from err
+        except kclient.ApiException as err:
+            status = int(err.status) if err.status else None
+            message = f"{what}: {status} {_status_message(err)}"
+            if status is not None and status >= 500 and server_error_is_unavailable:
+                raise self._unavailable(message, status) from err
+            if status == 404:
+                raise KubeNotFound(message, status=status) from err
+            raise KubeError(message, status=status) from err
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+            raise self._unavailable(f"{what}: cannot reach the API: {_cause(err)}", None) from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a body that is not JSON
+            raise KubeError(f"{what}: unreadable answer from the API: {err}") from err
+
+    def _unavailable(self, message: str, status: int | None) -> ApiUnavailable:
+        self._down_until = time.monotonic() + self.cooldown
+        self._down_reason = message
+        with self._client_lock:  # reload the kubeconfig next time: the API may come back elsewhere
+            api, self._client = self._client, None
+        if api is not None:
+            api.close()  # type: ignore[no-untyped-call]
+        log.warning("Kubernetes API unavailable: %s (cool-down %.0fs)", message, self.cooldown)
+        return ApiUnavailable(message, status=status)
+
+    async def _patch(self, what: str, api_class: type, method: str, *args: Any, body: Mapping[str, Any]) -> Any:
+        return await self._call(what, api_class, method, *args, body, write=True, _content_type=MERGE_PATCH)
+
+    # -- reachability and readiness ----------------------------------------------------------
+
+    async def server_version(self) -> str:
+        """The API server's ``gitVersion``: a cheap reachability probe."""
+        data = await self._call("get version", kclient.VersionApi, "get_code")
+        return str((data or {}).get("gitVersion") or "")
+
+    async def nodes_ready(self) -> dict[str, bool]:
+        """Every Node and whether its ``Ready`` condition is ``"True"``."""
+        data = await self._call("list nodes", kclient.CoreV1Api, "list_node")
+        ready: dict[str, bool] = {}
+        for node in (data or {}).get("items", []):
+            conditions = (node.get("status") or {}).get("conditions") or []
+            ready[node["metadata"]["name"]] = any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        return ready
+
+    async def volume_attachments(self) -> list[str]:
+        """Names of the storage.k8s.io/v1 VolumeAttachments (empty when there are none)."""
+        data = await self._call("list VolumeAttachments", kclient.StorageV1Api, "list_volume_attachment")
+        return [item["metadata"]["name"] for item in (data or {}).get("items", [])]
+
+    # -- Flux --------------------------------------------------------------------------------
+
+    async def _flux_version(self, flux: _Flux) -> str | None:
+        """The served version of a Flux kind, or None when its CRD is not installed (not cached)."""
+        if flux.kind not in self._flux_versions:
+            for version in flux.versions:
+                try:
+                    await self._call(f"list {flux.kind} ({flux.group}/{version})", kclient.CustomObjectsApi,
+                                     "list_cluster_custom_object", flux.group, version, flux.plural, limit=1)
+                except KubeNotFound:
+                    continue
+                self._flux_versions[flux.kind] = version
+                break
+        return self._flux_versions.get(flux.kind)
+
+    async def _flux_objects(self, flux: _Flux) -> tuple[str | None, list[dict[str, Any]]]:
+        version = await self._flux_version(flux)
+        if version is None:
+            return None, []
+        try:
+            data = await self._call(f"list {flux.kind}", kclient.CustomObjectsApi, "list_cluster_custom_object",
+                                    flux.group, version, flux.plural)
+        except KubeNotFound:  # the CRD went away between the two calls
+            self._flux_versions.pop(flux.kind, None)
+            return None, []
+        return version, list((data or {}).get("items", []))
+
+    async def flux_suspend(self) -> dict[str, list[str]]:
+        """Set ``spec.suspend: true`` on every Flux Kustomization and HelmRelease not yet suspended.
+
+        Returns ``{"suspended": [refs Hecate suspended], "already_suspended": [refs that
+        were suspended before]}`` -- startup must resume only the first list. Kinds whose
+        CRD is not installed (404) contribute nothing. Kustomizations go first, so they
+        cannot re-apply a HelmRelease while it is being suspended.
+        """
+        result: dict[str, list[str]] = {"suspended": [], "already_suspended": []}
+        failed: list[str] = []
+        for flux in FLUX_KINDS:
+            try:
+                version, items = await self._flux_objects(flux)
+            except KubeError as err:
+                err.partial = result
+                raise
+            for obj in items:
+                ref = _ref(flux.kind, obj)
+                if (obj.get("spec") or {}).get("suspend") is True:
+                    result["already_suspended"].append(ref)
+                    continue
+                _, namespace, name = parse_ref(ref)
+                try:
+                    await self._patch(f"suspend {ref}", kclient.CustomObjectsApi, "patch_namespaced_custom_object",
+                                      flux.group, version, namespace, flux.plural, name,
+                                      body={"spec": {"suspend": True}})
+                except KubeNotFound:
+                    continue  # deleted meanwhile: nothing to suspend, nothing to resume
+                except ApiUnavailable as err:
+                    err.partial = result
+                    raise
+                except KubeError as err:
+                    failed.append(str(err))
+                    continue
+                result["suspended"].append(ref)
+        if failed:
+            raise KubeError("; ".join(failed), partial=result)
+        return result
+
+    async def flux_resume(self, refs: Iterable[str], *, reconcile: bool = False) -> list[str]:
+        """Set ``spec.suspend: false`` on exactly these refs; returns the ones resumed.
+
+        Objects (or Flux kinds) that no longer exist are ignored. With ``reconcile`` the
+        same patch sets ``reconcile.fluxcd.io/requestedAt`` so Flux reconciles at once.
+        """
+        resumed: list[str] = []
+        for ref in refs:
+            kind, namespace, name = parse_ref(ref)
+            flux = _FLUX_BY_KIND.get(kind)
+            if flux is None:
+                raise ValueError(f"{ref}: not a Flux Kustomization or HelmRelease")
+            version = await self._flux_version(flux)
+            if version is None:
+                continue
+            body: dict[str, Any] = {"spec": {"suspend": False}}
+            if reconcile:
+                now = dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds")
+                body["metadata"] = {"annotations": {RECONCILE_ANNOTATION: now}}
+            try:
+                await self._patch(f"resume {ref}", kclient.CustomObjectsApi, "patch_namespaced_custom_object",
+                                  flux.group, version, namespace, flux.plural, name, body=body)
+            except KubeNotFound:
+                continue
+            except KubeError as err:
+                err.partial = resumed
+                raise
+            resumed.append(ref)
+        return resumed
+
+    # -- workloads ---------------------------------------------------------------------------
+
+    async def _list_workloads(self, kind: str, selector: str, namespace: str | None) -> list[dict[str, Any]]:
+        snake = _WORKLOADS[kind]
+        if namespace is None:
+            data = await self._call(f"list {kind}s ({selector})", kclient.AppsV1Api,
+                                    f"list_{snake}_for_all_namespaces", label_selector=selector)
+        else:
+            data = await self._call(f"list {kind}s in {namespace} ({selector})", kclient.AppsV1Api,
+                                    f"list_namespaced_{snake}", namespace, label_selector=selector)
+        return list((data or {}).get("items", []))
+
+    async def scale_down(self, selector: str, namespace: str | None = None) -> dict[str, int]:
+        """Scale the Deployments and StatefulSets the label selector picks to zero.
+
+        All namespaces when ``namespace`` is None. Only those with ``spec.replicas > 0``
+        are patched (``spec.replicas: 0``); returns ``{ref: original replicas}`` of
+        exactly those, for startup's restore.
+        """
+        scaled: dict[str, int] = {}
+        failed: list[str] = []
+        for kind in _WORKLOADS:
+            try:
+                items = await self._list_workloads(kind, selector, namespace)
+            except KubeError as err:
+                err.partial = scaled
+                raise
+            for obj in items:
+                replicas = (obj.get("spec") or {}).get("replicas", 1)
+                if not isinstance(replicas, int) or replicas <= 0:
+                    continue
+                ref = _ref(kind, obj)
+                _, ns, name = parse_ref(ref)
+                try:
+                    await self._patch(f"scale {ref} to 0", kclient.AppsV1Api, f"patch_namespaced_{_WORKLOADS[kind]}",
+                                      name, ns, body={"spec": {"replicas": 0}})
+                except KubeNotFound:
+                    continue
+                except ApiUnavailable as err:
+                    err.partial = scaled
+                    raise
+                except KubeError as err:
+                    failed.append(str(err))
+                    continue
+                scaled[ref] = replicas
+        if failed:
+            raise KubeError("; ".join(failed), partial=scaled)
+        return scaled
+
+    async def scale(self, ref: str, replicas: int) -> None:
+        """Set a Deployment's or StatefulSet's ``spec.replicas``; KubeNotFound if it is gone."""
+        kind, namespace, name = parse_ref(ref)
+        if kind not in _WORKLOADS:
+            raise ValueError(f"{ref}: only Deployments and StatefulSets can be scaled")
+        if replicas < 0:
+            raise ValueError(f"{ref}: replicas must be >= 0, not {replicas}")
+        await self._patch(f"scale {ref} to {replicas}", kclient.AppsV1Api, f"patch_namespaced_{_WORKLOADS[kind]}",
+                          name, namespace, body={"spec": {"replicas": replicas}})
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    async def cordon(self, node: str) -> bool:
+        """Mark the node unschedulable; True if Hecate changed it, False if already cordoned."""
+        data = await self._call(f"get Node/{node}", kclient.CoreV1Api, "read_node", node)
+        if (data or {}).get("spec", {}).get("unschedulable") is True:
+            return False
+        await self._patch(f"cordon Node/{node}", kclient.CoreV1Api, "patch_node", node,
+                          body={"spec": {"unschedulable": True}})
+        return True
+
+    async def uncordon(self, node: str) -> None:
+        """Make the node schedulable again (removes ``spec.unschedulable``, as kubectl does)."""
+        await self._patch(f"uncordon Node/{node}", kclient.CoreV1Api, "patch_node", node,
+                          body={"spec": {"unschedulable": None}})
+
+    async def _node_pods(self, node: str) -> list[dict[str, Any]]:
+        data = await self._call(f"list pods on Node/{node}", kclient.CoreV1Api, "list_pod_for_all_namespaces",
+                                field_selector=f"spec.nodeName={node}")
+        return list((data or {}).get("items", []))
+
+    async def _evict(self, namespace: str, name: str) -> tuple[str, str]:
+        """One eviction: ("evicted" | "gone" | "blocked" | "failed", detail)."""
+        body = kclient.V1Eviction(api_version="policy/v1", kind="Eviction",
+                                  metadata=kclient.V1ObjectMeta(name=name, namespace=namespace))
+        try:
+            await self._call(f"evict Pod/{namespace}/{name}", kclient.CoreV1Api, "create_namespaced_pod_eviction",
+                             name, namespace, body, write=True, server_error_is_unavailable=False)
+        except KubeNotFound:
+            return "gone", ""
+        except ApiUnavailable:
+            raise
+        except KubeError as err:
+            return ("blocked" if err.status == 429 else "failed"), str(err)
+        return "evicted", ""
+
+    async def drain(self, node: str, timeout_s: float) -> dict[str, Any]:
+        """Evict every pod on ``node`` but DaemonSet and mirror pods, within ``timeout_s``.
+
+        Does not cordon (call :meth:`cordon` first). Evictions go through the Eviction API
+        (policy/v1), so PodDisruptionBudgets are honoured: a refusal (429) is retried every
+        ``retry_interval`` until ``timeout_s``, then given up -- a drain never blocks a
+        shutdown for longer than its timeout. A pod counts as evicted once the API has
+        accepted its eviction (or when it is already gone); other refusals are not retried
+        and land in ``failed``. With time left, the drain then waits for evicted pods to
+        leave the node (``terminating`` lists those still there at the deadline).
+        Returns ``{"node", "evicted", "blocked", "skipped", "failed", "terminating",
+        "timed_out"}`` (pods as ``namespace/name``; ``skipped`` with the reason,
+        ``failed`` with the API's answer); ``timed_out`` is true when the deadline passed
+        with pods still blocked or terminating.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, float(timeout_s))
+        result: dict[str, Any] = {"node": node, "evicted": [], "blocked": [], "skipped": {}, "failed": {},
+                                  "terminating": [], "timed_out": False}
+        try:
+            pods = await self._node_pods(node)
+        except KubeError as err:
+            err.partial = result
+            raise
+        pending: list[str] = []
+        for pod in pods:
+            reason = drain_skip_reason(pod)
+            if reason:
+                result["skipped"][_pod_ref(pod)] = reason
+            else:
+                pending.append(_pod_ref(pod))
+        limit = asyncio.Semaphore(EVICTION_CONCURRENCY)
+
+        async def evict(ref: str) -> tuple[str, str]:
+            namespace, name = ref.split("/", 1)
+            async with limit:
+                return await self._evict(namespace, name)
+
+        while pending:
+            outcomes = await asyncio.gather(*(evict(ref) for ref in pending), return_exceptions=True)
+            still: list[str] = []
+            error: BaseException | None = None
+            for ref, outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    error = error or outcome
+                    still.append(ref)
+                    continue
+                state, detail = outcome
+                if state in ("evicted", "gone"):
+                    result["evicted"].append(ref)
+                elif state == "blocked":
+                    still.append(ref)
+                else:
+                    result["failed"][ref] = detail
+            pending = still
+            if error is not None:  # the API went away mid-drain: report what was done
+                result["blocked"] = pending
+                if isinstance(error, KubeError):
+                    error.partial = result
+                raise error
+            remaining = deadline - loop.time()
+            if not pending or remaining <= 0:
+                break
+            await asyncio.sleep(min(self.retry_interval, remaining))
+        result["blocked"] = pending
+        if result["blocked"]:
+            log.warning("drain %s: gave up after %.0fs on %s (PodDisruptionBudget)", node, timeout_s,
+                        ", ".join(pending))
+
+        evicted = set(result["evicted"])
+        while evicted:
+            try:
+                present = {_pod_ref(p) for p in await self._node_pods(node)} & evicted
+            except KubeError as err:
+                err.partial = result
+                raise
+            result["terminating"] = sorted(present)
+            remaining = deadline - loop.time()
+            if not present or remaining <= 0:
+                break
+            await asyncio.sleep(min(self.retry_interval, remaining))
+        result["timed_out"] = bool(result["blocked"] or result["terminating"])
+        return result
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost useful reason of a urllib3 error (MaxRetryError wraps the real one)."""
+    reason = getattr(err, "reason", None)
+    return str(reason) if isinstance(reason, BaseException) else str(err)
