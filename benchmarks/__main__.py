@@ -9,7 +9,7 @@ import importlib
 import json
 import sys
 
-BENCHMARKS = ["lab_bringup", "reaction", "footprint"]
+BENCHMARKS = ["lab_bringup", "reaction", "footprint", "shutdown"]
 
 
 def main(argv: list[str]) -> int:

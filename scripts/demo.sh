@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The demo: bring the lab up (real upsd + dummy-ups, three real sshd nodes, the emulated
-# API), show it, take the UPS on battery, show it again, and tear everything down.
-# Later issues extend this to the full power-loss cycle (shutdown and staged startup).
+# The demo: the first half of a power-loss cycle on the lab (real upsd + dummy-ups, real
+# sshd nodes, the emulated API). Mains fails, the runtime drains through the threshold,
+# Hecate decides and shuts the lab cluster down in order -- agents, then servers, the
+# coordinator last -- and the demo prints the timeline. Nothing touches this machine's own
+# systemd or power: lab nodes emulate them. (Staged startup comes with issue #5.)
 set -euo pipefail
 
 DIR="${HECATE_LAB_DIR:-/tmp/hecate-demo}"
+CONFIG="$DIR/hecate.yaml"
 DAEMON_PID=""
 cleanup() {
-    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
+    if [ -n "$DAEMON_PID" ]; then kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; fi
     hecate lab down --dir "$DIR" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -15,34 +18,45 @@ trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f s", b - a }'; }
 
-step "Bringing the lab up: 1 UPS (Pyrphoros), 1 k3s server, 2 agents"
+step "Bringing the lab up: UPS Pyrphoros, 3 k3s servers, 4 agents, the emulated API"
 start=$EPOCHREALTIME
-hecate lab up --dir "$DIR" --ups pyrphoros --servers 1 --agents 2
+hecate lab up --dir "$DIR" --ups pyrphoros --servers 3 --agents 4
+hecate lab seed --dir "$DIR"
 echo "lab up in $(since "$start")"
+hecate config validate --config "$CONFIG"
 
-step "Hecate's configuration for the lab validates"
-hecate config validate --config "$DIR/hecate.yaml"
+step "The shutdown plan Hecate would run (dry-run: touches nothing)"
+hecate shutdown --config "$CONFIG"
 
-step "Lab status: mains power"
-hecate lab status --dir "$DIR"
-
-step "hecate daemon starts watching the UPS"
-hecate daemon --config "$DIR/hecate.yaml" 2> "$DIR/daemon.log" &
+step "hecate daemon watches the UPS (shutdown.execute=true via the environment)"
+HECATE_SHUTDOWN__EXECUTE=true hecate daemon --config "$CONFIG" 2> "$DIR/daemon.log" &
 DAEMON_PID=$!
-for _ in $(seq 50); do hecate status --config "$DIR/hecate.yaml" --json 2>/dev/null | grep -q '"source": "daemon"' && break; sleep 0.2; done
-hecate status --config "$DIR/hecate.yaml"
+for _ in $(seq 100); do
+    hecate status --config "$CONFIG" --json 2>/dev/null | grep -q '"source": "daemon"' && break
+    sleep 0.2
+done
+hecate status --config "$CONFIG"
 
-step "Mains fails: the UPS goes on battery, runtime drains below the threshold (1.1 x 300 s budget)"
-hecate lab ups-set --dir "$DIR" pyrphoros ups.status="OB DISCHRG" battery.runtime=240 battery.charge=58
-sleep 4   # three polls on battery below the threshold: the debounce
-hecate status --config "$DIR/hecate.yaml"
+step "Mains fails; the battery drains through the threshold (1.1 x 300 s default budget = 330 s)"
+hecate lab ups-set --dir "$DIR" pyrphoros ups.status="OB DISCHRG" battery.runtime=600 battery.charge=80
+for runtime in 480 360 320 300 280; do
+    sleep 1
+    hecate lab ups-set --dir "$DIR" pyrphoros battery.runtime=$runtime >/dev/null
+    echo "battery.runtime=$runtime"
+done
 
-step "The daemon's log (the decision is recorded as a dry-run: the shutdown executor comes with issue #4)"
+step "Hecate decides and shuts the cluster down (waiting for the coordinator's power-off)"
+for _ in $(seq 300); do [ -s "$DIR/coordinator-poweroff" ] && break; sleep 0.2; done
+sleep 0.5
+hecate status --config "$CONFIG"
+
+step "Timeline, from the UPS and the nodes' own logs"
+hecate lab timeline --dir "$DIR"
+
+step "The daemon's log (JSON lines per step for journald)"
 kill "$DAEMON_PID"; wait "$DAEMON_PID" || true; DAEMON_PID=""
-cat "$DIR/daemon.log"
+grep -v '"event":"step-end"' "$DIR/daemon.log" | cut -c1-200
 
 step "Tearing the lab down"
-start=$EPOCHREALTIME
 hecate lab down --dir "$DIR"
-echo "lab down in $(since "$start")"
 trap - EXIT

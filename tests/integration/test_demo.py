@@ -22,9 +22,14 @@ def test_demo_script_runs_the_lab_and_tears_it_down(tmp_path: Path) -> None:
     proc = subprocess.run([str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
                           timeout=100, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "OK (role coordinator, 3 nodes, 1 UPS)" in proc.stdout
-    assert proc.stdout.count("sshd=up") == 3
-    assert "Trigger:   SHUTDOWN decided — UPS pyrphoros, runtime" in proc.stdout
-    assert "dry-run: recorded shutdown run" in proc.stdout
+    out = proc.stdout
+    assert "OK (role coordinator, 7 nodes, 1 UPS)" in out
+    assert "Dry-run: nothing was touched" in out
+    assert "Trigger:   SHUTDOWN decided — UPS pyrphoros, runtime" in out
+    timeline = out[out.index("Timeline"):out.index("The daemon's log")].splitlines()
+    order = [line.split()[2] for line in timeline if line.startswith("+")]
+    machines = [who for who in order if who not in ("hecate", "pyrphoros")]
+    assert machines[-1] == "coordinator"  # the coordinator went last
+    assert "shutdown recorded: success" in out
     assert "is down" in proc.stdout
     assert not (directory / MANIFEST).exists()

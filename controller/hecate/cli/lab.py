@@ -117,3 +117,41 @@ def ups_set(directory: Path, name: str, assignments: tuple[str, ...]) -> None:
         raise click.ClickException(str(err)) from None
     ups.set_vars(changes)
     click.echo(f"{name}: upsd now serves " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+
+
+@lab.command()
+@dir_option
+def seed(directory: Path) -> None:
+    """Create workloads, a blocking PDB and Flux objects in the lab API (for shutdown and startup)."""
+    from hecate.lab import cluster_seed
+    from hecate.lab.procs import LabError
+    from hecate.lab.testbed import Lab
+
+    try:
+        running = Lab.load(directory)
+        cluster_seed.seed_workloads(running.kubeconfig)
+    except LabError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo("seeded: Deployments apps/web, apps/api, data/redis, gitea/gitea; StatefulSet data/postgres "
+               "(its PDB blocks eviction); Flux Kustomizations flux-system/flux-system and flux-system/experiments "
+               "(suspended by a user); HelmRelease gitea/gitea")
+
+
+@lab.command()
+@dir_option
+def timeline(directory: Path) -> None:
+    """Print what happened in the lab, in order: UPS changes, node commands, the coordinator's power-off."""
+    from hecate.lab.procs import LabError
+    from hecate.lab.testbed import Lab
+    from hecate.lab.testbed import timeline as lab_timeline
+
+    try:
+        rows = lab_timeline(Lab.load(directory))
+    except LabError as err:
+        raise click.ClickException(str(err)) from None
+    if not rows:
+        click.echo("nothing happened yet")
+        return
+    start = rows[0][0]
+    for t, who, what in rows:
+        click.echo(f"+{t - start:7.2f}s  {who:<12} {what}")

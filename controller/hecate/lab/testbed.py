@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +211,14 @@ class Lab:
                 "connect_timeout_s": 5,
                 "command_timeout_s": 30,
             },
-            "ups": [{"name": u.name, "host": u.host, "port": u.port} for u in self.ups.values()],
+            "ups": [{"name": u.name, "host": u.host, "port": u.port, "credentials_file": str(u.credentials_file)}
+                    for u in self.ups.values()],
             "shutdown": {
+                "execute": False,
+                # The tiers `hecate lab seed` creates; a short drain timeout (its PDB blocks one pod).
+                "scale_down": [{"name": "apps", "selector": "hecate.io/tier=apps"},
+                               {"name": "data", "selector": "hecate.io/tier=data"}],
+                "drain_timeout_s": 5,
                 # The lab's coordinator only records that it would power off.
                 "local_poweroff_command": ["sh", "-c", f"date +%s.%N >> {self.dir}/coordinator-poweroff"],
             },
@@ -278,3 +285,32 @@ def _free_subnet() -> str:
         if f" {candidate}." not in used:
             return candidate
     raise LabError("no free 10.77.x.0/24 subnet for a lab bridge")
+
+
+def timeline(lab: Lab) -> list[tuple[float, str, str]]:
+    """Everything that happened in the lab, in time order: UPS changes, node commands, coordinator off."""
+    rows: list[tuple[float, str, str]] = []
+    for ups in lab.ups.values():
+        events = ups.dir / "events.jsonl"
+        for line in events.read_text().splitlines() if events.exists() else []:
+            event = json.loads(line)
+            rows.append((event["t"], ups.name, " ".join(f"{k}={v}" for k, v in event["set"].items())))
+    for node in lab.nodes:
+        for c in nodes.read_commands(node.dir):
+            rc = "hung" if c.get("rc") is None else f"rc {c['rc']}"
+            rows.append((c["t"], node.name, f"{c['cmd']} ({rc})"))
+    runs = lab.state_dir / "runs.json"
+    for run in json.loads(runs.read_text()) if runs.exists() else []:
+        decided = run.get("trigger", {}).get("decided_at")
+        if decided:
+            what = "dry-run " if run["dry_run"] else ""
+            rows.append((datetime.fromisoformat(decided).timestamp(), "hecate",
+                         f"{what}shutdown decided: {run['trigger'].get('detail')}"))
+        if run.get("finished_at") and not run["dry_run"]:
+            stages = ", ".join(f"{s['name']} {s['duration_s']:.1f}s" for s in run["stages"])
+            rows.append((datetime.fromisoformat(run["finished_at"]).timestamp(), "hecate",
+                         f"{run['kind']} recorded: {run['result']} in {run['duration_s']:.1f}s ({stages})"))
+    off = lab.dir / "coordinator-poweroff"
+    for line in off.read_text().split() if off.exists() else []:
+        rows.append((float(line), "coordinator", "local power-off command ran (the coordinator goes last)"))
+    return sorted(rows)

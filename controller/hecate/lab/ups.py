@@ -15,6 +15,7 @@ the call waits until upsd actually serves the new values, read back with the rea
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -79,6 +80,11 @@ class LabUps:
         return self.dir / f"{self.name}.dev"
 
     @property
+    def credentials_file(self) -> Path:
+        """``username:password`` for instant commands, as Hecate's ``ups[].credentials_file`` expects."""
+        return self.dir / "credentials"
+
+    @property
     def address(self) -> str:
         return f"{self.name}@{self.host}:{self.port}"
 
@@ -103,6 +109,7 @@ class LabUps:
                 "  actions = SET FSD\n  instcmds = ALL\n"
             ),
         }
+        files["credentials"] = f"{LAB_USER}:{LAB_PASSWORD}\n"
         for name, text in files.items():
             (self.dir / name).write_text(text)
             os.chmod(self.dir / name, 0o640)
@@ -162,6 +169,8 @@ class LabUps:
         """Change variables by their NUT names (``{"ups.status": "OB"}``); see :meth:`set`."""
         self.values.update(changes)
         self._write_dev()
+        with open(self.dir / "events.jsonl", "a") as fh:  # the demo's timeline
+            fh.write(json.dumps({"t": time.time(), "ups": self.name, "set": changes}) + "\n")
         if wait:
             wait_for(lambda: _matches(self.read(), changes), timeout,
                       f"upsd to serve {changes} for {self.name}", self.dir / "driver.log")

@@ -295,6 +295,7 @@ def _stage_record(stage: Stage, outcomes: list[StepOutcome], store: StateStore, 
     missing = len(keys) - len({o.key for o in outcomes})
     result = RunResult.success if not failed and not missing else RunResult.degraded
     notes = [f"{o.step.target}: {o.detail}" for o in failed] + [f"{o.step.target} skipped: {o.detail}" for o in skipped]
+    notes += [f"{o.step.target}: {o.detail}" for o in outcomes if o.status == "ok" and o.detail]
     if missing:
         notes.append(f"{missing} step(s) not run")
     return StageRecord(name=stage.name, duration_s=round(duration, 3), result=result, detail="; ".join(notes))

@@ -31,6 +31,9 @@ from hecate.services.executor import ActionFn, Executor, Progress, Skipped, Step
 log = logging.getLogger(__name__)
 
 KILLALL = "/usr/local/bin/k3s-killall.sh"
+# NUT instant commands that cut the outputs after a delay and restore them when mains returns
+# (the POWERDOWNFLAG flow); `load.off` alone would cut them for good, so it is never used.
+POWER_CYCLE_COMMANDS = ("shutdown.return", "load.off.delay")
 
 
 @dataclass
@@ -118,12 +121,21 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
         try:
             user, password = nut.read_credentials_file(ups.credentials_file)
             async with nut.NutClient(ups.host, ups.port, username=user, password=password) as client:
-                await client.instcmd(ups.name, "shutdown.return")
+                for command in POWER_CYCLE_COMMANDS:
+                    try:
+                        await client.instcmd(ups.name, command)
+                    except nut.NutProtocolError as err:
+                        if err.code == "CMD-NOT-SUPPORTED":
+                            continue
+                        raise
+                    return {"command": command,
+                            "detail": f"{command} sent: the UPS cuts its outputs and restores them when mains returns"}
         except (OSError, ValueError) as err:
             raise StepFailed(str(err)) from err
         except nut.NutError as err:
             raise StepFailed(str(err), transient=not err.upsd_reachable) from err
-        return {"detail": "shutdown.return sent: the UPS cuts its outputs and restores them when mains returns"}
+        raise StepFailed(f"UPS {ups.name} supports none of {', '.join(POWER_CYCLE_COMMANDS)}: it cannot "
+                         "power-cycle its outputs, so hosts may stay off when mains returns")
 
     async def host_command(step: Step) -> dict[str, Any]:
         argv = [str(a) for a in step.params["argv"]]

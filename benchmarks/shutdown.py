@@ -1,0 +1,305 @@
+"""Shutdown of N = 20 and N = 100 lab nodes: Hecate's parallel executor vs a sequential loop.
+
+Every lab node (3 k3s servers + N-3 agents, in network namespaces when root, else on
+loopback) gets the fault ``"*"`` with ``delay_s=1``: every emulated command -- ``systemctl
+stop k3s[-agent]``, ``k3s-killall.sh``, ``systemctl poweroff`` -- takes 1 s on the node
+(``"*"`` is the fallback every command matches). Measured in the same run, per N:
+
+* **Hecate** -- the real entry point ``hecate.services.shutdown.run(config, trigger,
+  progress)`` with the lab's generated configuration (written to YAML, loaded with
+  ``hecate.adapters.config.load``), ``shutdown.parallelism`` = N, ``ssh.connect_timeout_s``
+  5, ``ssh.command_timeout_s`` 30, everything else at its default (Flux suspend on -- the lab
+  API has no Flux objects --, no scale-down tiers, servers stopped one by one). The lab's
+  ``local_poweroff_command`` only appends a timestamp to a file in the lab directory.
+  ``total_s`` is the wall time of that call; the run record's per-stage durations are
+  reported as they are.
+* **Sequential baseline** -- what a shell loop in upsmon's SHUTDOWNCMD does: for each node,
+  one after another (agents, then servers, in power-off order), ``ssh ... systemctl stop
+  <unit>``, ``ssh ... k3s-killall.sh``, ``ssh ... systemctl poweroff``, with the real OpenSSH
+  client, one connection per command, strict host keys against the lab's known_hosts.
+  The nodes Hecate powered off are powered on again first (same host keys, same faults).
+  At N = 100 the loop would take ~5 min, so it runs on SEQUENTIAL_SUBSET nodes of the same
+  lab (all 3 servers + the first agents) and is extrapolated linearly
+  (``sequential_extrapolated: true``, ``sequential_measured_s`` / ``sequential_measured_nodes``).
+* **Critical path** -- from the plan Hecate actually ran (``shutdown_plan(config)``): for
+  every SSH stage, its waves one after another, each wave
+  ``ceil(steps / parallelism)`` x 1 s; API and local stages add nothing.
+  ``overhead_s = total_s - critical_path_s``.
+* **Connection floor** -- on the same lab, before the shutdown: a fresh ``SshPool`` with
+  ``max_workers`` = N opens all N connections at once (``connect_all``) and is closed.
+  The same with the pool's default ``max_workers`` (32), which is what
+  ``shutdown.capabilities`` builds, is reported as ``connection_floor_pool_default_s``. On
+  one 2-core machine both ends of every handshake share the CPU.
+
+``profile`` shows where the time of each SSH stage goes, from the nodes' own command logs
+(``commands.jsonl``): how far apart the first and last command of the stage started
+(``start_spread_s``: queueing in Hecate), the longest a command took on a node
+(``node_cmd_max_s``: the 1 s delay plus the node shell's start-up), and the longest step as
+the executor saw it (``step_max_s``: connect + command + reply).
+
+Targets (issue #4): sequential/parallel >= 8x at 20 nodes; overhead <= connection floor + 1 s
+at both 20 and 100 nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hecate.adapters import config as config_mod
+from hecate.adapters import ssh
+from hecate.domain.config import HecateConfig
+from hecate.domain.plan import Action, shutdown_plan
+from hecate.domain.runs import RunRecord, StageRecord
+from hecate.lab import nodes
+from hecate.lab.testbed import Lab, LabSpec, netns_available
+from hecate.services import shutdown as hecate_shutdown
+from hecate.services.executor import StepOutcome
+
+SIZES = (20, 100)
+SERVERS = 3
+DELAY_S = 1.0
+SEQUENTIAL_SUBSET = 20
+"""Nodes the sequential loop runs on when N is larger (then extrapolated linearly)."""
+CONNECT_TIMEOUT_S = 5
+COMMAND_TIMEOUT_S = 30
+SSH_BIN = "ssh"
+VARIANTS = ("lab", "agents-shared")
+"""Power-off orders: as ``lab.hecate_config()`` writes them (every node its own), and agents sharing one."""
+SSH_STAGES = {Action.stop_service, Action.killall, Action.poweroff}
+
+# Targets from issue #4.
+TARGET_SPEEDUP_AT_20 = 8.0
+TARGET_OVERHEAD_MARGIN_S = 1.0
+
+
+def progress(message: str) -> None:
+    print(f"shutdown: {message}", file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """The executor's progress, one line per stage on stderr; step outcomes are kept."""
+
+    def __init__(self) -> None:
+        self.steps: list[StepOutcome] = []
+
+    def stage_started(self, stage: Any, index: int, total: int) -> None:
+        progress(f"  stage {index + 1}/{total} {stage.name} ({len(stage.steps)} steps)")
+
+    def step_finished(self, outcome: StepOutcome) -> None:
+        self.steps.append(outcome)
+
+    def stage_finished(self, record: StageRecord) -> None:
+        progress(f"  stage {record.name}: {record.result.value} in {record.duration_s:.3f}s")
+
+    def run_finished(self, record: RunRecord) -> None:
+        progress(f"  run {record.result.value} in {record.duration_s or 0:.3f}s")
+
+
+def _config(lab: Lab, n: int, variant: str) -> HecateConfig:
+    data = lab.hecate_config()
+    if variant == "agents-shared":
+        servers = sum(1 for node in data["cluster"]["nodes"] if node["role"] == "server")
+        for node in data["cluster"]["nodes"]:
+            if node["role"] == "agent":
+                node["poweroff_order"] = servers  # one wave for every agent
+    data["ssh"].update({"connect_timeout_s": CONNECT_TIMEOUT_S, "command_timeout_s": COMMAND_TIMEOUT_S})
+    data["shutdown"].update({"execute": True, "parallelism": n})
+    path = lab.dir / f"hecate-bench-{variant}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = config_mod.load(path, {})
+    # Never the machine's own power: the lab's coordinator only appends to a file.
+    if list(config.shutdown.local_poweroff_command[:2]) != ["sh", "-c"]:
+        raise RuntimeError(f"refusing to run: local_poweroff_command is {config.shutdown.local_poweroff_command}")
+    return config
+
+
+def _critical_path(config: HecateConfig) -> tuple[float, dict[str, float]]:
+    per_stage: dict[str, float] = {}
+    for stage in shutdown_plan(config).stages:
+        if not any(step.action in SSH_STAGES for step in stage.steps):
+            continue
+        per_stage[stage.name] = sum(math.ceil(len(w) / stage.parallelism) for w in stage.waves()) * DELAY_S
+    return sum(per_stage.values()), per_stage
+
+
+async def _connect_all(config: HecateConfig, max_workers: int | None) -> float:
+    kw = {} if max_workers is None else {"max_workers": max_workers}
+    pool = ssh.SshPool(config.ssh, config.cluster.nodes, **kw)
+    try:
+        started = time.perf_counter()
+        errors = await pool.connect_all()
+        elapsed = time.perf_counter() - started
+    finally:
+        await pool.close()
+    failed = {name: str(err) for name, err in errors.items() if err is not None}
+    if failed:
+        raise RuntimeError(f"connection floor: {len(failed)} nodes failed: {list(failed.items())[:3]}")
+    return elapsed
+
+
+def _ssh_argv(config: HecateConfig, node: nodes.LabNode, command: str) -> list[str]:
+    return [
+        SSH_BIN, "-F", "/dev/null", "-i", str(config.ssh.key_file),
+        "-o", f"UserKnownHostsFile={config.ssh.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+        "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+        "-p", str(node.port), f"{config.ssh.user}@{node.address}", command,
+    ]
+
+
+def _sequential(config: HecateConfig, order: list[nodes.LabNode]) -> float:
+    """The shell loop: stop, killall, poweroff, node after node, one ssh per command."""
+    started = time.perf_counter()
+    for node in order:
+        unit = "k3s" if node.role == "server" else "k3s-agent"
+        for command in (f"systemctl stop {unit}", hecate_shutdown.KILLALL, config.shutdown.remote_poweroff_command):
+            done = subprocess.run(_ssh_argv(config, node, command), stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=COMMAND_TIMEOUT_S + 2 * CONNECT_TIMEOUT_S, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"sequential: {node.name}: {command!r} exited {done.returncode}: "
+                                   f"{done.stderr.strip()[-300:]}")
+    return time.perf_counter() - started
+
+
+def _power_on(lab: Lab, names: set[str]) -> None:
+    for i, node in enumerate(lab.nodes):
+        if node.name in names:
+            lab.nodes[i] = nodes.power_on(node)
+    lab.save()
+
+
+def _all_off(lab: Lab, names: set[str]) -> None:
+    on = [n.name for n in lab.nodes if n.name in names and nodes.read_state(n.dir).get("power") != "off"]
+    if on:
+        raise RuntimeError(f"{len(on)} nodes still on after the shutdown: {on[:5]}")
+
+
+def _profile(lab: Lab, config: HecateConfig, steps: list[StepOutcome], since: float) -> dict[str, Any]:
+    """Per SSH stage: command start spread, longest node command, longest step (seconds)."""
+    verbs = {"stop-agents": "systemctl stop k3s-agent", "stop-servers": "systemctl stop k3s",
+             "killall": hecate_shutdown.KILLALL, "poweroff": config.shutdown.remote_poweroff_command}
+    rows = [c for n in lab.nodes for c in nodes.read_commands(n.dir) if c["t"] >= since]
+    out: dict[str, Any] = {}
+    for stage, command in verbs.items():
+        mine = [c for c in rows if c["cmd"] == command]
+        stage_steps = [s for s in steps if s.stage == stage]
+        if not mine:
+            continue
+        out[stage] = {
+            "commands": len(mine),
+            "start_spread_s": round(max(c["t"] for c in mine) - min(c["t"] for c in mine), 3),
+            "node_cmd_max_s": round(max((c["t_end"] or c["t"]) - c["t"] for c in mine), 3),
+            "step_max_s": round(max((s.duration_s for s in stage_steps), default=0.0), 3),
+            "retried_steps": sum(1 for s in stage_steps if s.attempts > 1),
+        }
+    return out
+
+
+def _hecate(lab: Lab, config: HecateConfig, n: int, variant: str) -> dict[str, Any]:
+    """One run of the real entry point; its timings, the run record's stages and the profile."""
+    progress(f"N={n}: Hecate shutdown, poweroff order {variant!r} (parallelism {n})")
+    steps = _Progress()
+    since = time.time()
+    started = time.perf_counter()
+    record = asyncio.run(hecate_shutdown.run(config, {"source": "benchmark", "nodes": n}, steps))
+    total = time.perf_counter() - started
+    _all_off(lab, {node.name for node in lab.nodes})
+    critical_path, critical_per_stage = _critical_path(config)
+    return {
+        "total_s": round(total, 3), "record_duration_s": round(record.duration_s or 0.0, 3),
+        "result": record.result.value,
+        "critical_path_s": round(critical_path, 3), "critical_path_per_stage_s": critical_per_stage,
+        "overhead_s": round(total - critical_path, 3),
+        "stages_s": {s.name: s.duration_s for s in record.stages},
+        "stage_problems": {s.name: s.detail[:300] for s in record.stages if s.result.value != "success"},
+        "profile": _profile(lab, config, steps.steps, since),
+    }
+
+
+def _one(n: int, netns: bool, tmp: Path) -> list[dict[str, Any]]:
+    progress(f"N={n}: lab up ({'netns' if netns else 'loopback'}, {SERVERS} servers + {n - SERVERS} agents)")
+    started = time.perf_counter()
+    lab = Lab.up(tmp / "lab", LabSpec(ups=(), servers=SERVERS, agents=n - SERVERS, netns=netns))
+    try:
+        lab_up_s = time.perf_counter() - started
+        for node in lab.nodes:
+            nodes.set_fault(node.dir, nodes.node_shell.ANY_COMMAND, delay_s=DELAY_S)
+        configs = {variant: _config(lab, n, variant) for variant in VARIANTS}
+        first = configs[VARIANTS[0]]
+
+        progress(f"N={n}: connection floor (max_workers={n}, then the pool default)")
+        floor = asyncio.run(_connect_all(first, n))
+        floor_default = asyncio.run(_connect_all(first, None))
+
+        runs: dict[str, dict[str, Any]] = {}
+        for i, (variant, config) in enumerate(configs.items()):
+            if i:
+                progress(f"N={n}: power on all {n} nodes")
+                _power_on(lab, {node.name for node in lab.nodes})
+            runs[variant] = _hecate(lab, config, n, variant)
+
+        agents = [node for node in lab.nodes if node.role == "agent"]
+        servers = [node for node in lab.nodes if node.role == "server"]
+        order = agents + servers  # agents first, then servers, each in power-off order (lab.nodes order)
+        extrapolated = len(order) > SEQUENTIAL_SUBSET
+        if extrapolated:
+            order = agents[: SEQUENTIAL_SUBSET - len(servers)] + servers
+        subset = {node.name for node in order}
+        progress(f"N={n}: power on {len(subset)} nodes, sequential baseline over them")
+        _power_on(lab, subset)
+        by_name = {node.name: node for node in lab.nodes}
+        sequential_measured = _sequential(first, [by_name[node.name] for node in order])
+        _all_off(lab, subset)
+        sequential = sequential_measured * n / len(order)
+    finally:
+        progress(f"N={n}: lab down")
+        lab.down()
+
+    results = []
+    for variant, measured in runs.items():
+        total, overhead = measured["total_s"], measured["overhead_s"]
+        speedup = sequential / total
+        checks = {"overhead_within_floor_plus_1s": overhead <= floor + TARGET_OVERHEAD_MARGIN_S}
+        if n == 20:
+            checks["speedup_at_least_8x"] = speedup >= TARGET_SPEEDUP_AT_20
+        results.append({
+            "mode": "netns" if lab.netns else "loopback", "nodes": n, "servers": len(servers),
+            "agents": len(agents), "poweroff_order": variant, "delay_s": DELAY_S, "parallelism": n,
+            "ssh_pool_max_workers": _pool_default_workers(),
+            "total_s": total, "sequential_s": round(sequential, 3), "speedup": round(speedup, 2),
+            "critical_path_s": measured["critical_path_s"], "overhead_s": overhead,
+            "connection_floor_s": round(floor, 3), "connection_floor_pool_default_s": round(floor_default, 3),
+            "sequential_extrapolated": extrapolated, "sequential_measured_s": round(sequential_measured, 3),
+            "sequential_measured_nodes": len(order),
+            **{k: v for k, v in measured.items() if k not in ("total_s", "critical_path_s", "overhead_s")},
+            "lab_up_s": round(lab_up_s, 3),
+            "targets": {k: "pass" if ok else "fail" for k, ok in checks.items()},
+            "pass": all(checks.values()) and measured["result"] == "success",
+        })
+        progress(f"N={n} [{variant}]: total {total:.2f}s, critical path {measured['critical_path_s']:.0f}s, "
+                 f"overhead {overhead:.2f}s, floor {floor:.2f}s, sequential {sequential:.1f}s"
+                 f"{' (extrapolated)' if extrapolated else ''}, speedup {speedup:.1f}x")
+    return results
+
+
+def _pool_default_workers() -> int:
+    """The max_workers an ``SshPool`` built without one gets (what shutdown.capabilities uses)."""
+    default = ssh.SshPool.__init__.__kwdefaults__ or {}
+    return int(default.get("max_workers", 0))
+
+
+def run() -> Iterator[dict[str, Any]]:
+    netns = netns_available()
+    for n in SIZES:
+        with tempfile.TemporaryDirectory(prefix="hecate-bench-shutdown-") as tmp:
+            yield from _one(n, netns, Path(tmp))

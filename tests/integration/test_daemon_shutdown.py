@@ -1,0 +1,145 @@
+"""The daemon executes the shutdown when the decision falls, finishes it on SIGTERM, resumes it after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hecate.lab import nodes
+from hecate.lab.procs import wait_for
+from hecate.lab.testbed import Lab, LabSpec
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    running = Lab.up(tmp_path / "lab", LabSpec(servers=1, agents=2))
+    try:
+        yield running
+    finally:
+        running.down()
+
+
+def write_config(lab: Lab) -> Path:
+    data = lab.hecate_config()
+    data["ssh"].update({"connect_timeout_s": 2, "command_timeout_s": 10})
+    data["cluster"]["api_timeout_s"] = 2
+    data["shutdown"].update({"execute": True, "drain_timeout_s": 1})
+    data["trigger"] = {"poll_interval_s": 0.5, "poll_interval_on_battery_s": 0.5}
+    path = lab.dir / "hecate-exec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def executed_runs(lab: Lab) -> list[dict[str, Any]]:
+    path = lab.state_dir / "runs.json"
+    if not path.exists():
+        return []
+    return [r for r in json.loads(path.read_text()) if r["kind"] == "shutdown" and not r["dry_run"]]
+
+
+def daemon(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 60) -> str:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    return out
+
+
+def ready(lab: Lab) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{lab.metrics_port}/readyz", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def all_off(lab: Lab) -> bool:
+    return all(nodes.read_state(n.dir)["power"] == "off" for n in lab.nodes)
+
+
+def test_decision_executes_the_shutdown_and_sigterm_does_not_cut_it_short(lab: Lab) -> None:
+    for node in lab.nodes:  # a slow shutdown: every emulated command takes 1 s
+        nodes.set_fault(node.dir, "*", delay_s=1)
+    proc = daemon(write_config(lab))
+    try:
+        wait_for(lambda: ready(lab), 20, "the daemon to be ready")
+        lab.ups["pyrphoros"].set(ups_status="OB LB DISCHRG", battery_runtime=60)
+        wait_for(lambda: any(nodes.read_commands(n.dir) for n in lab.nodes), 20, "the shutdown to start")
+    finally:
+        output = finish(proc)  # SIGTERM while the shutdown runs
+    assert proc.returncode == 0, output
+    assert "stop requested during a shutdown: finishing the shutdown first" in output
+    assert all_off(lab)
+    assert (lab.dir / "coordinator-poweroff").exists()
+    [record] = executed_runs(lab)
+    assert record["result"] == "success"
+    assert record["trigger"]["reason"] == "low_battery"
+    assert '"event":"stage-end","stage":"poweroff"' in output  # JSON lines for journald
+
+
+def test_a_killed_daemon_resumes_the_shutdown_when_it_starts_again(lab: Lab) -> None:
+    for server in (n for n in lab.nodes if n.role == "server"):
+        nodes.set_fault(server.dir, "systemctl stop k3s", delay_s=3)
+    config = write_config(lab)
+    proc = daemon(config)
+    try:
+        wait_for(lambda: ready(lab), 20, "the daemon to be ready")
+        lab.ups["pyrphoros"].set(ups_status="OB LB DISCHRG", battery_runtime=60)
+        server = next(n for n in lab.nodes if n.role == "server")
+        wait_for(lambda: any("stop k3s" in c["cmd"] for c in nodes.read_commands(server.dir)), 30,
+                 "stop-servers to start")
+    finally:
+        finish(proc, signal.SIGKILL)
+    assert executed_runs(lab) == []
+    assert not all_off(lab)
+    before = {(n.name, c["cmd"]) for n in lab.nodes for c in nodes.read_commands(n.dir)}
+    lab.ups["pyrphoros"].set(ups_status="OL CHRG", battery_runtime=900)  # power came back meanwhile: too late
+    proc = daemon(config)
+    try:
+        wait_for(lambda: executed_runs(lab), 60, "the resumed run to be recorded")
+    finally:
+        output = finish(proc)
+    assert "was in flight when Hecate stopped: resuming it" in output
+    assert all_off(lab)
+    after = [(n.name, c["cmd"]) for n in lab.nodes for c in nodes.read_commands(n.dir)]
+    agents_again = [row for row in after if row in before and row[0] != server.name and after.count(row) > 1]
+    assert agents_again == []  # finished steps were not repeated
+    [record] = executed_runs(lab)
+    assert record["trigger"]["reason"] == "low_battery"
+
+
+def test_ups_power_cycle_asks_upsd_and_reports_what_the_ups_cannot_do(lab: Lab) -> None:
+    """The lab's dummy-ups supports only `load.off`: the stage must say the UPS cannot power-cycle."""
+    config = write_config(lab)
+    data = yaml.safe_load(config.read_text())
+    data["shutdown"]["ups_power_cycle"] = True
+    config.write_text(yaml.safe_dump(data))
+    out = subprocess.run([sys.executable, "-m", "hecate", "shutdown", "--execute", "--config", str(config)],
+                         capture_output=True, text=True, timeout=120, check=False).stdout
+    [record] = executed_runs(lab)
+    cycle = next(s for s in record["stages"] if s["name"] == "ups-power-cycle")
+    assert cycle["result"] == "degraded"
+    assert "supports none of shutdown.return, load.off.delay" in cycle["detail"]
+    assert record["stages"][-1]["name"] == "local-poweroff"  # and the coordinator still went last
+    assert "ups-power-cycle" in out
+    assert lab.ups["pyrphoros"].read()["ups.status"] == "OL"  # load.off was never sent
