@@ -156,6 +156,9 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "trigger.nope: unknown key" in bad.stderr
     assert "Traceback" not in bad.stderr
+    empty = run_cli("daemon", "--config", str(write(tmp_path, "")))
+    assert empty.returncode == 2
+    assert "no UPS configured" in empty.stderr
     missing = run_cli("status", "--config", str(tmp_path / "absent.yaml"))
     assert missing.returncode == 2
     assert "file not found" in missing.stderr

@@ -110,7 +110,11 @@ def daemon(config_path: Path) -> None:
     from hecate.adapters.store import StoreError
 
     cfg = load_config(config_path)
+    if not cfg.ups:
+        fail(f"{config_path}: no UPS configured (`ups:` is empty): the daemon would have nothing to watch", code=2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not any(u.protects_cluster for u in cfg.ups):
+        logging.getLogger("hecate").warning("no UPS has protects_cluster: true: nothing can trigger a shutdown")
     try:
         asyncio.run(daemon_mod.run(cfg))
     except OSError as err:  # e.g. the metrics port is taken

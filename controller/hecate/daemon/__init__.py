@@ -40,8 +40,11 @@ class Daemon:
         self.store = StateStore(config.state_dir)
         self.shutdown_task: asyncio.Task[None] | None = None
         self.dry_run = monitor_mod.dry_run_recorder(self.store)
-        self.monitor = monitor_mod.Monitor(config, reader or nut.NutReader(), self.store, self.on_shutdown,
-                                           unlatch_on_mains=True)
+        # Each read is bounded by the fast (on-battery) poll interval, so one silent upsd cannot
+        # slow down the polls of the others (reads run concurrently; a poll lasts as long as its slowest).
+        timeout = max(0.5, min(2.0, config.trigger.poll_interval_on_battery_s))
+        self.monitor = monitor_mod.Monitor(config, reader or nut.NutReader(timeout=timeout), self.store,
+                                           self.on_shutdown, unlatch_on_mains=True)
         self.monitor.busy = self.shutting_down
 
     def shutting_down(self) -> bool:
