@@ -8,34 +8,48 @@ stop k3s[-agent]``, ``k3s-killall.sh``, ``systemctl poweroff`` -- takes 1 s on t
 * **Hecate** -- the real entry point ``hecate.services.shutdown.run(config, trigger,
   progress)`` with the lab's generated configuration (written to YAML, loaded with
   ``hecate.adapters.config.load``), ``shutdown.parallelism`` = N, ``ssh.connect_timeout_s``
-  5, ``ssh.command_timeout_s`` 30, everything else at its default (Flux suspend on -- the lab
-  API has no Flux objects --, no scale-down tiers, servers stopped one by one). The lab's
-  ``local_poweroff_command`` only appends a timestamp to a file in the lab directory.
-  ``total_s`` is the wall time of that call; the run record's per-stage durations are
-  reported as they are.
+  5, ``ssh.command_timeout_s`` 30, everything else as the lab writes it or at its default
+  (Flux suspend on -- the lab API has no Flux objects --, the lab's scale-down tiers match
+  nothing, servers stopped one by one). The lab's ``local_poweroff_command`` only appends a
+  timestamp to a file in the lab directory (checked before running). ``total_s`` is the wall
+  time of that call; the run record's per-stage durations are reported as they are.
+  Two power-off orders (``poweroff_order``), each on the same lab:
+
+  - ``lab``: as ``lab.hecate_config()`` writes them -- every node its own order, so the
+    plan powers the agents off one wave each (the critical path grows with N);
+  - ``agents-shared``: every agent the same order (servers keep theirs), so the agents go
+    in one wave, then the servers one by one -- what a real cluster's config says.
+
+  Before the second, the nodes are powered on again and the lab's emulated API restarted
+  (kmock 0.8 checks each request against every earlier one: the API slows down with every
+  request it has served).
 * **Sequential baseline** -- what a shell loop in upsmon's SHUTDOWNCMD does: for each node,
   one after another (agents, then servers, in power-off order), ``ssh ... systemctl stop
   <unit>``, ``ssh ... k3s-killall.sh``, ``ssh ... systemctl poweroff``, with the real OpenSSH
   client, one connection per command, strict host keys against the lab's known_hosts.
   The nodes Hecate powered off are powered on again first (same host keys, same faults).
-  At N = 100 the loop would take ~5 min, so it runs on SEQUENTIAL_SUBSET nodes of the same
+  At N = 100 the loop would take ~6 min, so it runs on SEQUENTIAL_SUBSET nodes of the same
   lab (all 3 servers + the first agents) and is extrapolated linearly
   (``sequential_extrapolated: true``, ``sequential_measured_s`` / ``sequential_measured_nodes``).
 * **Critical path** -- from the plan Hecate actually ran (``shutdown_plan(config)``): for
-  every SSH stage, its waves one after another, each wave
-  ``ceil(steps / parallelism)`` x 1 s; API and local stages add nothing.
-  ``overhead_s = total_s - critical_path_s``.
-* **Connection floor** -- on the same lab, before the shutdown: a fresh ``SshPool`` with
-  ``max_workers`` = N opens all N connections at once (``connect_all``) and is closed.
-  The same with the pool's default ``max_workers`` (32), which is what
-  ``shutdown.capabilities`` builds, is reported as ``connection_floor_pool_default_s``. On
-  one 2-core machine both ends of every handshake share the CPU.
+  every SSH stage, its waves one after another, each wave ``ceil(steps / parallelism)`` x 1 s;
+  API and local stages add nothing. ``overhead_s = total_s - critical_path_s``;
+  ``api_stages_s`` is the part of it spent in the Kubernetes stages (flux-suspend,
+  scale-down, drain) and ``overhead_without_api_stages_s`` the rest.
+* **Floors** -- on the same lab, before the shutdown, a fresh ``SshPool`` with
+  ``max_workers`` = N: ``connection_floor_s`` opens all N connections at once
+  (``connect_all``); ``command_floor_s`` then runs one no-op command (``hostname``, its
+  own fault without delay) on all N nodes at once over those connections -- what every
+  full-width SSH stage pays on top of its 1 s, mostly the node side (sshd session + the
+  Python node shell, on the same CPUs). The same with the pool's default ``max_workers``
+  (32, what ``shutdown.capabilities`` builds) is reported as ``*_pool_default_s``. On one
+  2-core machine both ends of every handshake share the CPU.
 
 ``profile`` shows where the time of each SSH stage goes, from the nodes' own command logs
 (``commands.jsonl``): how far apart the first and last command of the stage started
-(``start_spread_s``: queueing in Hecate), the longest a command took on a node
-(``node_cmd_max_s``: the 1 s delay plus the node shell's start-up), and the longest step as
-the executor saw it (``step_max_s``: connect + command + reply).
+(``start_spread_s``: queueing in Hecate and node-shell start-up), the longest a command took
+on a node (``node_cmd_max_s``: the 1 s delay), and the longest step as the executor saw it
+(``step_max_s``: connect + command + reply).
 
 Targets (issue #4): sequential/parallel >= 8x at 20 nodes; overhead <= connection floor + 1 s
 at both 20 and 100 nodes.
@@ -60,7 +74,8 @@ from hecate.adapters import ssh
 from hecate.domain.config import HecateConfig
 from hecate.domain.plan import Action, shutdown_plan
 from hecate.domain.runs import RunRecord, StageRecord
-from hecate.lab import nodes
+from hecate.lab import kubeapi, nodes
+from hecate.lab.node_shell import ANY_COMMAND
 from hecate.lab.testbed import Lab, LabSpec, netns_available
 from hecate.services import shutdown as hecate_shutdown
 from hecate.services.executor import StepOutcome
@@ -68,11 +83,14 @@ from hecate.services.executor import StepOutcome
 SIZES = (20, 100)
 SERVERS = 3
 DELAY_S = 1.0
-SEQUENTIAL_SUBSET = 20
+SEQUENTIAL_SUBSET = 10
 """Nodes the sequential loop runs on when N is larger (then extrapolated linearly)."""
 CONNECT_TIMEOUT_S = 5
 COMMAND_TIMEOUT_S = 30
 SSH_BIN = "ssh"
+NOOP = "hostname"
+"""The command of the command floor; its own fault (delay 0) overrides ``"*"`` (longest prefix wins)."""
+API_STAGES = ("flux-suspend", "scale-down", "storage-quiesce", "drain")
 VARIANTS = ("lab", "agents-shared")
 """Power-off orders: as ``lab.hecate_config()`` writes them (every node its own), and agents sharing one."""
 SSH_STAGES = {Action.stop_service, Action.killall, Action.poweroff}
@@ -102,7 +120,7 @@ class _Progress:
         progress(f"  stage {record.name}: {record.result.value} in {record.duration_s:.3f}s")
 
     def run_finished(self, record: RunRecord) -> None:
-        progress(f"  run {record.result.value} in {record.duration_s or 0:.3f}s")
+        progress(f"  run {record.result} in {record.duration_s or 0:.3f}s")
 
 
 def _config(lab: Lab, n: int, variant: str) -> HecateConfig:
@@ -132,19 +150,38 @@ def _critical_path(config: HecateConfig) -> tuple[float, dict[str, float]]:
     return sum(per_stage.values()), per_stage
 
 
-async def _connect_all(config: HecateConfig, max_workers: int | None) -> float:
+async def _floors(config: HecateConfig, max_workers: int | None) -> tuple[float, float]:
+    """(open N connections at once, then one no-op command on every node at once over them), seconds."""
     kw = {} if max_workers is None else {"max_workers": max_workers}
     pool = ssh.SshPool(config.ssh, config.cluster.nodes, **kw)
+    names = [node.name for node in config.cluster.nodes]
     try:
         started = time.perf_counter()
         errors = await pool.connect_all()
-        elapsed = time.perf_counter() - started
+        connect = time.perf_counter() - started
+        failed = {name: str(err) for name, err in errors.items() if err is not None}
+        if failed:
+            raise RuntimeError(f"connection floor: {len(failed)} nodes failed: {list(failed.items())[:3]}")
+        started = time.perf_counter()
+        results = await asyncio.gather(*(pool.run(name, NOOP) for name in names))
+        command = time.perf_counter() - started
     finally:
         await pool.close()
-    failed = {name: str(err) for name, err in errors.items() if err is not None}
-    if failed:
-        raise RuntimeError(f"connection floor: {len(failed)} nodes failed: {list(failed.items())[:3]}")
-    return elapsed
+    bad = [r for r in results if r.exit_code != 0]
+    if bad:
+        raise RuntimeError(f"command floor: {len(bad)} nodes failed: {bad[:2]}")
+    return connect, command
+
+
+def _fresh_api(lab: Lab) -> None:
+    """Restart the lab's emulated API: kmock 0.8 checks every request against every earlier one,
+    so the API slows down with each request it served; every run starts on a fresh one."""
+    if lab.kubeapi_pid is not None:
+        kubeapi.stop_kubeapi(lab.kubeapi_pid)
+        lab.kubeapi_pid = None
+    kube = lab.kubeconfig.parent
+    lab.kubeapi_pid = kubeapi.start_kubeapi(kube / "nodes.json", lab.kubeconfig, kube / "kubeapi.log").pid
+    lab.save()
 
 
 def _ssh_argv(config: HecateConfig, node: nodes.LabNode, command: str) -> list[str]:
@@ -215,12 +252,15 @@ def _hecate(lab: Lab, config: HecateConfig, n: int, variant: str) -> dict[str, A
     total = time.perf_counter() - started
     _all_off(lab, {node.name for node in lab.nodes})
     critical_path, critical_per_stage = _critical_path(config)
+    stages = {s.name: s.duration_s for s in record.stages}
+    api = sum(stages.get(name, 0.0) for name in API_STAGES)
     return {
         "total_s": round(total, 3), "record_duration_s": round(record.duration_s or 0.0, 3),
-        "result": record.result.value,
+        "result": str(record.result),
         "critical_path_s": round(critical_path, 3), "critical_path_per_stage_s": critical_per_stage,
         "overhead_s": round(total - critical_path, 3),
-        "stages_s": {s.name: s.duration_s for s in record.stages},
+        "api_stages_s": round(api, 3), "overhead_without_api_stages_s": round(total - critical_path - api, 3),
+        "stages_s": stages,
         "stage_problems": {s.name: s.detail[:300] for s in record.stages if s.result.value != "success"},
         "profile": _profile(lab, config, steps.steps, since),
     }
@@ -233,19 +273,21 @@ def _one(n: int, netns: bool, tmp: Path) -> list[dict[str, Any]]:
     try:
         lab_up_s = time.perf_counter() - started
         for node in lab.nodes:
-            nodes.set_fault(node.dir, nodes.node_shell.ANY_COMMAND, delay_s=DELAY_S)
+            nodes.set_fault(node.dir, ANY_COMMAND, delay_s=DELAY_S)
+            nodes.set_fault(node.dir, NOOP, delay_s=0)
         configs = {variant: _config(lab, n, variant) for variant in VARIANTS}
         first = configs[VARIANTS[0]]
 
-        progress(f"N={n}: connection floor (max_workers={n}, then the pool default)")
-        floor = asyncio.run(_connect_all(first, n))
-        floor_default = asyncio.run(_connect_all(first, None))
+        progress(f"N={n}: connection and command floors (max_workers={n}, then the pool default)")
+        floor, command_floor = asyncio.run(_floors(first, n))
+        floor_default, command_floor_default = asyncio.run(_floors(first, None))
 
         runs: dict[str, dict[str, Any]] = {}
         for i, (variant, config) in enumerate(configs.items()):
             if i:
-                progress(f"N={n}: power on all {n} nodes")
+                progress(f"N={n}: power on all {n} nodes, fresh lab API")
                 _power_on(lab, {node.name for node in lab.nodes})
+                _fresh_api(lab)
             runs[variant] = _hecate(lab, config, n, variant)
 
         agents = [node for node in lab.nodes if node.role == "agent"]
@@ -279,6 +321,8 @@ def _one(n: int, netns: bool, tmp: Path) -> list[dict[str, Any]]:
             "total_s": total, "sequential_s": round(sequential, 3), "speedup": round(speedup, 2),
             "critical_path_s": measured["critical_path_s"], "overhead_s": overhead,
             "connection_floor_s": round(floor, 3), "connection_floor_pool_default_s": round(floor_default, 3),
+            "command_floor_s": round(command_floor, 3),
+            "command_floor_pool_default_s": round(command_floor_default, 3),
             "sequential_extrapolated": extrapolated, "sequential_measured_s": round(sequential_measured, 3),
             "sequential_measured_nodes": len(order),
             **{k: v for k, v in measured.items() if k not in ("total_s", "critical_path_s", "overhead_s")},

@@ -236,9 +236,8 @@ async def test_flux_suspend_then_resume_only_what_hecate_suspended(kube: Kube, s
     for ref in [*seeded.flux_active, *seeded.flux_user_suspended]:
         assert flux_suspend_field(api, ref) is True
 
-    again = await kube.flux_suspend()  # idempotent: everything is suspended now, nothing written
-    assert again["suspended"] == []
-    assert set(again["already_suspended"]) == {*seeded.flux_active, *seeded.flux_user_suspended}
+    again = await kube.flux_suspend()  # idempotent: nothing written, and Hecate's own still count as Hecate's
+    assert again == result
     assert kube.writes == 2
 
     resumed = await kube.flux_resume([*result["suspended"], "Kustomization/flux-system/deleted-meanwhile"],
@@ -260,7 +259,8 @@ async def test_scale_down_records_replicas_and_scale_restores(kube: Kube, seeded
     assert {ref: replicas_of(api, ref) for ref in apps_tier} == {"Deployment/apps/web": 0, "Deployment/apps/api": 0}
     assert replicas_of(api, "Deployment/data/redis") == 1  # another tier: untouched
     assert kube.writes == 2
-    assert await kube.scale_down("hecate.io/tier=apps", None) == {}  # already at zero: not recorded again
+    assert await kube.scale_down("hecate.io/tier=apps", None) == apps_tier  # originals come from the objects
+    assert kube.writes == 2
 
     data_tier = await kube.scale_down("hecate.io/tier=data", "data")
     assert data_tier == {"Deployment/data/redis": 1, "StatefulSet/data/postgres": 1}
@@ -285,8 +285,10 @@ async def test_cordon_reports_whether_hecate_changed_it(kube: Kube, api: kclient
     core = kclient.CoreV1Api(api)
     assert await kube.cordon("titan-a1") is True
     assert core.read_node("titan-a1").spec.unschedulable is True
-    assert await kube.cordon("titan-a1") is False  # already cordoned: not Hecate's to undo
+    assert await kube.cordon("titan-a1") is True  # cordoned by Hecate earlier: still Hecate's to undo
     assert kube.writes == 1
+    core.patch_node("titan-a2", {"spec": {"unschedulable": True}})  # cordoned by a person
+    assert await kube.cordon("titan-a2") is False  # not Hecate's to undo
     await kube.uncordon("titan-a1")
     assert not core.read_node("titan-a1").spec.unschedulable
     assert await kube.cordon("titan-a1") is True
@@ -470,3 +472,25 @@ async def test_concurrent_calls_share_one_client(kube: Kube, seeded: Seeded) -> 
     results = await asyncio.gather(*(kube.nodes_ready() for _ in range(20)))
     assert all(r == results[0] for r in results)
     assert threading.active_count() < 64
+
+
+async def test_repeated_shutdown_steps_still_know_what_hecate_changed(tmp_path: Path) -> None:
+    """A resumed or repeated shutdown must not mistake Hecate's own changes for the user's."""
+    lab = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=1, agents=2))
+    try:
+        seed_workloads(lab.kubeconfig)
+        async with Kube(lab.kubeconfig, 5) as kube:
+            first = await kube.flux_suspend()
+            again = await kube.flux_suspend()
+            assert sorted(again["suspended"]) == sorted(first["suspended"])
+            assert again["already_suspended"] == ["Kustomization/flux-system/experiments"]
+            scaled = await kube.scale_down("hecate.io/tier=apps", None)
+            assert await kube.scale_down("hecate.io/tier=apps", None) == scaled  # originals, not zeros
+            assert await kube.cordon("titan-a1") is True
+            assert await kube.cordon("titan-a1") is True  # still ours
+            await kube.uncordon("titan-a1")
+            await kube.flux_resume(first["suspended"])
+            resumed_again = await kube.flux_suspend()  # annotations were cleared on resume
+            assert sorted(resumed_again["suspended"]) == sorted(first["suspended"])
+    finally:
+        lab.down()

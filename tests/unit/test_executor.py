@@ -232,3 +232,12 @@ def test_a_journal_from_another_boot_is_recorded_not_resumed(tmp_path: Path) -> 
     assert record.result is RunResult.failed
     assert log.calls() == []
     assert store.in_flight_runs() == []
+
+
+def test_a_hung_first_wave_does_not_cost_the_later_waves(tmp_path: Path) -> None:
+    """poweroff: agents hang past the stage deadline; the servers' wave still runs."""
+    log = Log(tmp_path / "calls", {"agent": 3600.0})
+    p = plan(stage("poweroff", ["agent", "server"], waves=[0, 1], deadline=0.3, timeout_s=0.5))
+    record = asyncio.run(executor(tmp_path, log).run(p, {}))
+    assert log.calls() == ["agent", "server"]
+    assert "agent: stage deadline of 0.3 s passed" in record.stages[0].detail

@@ -86,6 +86,12 @@ EVICTION_CONCURRENCY = 8
 MERGE_PATCH = "application/merge-patch+json"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 RECONCILE_ANNOTATION = "reconcile.fluxcd.io/requestedAt"
+# What Hecate changes it records on the object itself, in the same patch: a repeated or
+# resumed shutdown (or a run record lost with the disk) cannot make startup forget what is ours.
+OWNER = "hecate"
+SUSPENDED_BY = "hecate.io/suspended-by"
+CORDONED_BY = "hecate.io/cordoned-by"
+ORIGINAL_REPLICAS = "hecate.io/original-replicas"
 
 
 class KubeError(Exception):
@@ -127,6 +133,10 @@ def parse_ref(ref: str) -> tuple[str, str, str]:
     if len(parts) != 3 or not all(parts):
         raise ValueError(f"not a Kind/namespace/name reference: {ref!r}")
     return parts[0], parts[1], parts[2]
+
+
+def _annotations(obj: Mapping[str, Any] | None) -> dict[str, str]:
+    return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
 
 
 def _ref(kind: str, obj: Mapping[str, Any]) -> str:
@@ -337,13 +347,16 @@ class Kube:
             for obj in items:
                 ref = _ref(flux.kind, obj)
                 if (obj.get("spec") or {}).get("suspend") is True:
-                    result["already_suspended"].append(ref)
+                    # Suspended by us earlier (a resumed or repeated run): still ours to resume.
+                    ours = _annotations(obj).get(SUSPENDED_BY) == OWNER
+                    result["suspended" if ours else "already_suspended"].append(ref)
                     continue
                 _, namespace, name = parse_ref(ref)
                 try:
                     await self._patch(f"suspend {ref}", kclient.CustomObjectsApi, "patch_namespaced_custom_object",
                                       flux.group, version, namespace, flux.plural, name,
-                                      body={"spec": {"suspend": True}})
+                                      body={"spec": {"suspend": True},
+                                            "metadata": {"annotations": {SUSPENDED_BY: OWNER}}})
                 except KubeNotFound:
                     continue  # deleted meanwhile: nothing to suspend, nothing to resume
                 except ApiUnavailable as err:
@@ -372,10 +385,10 @@ class Kube:
             version = await self._flux_version(flux)
             if version is None:
                 continue
-            body: dict[str, Any] = {"spec": {"suspend": False}}
+            body: dict[str, Any] = {"spec": {"suspend": False}, "metadata": {"annotations": {SUSPENDED_BY: None}}}
             if reconcile:
                 now = dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds")
-                body["metadata"] = {"annotations": {RECONCILE_ANNOTATION: now}}
+                body["metadata"]["annotations"][RECONCILE_ANNOTATION] = now
             try:
                 await self._patch(f"resume {ref}", kclient.CustomObjectsApi, "patch_namespaced_custom_object",
                                   flux.group, version, namespace, flux.plural, name, body=body)
@@ -416,13 +429,18 @@ class Kube:
                 raise
             for obj in items:
                 replicas = (obj.get("spec") or {}).get("replicas", 1)
+                ref = _ref(kind, obj)
+                recorded = _annotations(obj).get(ORIGINAL_REPLICAS)
+                if replicas == 0 and recorded is not None and recorded.isdigit():
+                    scaled[ref] = int(recorded)  # scaled down by us earlier: the original is on the object
+                    continue
                 if not isinstance(replicas, int) or replicas <= 0:
                     continue
-                ref = _ref(kind, obj)
                 _, ns, name = parse_ref(ref)
                 try:
                     await self._patch(f"scale {ref} to 0", kclient.AppsV1Api, f"patch_namespaced_{_WORKLOADS[kind]}",
-                                      name, ns, body={"spec": {"replicas": 0}})
+                                      name, ns, body={"spec": {"replicas": 0},
+                                                      "metadata": {"annotations": {ORIGINAL_REPLICAS: str(replicas)}}})
                 except KubeNotFound:
                     continue
                 except ApiUnavailable as err:
@@ -444,7 +462,8 @@ class Kube:
         if replicas < 0:
             raise ValueError(f"{ref}: replicas must be >= 0, not {replicas}")
         await self._patch(f"scale {ref} to {replicas}", kclient.AppsV1Api, f"patch_namespaced_{_WORKLOADS[kind]}",
-                          name, namespace, body={"spec": {"replicas": replicas}})
+                          name, namespace, body={"spec": {"replicas": replicas},
+                                                 "metadata": {"annotations": {ORIGINAL_REPLICAS: None}}})
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -452,15 +471,15 @@ class Kube:
         """Mark the node unschedulable; True if Hecate changed it, False if already cordoned."""
         data = await self._call(f"get Node/{node}", kclient.CoreV1Api, "read_node", node)
         if (data or {}).get("spec", {}).get("unschedulable") is True:
-            return False
+            return _annotations(data).get(CORDONED_BY) == OWNER  # ours from an earlier run, or someone else's
         await self._patch(f"cordon Node/{node}", kclient.CoreV1Api, "patch_node", node,
-                          body={"spec": {"unschedulable": True}})
+                          body={"spec": {"unschedulable": True}, "metadata": {"annotations": {CORDONED_BY: OWNER}}})
         return True
 
     async def uncordon(self, node: str) -> None:
         """Make the node schedulable again (removes ``spec.unschedulable``, as kubectl does)."""
         await self._patch(f"uncordon Node/{node}", kclient.CoreV1Api, "patch_node", node,
-                          body={"spec": {"unschedulable": None}})
+                          body={"spec": {"unschedulable": None}, "metadata": {"annotations": {CORDONED_BY: None}}})
 
     async def _node_pods(self, node: str) -> list[dict[str, Any]]:
         data = await self._call(f"list pods on Node/{node}", kclient.CoreV1Api, "list_pod_for_all_namespaces",

@@ -218,7 +218,7 @@ class StateStore:
     def journal_append(self, run_id: str, event: dict[str, Any]) -> None:
         """Append one event durably (O_APPEND + fsync); a torn last line is ignored on read."""
         line = json.dumps(event, separators=(",", ":"), default=str) + "\n"
-        fd = os.open(self.journal_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(self.journal_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, line.encode())
             os.fsync(fd)

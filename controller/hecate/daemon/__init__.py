@@ -63,12 +63,19 @@ class Daemon:
         self.shutdown_task = asyncio.create_task(self._shutdown(trigger_info), name="shutdown")
 
     async def _shutdown(self, trigger_info: dict[str, Any]) -> None:
+        # Resuming needs to know whether mains is back: wait for the first poll.
+        while not self.monitor.ready:
+            await asyncio.sleep(0.05)
         try:
-            record = await shutdown.run(self.config, trigger_info, JsonLines(),
-                                        power_restored=self.monitor.power_restored)
+            while True:
+                try:
+                    record = await shutdown.run(self.config, trigger_info, JsonLines(),
+                                                power_restored=self.monitor.power_restored)
+                    break
+                except RunInProgress as err:  # e.g. a startup or a manual run: the shutdown waits its turn
+                    log.warning("shutdown waiting: %s", err)
+                    await asyncio.sleep(1)
             log.warning("shutdown run %s ended: %s", record.id, record.result)
-        except RunInProgress as err:
-            log.warning("shutdown not started: %s", err)
         except Exception:
             log.exception("shutdown run crashed")
         finally:
@@ -122,6 +129,8 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await asyncio.gather(*tasks, return_exceptions=True)
+        if daemon.shutdown_task is not None:  # decided in the very last poll: still finish it
+            await asyncio.gather(daemon.shutdown_task, return_exceptions=True)
         await runner.cleanup()
 
 

@@ -148,14 +148,23 @@ class Shutdown(_Section):
     """Optional storage quiesce stage."""
     stop_servers_one_by_one: bool = True
     """Stop k3s servers in power-off order rather than all at once."""
-    remote_poweroff_command: str = "systemctl poweroff"
-    """Command run on each node over SSH to power it off."""
+    remote_poweroff_command: str = Field(default="systemctl poweroff", pattern=r"^[A-Za-z0-9 /._=+-]+$")
+    """Command run on each node over SSH to power it off (one command: no shell operators, so `sudo` covers it)."""
     local_poweroff_command: list[str] = Field(default_factory=lambda: ["systemctl", "poweroff"])
     """Command (argv) the coordinator runs to power itself off, last."""
     ups_power_cycle: bool = False
     """Ask upsd to cut and restore outputs so machines boot when mains returns."""
     stage_timeout_s: Seconds = 300.0
-    """Deadline of any single stage."""
+    """Deadline of any single stage (a later wave, e.g. the servers' power-off, still gets its own steps' time)."""
+
+    @field_validator("scale_down")
+    @classmethod
+    def _unique_tiers(cls, value: list[WorkloadTier]) -> list[WorkloadTier]:
+        names = [t.name for t in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tier names must be unique; repeated: {', '.join(dupes)}")
+        return value
 
 
 class Wake(StrEnum):

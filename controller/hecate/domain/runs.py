@@ -83,4 +83,5 @@ def counts_for_budget(run: RunRecord) -> bool:
         and not run.dry_run
         and run.result is RunResult.success
         and run.duration_s is not None
+        and not run.trigger.get("resumed")  # its duration includes the time the process was down
     )

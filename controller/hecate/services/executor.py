@@ -45,7 +45,13 @@ BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
 
 
 class Skipped(Exception):
-    """The step did not apply (e.g. the Kubernetes API is unreachable); the run goes on."""
+    """The step did not apply (e.g. the Kubernetes API is unreachable); the run goes on.
+
+    ``data`` keeps what it changed before it had to stop (recorded like a success's data)."""
+
+    def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.data = data or {}
 
 
 class StepFailed(Exception):
@@ -117,8 +123,18 @@ class Executor:
                                    "boot_id": boot_id()})
             return await self._execute(run_id, plan, trigger, started, {}, power_restored)
 
-    async def resume(self, run_id: str, *, power_restored: Callable[[], bool] | None = None) -> RunRecord:
-        """Finish a run a killed process left in the journal, without repeating finished steps."""
+    def is_stale(self, run_id: str) -> bool:
+        """True when the run's journal comes from an earlier boot (or has no plan): never resume it."""
+        head = next((e for e in self.store.journal_read(run_id) if e.get("event") == "run"), None)
+        return head is None or head.get("boot_id") != boot_id()
+
+    async def resume(self, run_id: str, *, plan: Plan | None = None,
+                     power_restored: Callable[[], bool] | None = None) -> RunRecord:
+        """Finish a run a killed process left in the journal, without repeating finished steps.
+
+        ``plan`` (rebuilt from the host's configuration) is what runs; the journal only says
+        which steps are done. Commands are never taken from the journal file.
+        """
         with self.store.run_lock(f"resume {run_id}"):
             events = self.store.journal_read(run_id)
             head = next((e for e in events if e.get("event") == "run"), None)
@@ -140,13 +156,17 @@ class Executor:
             done = {e["step"]: e for e in events if e.get("event") == "step-end"}
             log.warning("resuming run %s: %d steps already done", run_id, len(done))
             self._journal(run_id, {"event": "resume", "t": self.clock()})
-            plan = Plan.from_dict(head["plan"])
-            return await self._execute(run_id, plan, head["trigger"], head["t"], done, power_restored)
+            plan = plan or Plan.from_dict(head["plan"])
+            started_steps = {e["step"] for e in events if e.get("event") == "step-start"}
+            trigger = {**head["trigger"], "resumed": True}  # its duration includes the downtime
+            return await self._execute(run_id, plan, trigger, head["t"], done, power_restored,
+                                       past_no_return=_past_no_return(plan, started_steps))
 
     # -- the run ---------------------------------------------------------------------------
 
     async def _execute(self, run_id: str, plan: Plan, trigger: dict[str, Any], started: float,
-                       done: dict[str, dict[str, Any]], power_restored: Callable[[], bool] | None) -> RunRecord:
+                       done: dict[str, dict[str, Any]], power_restored: Callable[[], bool] | None,
+                       past_no_return: bool = False) -> RunRecord:
         record = RunRecord(id=run_id, kind=RunKind(plan.kind), trigger=trigger, dry_run=False,
                            started_at=datetime.fromtimestamp(started, UTC))
         outcomes: list[StepOutcome] = [_from_journal(plan, e) for e in done.values()]
@@ -156,8 +176,9 @@ class Executor:
         for index, stage in enumerate(plan.stages):
             if stage.steps[0].action is Action.local_poweroff:
                 # Record the run before the coordinator goes dark: nothing reports after this step.
-                record = self._finish(record, stage_records, outcomes, started, aborted=False)
-            if index <= disruptive_from and power_restored is not None and power_restored():
+                record = self._finish(record, stage_records, outcomes, started, aborted=False, final=False)
+            if (not past_no_return and index <= disruptive_from and power_restored is not None
+                    and power_restored()):
                 log.warning("power is back before the first disruptive stage: aborting the %s", plan.kind)
                 await self._undo(outcomes)
                 aborted = True
@@ -182,12 +203,17 @@ class Executor:
             async with gate:
                 results.append(await self._run_step(run_id, stage, step))
 
-        for wave in stage.waves():
+        for index, wave in enumerate(stage.waves()):
             pending = [s for s in wave if s.key(stage.name) not in done]
             if not pending:
                 continue
             tasks = {asyncio.create_task(one(s)): s for s in pending}
-            _done, unfinished = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+            # The stage deadline bounds the stage, but a later wave always gets at least its own
+            # steps' time: a hung agent wave must never leave the servers un-powered-off.
+            budget = deadline - time.monotonic()
+            if index > 0:
+                budget = max(budget, max(_step_budget(s) for s in pending))
+            _done, unfinished = await asyncio.wait(tasks, timeout=budget)
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
@@ -197,8 +223,6 @@ class Executor:
                 self._journal(run_id, _end_event(outcome, self.clock()))
                 results.append(outcome)
                 self.progress.step_finished(outcome)
-            if unfinished:
-                break  # the stage is out of time: later waves do not start
         return results
 
     async def _run_step(self, run_id: str, stage: Stage, step: Step) -> StepOutcome:
@@ -216,7 +240,8 @@ class Executor:
                 data = await asyncio.wait_for(action(step), timeout=step.timeout_s)
                 outcome = StepOutcome(stage.name, step, "ok", data.pop("detail", ""), data)
             except Skipped as err:
-                outcome = StepOutcome(stage.name, step, "skipped", str(err))
+                log.warning("step %s skipped: %s", key, err)
+                outcome = StepOutcome(stage.name, step, "skipped", str(err), err.data)
             except StepFailed as err:
                 if err.transient and attempts <= step.retries:
                     await asyncio.sleep(BACKOFF_S[min(attempts - 1, len(BACKOFF_S) - 1)])
@@ -244,7 +269,7 @@ class Executor:
                     log.exception("undoing %s failed", outcome.key)
 
     def _finish(self, record: RunRecord, stage_records: Mapping[str, StageRecord], outcomes: list[StepOutcome],
-                started: float, *, aborted: bool) -> RunRecord:
+                started: float, *, aborted: bool, final: bool = True) -> RunRecord:
         finished = self.clock()
         stages = list(stage_records.values())
         failed_abort = any(o.status == "failed" and o.step.on_error is OnError.abort for o in outcomes)
@@ -256,24 +281,37 @@ class Executor:
             result = RunResult.degraded
         else:
             result = RunResult.success
-        final = record.model_copy(update={
+        result_record = record.model_copy(update={
             "finished_at": datetime.fromtimestamp(finished, UTC), "duration_s": max(0.0, finished - started),
             "result": result, "stages": stages, "changes": _changes(outcomes),
         })
-        self.store.append_run(final)
+        self.store.append_run(result_record)
         self.store.journal_finish(record.id)
         self._closed.add(record.id)
-        self.progress.run_finished(final)
-        return final
+        if final:
+            self.progress.run_finished(result_record)
+        return result_record
 
     def _journal(self, run_id: str, event: dict[str, Any]) -> None:
         if run_id not in self._closed:
             self.store.journal_append(run_id, event)
 
 
+def _step_budget(step: Step) -> float:
+    """The longest one step can legitimately take: every attempt plus the backoffs between them."""
+    return step.timeout_s * (step.retries + 1) + sum(BACKOFF_S[: step.retries])
+
+
 def _end_event(outcome: StepOutcome, t: float) -> dict[str, Any]:
     return {"event": "step-end", "step": outcome.key, "status": outcome.status, "detail": outcome.detail,
             "data": outcome.data, "t": t, "duration_s": outcome.duration_s, "attempts": outcome.attempts}
+
+
+def _past_no_return(plan: Plan, started_steps: set[str]) -> bool:
+    """Whether any step of a disruptive stage had started before the process died."""
+    first = first_disruptive(plan)
+    disruptive = {st.key(s.name) for s in plan.stages[first:] for st in s.steps}
+    return bool(started_steps & disruptive)
 
 
 def _from_journal(plan: Plan, event: dict[str, Any]) -> StepOutcome:

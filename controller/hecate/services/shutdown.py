@@ -31,9 +31,9 @@ from hecate.services.executor import ActionFn, Executor, Progress, Skipped, Step
 log = logging.getLogger(__name__)
 
 KILLALL = "/usr/local/bin/k3s-killall.sh"
-# NUT instant commands that cut the outputs after a delay and restore them when mains returns
-# (the POWERDOWNFLAG flow); `load.off` alone would cut them for good, so it is never used.
-POWER_CYCLE_COMMANDS = ("shutdown.return", "load.off.delay")
+# The NUT instant command that cuts the outputs after `ups.delay.shutdown` and restores them when
+# mains returns (the POWERDOWNFLAG flow). `load.off`/`load.off.delay` would cut them for good: never used.
+POWER_CYCLE_COMMANDS = ("shutdown.return",)
 
 
 @dataclass
@@ -53,7 +53,8 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
         try:
             return await call()
         except kube_mod.ApiUnavailable as err:
-            raise Skipped(f"Kubernetes API unreachable, {what} skipped: {err}") from err
+            raise Skipped(f"Kubernetes API unreachable, {what} skipped: {err}",
+                          data=_partial(what, err.partial)) from err
         except kube_mod.KubeError as err:
             raise StepFailed(f"{what}: {err}", data=_partial(what, err.partial)) from err
 
@@ -97,7 +98,7 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
         try:
             result: dict[str, Any] = await k8s(
                 "drain", lambda: kube.drain(step.target, step.params["drain_timeout_s"]))
-        except StepFailed as err:
+        except (StepFailed, Skipped) as err:
             err.data["cordoned"] = cordoned  # startup must still undo our cordon
             raise
         result["cordoned"] = cordoned
@@ -134,7 +135,7 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
             raise StepFailed(str(err)) from err
         except nut.NutError as err:
             raise StepFailed(str(err), transient=not err.upsd_reachable) from err
-        raise StepFailed(f"UPS {ups.name} supports none of {', '.join(POWER_CYCLE_COMMANDS)}: it cannot "
+        raise StepFailed(f"UPS {ups.name} does not support {', '.join(POWER_CYCLE_COMMANDS)}: it cannot "
                          "power-cycle its outputs, so hosts may stay off when mains returns")
 
     async def host_command(step: Step) -> dict[str, Any]:
@@ -158,6 +159,7 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
         yield Capabilities(actions, {Action.flux_suspend: flux_unsuspend}, pool, kube)
     finally:
         await pool.close()
+        kube.close()
 
 
 def _partial(what: str, partial: Any) -> dict[str, Any]:
@@ -180,9 +182,15 @@ async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress,
               power_restored: Callable[[], bool] | None = None) -> RunRecord:
     """Execute the shutdown (or resume the one in the journal). Raises ``RunInProgress``."""
     store = StateStore(config.state_dir)
+    plan = shutdown_plan(config)  # from the host's configuration, also when resuming
     async with capabilities(config) as caps:
         executor = Executor(store, caps.actions, progress, undo=caps.undo)
         pending = in_flight_shutdown(store)
-        if pending is not None:
-            return await executor.resume(pending, power_restored=power_restored)
-        return await executor.run(shutdown_plan(config), trigger, power_restored=power_restored)
+        if pending is not None and not executor.is_stale(pending):
+            return await executor.resume(pending, plan=plan, power_restored=power_restored)
+        if pending is not None:  # from an earlier boot: record it as interrupted, then do what was asked
+            try:
+                await executor.resume(pending)
+            except ValueError as err:  # a journal without a plan: discarded
+                log.warning("%s", err)
+        return await executor.run(plan, trigger, power_restored=power_restored)
