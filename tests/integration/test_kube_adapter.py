@@ -166,7 +166,7 @@ def test_parse_ref() -> None:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    running = Lab.up(tmp_path / "lab", LabSpec(servers=1, agents=2))
+    running = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=1, agents=2))
     try:
         yield running
     finally:

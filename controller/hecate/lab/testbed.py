@@ -198,9 +198,10 @@ class Lab:
             "cluster": {
                 "kubeconfig": str(self.kubeconfig),
                 "api_timeout_s": 5,
+                # Agents share one power-off order (they go off together); servers go one by one.
                 "nodes": [
                     {"name": n.name, "address": n.address, "ssh_port": n.port, "role": n.role,
-                     "poweroff_order": i}
+                     "poweroff_order": i if n.role == "server" else 100}
                     for i, n in enumerate(self.nodes)
                 ],
             },

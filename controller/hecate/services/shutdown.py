@@ -46,8 +46,13 @@ class Capabilities:
 
 @contextlib.asynccontextmanager
 async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
-    pool = ssh.SshPool(config.ssh, config.cluster.nodes)
+    # One thread per node a stage may touch at once: each command holds its thread while it runs.
+    width = max(1, min(config.shutdown.parallelism, len(config.cluster.nodes)))
+    pool = ssh.SshPool(config.ssh, config.cluster.nodes, max_workers=width)
     kube = kube_mod.Kube(config.cluster.kubeconfig, config.cluster.api_timeout_s)
+    # Open the SSH connections while the Kubernetes stages run, so handshakes are off the critical
+    # path; a failure here is harmless (a command connects on first use and reports it).
+    preconnect = asyncio.create_task(pool.connect_all(), name="ssh-preconnect")
 
     async def k8s(what: str, call: Callable[[], Any]) -> Any:
         try:
@@ -158,6 +163,8 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
     try:
         yield Capabilities(actions, {Action.flux_suspend: flux_unsuspend}, pool, kube)
     finally:
+        preconnect.cancel()
+        await asyncio.gather(preconnect, return_exceptions=True)
         await pool.close()
         kube.close()
 
