@@ -46,7 +46,7 @@ stop k3s[-agent]``, ``k3s-killall.sh``, ``systemctl poweroff`` -- takes 1 s on t
   x (SSH steps / N) + ``api_stages_s``: what this lab costs on top of the critical path
   whatever the orchestrator does; ``overhead_above_floor_s`` is Hecate's own share.
   ``ssh_pool_max_workers`` is the thread count ``shutdown.capabilities`` gives its pool
-  (``SshPool``'s default): one thread per command in flight.
+  (min(parallelism, nodes)): one thread per command in flight.
 
 ``profile`` shows where the time of each SSH stage goes, from the nodes' own command logs
 (``commands.jsonl``): how far apart the first and last command of the stage started
@@ -325,7 +325,7 @@ def _one(n: int, netns: bool, tmp: Path) -> list[dict[str, Any]]:
         results.append({
             "mode": "netns" if lab.netns else "loopback", "nodes": n, "servers": len(servers),
             "agents": len(agents), "poweroff_order": variant, "delay_s": DELAY_S, "parallelism": n,
-            "ssh_pool_max_workers": _pool_default_workers(),
+            "ssh_pool_max_workers": n,  # shutdown.capabilities sizes it to min(parallelism, nodes)
             "total_s": total, "sequential_s": round(sequential, 3), "speedup": round(speedup, 2),
             "critical_path_s": measured["critical_path_s"], "overhead_s": overhead,
             "connection_floor_s": round(floor, 3), "command_floor_s": round(command_floor, 3),
@@ -341,12 +341,6 @@ def _one(n: int, netns: bool, tmp: Path) -> list[dict[str, Any]]:
                  f"overhead {overhead:.2f}s, floor {floor:.2f}s, sequential {sequential:.1f}s"
                  f"{' (extrapolated)' if extrapolated else ''}, speedup {speedup:.1f}x")
     return results
-
-
-def _pool_default_workers() -> int:
-    """The max_workers an ``SshPool`` built without one gets (what shutdown.capabilities uses)."""
-    default = ssh.SshPool.__init__.__kwdefaults__ or {}
-    return int(default.get("max_workers", 0))
 
 
 def run() -> Iterator[dict[str, Any]]:
