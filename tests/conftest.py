@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hecate.lab.testbed import Lab, LabSpec
+from hecate.lab.ups import LabUps, start_ups
 
 
 @pytest.fixture
@@ -18,3 +19,13 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield running
     finally:
         running.down()
+
+
+@pytest.fixture
+def ups(tmp_path: Path) -> Iterator[LabUps]:
+    """One lab UPS (real upsd + dummy-ups) named pyrphoros, on mains."""
+    lab_ups = start_ups(tmp_path, "pyrphoros")
+    try:
+        yield lab_ups
+    finally:
+        lab_ups.stop()

@@ -17,18 +17,9 @@ import pytest
 import yaml
 
 from hecate.lab.procs import free_port, wait_for
-from hecate.lab.ups import LabUps, start_ups
+from hecate.lab.ups import LabUps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def ups(tmp_path: Path) -> Iterator[LabUps]:
-    lab_ups = start_ups(tmp_path, "pyrphoros")
-    try:
-        yield lab_ups
-    finally:
-        lab_ups.stop()
 
 
 def write_config(tmp_path: Path, ups: LabUps, port: int) -> Path:

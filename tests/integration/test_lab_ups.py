@@ -5,23 +5,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hecate.lab.ups import LabUps, start_ups
+from hecate.lab.ups import LabUps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def ups(tmp_path: Path) -> Iterator[LabUps]:
-    lab_ups = start_ups(tmp_path, "pyrphoros")
-    try:
-        yield lab_ups
-    finally:
-        lab_ups.stop()
 
 
 def upsc(ups: LabUps, var: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,15 +25,6 @@ from hecate.services import status
 from hecate.services.monitor import Monitor, dry_run_recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
-
-
-@pytest.fixture
-def ups(tmp_path: Path) -> Iterator[LabUps]:
-    lab_ups = start_ups(tmp_path, "pyrphoros")
-    try:
-        yield lab_ups
-    finally:
-        lab_ups.stop()
 
 
 def make_config(tmp_path: Path, *upses: LabUps, **trigger_overrides: object) -> HecateConfig:

@@ -102,20 +102,20 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
     if pending is not None:
         log.warning("a shutdown (%s) was in flight when Hecate stopped: resuming it", pending)
         daemon.start_shutdown({"source": "resume"})
-    interval = systemd.watchdog_interval()
-    if interval:
-        # Keep-alives only while polls happen: a wedged monitor must let systemd restart us.
-        stale_after = max(10.0, 5 * config.trigger.poll_interval_s)
-
-        def polling() -> bool:
-            last = daemon.monitor.view.last_poll_at
-            return last is not None and time.monotonic() - last < stale_after
-
-        tasks.append(asyncio.create_task(_watchdog(interval, halt, polling), name="watchdog"))
     try:
         while not daemon.monitor.ready and not stop.is_set():
             await asyncio.sleep(0.05)
         systemd.notify("READY=1\nSTATUS=monitoring " + ", ".join(u.name for u in config.ups))
+        interval = systemd.watchdog_interval()
+        if interval:
+            # Keep-alives only while polls happen: a wedged monitor must let systemd restart us.
+            stale_after = max(10.0, 5 * config.trigger.poll_interval_s)
+
+            def polling() -> bool:
+                last = daemon.monitor.view.last_poll_at
+                return last is not None and time.monotonic() - last < stale_after
+
+            tasks.append(asyncio.create_task(_watchdog(interval, halt, polling), name="watchdog"))
         await stop.wait()
         if daemon.shutting_down():
             log.warning("stop requested during a shutdown: finishing the shutdown first")

@@ -21,6 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
 
+def _unique(names: list[str], what: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(dupes)}")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -160,10 +166,7 @@ class Shutdown(_Section):
     @field_validator("scale_down")
     @classmethod
     def _unique_tiers(cls, value: list[WorkloadTier]) -> list[WorkloadTier]:
-        names = [t.name for t in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"tier names must be unique; repeated: {', '.join(dupes)}")
+        _unique([t.name for t in value], "tier names")
         return value
 
 
@@ -278,10 +281,7 @@ class HecateConfig(_Section):
     @field_validator("ups")
     @classmethod
     def _unique_ups(cls, value: list[Ups]) -> list[Ups]:
-        names = [u.name for u in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"UPS names must be unique; repeated: {', '.join(dupes)}")
+        _unique([u.name for u in value], "UPS names")
         return value
 
     @model_validator(mode="after")
