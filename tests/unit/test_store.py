@@ -137,3 +137,13 @@ def test_sigkill_during_writes_never_leaves_an_unloadable_file(tmp_path: Path) -
     assert seen > 0, "the writer never got a write through: the test proved nothing"
     assert torn >= 10, f"only {torn} kills landed mid-write: the test proved little"
     assert int(store.load_runs()[-1].id.split("-")[1]) >= seen  # the newest record is the last
+
+
+def test_policy_cache_round_trips_atomically_and_privately(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    assert store.read_policy_cache() is None
+    store.write_policy_cache("apiVersion: hecate.io/v1alpha1\nkind: PowerPolicy\n")
+    store.write_policy_cache("apiVersion: hecate.io/v1alpha1\nkind: PowerPolicy\nmetadata: {name: titan}\n")
+    assert store.read_policy_cache() == "apiVersion: hecate.io/v1alpha1\nkind: PowerPolicy\nmetadata: {name: titan}\n"
+    assert store.policy_cache_path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".policy")] == []  # no temp files left

@@ -51,9 +51,6 @@ class Action(StrEnum):
     local_poweroff = "local-poweroff"
 
 
-KUBERNETES_ACTIONS = frozenset({Action.flux_suspend, Action.scale_down, Action.wait_volumes, Action.drain})
-
-
 class OnError(StrEnum):
     proceed = "continue"  # record the failure, go on (the default: shutdown must reach power-off)
     abort = "abort"  # stop the run
