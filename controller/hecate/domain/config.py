@@ -27,6 +27,25 @@ def _unique(names: list[str], what: str) -> None:
         raise ValueError(f"{what} must be unique; repeated: {', '.join(dupes)}")
 
 
+WORKLOAD_KINDS = ("deployment", "statefulset", "daemonset")
+
+
+def _object_ref(ref: str) -> tuple[str, str, str]:
+    """``namespace/kind/name`` (kind in lower case, e.g. ``gitea/deployment/gitea``)."""
+    parts = ref.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"{ref!r} is not namespace/kind/name")
+    namespace, kind, name = parts
+    return namespace, kind.lower(), name
+
+
+def _workload_ref(ref: str) -> tuple[str, str, str]:
+    namespace, kind, name = _object_ref(ref)
+    if kind not in WORKLOAD_KINDS:
+        raise ValueError(f"{ref!r}: kind must be one of {', '.join(WORKLOAD_KINDS)}")
+    return namespace, kind, name
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -193,6 +212,22 @@ class Startup(_Section):
     """Workloads (`namespace/kind/name`) that must be available before Flux resumes."""
     foundation_timeout_s: Seconds = 600.0
     """Longest to wait for foundation workloads, recovery included."""
+    recovery_after_s: Seconds = 60.0
+    """A foundation workload still unavailable this long is recovered (stuck pods restarted, cache applied)."""
+    boot_timeout_s: Seconds = 600.0
+    """Longest to wait for a node's sshd to answer after power returns (or after a wake)."""
+    verify_timeout_s: Seconds = 300.0
+    """Longest the final verify stage waits for nodes, Flux and foundation to converge."""
+    parallelism: int = Field(default=16, ge=1, le=1024)
+    """Most nodes acted on at once within a stage."""
+
+    @field_validator("foundation")
+    @classmethod
+    def _workload_refs(cls, value: list[str]) -> list[str]:
+        for ref in value:
+            _workload_ref(ref)
+        _unique(value, "foundation workloads")
+        return value
 
 
 class Flux(_Section):
@@ -208,6 +243,28 @@ class Flux(_Section):
     """How long the deadlock must persist before the fallback breaks it."""
     fallback_branch: str | None = None
     """Branch to point the GitRepository at when breaking the deadlock."""
+    bootstrap_fallback: bool = True
+    """Break the Flux/Gitea deadlock by applying the cached manifests (false: only wait and report)."""
+    bootstrap_objects: list[str] = Field(default_factory=list)
+    """Objects (`namespace/kind/name`) the daemon caches while the cluster is healthy, for the fallback."""
+    cache_refresh_interval_s: Seconds = 3600.0
+    """How often the daemon refreshes the cached bootstrap manifests (only while Flux is Ready)."""
+    ready_timeout_s: Seconds = 600.0
+    """Longest startup waits for the GitRepository and Kustomizations to become Ready."""
+
+    @field_validator("gitea_workload")
+    @classmethod
+    def _gitea_ref(cls, value: str) -> str:
+        _workload_ref(value)
+        return value
+
+    @field_validator("bootstrap_objects")
+    @classmethod
+    def _object_refs(cls, value: list[str]) -> list[str]:
+        for ref in value:
+            _object_ref(ref)
+        _unique(value, "bootstrap objects")
+        return value
 
 
 class Peer(_Section):
