@@ -49,6 +49,7 @@ Object refs are ``Kind/namespace/name`` (``Deployment/apps/web``,
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import http.client
 import json
@@ -123,8 +124,112 @@ FLUX_KINDS: tuple[_Flux, ...] = (
     _Flux("Kustomization", "kustomize.toolkit.fluxcd.io", ("v1", "v1beta2"), "kustomizations"),
     _Flux("HelmRelease", "helm.toolkit.fluxcd.io", ("v2", "v2beta2", "v2beta1"), "helmreleases"),
 )
-_FLUX_BY_KIND = {f.kind: f for f in FLUX_KINDS}
+GIT_REPOSITORY = _Flux("GitRepository", "source.toolkit.fluxcd.io", ("v1", "v1beta2"), "gitrepositories")
+_FLUX_BY_KIND = {f.kind: f for f in (*FLUX_KINDS, GIT_REPOSITORY)}
 _WORKLOADS = {"Deployment": "deployment", "StatefulSet": "stateful_set"}
+_READABLE_WORKLOADS = {**_WORKLOADS, "DaemonSet": "daemon_set"}
+# Kinds Hecate can export to and create from the bootstrap cache: kind -> (plural, namespaced).
+# The apiVersion comes from the object itself.
+OBJECT_KINDS: dict[str, tuple[str, bool]] = {
+    "Namespace": ("namespaces", False), "ConfigMap": ("configmaps", True), "Secret": ("secrets", True),
+    "Service": ("services", True), "ServiceAccount": ("serviceaccounts", True),
+    "PersistentVolumeClaim": ("persistentvolumeclaims", True),
+    "Deployment": ("deployments", True), "StatefulSet": ("statefulsets", True), "DaemonSet": ("daemonsets", True),
+    "GitRepository": ("gitrepositories", True), "HelmRepository": ("helmrepositories", True),
+    "Kustomization": ("kustomizations", True), "HelmRelease": ("helmreleases", True),
+}
+_DEFAULT_API_VERSION = {
+    "Namespace": "v1", "ConfigMap": "v1", "Secret": "v1", "Service": "v1", "ServiceAccount": "v1",
+    "PersistentVolumeClaim": "v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1",
+    "GitRepository": "source.toolkit.fluxcd.io/v1", "HelmRepository": "source.toolkit.fluxcd.io/v1",
+    "Kustomization": "kustomize.toolkit.fluxcd.io/v1", "HelmRelease": "helm.toolkit.fluxcd.io/v2",
+}
+_KIND_BY_LOWER = {k.lower(): k for k in OBJECT_KINDS}
+# Fields of a live object that a cached copy must not carry (the API server owns them).
+_SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink",
+                    "ownerReferences", "deletionTimestamp", "deletionGracePeriodSeconds")
+
+
+def config_ref(ref: str) -> str:
+    """The config's ``namespace/kind/name`` (``gitea/deployment/gitea``) as ``Kind/namespace/name``."""
+    namespace, kind, name = ref.split("/")
+    known = _KIND_BY_LOWER.get(kind.lower())
+    if known is None:
+        raise ValueError(f"{ref}: kind {kind!r} is not one of {', '.join(sorted(OBJECT_KINDS))}")
+    return f"{known}/{namespace}/{name}"
+
+
+def object_ref(obj: Mapping[str, Any]) -> str:
+    """``Kind/namespace/name`` of a manifest (``Kind//name`` for cluster-scoped ones)."""
+    meta = obj.get("metadata") or {}
+    return f"{obj.get('kind')}/{meta.get('namespace') or ''}/{meta.get('name')}"
+
+
+def clean_manifest(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A live object as a manifest to re-create it: no status, no server-owned metadata.
+
+    Hecate's own ownership annotations and kubectl's last-applied copy are dropped too,
+    and a scaled-down workload keeps the replicas it had before Hecate scaled it.
+    """
+    out = {k: copy.deepcopy(v) for k, v in obj.items() if k != "status"}
+    meta = out.setdefault("metadata", {})
+    for key in _SERVER_METADATA:
+        meta.pop(key, None)
+    annotations = dict(meta.get("annotations") or {})
+    original = annotations.get(ORIGINAL_REPLICAS)
+    for key in (SUSPENDED_BY, CORDONED_BY, ORIGINAL_REPLICAS, RECONCILE_ANNOTATION,
+                "kubectl.kubernetes.io/last-applied-configuration", "deployment.kubernetes.io/revision"):
+        annotations.pop(key, None)
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    if original is not None and original.isdigit() and isinstance(out.get("spec"), dict):
+        out["spec"]["replicas"] = int(original)
+    if out.get("kind") == "Service" and isinstance(out.get("spec"), dict):
+        for key in ("clusterIP", "clusterIPs"):  # allocated by the API server
+            out["spec"].pop(key, None)
+    return out
+
+
+def _condition(obj: Mapping[str, Any] | None, kind: str = "Ready") -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return {}
+
+
+def workload_available(kind: str, obj: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a Deployment/StatefulSet/DaemonSet serves all its replicas, and a summary ("1/2 ready")."""
+    status = obj.get("status") or {}
+    if kind == "DaemonSet":
+        want, ready = int(status.get("desiredNumberScheduled") or 0), int(status.get("numberReady") or 0)
+    else:
+        spec_replicas = (obj.get("spec") or {}).get("replicas", 1)
+        want = int(spec_replicas) if isinstance(spec_replicas, int) else 1
+        ready = int(status.get("readyReplicas") or 0)
+    return ready >= want, f"{ready}/{want} ready"
+
+
+class _Raw:
+    """A REST call by path, for kinds without (or beyond) the generated client's typed methods."""
+
+    def __init__(self, api: kclient.ApiClient) -> None:
+        self.api = api
+
+    def request(self, method: str, path: str, body: Any = None, *, _request_timeout: float,
+                _preload_content: bool, _content_type: str = "application/json") -> Any:
+        serialized = self.api.param_serialize(
+            method, path, header_params={"Accept": "application/json", "Content-Type": _content_type},
+            body=body, auth_settings=["BearerToken"])
+        return self.api._call_with_legacy_options(serialized, {}, None, _preload_content, _request_timeout, True)
+
+
+def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    plural, namespaced = OBJECT_KINDS[kind]
+    root = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = f"{root}/namespaces/{namespace}/{plural}" if namespaced else f"{root}/{plural}"
+    return f"{path}/{name}" if name else path
 
 
 def parse_ref(ref: str) -> tuple[str, str, str]:
@@ -584,6 +689,197 @@ class Kube:
             await asyncio.sleep(min(self.retry_interval, remaining))
         result["timed_out"] = bool(result["blocked"] or result["terminating"])
         return result
+
+    # -- startup -----------------------------------------------------------------------------
+
+    async def _raw(self, what: str, method: str, path: str, body: Any = None, *, write: bool = False,
+                   content_type: str = "application/json") -> Any:
+        return await self._call(what, _Raw, "request", method, path, body, write=write, _content_type=content_type)
+
+    async def get_object(self, ref: str, api_version: str | None = None) -> dict[str, Any] | None:
+        """The live object ``Kind/namespace/name`` (a kind of :data:`OBJECT_KINDS`), None if absent."""
+        kind, namespace, name = parse_ref(ref)
+        if kind not in OBJECT_KINDS:
+            raise ValueError(f"{ref}: kind {kind} is not one of {', '.join(sorted(OBJECT_KINDS))}")
+        try:
+            data = await self._raw(f"get {ref}", "GET",
+                                   _path(api_version or _DEFAULT_API_VERSION[kind], kind, namespace or None, name))
+        except KubeNotFound:
+            return None
+        return dict(data or {})
+
+    async def export(self, refs: Iterable[str]) -> list[dict[str, Any]]:
+        """The objects as manifests (:func:`clean_manifest`); KubeNotFound names a missing one."""
+        manifests: list[dict[str, Any]] = []
+        for ref in refs:
+            obj = await self.get_object(ref)
+            if obj is None:
+                raise KubeNotFound(f"export {ref}: not found", status=404)
+            manifests.append(clean_manifest(obj))
+        return manifests
+
+    async def apply_missing(self, manifests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """Create the objects that do not exist; never touches one that does (the cache may be older
+        than Git). Returns ``{"created": [refs], "present": [refs], "failed": {ref: error}}``."""
+        result: dict[str, Any] = {"created": [], "present": [], "failed": {}}
+        for manifest in manifests:
+            kind = str(manifest.get("kind"))
+            ref = object_ref(manifest)
+            if kind not in OBJECT_KINDS:
+                result["failed"][ref] = f"kind {kind} cannot be applied from the cache"
+                continue
+            meta = manifest.get("metadata") or {}
+            api_version = str(manifest.get("apiVersion") or _DEFAULT_API_VERSION[kind])
+            namespace = meta.get("namespace") if OBJECT_KINDS[kind][1] else None
+            try:
+                if await self.get_object(ref, api_version) is not None:
+                    result["present"].append(ref)
+                    continue
+                await self._raw(f"create {ref}", "POST", _path(api_version, kind, namespace), dict(manifest),
+                                write=True)
+            except ApiUnavailable as err:
+                err.partial = result
+                raise
+            except KubeError as err:
+                if err.status == 409:  # created meanwhile (by Flux, say): fine
+                    result["present"].append(ref)
+                else:
+                    result["failed"][ref] = str(err)
+                continue
+            result["created"].append(ref)
+        return result
+
+    async def workload(self, ref: str) -> dict[str, Any]:
+        """``{"exists", "available", "detail"}`` of a Deployment, StatefulSet or DaemonSet."""
+        kind, namespace, name = parse_ref(ref)
+        snake = _READABLE_WORKLOADS.get(kind)
+        if snake is None:
+            raise ValueError(f"{ref}: not a Deployment, StatefulSet or DaemonSet")
+        try:
+            obj = await self._call(f"get {ref}", kclient.AppsV1Api, f"read_namespaced_{snake}", name, namespace)
+        except KubeNotFound:
+            return {"exists": False, "available": False, "detail": "not found"}
+        available, detail = workload_available(kind, obj or {})
+        return {"exists": True, "available": available, "detail": detail}
+
+    async def restart_unready_pods(self, ref: str) -> list[str]:
+        """Delete the workload's pods that are not Ready although their node is (stuck ones);
+        their controller re-creates them. Pods on unready nodes or not yet scheduled are left."""
+        kind, namespace, name = parse_ref(ref)
+        obj = await self._call(f"get {ref}", kclient.AppsV1Api, f"read_namespaced_{_READABLE_WORKLOADS[kind]}",
+                               name, namespace)
+        labels = (((obj or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        if not labels:
+            return []
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        pods = await self._call(f"list pods of {ref}", kclient.CoreV1Api, "list_namespaced_pod", namespace,
+                                label_selector=selector)
+        ready_nodes = {n for n, ok in (await self.nodes_ready()).items() if ok}
+        restarted: list[str] = []
+        for pod in (pods or {}).get("items", []):
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node not in ready_nodes or _condition(pod).get("status") == "True":
+                continue
+            pod_name = pod["metadata"]["name"]
+            try:
+                await self._call(f"delete Pod/{namespace}/{pod_name}", kclient.CoreV1Api, "delete_namespaced_pod",
+                                 pod_name, namespace, write=True)
+            except KubeNotFound:
+                continue
+            restarted.append(f"{namespace}/{pod_name}")
+        return restarted
+
+    async def flux_status(self) -> dict[str, dict[str, Any]]:
+        """Every Kustomization and HelmRelease: ``{ref: {"ready", "suspended", "ours", "message"}}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for flux in FLUX_KINDS:
+            _, items = await self._flux_objects(flux)
+            for obj in items:
+                cond = _condition(obj)
+                out[_ref(flux.kind, obj)] = {
+                    "ready": cond.get("status") == "True",
+                    "suspended": (obj.get("spec") or {}).get("suspend") is True,
+                    "ours": _annotations(obj).get(SUSPENDED_BY) == OWNER,
+                    "message": str(cond.get("message") or ""),
+                }
+        return out
+
+    async def git_repository(self, namespace: str, name: str) -> dict[str, Any]:
+        """``{"ready", "reason", "message", "branch", "suspended"}``; KubeNotFound if it is absent."""
+        version = await self._flux_version(GIT_REPOSITORY)
+        if version is None:
+            raise KubeNotFound("the GitRepository CRD is not installed", status=404)
+        obj = await self._call(f"get GitRepository/{namespace}/{name}", kclient.CustomObjectsApi,
+                               "get_namespaced_custom_object", GIT_REPOSITORY.group, version, namespace,
+                               GIT_REPOSITORY.plural, name)
+        cond = _condition(obj)
+        spec = (obj or {}).get("spec") or {}
+        return {"ready": cond.get("status") == "True", "reason": str(cond.get("reason") or ""),
+                "message": str(cond.get("message") or ""), "branch": (spec.get("ref") or {}).get("branch"),
+                "suspended": spec.get("suspend") is True}
+
+    async def set_git_branch(self, namespace: str, name: str, branch: str) -> str | None:
+        """Point the GitRepository at ``branch`` (and request a reconcile); returns the previous branch."""
+        current = await self.git_repository(namespace, name)
+        if current["branch"] == branch:
+            return branch
+        version = await self._flux_version(GIT_REPOSITORY)
+        now = dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds")
+        await self._patch(f"set branch of GitRepository/{namespace}/{name}", kclient.CustomObjectsApi,
+                          "patch_namespaced_custom_object", GIT_REPOSITORY.group, version, namespace,
+                          GIT_REPOSITORY.plural, name,
+                          body={"spec": {"ref": {"branch": branch}},
+                                "metadata": {"annotations": {RECONCILE_ANNOTATION: now}}})
+        previous: str | None = current["branch"]
+        return previous
+
+    async def request_reconcile(self, refs: Iterable[str]) -> list[str]:
+        """Set ``reconcile.fluxcd.io/requestedAt`` on these Flux objects (GitRepository included)."""
+        now = dt.datetime.now(tz=dt.UTC).isoformat(timespec="milliseconds")
+        done: list[str] = []
+        for ref in refs:
+            kind, namespace, name = parse_ref(ref)
+            flux = _FLUX_BY_KIND[kind]
+            version = await self._flux_version(flux)
+            if version is None:
+                continue
+            try:
+                await self._patch(f"reconcile {ref}", kclient.CustomObjectsApi, "patch_namespaced_custom_object",
+                                  flux.group, version, namespace, flux.plural, name,
+                                  body={"metadata": {"annotations": {RECONCILE_ANNOTATION: now}}})
+            except KubeNotFound:
+                continue
+            done.append(ref)
+        return done
+
+    async def cordoned_by_hecate(self) -> list[str]:
+        """Nodes that are unschedulable because Hecate cordoned them."""
+        data = await self._call("list nodes", kclient.CoreV1Api, "list_node")
+        return [n["metadata"]["name"] for n in (data or {}).get("items", [])
+                if (n.get("spec") or {}).get("unschedulable") is True and _annotations(n).get(CORDONED_BY) == OWNER]
+
+    async def restore_replicas(self, selector: str, namespace: str | None = None) -> dict[str, int]:
+        """Scale back the workloads Hecate scaled to zero (their ``original-replicas`` annotation).
+
+        One someone else has scaled since (replicas no longer 0) only loses the annotation.
+        Returns ``{ref: replicas set}``.
+        """
+        restored: dict[str, int] = {}
+        for kind in _WORKLOADS:
+            for obj in await self._list_workloads(kind, selector, namespace):
+                recorded = _annotations(obj).get(ORIGINAL_REPLICAS)
+                if recorded is None or not recorded.isdigit():
+                    continue
+                ref = _ref(kind, obj)
+                replicas = (obj.get("spec") or {}).get("replicas")
+                target = int(recorded) if replicas == 0 else int(replicas or 0)
+                try:
+                    await self.scale(ref, target)
+                except KubeNotFound:
+                    continue
+                if replicas == 0:
+                    restored[ref] = target
+        return restored
 
 
 def _cause(err: BaseException) -> str:

@@ -19,7 +19,12 @@ import click
 from hecate import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from hecate.cli.progress import RichProgress
     from hecate.domain.config import HecateConfig
+    from hecate.domain.plan import Plan
+    from hecate.domain.runs import RunRecord
 
 DEFAULT_CONFIG = Path("/etc/hecate/hecate.yaml")
 
@@ -60,11 +65,22 @@ def cli() -> None:
 @cli.command()
 @config_option
 @execute_option
-@click.option("--force-flux-branch", metavar="BRANCH", help="Point the Flux GitRepository at BRANCH.")
+@click.option("--force-flux-branch", metavar="BRANCH",
+              help="Point the Flux GitRepository at BRANCH before Flux reconciles (e.g. main).")
 def startup(config_path: Path, execute: bool, force_flux_branch: str | None) -> None:
-    """Bring the cluster back in stages after power returns."""
-    load_config(config_path)
-    not_implemented("startup", 5)
+    """Bring the cluster back in stages after power returns.
+
+    Without --execute: print the plan and touch nothing. With --execute: run it; on a
+    healthy cluster it changes nothing, so it is safe at every boot. Exit 0 when the
+    cluster is all back, 1 when the run is degraded or failed (the run record says why).
+    """
+    from hecate.domain.plan import startup_plan
+    from hecate.services import startup as startup_mod
+
+    cfg = load_config(config_path)
+    _plan_or_run(startup_plan(cfg, force_branch=force_flux_branch), execute,
+                 lambda progress: startup_mod.run(cfg, {"source": "manual"}, progress,
+                                                  force_branch=force_flux_branch))
 
 
 @cli.command()
@@ -76,22 +92,28 @@ def shutdown(config_path: Path, execute: bool) -> None:
     Without --execute: print the plan and touch nothing. With --execute: run it (or resume
     the shutdown a killed process left in the journal), showing progress live.
     """
+    from hecate.domain.plan import shutdown_plan
+    from hecate.services import shutdown as shutdown_mod
+
+    cfg = load_config(config_path)
+    _plan_or_run(shutdown_plan(cfg), execute, lambda progress: shutdown_mod.run(cfg, {"source": "manual"}, progress))
+
+
+def _plan_or_run(plan: Plan, execute: bool, run: Callable[[RichProgress], Coroutine[Any, Any, RunRecord]]) -> NoReturn:
+    """Dry-run: print the plan. Execute: run it with live progress; exit 0 only on success."""
     import asyncio
 
     from hecate.adapters.store import RunInProgress, StoreError
     from hecate.cli.progress import RichProgress, plan_table
-    from hecate.domain.plan import shutdown_plan
     from hecate.domain.runs import RunResult
-    from hecate.services import shutdown as shutdown_mod
 
-    cfg = load_config(config_path)
+    progress = RichProgress()
     if not execute:
-        progress = RichProgress()
-        progress.console.print(plan_table(shutdown_plan(cfg)))
-        progress.console.print("Dry-run: nothing was touched. Run with --execute to shut the cluster down.")
-        return
+        progress.console.print(plan_table(plan))
+        progress.console.print(f"Dry-run: nothing was touched. Run with --execute to run the {plan.kind}.")
+        sys.exit(0)
     try:
-        record = asyncio.run(shutdown_mod.run(cfg, {"source": "manual"}, RichProgress()))
+        record = asyncio.run(run(progress))
     except RunInProgress as err:
         fail(f"not started: {err}")
     except StoreError as err:

@@ -26,6 +26,26 @@ Default shutdown plan (stages in order; * = optional)::
 
 Stages before ``scale-down`` are *not disruptive*: if mains returns before the first
 disruptive stage starts, the run aborts cleanly (and undoes the Flux suspension).
+
+Default startup plan (stages in order; * = optional)::
+
+    preflight         every UPS protecting the cluster on mains and charged (abort otherwise)
+    wake*             Wake-on-LAN or the host's wake command, for nodes whose sshd does not answer
+    start-servers     systemctl start k3s: the last server powered off first, then the others
+    wait-api          the API server answers
+    start-agents      systemctl start k3s-agent on agents, in parallel
+    nodes-ready       each node Ready (one that does not come back degrades the run)
+    uncordon          only the nodes Hecate cordoned
+    foundation*       configured workloads available; stuck pods restarted, cache applied
+    flux-resume       resume only what Hecate suspended, request reconciliation
+    flux-bootstrap    the GitRepository Ready, else detect the Flux/Gitea deadlock and break it
+    restore           workloads Hecate scaled down back to their recorded replicas, tiers reversed
+    verify            nodes Ready, Flux Ready, foundation available
+
+Every startup step first looks and changes only what is not as it should be, so on a
+healthy cluster the startup changes nothing: ``hecate-bootstrap.service`` runs it at
+every boot. Servers start together after the first (not one API-wait apart): embedded
+etcd needs a quorum before any API answers.
 """
 
 from __future__ import annotations
@@ -35,7 +55,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from hecate.domain.config import HecateConfig, Node, NodeRole
+from hecate.domain.config import HecateConfig, Node, NodeRole, Wake
 
 
 class Action(StrEnum):
@@ -49,6 +69,18 @@ class Action(StrEnum):
     poweroff = "poweroff"
     ups_power_cycle = "ups-power-cycle"
     local_poweroff = "local-poweroff"
+    # startup
+    preflight = "preflight"
+    wake = "wake"
+    start_service = "start-service"
+    wait_api = "wait-api"
+    wait_node = "wait-node"
+    uncordon = "uncordon"
+    wait_workload = "wait-workload"
+    flux_resume = "flux-resume"
+    flux_bootstrap = "flux-bootstrap"
+    restore = "restore"
+    verify = "verify"
 
 
 class OnError(StrEnum):
@@ -190,3 +222,87 @@ def shutdown_plan(config: HecateConfig) -> Plan:
 def first_disruptive(plan: Plan) -> int:
     """Index of the first stage that changes what the cluster serves (len(stages) if none)."""
     return next((i for i, s in enumerate(plan.stages) if s.disruptive), len(plan.stages))
+
+
+def _reverse_ordered(nodes: Iterable[Node]) -> list[Node]:
+    return sorted(nodes, key=lambda n: (-n.poweroff_order, n.name))
+
+
+def startup_plan(config: HecateConfig, *, force_branch: str | None = None) -> Plan:
+    st, ssh, flux = config.startup, config.ssh, config.flux
+    api_timeout = config.cluster.api_timeout_s
+    servers = _reverse_ordered(n for n in config.cluster.nodes if n.role is NodeRole.server)
+    agents = _reverse_ordered(n for n in config.cluster.nodes if n.role is NodeRole.agent)
+    every = servers + agents
+    width = st.parallelism
+    pad = 30.0  # a stage's deadline over its longest step: scheduling, journaling
+    command = {"command_timeout_s": ssh.command_timeout_s}
+    node_timeout = ssh.command_timeout_s + 3 * ssh.connect_timeout_s + 1
+    start_timeout = st.boot_timeout_s + 2 * node_timeout
+    stages: list[Stage] = []
+
+    protecting = [u for u in config.ups if u.protects_cluster]
+    if protecting:
+        stages.append(Stage("preflight", tuple(
+            Step(Action.preflight, u.name, timeout_s=st.preflight_timeout_s + 10, on_error=OnError.abort,
+                 params={"min_charge_percent": st.min_charge_percent, "timeout_s": st.preflight_timeout_s})
+            for u in protecting), parallelism=len(protecting), deadline_s=st.preflight_timeout_s + pad))
+    if st.wake is not Wake.none and every:
+        stages.append(Stage("wake", tuple(
+            Step(Action.wake, n.name, timeout_s=ssh.connect_timeout_s + ssh.command_timeout_s + 1,
+                 params={"method": st.wake.value, "mac": n.wake_mac,
+                         "argv": [a.replace("{node}", n.name) for a in st.wake_command]}) for n in every),
+            parallelism=width, deadline_s=ssh.connect_timeout_s + ssh.command_timeout_s + pad))
+    if servers:
+        stages.append(Stage("start-servers", tuple(
+            Step(Action.start_service, n.name, timeout_s=start_timeout, wave=0 if i == 0 else 1,
+                 params={"unit": "k3s", "boot_timeout_s": st.boot_timeout_s, **command})
+            for i, n in enumerate(servers)), parallelism=width, deadline_s=start_timeout + pad))
+    stages.append(Stage("wait-api", (
+        Step(Action.wait_api, "api", timeout_s=st.api_timeout_s + api_timeout,
+             params={"timeout_s": st.api_timeout_s}),), parallelism=1, deadline_s=st.api_timeout_s + pad))
+    if agents:
+        stages.append(Stage("start-agents", tuple(
+            Step(Action.start_service, n.name, timeout_s=start_timeout,
+                 params={"unit": "k3s-agent", "boot_timeout_s": st.boot_timeout_s, **command})
+            for n in agents), parallelism=width, deadline_s=start_timeout + pad))
+    if every:
+        stages.append(Stage("nodes-ready", tuple(
+            Step(Action.wait_node, n.name, timeout_s=st.node_ready_timeout_s + api_timeout,
+                 params={"timeout_s": st.node_ready_timeout_s}) for n in every),
+            parallelism=max(1, len(every)), deadline_s=st.node_ready_timeout_s + pad))
+    stages.append(Stage("uncordon", (Step(Action.uncordon, "nodes", timeout_s=4 * api_timeout),),
+                        parallelism=1, deadline_s=4 * api_timeout + pad))
+    if st.foundation:
+        stages.append(Stage("foundation", tuple(
+            Step(Action.wait_workload, ref, timeout_s=st.foundation_timeout_s + api_timeout,
+                 params={"timeout_s": st.foundation_timeout_s, "recovery_after_s": st.recovery_after_s,
+                         "manifests_dir": str(flux.fallback_manifests_dir)})
+            for ref in st.foundation), parallelism=max(1, len(st.foundation)),
+            deadline_s=st.foundation_timeout_s + pad))
+    stages.append(Stage("flux-resume", (
+        Step(Action.flux_resume, "flux", timeout_s=4 * api_timeout, params={"force_branch": force_branch}),),
+        parallelism=1, deadline_s=4 * api_timeout + pad))
+    bootstrap_timeout = flux.detection_window_s + flux.ready_timeout_s
+    stages.append(Stage("flux-bootstrap", (
+        Step(Action.flux_bootstrap, f"{flux.namespace}/{flux.git_repository}",
+             timeout_s=bootstrap_timeout + api_timeout,
+             params={"fallback": flux.bootstrap_fallback, "detection_window_s": flux.detection_window_s,
+                     "ready_timeout_s": flux.ready_timeout_s, "gitea_workload": flux.gitea_workload,
+                     "branch": force_branch or flux.fallback_branch,
+                     "manifests_dir": str(flux.fallback_manifests_dir)}),),
+        parallelism=1, deadline_s=bootstrap_timeout + pad))
+    tiers = list(reversed(config.shutdown.scale_down))
+    restore = [Step(Action.restore, t.name, timeout_s=4 * api_timeout, wave=i,
+                    params={"selector": t.selector, "namespace": t.namespace}) for i, t in enumerate(tiers)]
+    # Anything else Hecate scaled down (a tier since removed from the config): recorded on the object.
+    restore.append(Step(Action.restore, "others", timeout_s=4 * api_timeout, wave=len(tiers),
+                        params={"selector": "", "namespace": None}))
+    stages.append(Stage("restore", tuple(restore), parallelism=1, deadline_s=4 * api_timeout * len(restore) + pad))
+    stages.append(Stage("verify", (
+        Step(Action.verify, "cluster", timeout_s=st.verify_timeout_s + api_timeout,
+             params={"timeout_s": st.verify_timeout_s, "nodes": [n.name for n in every],
+                     "foundation": list(st.foundation),
+                     "git_repository": f"{flux.namespace}/{flux.git_repository}"}),),
+        parallelism=1, deadline_s=st.verify_timeout_s + pad))
+    return Plan("startup", tuple(s for s in stages if s.steps))

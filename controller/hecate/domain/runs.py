@@ -68,9 +68,11 @@ class RunRecord(BaseModel):
     stages: list[StageRecord] = Field(default_factory=list)
     """Per-stage durations and results, in execution order."""
     changes: dict[str, Any] = Field(default_factory=dict)
-    """What the run changed that a later run must undo exactly: `flux_suspended` (refs Hecate
-    suspended), `flux_already_suspended` (never resume these), `scaled` (ref -> original
-    replicas), `cordoned` (nodes Hecate cordoned)."""
+    """What the run changed. Shutdown (what startup must undo exactly): `flux_suspended` (refs Hecate
+    suspended), `flux_already_suspended` (never resume these), `scaled` (ref -> original replicas),
+    `cordoned` (nodes Hecate cordoned). Startup: `started` and `woken` (nodes), `uncordoned`,
+    `restarted_pods`, `created` (objects created from the bootstrap cache), `flux_resumed`, `restored`
+    (ref -> replicas), `deadlock` (the Flux/Gitea deadlock was detected), `branch` (`from`, `to`)."""
 
 
 RunHistory = TypeAdapter(list[RunRecord])

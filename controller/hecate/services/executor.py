@@ -123,6 +123,22 @@ class Executor:
                                    "boot_id": boot_id()})
             return await self._execute(run_id, plan, trigger, started, {}, power_restored)
 
+    async def run_or_resume(self, plan: Plan, trigger: dict[str, Any], *,
+                            power_restored: Callable[[], bool] | None = None) -> RunRecord:
+        """Resume a run of this kind a killed process left in the journal this boot, else run ``plan``.
+
+        One from an earlier boot is recorded as interrupted first, never resumed.
+        """
+        pending = in_flight(self.store, RunKind(plan.kind))
+        if pending is not None and not self.is_stale(pending):
+            return await self.resume(pending, plan=plan, power_restored=power_restored)
+        if pending is not None:
+            try:
+                await self.resume(pending)
+            except ValueError as err:  # a journal without a plan: discarded
+                log.warning("%s", err)
+        return await self.run(plan, trigger, power_restored=power_restored)
+
     def is_stale(self, run_id: str) -> bool:
         """True when the run's journal comes from an earlier boot (or has no plan): never resume it."""
         head = next((e for e in self.store.journal_read(run_id) if e.get("event") == "run"), None)
@@ -283,7 +299,7 @@ class Executor:
             result = RunResult.success
         result_record = record.model_copy(update={
             "finished_at": datetime.fromtimestamp(finished, UTC), "duration_s": max(0.0, finished - started),
-            "result": result, "stages": stages, "changes": _changes(outcomes),
+            "result": result, "stages": stages, "changes": _changes(outcomes, record.kind),
         })
         self.store.append_run(result_record)
         self.store.journal_finish(record.id)
@@ -295,6 +311,15 @@ class Executor:
     def _journal(self, run_id: str, event: dict[str, Any]) -> None:
         if run_id not in self._closed:
             self.store.journal_append(run_id, event)
+
+
+def in_flight(store: StateStore, kind: RunKind) -> str | None:
+    """The id of a run of this kind a killed process left in the journal, if any."""
+    for run_id in store.in_flight_runs():
+        head = next((e for e in store.journal_read(run_id) if e.get("event") == "run"), None)
+        if head and head.get("plan", {}).get("kind") == kind.value:
+            return run_id
+    return None
 
 
 def _step_budget(step: Step) -> float:
@@ -339,7 +364,9 @@ def _stage_record(stage: Stage, outcomes: list[StepOutcome], store: StateStore, 
     return StageRecord(name=stage.name, duration_s=round(duration, 3), result=result, detail="; ".join(notes))
 
 
-def _changes(outcomes: list[StepOutcome]) -> dict[str, Any]:
+def _changes(outcomes: list[StepOutcome], kind: RunKind = RunKind.shutdown) -> dict[str, Any]:
+    if kind is RunKind.startup:
+        return _startup_changes(outcomes)
     changes: dict[str, Any] = {"flux_suspended": [], "flux_already_suspended": [], "scaled": {}, "cordoned": []}
     for o in outcomes:  # failed steps count too: they may have changed part of what they touch
         if o.step.action is Action.flux_suspend:
@@ -349,4 +376,32 @@ def _changes(outcomes: list[StepOutcome]) -> dict[str, Any]:
             changes["scaled"].update(o.data.get("scaled", {}))
         elif o.step.action is Action.drain and o.data.get("cordoned"):
             changes["cordoned"].append(o.step.target)
+    return changes
+
+
+def _startup_changes(outcomes: list[StepOutcome]) -> dict[str, Any]:
+    changes: dict[str, Any] = {"started": [], "woken": [], "uncordoned": [], "restarted_pods": [],
+                               "created": [], "flux_resumed": [], "restored": {}, "deadlock": False}
+    for o in outcomes:
+        data = o.data
+        if o.step.action is Action.start_service and data.get("started"):
+            changes["started"].append(o.step.target)
+        elif o.step.action is Action.wake and data.get("woken"):
+            changes["woken"].append(o.step.target)
+        elif o.step.action is Action.uncordon:
+            changes["uncordoned"] += data.get("uncordoned", [])
+        elif o.step.action is Action.wait_workload:
+            changes["restarted_pods"] += data.get("restarted", [])
+            changes["created"] += data.get("applied", [])
+        elif o.step.action is Action.flux_resume:
+            changes["flux_resumed"] += data.get("resumed", [])
+            if data.get("branch"):
+                changes["branch"] = data["branch"]
+        elif o.step.action is Action.flux_bootstrap:
+            changes["deadlock"] = bool(data.get("deadlock"))
+            changes["created"] += data.get("applied", [])
+            if data.get("branch"):
+                changes["branch"] = data["branch"]
+        elif o.step.action is Action.restore:
+            changes["restored"].update(data.get("restored", {}))
     return changes

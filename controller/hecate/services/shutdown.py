@@ -26,7 +26,8 @@ from hecate.adapters.store import StateStore
 from hecate.domain.config import HecateConfig
 from hecate.domain.plan import Action, Step, shutdown_plan
 from hecate.domain.runs import RunKind, RunRecord
-from hecate.services.executor import ActionFn, Executor, Progress, Skipped, StepFailed, UndoFn
+from hecate.services import remote
+from hecate.services.executor import ActionFn, Executor, Progress, Skipped, StepFailed, UndoFn, in_flight
 
 log = logging.getLogger(__name__)
 
@@ -46,36 +47,17 @@ class Capabilities:
 
 @contextlib.asynccontextmanager
 async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
-    # One thread per node a stage may touch at once: each command holds its thread while it runs.
-    width = max(1, min(config.shutdown.parallelism, len(config.cluster.nodes)))
-    pool = ssh.SshPool(config.ssh, config.cluster.nodes, max_workers=width)
-    kube = kube_mod.Kube(config.cluster.kubeconfig, config.cluster.api_timeout_s)
-    # Open the SSH connections while the Kubernetes stages run, so handshakes are off the critical
-    # path; a failure here is harmless (a command connects on first use and reports it).
-    preconnect = asyncio.create_task(pool.connect_all(), name="ssh-preconnect")
+    async with remote.connected(config, config.shutdown.parallelism) as conn:
+        yield _capabilities(config, conn)
 
-    async def k8s(what: str, call: Callable[[], Any]) -> Any:
-        try:
-            return await call()
-        except kube_mod.ApiUnavailable as err:
-            raise Skipped(f"Kubernetes API unreachable, {what} skipped: {err}",
-                          data=_partial(what, err.partial)) from err
-        except kube_mod.KubeError as err:
-            raise StepFailed(f"{what}: {err}", data=_partial(what, err.partial)) from err
+
+def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
+    kube, k8s = conn.kube, conn.k8s
 
     async def node_command(step: Step, command: str, *, lost_is_success: bool = False) -> dict[str, Any]:
-        try:
-            result = await pool.run(step.target, command, timeout=step.params["command_timeout_s"])
-        except (ssh.SshDisconnected, ssh.SshTimeout) as err:
-            if lost_is_success:  # the poweroff took the node (and its sshd) away before it could reply
-                return {"detail": f"no reply after the command was sent ({type(err).__name__}): taken as off"}
-            raise StepFailed(str(err), transient=err.transient) from err
-        except ssh.SshError as err:
-            raise StepFailed(str(err), transient=err.transient) from err
-        if result.exit_code != 0:
-            output = (result.stderr or result.stdout).strip().splitlines()
-            raise StepFailed(f"`{command}` exited {result.exit_code}" + (f": {output[-1]}" if output else ""))
-        return {}
+        detail = await conn.checked(step.target, command, step.params["command_timeout_s"],
+                                    lost_is_success=lost_is_success)
+        return {"detail": detail} if detail else {}
 
     async def flux_suspend(step: Step) -> dict[str, Any]:
         data: dict[str, Any] = await k8s("flux-suspend", kube.flux_suspend)
@@ -160,44 +142,18 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
         Action.killall: killall, Action.poweroff: poweroff, Action.ups_power_cycle: ups_power_cycle,
         Action.local_poweroff: host_command,
     }
-    try:
-        yield Capabilities(actions, {Action.flux_suspend: flux_unsuspend}, pool, kube)
-    finally:
-        preconnect.cancel()
-        await asyncio.gather(preconnect, return_exceptions=True)
-        await pool.close()
-        kube.close()
-
-
-def _partial(what: str, partial: Any) -> dict[str, Any]:
-    """A failed Kubernetes step's partial result, in the shape its success would have had."""
-    if not isinstance(partial, dict):
-        return {}
-    return {"scaled": partial} if what == "scale-down" else partial
+    return Capabilities(actions, {Action.flux_suspend: flux_unsuspend}, conn.pool, kube)
 
 
 def in_flight_shutdown(store: StateStore) -> str | None:
     """The id of a shutdown a killed process left in the journal, if any."""
-    for run_id in store.in_flight_runs():
-        head = next((e for e in store.journal_read(run_id) if e.get("event") == "run"), None)
-        if head and head.get("plan", {}).get("kind") == RunKind.shutdown.value:
-            return run_id
-    return None
+    return in_flight(store, RunKind.shutdown)
 
 
 async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress, *,
               power_restored: Callable[[], bool] | None = None) -> RunRecord:
     """Execute the shutdown (or resume the one in the journal). Raises ``RunInProgress``."""
-    store = StateStore(config.state_dir)
     plan = shutdown_plan(config)  # from the host's configuration, also when resuming
     async with capabilities(config) as caps:
-        executor = Executor(store, caps.actions, progress, undo=caps.undo)
-        pending = in_flight_shutdown(store)
-        if pending is not None and not executor.is_stale(pending):
-            return await executor.resume(pending, plan=plan, power_restored=power_restored)
-        if pending is not None:  # from an earlier boot: record it as interrupted, then do what was asked
-            try:
-                await executor.resume(pending)
-            except ValueError as err:  # a journal without a plan: discarded
-                log.warning("%s", err)
-        return await executor.run(plan, trigger, power_restored=power_restored)
+        executor = Executor(StateStore(config.state_dir), caps.actions, progress, undo=caps.undo)
+        return await executor.run_or_resume(plan, trigger, power_restored=power_restored)

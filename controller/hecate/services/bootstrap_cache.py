@@ -1,0 +1,77 @@
+"""The cached bootstrap manifests: what Hecate applies when Flux and Gitea deadlock.
+
+After a cold start Flux cannot fetch from Gitea and Gitea (or what it needs) waits for
+Flux. Hecate breaks that cycle by creating, directly, the objects Gitea needs -- from
+copies taken while the cluster was healthy. The directory is
+``flux.fallback_manifests_dir``: every ``*.yaml``/``*.yml`` file in it (multi-document
+YAML, one Kubernetes object per document) is part of the cache. Operators may drop
+their own files there (e.g. ``flux build`` output); the daemon keeps
+``hecate-snapshot.yaml`` current by exporting ``flux.bootstrap_objects`` from the live
+cluster, but only while the GitRepository is Ready (a copy of a broken cluster would
+not help). Applying creates only what is missing and never overwrites a live object.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hecate.adapters import kube as kube_mod
+from hecate.adapters.store import atomic_write
+from hecate.domain.config import HecateConfig
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "hecate-snapshot.yaml"
+
+
+class CacheError(Exception):
+    """A cache file that cannot be used (names the file and the document)."""
+
+
+def load(directory: Path) -> list[dict[str, Any]]:
+    """Every object in the cache directory, files in name order (empty if there is none)."""
+    if not directory.is_dir():
+        return []
+    objects: list[dict[str, Any]] = []
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise CacheError(f"{path}: cannot read: {err}") from err
+        for index, doc in enumerate(documents):
+            if doc is None:
+                continue
+            if not isinstance(doc, dict) or not doc.get("kind") or not (doc.get("metadata") or {}).get("name"):
+                raise CacheError(f"{path}: document {index + 1} is not a Kubernetes object (kind, metadata.name)")
+            if doc["kind"] not in kube_mod.OBJECT_KINDS:
+                raise CacheError(f"{path}: document {index + 1}: kind {doc['kind']} cannot be applied from the cache "
+                                 f"(one of {', '.join(sorted(kube_mod.OBJECT_KINDS))})")
+            objects.append(doc)
+    return objects
+
+
+async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
+    """Export ``flux.bootstrap_objects`` into the snapshot file if the GitRepository is Ready.
+
+    Returns ``{"written": bool, "objects": n, "reason": str}``; Kubernetes errors propagate.
+    """
+    flux = config.flux
+    if not flux.bootstrap_objects:
+        return {"written": False, "objects": 0, "reason": "flux.bootstrap_objects is empty"}
+    repo = await kube.git_repository(flux.namespace, flux.git_repository)
+    if not repo["ready"]:
+        return {"written": False, "objects": 0,
+                "reason": f"GitRepository {flux.namespace}/{flux.git_repository} is not Ready: kept the last copy"}
+    manifests = await kube.export([kube_mod.config_ref(r) for r in flux.bootstrap_objects])
+    directory = flux.fallback_manifests_dir
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    header = (f"# Written by hecate at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} from the live cluster "
+              "(flux.bootstrap_objects).\n# Applied (missing objects only) when Flux and Gitea deadlock.\n")
+    body = yaml.safe_dump_all(manifests, sort_keys=False)
+    atomic_write(directory / SNAPSHOT, (header + body).encode(), mode=0o600)  # Secrets may be among them
+    return {"written": True, "objects": len(manifests), "reason": ""}

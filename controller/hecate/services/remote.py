@@ -1,0 +1,87 @@
+"""The connections a run acts through: one SSH pool and one Kubernetes client.
+
+Shutdown and startup both build their actions on :func:`connected`, which opens the SSH
+connections in the background (handshakes off the critical path) and translates adapter
+errors into the executor's terms: a Kubernetes step that cannot reach the API is
+*skipped* (the run goes on over SSH), a refusal *fails* the step, and an SSH error fails
+it as transient or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from hecate.adapters import kube as kube_mod
+from hecate.adapters import ssh
+from hecate.domain.config import HecateConfig
+from hecate.services.executor import Skipped, StepFailed
+
+
+class Remote:
+    def __init__(self, pool: ssh.SshPool, kube: kube_mod.Kube) -> None:
+        self.pool = pool
+        self.kube = kube
+
+    async def k8s(self, what: str, call: Callable[[], Any]) -> Any:
+        """Await one Kubernetes call: unreachable API -> Skipped, refusal -> StepFailed."""
+        try:
+            return await call()
+        except kube_mod.ApiUnavailable as err:
+            raise Skipped(f"Kubernetes API unreachable, {what} skipped: {err}",
+                          data=_partial(what, err.partial)) from err
+        except kube_mod.KubeError as err:
+            raise StepFailed(f"{what}: {err}", data=_partial(what, err.partial)) from err
+
+    async def command(self, node: str, command: str, timeout: float) -> ssh.CommandResult:
+        """Run one command on a node; a non-zero exit is returned, an SSH error raises StepFailed."""
+        try:
+            return await self.pool.run(node, command, timeout=timeout)
+        except ssh.SshError as err:
+            raise StepFailed(str(err), transient=err.transient) from err
+
+    async def checked(self, node: str, command: str, timeout: float, *, lost_is_success: bool = False) -> str:
+        """Like :meth:`command`, but a non-zero exit fails the step; returns a detail for the record.
+
+        ``lost_is_success``: a poweroff may take the node (and its sshd) away before it replies.
+        """
+        try:
+            result = await self.pool.run(node, command, timeout=timeout)
+        except (ssh.SshDisconnected, ssh.SshTimeout) as err:
+            if lost_is_success:
+                return f"no reply after the command was sent ({type(err).__name__}): taken as off"
+            raise StepFailed(str(err), transient=err.transient) from err
+        except ssh.SshError as err:
+            raise StepFailed(str(err), transient=err.transient) from err
+        if result.exit_code != 0:
+            output = (result.stderr or result.stdout).strip().splitlines()
+            raise StepFailed(f"`{command}` exited {result.exit_code}" + (f": {output[-1]}" if output else ""))
+        return ""
+
+
+@contextlib.asynccontextmanager
+async def connected(config: HecateConfig, width: int, *, kube_cooldown: float = kube_mod.COOLDOWN_S,
+                    preconnect: bool = True) -> AsyncIterator[Remote]:
+    # One thread per node a stage may touch at once: each command holds its thread while it runs.
+    width = max(1, min(width, len(config.cluster.nodes)))
+    pool = ssh.SshPool(config.ssh, config.cluster.nodes, max_workers=width)
+    kube = kube_mod.Kube(config.cluster.kubeconfig, config.cluster.api_timeout_s, cooldown=kube_cooldown)
+    # A failure here is harmless: a command connects on first use and reports it.
+    task = asyncio.create_task(pool.connect_all(), name="ssh-preconnect") if preconnect else None
+    try:
+        yield Remote(pool, kube)
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await pool.close()
+        kube.close()
+
+
+def _partial(what: str, partial: Any) -> dict[str, Any]:
+    """A failed Kubernetes step's partial result, in the shape its success would have had."""
+    if not isinstance(partial, dict):
+        return {}
+    return {"scaled": partial} if what == "scale-down" else partial

@@ -1,0 +1,319 @@
+"""Startup: the plan's actions wired to NUT, SSH, Kubernetes and the bootstrap cache.
+
+Every action looks before it acts, so a startup on a healthy cluster changes nothing
+(``hecate-bootstrap.service`` runs ``hecate startup --execute`` at every boot). Waits
+poll every :data:`POLL_S` within the step's own deadline; a node or workload that does
+not come back fails its step, which degrades the run while the rest proceeds. Only the
+preflight aborts: starting on a nearly empty battery during flapping mains is how
+clusters get corrupted.
+
+The Flux/Gitea deadlock (see ``hecate.services.bootstrap_cache``): ``flux-bootstrap``
+watches the GitRepository; when it is not Ready *and* the Gitea workload is not
+available for ``flux.detection_window_s``, it applies the cached manifests (missing
+objects only), points the GitRepository at the fallback branch if one is given, asks
+Flux to reconcile, and waits for the GitRepository and the Kustomizations to be Ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from hecate.adapters import kube as kube_mod
+from hecate.adapters import nut, wol
+from hecate.adapters.store import StateStore
+from hecate.domain.config import HecateConfig
+from hecate.domain.plan import Action, Step, startup_plan
+from hecate.domain.runs import RunRecord
+from hecate.services import bootstrap_cache, remote
+from hecate.services.executor import ActionFn, Executor, Progress, StepFailed
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+KUBE_COOLDOWN_S = 1.0  # startup polls an API that is coming up: retry it soon after a refusal
+
+
+async def _until(deadline: float, probe: Callable[[], Awaitable[Any]], *, what: str) -> Any:
+    """Call ``probe`` every POLL_S until it returns something truthy; StepFailed at the deadline.
+
+    An unreachable API counts as "not yet": the probe is tried again.
+    """
+    last = ""
+    while True:
+        try:
+            result = await probe()
+            if result:
+                return result
+        except kube_mod.ApiUnavailable as err:
+            last = f" (API: {err})"
+        if time.monotonic() >= deadline:
+            raise StepFailed(f"{what}{last}")
+        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]:
+    kube, k8s = conn.kube, conn.k8s
+    flux = config.flux
+    reader = nut.NutReader(timeout=2.0)
+
+    async def preflight(step: Step) -> dict[str, Any]:
+        ups = next(u for u in config.ups if u.name == step.target)
+        minimum = float(step.params["min_charge_percent"])
+        seen: dict[str, Any] = {}
+
+        async def ok() -> bool:
+            snap = await reader.read(ups)
+            seen.update(status=snap.status, charge=snap.charge_pct, error=snap.error)
+            return snap.on_mains and (snap.charge_pct is None or snap.charge_pct >= minimum)
+
+        started = time.monotonic()
+        await _until(started + float(step.params["timeout_s"]), ok,
+                     what=f"UPS {ups.name} not on mains with charge >= {minimum:g} % within "
+                          f"{step.params['timeout_s']:g} s (last: {seen})")
+        waited = time.monotonic() - started
+        return {"detail": f"on mains, charge {seen['charge']}%" + (f" after {waited:.0f} s" if waited > 1 else "")}
+
+    def _ssh_answers(node: str) -> bool:
+        n = next(x for x in config.cluster.nodes if x.name == node)
+        try:
+            with socket.create_connection((n.address, n.ssh_port), timeout=min(2.0, config.ssh.connect_timeout_s)):
+                return True
+        except OSError:
+            return False
+
+    async def wake(step: Step) -> dict[str, Any]:
+        if await asyncio.to_thread(_ssh_answers, step.target):
+            return {"detail": "already up"}
+        if step.params["method"] == "wol":
+            if not step.params.get("mac"):
+                raise StepFailed(f"{step.target} has no wake_mac: cannot send Wake-on-LAN")
+            await asyncio.to_thread(wol.send_magic_packet, step.params["mac"])
+            return {"woken": True, "detail": f"Wake-on-LAN to {step.params['mac']}"}
+        argv = [str(a) for a in step.params["argv"]]
+        if not argv:
+            raise StepFailed("startup.wake is 'command' but startup.wake_command is empty")
+        try:
+            done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True,
+                                           timeout=config.ssh.command_timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise StepFailed(f"{argv[0]}: {err}") from err
+        if done.returncode != 0:
+            raise StepFailed(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-200:]}")
+        return {"woken": True, "detail": f"ran {argv[0]}"}
+
+    async def start_service(step: Step) -> dict[str, Any]:
+        unit, timeout = step.params["unit"], float(step.params["command_timeout_s"])
+        deadline = time.monotonic() + float(step.params["boot_timeout_s"])
+        while True:  # the node may still be booting: its sshd answers when it is up
+            try:
+                active = await conn.command(step.target, f"systemctl is-active {unit}", timeout)
+                if active.exit_code == 0:
+                    return {"detail": f"{unit} already running"}
+                await conn.checked(step.target, f"systemctl start {unit}", timeout)
+                return {"started": True, "detail": f"started {unit}"}
+            except StepFailed as err:
+                if not err.transient or time.monotonic() >= deadline:
+                    raise StepFailed(f"{err} (node not reachable within {step.params['boot_timeout_s']:g} s)"
+                                     if err.transient else str(err)) from err
+            await asyncio.sleep(POLL_S)
+
+    async def wait_api(step: Step) -> dict[str, Any]:
+        started = time.monotonic()
+        version = await _until(started + float(step.params["timeout_s"]), kube.server_version,
+                               what=f"the API did not answer within {step.params['timeout_s']:g} s")
+        return {"detail": f"{version} after {time.monotonic() - started:.1f} s"}
+
+    async def wait_node(step: Step) -> dict[str, Any]:
+        started = time.monotonic()
+
+        async def ready() -> bool:
+            return (await kube.nodes_ready()).get(step.target, False)
+
+        await _until(started + float(step.params["timeout_s"]), ready,
+                     what=f"not Ready after {step.params['timeout_s']:g} s")
+        return {"detail": f"Ready after {time.monotonic() - started:.1f} s"}
+
+    async def uncordon(step: Step) -> dict[str, Any]:
+        nodes: list[str] = await k8s("uncordon", kube.cordoned_by_hecate)
+        for node in nodes:
+            await k8s("uncordon", functools.partial(kube.uncordon, node))
+        return {"uncordoned": nodes, "detail": f"uncordoned {', '.join(nodes)}" if nodes else ""}
+
+    async def apply_cache(manifests_dir: str) -> dict[str, Any]:
+        try:
+            objects = bootstrap_cache.load(Path(manifests_dir) if manifests_dir else flux.fallback_manifests_dir)
+        except bootstrap_cache.CacheError as err:
+            raise StepFailed(f"bootstrap cache: {err}") from err
+        if not objects:
+            return {"created": [], "present": [], "failed": {}, "empty": True}
+        result: dict[str, Any] = await kube.apply_missing(objects)
+        return result
+
+    async def wait_workload(step: Step) -> dict[str, Any]:
+        ref = kube_mod.config_ref(step.target)
+        started = time.monotonic()
+        deadline = started + float(step.params["timeout_s"])
+        recover_at = started + float(step.params["recovery_after_s"])
+        data: dict[str, Any] = {"restarted": [], "applied": []}
+        state: dict[str, Any] = {}
+        while True:
+            try:
+                state = await kube.workload(ref)
+                if state["available"]:
+                    waited = time.monotonic() - started
+                    notes = [f"available after {waited:.1f} s"] if waited > 1 else []
+                    if data["restarted"]:
+                        notes.append(f"restarted {', '.join(data['restarted'])}")
+                    if data["applied"]:
+                        notes.append(f"created from the cache: {', '.join(data['applied'])}")
+                    return {**data, "detail": "; ".join(notes)}
+                if not state["exists"] or time.monotonic() >= recover_at:
+                    applied = await apply_cache(step.params.get("manifests_dir", ""))
+                    data["applied"] += applied["created"]
+                    if state["exists"]:
+                        data["restarted"] += await kube.restart_unready_pods(ref)
+                    recover_at = time.monotonic() + float(step.params["recovery_after_s"])
+            except kube_mod.ApiUnavailable:
+                pass
+            except kube_mod.KubeError as err:
+                raise StepFailed(str(err), data=data) from err
+            if time.monotonic() >= deadline:
+                raise StepFailed(f"not available after {step.params['timeout_s']:g} s "
+                                 f"({state.get('detail', 'API unreachable')})", data=data)
+            await asyncio.sleep(POLL_S)
+
+    async def flux_resume(step: Step) -> dict[str, Any]:
+        status = await k8s("flux-resume", kube.flux_status)
+        ours = sorted(ref for ref, s in status.items() if s["suspended"] and s["ours"])
+        resumed = await k8s("flux-resume", lambda: kube.flux_resume(ours, reconcile=True))
+        data: dict[str, Any] = {"resumed": resumed}
+        branch = step.params.get("force_branch")
+        if branch:
+            previous = await k8s("force branch",
+                                 lambda: kube.set_git_branch(flux.namespace, flux.git_repository, branch))
+            data["branch"] = {"from": previous, "to": branch}
+        notes = [f"resumed {len(resumed)}"] + ([f"GitRepository branch {data['branch']['from']} -> {branch}"]
+                                                if branch and data["branch"]["from"] != branch else [])
+        return {**data, "detail": ", ".join(notes)}
+
+    async def flux_bootstrap(step: Step) -> dict[str, Any]:
+        namespace, name = step.target.split("/", 1)
+        gitea = kube_mod.config_ref(step.params["gitea_workload"])
+        window, ready_timeout = float(step.params["detection_window_s"]), float(step.params["ready_timeout_s"])
+        started = time.monotonic()
+        deadline = started + window + ready_timeout
+        stuck_since: float | None = None
+        data: dict[str, Any] = {"deadlock": False, "fallback": False}
+        last = "API unreachable"
+        while True:
+            now = time.monotonic()
+            try:
+                repo = await kube.git_repository(namespace, name)
+                if repo["ready"]:
+                    status = await kube.flux_status()
+                    waiting = sorted(r for r, s in status.items() if not s["suspended"] and not s["ready"]
+                                     and r.startswith("Kustomization/"))
+                    if not waiting:
+                        notes = [f"Flux Ready after {now - started:.1f} s"]
+                        if data["fallback"]:
+                            notes.append(f"deadlock broken: created {', '.join(data['applied']) or 'nothing'}")
+                        return {**data, "detail": "; ".join(notes)}
+                    last = f"waiting for {', '.join(waiting)}"
+                    stuck_since = None
+                else:
+                    gitea_state = await kube.workload(gitea)
+                    last = (f"GitRepository not Ready ({repo['reason']}: {repo['message']}); "
+                            f"Gitea {gitea_state['detail']}")
+                    if gitea_state["available"]:
+                        stuck_since = None
+                    else:
+                        stuck_since = stuck_since if stuck_since is not None else now
+                        if now - stuck_since >= window and not data["deadlock"]:
+                            data["deadlock"] = True
+                            log.warning("Flux/Gitea deadlock: %s for %.0f s", last, now - stuck_since)
+                            if step.params["fallback"]:
+                                await _break(data, namespace, name, step.params.get("branch"),
+                                             step.params.get("manifests_dir", ""))
+                                deadline = max(deadline, time.monotonic() + ready_timeout)
+            except kube_mod.ApiUnavailable as err:
+                last = f"API unreachable: {err}"
+            except kube_mod.KubeError as err:
+                raise StepFailed(str(err), data=data) from err
+            if time.monotonic() >= deadline:
+                why = ("deadlocked and the fallback is off (flux.bootstrap_fallback: false)"
+                       if data["deadlock"] and not step.params["fallback"] else "not Ready")
+                raise StepFailed(f"Flux {why} after {time.monotonic() - started:.0f} s: {last}", data=data)
+            await asyncio.sleep(POLL_S)
+
+    async def _break(data: dict[str, Any], namespace: str, name: str, branch: str | None, manifests_dir: str) -> None:
+        applied = await apply_cache(manifests_dir)
+        data.update(fallback=True, applied=applied["created"], apply_failed=applied["failed"])
+        if applied.get("empty"):
+            log.warning("the bootstrap cache %s is empty: nothing to apply", flux.fallback_manifests_dir)
+        if branch:
+            data["branch"] = {"from": await kube.set_git_branch(namespace, name, branch), "to": branch}
+        status = await kube.flux_status()
+        await kube.request_reconcile([f"GitRepository/{namespace}/{name}",
+                                      *sorted(r for r, s in status.items() if not s["suspended"])])
+
+    async def restore(step: Step) -> dict[str, Any]:
+        restored = await k8s("restore", lambda: kube.restore_replicas(step.params["selector"],
+                                                                      step.params["namespace"]))
+        return {"restored": restored,
+                "detail": ", ".join(f"{r} -> {n}" for r, n in sorted(restored.items()))}
+
+    async def verify(step: Step) -> dict[str, Any]:
+        namespace, name = step.params["git_repository"].split("/", 1)
+        problems: list[str] = []
+
+        async def converged() -> bool:
+            problems.clear()
+            ready = await kube.nodes_ready()
+            problems.extend(f"node {n} not Ready" for n in step.params["nodes"] if not ready.get(n))
+            for ref in step.params["foundation"]:
+                state = await kube.workload(kube_mod.config_ref(ref))
+                if not state["available"]:
+                    problems.append(f"{ref} {state['detail']}")
+            try:
+                repo = await kube.git_repository(namespace, name)
+                if not repo["ready"]:
+                    problems.append(f"GitRepository {namespace}/{name} not Ready: {repo['message']}")
+            except kube_mod.KubeNotFound:
+                problems.append(f"GitRepository {namespace}/{name} not found")
+            status = await kube.flux_status()
+            problems.extend(f"{r} not Ready" for r, s in sorted(status.items())
+                            if not s["suspended"] and not s["ready"])
+            return not problems
+
+        try:
+            await _until(time.monotonic() + float(step.params["timeout_s"]), converged,
+                         what=f"not converged after {step.params['timeout_s']:g} s")
+        except StepFailed as err:
+            raise StepFailed(f"{err}: {'; '.join(problems)}") from err
+        except kube_mod.KubeError as err:
+            raise StepFailed(str(err)) from err
+        return {"detail": "nodes Ready, Flux Ready, foundation available"}
+
+    return {
+        Action.preflight: preflight, Action.wake: wake, Action.start_service: start_service,
+        Action.wait_api: wait_api, Action.wait_node: wait_node, Action.uncordon: uncordon,
+        Action.wait_workload: wait_workload, Action.flux_resume: flux_resume,
+        Action.flux_bootstrap: flux_bootstrap, Action.restore: restore, Action.verify: verify,
+    }
+
+
+async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress, *,
+              force_branch: str | None = None) -> RunRecord:
+    """Execute the startup (resuming one a killed process left this boot). Raises ``RunInProgress``."""
+    plan = startup_plan(config, force_branch=force_branch)
+    async with remote.connected(config, config.startup.parallelism, kube_cooldown=KUBE_COOLDOWN_S) as conn:
+        executor = Executor(StateStore(config.state_dir), actions(config, conn), progress)
+        return await executor.run_or_resume(plan, trigger)
