@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hecate.domain.config import HecateConfig
-from hecate.domain.plan import Action, Plan, first_disruptive, shutdown_plan
+from hecate.domain.plan import Action, Plan, first_disruptive, shutdown_plan, startup_plan
 
 
 def config(**shutdown: object) -> HecateConfig:
@@ -69,3 +69,74 @@ def test_no_nodes_still_powers_the_coordinator_off_last() -> None:
     plan = shutdown_plan(HecateConfig())
     assert [s.name for s in plan.stages] == ["flux-suspend", "local-poweroff"]
     assert plan.stages[-1].steps[0].params["argv"] == ["systemctl", "poweroff"]
+
+
+# -- startup ---------------------------------------------------------------------------------
+
+
+def startup_config(**overrides: object) -> HecateConfig:
+    data = config(scale_down=[{"name": "apps", "selector": "tier=apps"},
+                              {"name": "data", "selector": "tier=data"}]).model_dump(mode="json")
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **values}  # type: ignore[dict-item]
+    return HecateConfig.model_validate(data)
+
+
+def test_startup_stage_order_and_targets() -> None:
+    plan = startup_plan(startup_config(startup={"foundation": ["kube-system/deployment/coredns"]}))
+    assert [s.name for s in plan.stages] == [
+        "preflight", "start-servers", "wait-api", "start-agents", "nodes-ready", "uncordon", "foundation",
+        "flux-resume", "flux-bootstrap", "restore", "verify"]
+    by_name = {s.name: s for s in plan.stages}
+    assert [s.target for s in by_name["preflight"].steps] == ["pyr"]  # only UPSes that protect the cluster
+    assert by_name["preflight"].steps[0].on_error.value == "abort"
+    # The last server powered off (highest order) starts first, the other servers together after it.
+    assert [(s.target, s.wave) for s in by_name["start-servers"].steps] == [("s1", 0), ("s2", 1)]
+    assert {s.params["unit"] for s in by_name["start-servers"].steps} == {"k3s"}
+    assert {s.params["unit"] for s in by_name["start-agents"].steps} == {"k3s-agent"}
+    assert {s.wave for s in by_name["start-agents"].steps} == {0}  # agents in parallel
+    assert {s.target for s in by_name["nodes-ready"].steps} == {"s1", "s2", "a1", "a2", "a3"}
+    # Tiers come back in reverse: data before apps, then anything else Hecate scaled.
+    assert [(s.target, s.wave) for s in by_name["restore"].steps] == [("data", 0), ("apps", 1), ("others", 2)]
+    assert all(s.on_error.value == "continue" for st in plan.stages[1:] for s in st.steps)
+
+
+def test_startup_optional_stages() -> None:
+    plan = startup_plan(startup_config(startup={"wake": "command", "wake_command": ["ipmitool", "-H", "{node}-bmc"]}))
+    names = [s.name for s in plan.stages]
+    assert "foundation" not in names
+    assert names[:2] == ["preflight", "wake"]
+    wake = plan.stages[1]
+    assert wake.steps[0].params["argv"] == ["ipmitool", "-H", f"{wake.steps[0].target}-bmc"]
+    no_ups = HecateConfig.model_validate({**startup_config().model_dump(mode="json"), "ups": []})
+    assert startup_plan(no_ups).stages[0].name == "start-servers"
+
+
+def test_startup_force_branch_and_fallback_params() -> None:
+    cfg = startup_config(flux={"fallback_branch": "bootstrap", "detection_window_s": 7, "bootstrap_fallback": False})
+    default = {s.name: s for s in startup_plan(cfg).stages}
+    assert default["flux-resume"].steps[0].params["force_branch"] is None
+    assert default["flux-bootstrap"].steps[0].params["branch"] == "bootstrap"
+    assert default["flux-bootstrap"].steps[0].params["fallback"] is False
+    assert default["flux-bootstrap"].steps[0].params["detection_window_s"] == 7
+    forced = {s.name: s for s in startup_plan(cfg, force_branch="main").stages}
+    assert forced["flux-resume"].steps[0].params["force_branch"] == "main"
+    assert forced["flux-bootstrap"].steps[0].params["branch"] == "main"  # the operator's word wins
+
+
+def test_startup_plan_round_trips_and_deadlines_cover_steps() -> None:
+    plan = startup_plan(startup_config(startup={"foundation": ["gitea/deployment/gitea"]}))
+    assert Plan.from_dict(plan.to_dict()) == plan
+    for stage in plan.stages:
+        longest = max(s.timeout_s for s in stage.steps)
+        assert stage.deadline_s >= longest - 10, stage.name  # a step is never cut short by its own stage
+
+
+def test_foundation_refs_are_validated() -> None:
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError, match="kind must be one of"):
+        startup_config(startup={"foundation": ["kube-system/service/coredns"]})
+    with pytest.raises(pydantic.ValidationError, match="namespace/kind/name"):
+        startup_config(startup={"foundation": ["coredns"]})

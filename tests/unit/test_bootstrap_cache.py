@@ -1,0 +1,74 @@
+"""The bootstrap cache loader and the manifest cleaning it relies on (no cluster needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hecate.adapters.kube import clean_manifest, config_ref, object_ref, workload_available
+from hecate.services.bootstrap_cache import CacheError, load
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: gitea-valkey, namespace: gitea}
+spec: {replicas: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: gitea-http, namespace: gitea}
+"""
+
+
+def test_load_reads_every_yaml_file_in_name_order(tmp_path: Path) -> None:
+    (tmp_path / "b.yaml").write_text(DEPLOYMENT)
+    (tmp_path / "a.yml").write_text("kind: Namespace\napiVersion: v1\nmetadata: {name: gitea}\n---\n")
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    objects = load(tmp_path)
+    assert [object_ref(o) for o in objects] == ["Namespace//gitea", "Deployment/gitea/gitea-valkey",
+                                                "Service/gitea/gitea-http"]
+
+
+def test_missing_directory_is_an_empty_cache(tmp_path: Path) -> None:
+    assert load(tmp_path / "absent") == []
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("kind: [", "cannot read"),
+    ("- just a list\n", "document 1 is not a Kubernetes object"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "kind Pod cannot be applied"),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n", "document 1 is not a Kubernetes object"),
+])
+def test_bad_files_name_the_file_and_document(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(CacheError, match=error) as info:
+        load(tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_clean_manifest_drops_what_the_server_owns_and_undoes_our_scale_down() -> None:
+    live = {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "apps", "uid": "u", "resourceVersion": "7", "generation": 3,
+                         "creationTimestamp": "2026-01-01T00:00:00Z", "managedFields": [{}],
+                         "annotations": {"hecate.io/original-replicas": "3", "team": "web"}},
+            "spec": {"replicas": 0}, "status": {"readyReplicas": 0}}
+    clean = clean_manifest(live)
+    assert clean == {"apiVersion": "apps/v1", "kind": "Deployment",
+                     "metadata": {"name": "web", "namespace": "apps", "annotations": {"team": "web"}},
+                     "spec": {"replicas": 3}}
+    assert live["metadata"]["uid"] == "u"  # the input is not modified
+
+
+def test_refs_and_availability() -> None:
+    assert config_ref("gitea/deployment/gitea") == "Deployment/gitea/gitea"
+    assert config_ref("longhorn-system/daemonset/longhorn-manager") == "DaemonSet/longhorn-system/longhorn-manager"
+    with pytest.raises(ValueError, match="kind 'pod'"):
+        config_ref("ns/pod/x")
+    ready = {"spec": {"replicas": 2}, "status": {"readyReplicas": 2}}
+    assert workload_available("Deployment", ready) == (True, "2/2 ready")
+    assert workload_available("Deployment", {"spec": {"replicas": 2}, "status": {}}) == (False, "0/2 ready")
+    assert workload_available("StatefulSet", {"spec": {"replicas": 0}}) == (True, "0/0 ready")
+    assert workload_available("DaemonSet", {"status": {"desiredNumberScheduled": 3, "numberReady": 2}}) == (
+        False, "2/3 ready")
