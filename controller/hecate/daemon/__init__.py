@@ -8,7 +8,9 @@ watchdog keep-alives while polls keep happening.
 On a shutdown decision with ``shutdown.execute: true`` the shutdown runs as its own task
 while the monitor keeps polling (it tells the run when mains is back); otherwise the
 decision is recorded as a dry-run. A shutdown a killed daemon left in the journal is
-resumed at start. SIGTERM/SIGINT only set a flag: the loop stops after its poll, but a
+resumed at start. With ``flux.bootstrap_objects`` set, the daemon keeps the bootstrap
+cache (what startup applies to break the Flux/Gitea deadlock) fresh while Flux is Ready.
+SIGTERM/SIGINT only set a flag: the loop stops after its poll, but a
 shutdown in progress is never cut short -- the daemon waits for it to finish.
 """
 
@@ -27,8 +29,8 @@ from hecate.adapters.store import RunInProgress, StateStore
 from hecate.domain import trigger
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
+from hecate.services import bootstrap_cache, shutdown, status
 from hecate.services import monitor as monitor_mod
-from hecate.services import shutdown, status
 from hecate.services.progress import JsonLines
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,9 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
     # the run needs the monitor (is mains back?) and systemd must keep seeing keep-alives.
     halt = asyncio.Event()
     tasks = [asyncio.create_task(daemon.monitor.run(halt), name="monitor")]
+    if config.flux.bootstrap_objects:
+        tasks.append(asyncio.create_task(bootstrap_cache.keep_fresh(config, halt, daemon.shutting_down),
+                                         name="bootstrap-cache"))
     pending = shutdown.in_flight_shutdown(daemon.store)
     if pending is not None:
         log.warning("a shutdown (%s) was in flight when Hecate stopped: resuming it", pending)

@@ -13,8 +13,11 @@ not help). Applying creates only what is missing and never overwrites a live obj
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,27 @@ async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
     body = yaml.safe_dump_all(manifests, sort_keys=False)
     atomic_write(directory / SNAPSHOT, (header + body).encode(), mode=0o600)  # Secrets may be among them
     return {"written": True, "objects": len(manifests), "reason": ""}
+
+
+async def keep_fresh(config: HecateConfig, stop: asyncio.Event, busy: Callable[[], bool] = lambda: False) -> None:
+    """The daemon's loop: refresh the snapshot now and every ``flux.cache_refresh_interval_s``.
+
+    Skipped while a run is busy with the cluster; a failure is logged and retried next time.
+    """
+    kube = kube_mod.Kube(config.cluster.kubeconfig, config.cluster.api_timeout_s)
+    try:
+        while not stop.is_set():
+            if not busy():
+                try:
+                    result = await refresh(config, kube)
+                except kube_mod.KubeError as err:
+                    log.warning("bootstrap cache not refreshed: %s", err)
+                else:
+                    if result["written"]:
+                        log.info("bootstrap cache refreshed: %d objects", result["objects"])
+                    else:
+                        log.info("bootstrap cache not refreshed: %s", result["reason"])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=config.flux.cache_refresh_interval_s)
+    finally:
+        kube.close()
