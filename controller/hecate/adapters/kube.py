@@ -235,7 +235,8 @@ def _path(api_version: str, kind: str, namespace: str | None, name: str | None =
 def parse_ref(ref: str) -> tuple[str, str, str]:
     """``"Kind/namespace/name"`` -> ``(kind, namespace, name)``; ValueError if malformed."""
     parts = ref.split("/")
-    if len(parts) != 3 or not all(parts):
+    cluster_scoped = len(parts) == 3 and parts[0] in ("Namespace", "Node")  # their namespace is empty
+    if len(parts) != 3 or not parts[0] or not parts[2] or bool(parts[1]) == cluster_scoped:
         raise ValueError(f"not a Kind/namespace/name reference: {ref!r}")
     return parts[0], parts[1], parts[2]
 

@@ -31,9 +31,9 @@ WORKLOAD_KINDS = ("deployment", "statefulset", "daemonset")
 
 
 def _object_ref(ref: str) -> tuple[str, str, str]:
-    """``namespace/kind/name`` (kind in lower case, e.g. ``gitea/deployment/gitea``)."""
+    """``namespace/kind/name`` (e.g. ``gitea/deployment/gitea``; ``/namespace/gitea`` when cluster-scoped)."""
     parts = ref.split("/")
-    if len(parts) != 3 or not all(parts):
+    if len(parts) != 3 or not parts[1] or not parts[2]:
         raise ValueError(f"{ref!r} is not namespace/kind/name")
     namespace, kind, name = parts
     return namespace, kind.lower(), name

@@ -1,0 +1,112 @@
+"""The kube adapter's startup operations against the lab's emulated API (real HTTP, real client).
+
+Export/apply of the bootstrap cache, GitRepository branch and reconcile requests, the
+cordons and replicas Hecate recorded on the objects themselves. Assertions are on what
+the API stores (spec and metadata), which the lab's simulator does not rewrite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hecate.adapters.kube import RECONCILE_ANNOTATION, Kube, KubeNotFound
+from hecate.lab.cluster_seed import seed_workloads
+from hecate.lab.testbed import Lab, LabSpec
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    running = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=1, agents=2))
+    try:
+        seed_workloads(running.kubeconfig)
+        yield running
+    finally:
+        running.down()
+
+
+@pytest.fixture
+def kube(lab: Lab) -> Iterator[Kube]:
+    k = Kube(lab.kubeconfig, 2.0)
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_export_then_apply_recreates_only_what_is_missing(kube: Kube) -> None:
+    refs = ["Deployment/gitea/gitea", "Namespace//gitea"]
+    manifests = run(kube.export(refs))
+    assert [m["kind"] for m in manifests] == ["Deployment", "Namespace"]
+    assert "status" not in manifests[0]
+    assert "resourceVersion" not in manifests[0]["metadata"]
+    assert manifests[0]["spec"]["replicas"] == 1
+
+    before = kube.writes
+    assert run(kube.apply_missing(manifests)) == {"created": [], "present": refs, "failed": {}}
+    assert kube.writes == before  # nothing missing: nothing written
+
+    run(kube._raw("delete gitea", "DELETE", "/apis/apps/v1/namespaces/gitea/deployments/gitea"))
+    assert run(kube.get_object("Deployment/gitea/gitea")) is None
+    result = run(kube.apply_missing(manifests))
+    assert result["created"] == ["Deployment/gitea/gitea"]
+    assert result["present"] == ["Namespace//gitea"]
+    again = run(kube.get_object("Deployment/gitea/gitea"))
+    assert again is not None
+    assert again["spec"]["replicas"] == 1
+
+    with pytest.raises(KubeNotFound, match="Deployment/gitea/nope"):
+        run(kube.export(["Deployment/gitea/nope"]))
+    bad = run(kube.apply_missing([{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "x"}}]))
+    assert bad["failed"] == {"Pod/x/p": "kind Pod cannot be applied from the cache"}
+
+
+def test_git_repository_branch_and_reconcile(kube: Kube) -> None:
+    repo = run(kube.git_repository("flux-system", "flux-system"))
+    assert repo["branch"] == "main"
+    before = kube.writes
+    assert run(kube.set_git_branch("flux-system", "flux-system", "main")) == "main"
+    assert kube.writes == before  # already there: no write
+    assert run(kube.set_git_branch("flux-system", "flux-system", "release")) == "main"
+    assert run(kube.git_repository("flux-system", "flux-system"))["branch"] == "release"
+    with pytest.raises(KubeNotFound):
+        run(kube.git_repository("flux-system", "absent"))
+
+    done = run(kube.request_reconcile(["GitRepository/flux-system/flux-system", "Kustomization/flux-system/gone",
+                                       "HelmRelease/gitea/gitea"]))
+    assert done == ["GitRepository/flux-system/flux-system", "HelmRelease/gitea/gitea"]
+    obj = run(kube.get_object("HelmRelease/gitea/gitea"))
+    assert RECONCILE_ANNOTATION in obj["metadata"]["annotations"]
+
+
+def test_flux_status_cordons_and_restore_follow_the_ownership_annotations(kube: Kube, lab: Lab) -> None:
+    suspended = run(kube.flux_suspend())
+    status = run(kube.flux_status())
+    ours = sorted(ref for ref, s in status.items() if s["suspended"] and s["ours"])
+    assert ours == sorted(suspended["suspended"])
+    assert "Kustomization/flux-system/experiments" not in ours  # a user's suspension is never ours
+
+    agents = [n.name for n in lab.nodes if n.role == "agent"]
+    assert run(kube.cordon(agents[0])) is True
+    run(kube._raw("cordon by a user", "PATCH", f"/api/v1/nodes/{agents[1]}", {"spec": {"unschedulable": True}},
+                  write=True, content_type="application/merge-patch+json"))
+    assert run(kube.cordoned_by_hecate()) == [agents[0]]
+
+    scaled = run(kube.scale_down("hecate.io/tier=apps"))
+    assert scaled == {"Deployment/apps/web": 2, "Deployment/apps/api": 1}
+    run(kube.scale("Deployment/apps/api", 0))  # someone else scaled it to 0 later and dropped our record
+    assert run(kube.restore_replicas("", None)) == {"Deployment/apps/web": 2}
+    web = run(kube.get_object("Deployment/apps/web"))
+    assert web["spec"]["replicas"] == 2
+    assert "hecate.io/original-replicas" not in (web["metadata"].get("annotations") or {})
+    assert run(kube.restore_replicas("", None)) == {}  # idempotent
