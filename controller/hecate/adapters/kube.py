@@ -750,6 +750,18 @@ class Kube:
             result["created"].append(ref)
         return result
 
+    async def delete_object(self, ref: str) -> bool:
+        """Delete ``Kind/namespace/name`` (drills break things with it); False if it was already gone."""
+        kind, namespace, name = parse_ref(ref)
+        if kind not in OBJECT_KINDS:
+            raise ValueError(f"{ref}: kind {kind} is not one of {', '.join(sorted(OBJECT_KINDS))}")
+        try:
+            await self._raw(f"delete {ref}", "DELETE", _path(_DEFAULT_API_VERSION[kind], kind, namespace or None, name),
+                            write=True)
+        except KubeNotFound:
+            return False
+        return True
+
     async def workload(self, ref: str) -> dict[str, Any]:
         """``{"exists", "available", "detail"}`` of a Deployment, StatefulSet or DaemonSet."""
         kind, namespace, name = parse_ref(ref)
@@ -852,6 +864,17 @@ class Kube:
                 continue
             done.append(ref)
         return done
+
+    async def replicas(self, selector: str, namespace: str | None = None) -> dict[str, int]:
+        """``{ref: spec.replicas}`` of the Deployments and StatefulSets the label selector picks."""
+        return {_ref(kind, obj): int((obj.get("spec") or {}).get("replicas") or 0)
+                for kind in _WORKLOADS for obj in await self._list_workloads(kind, selector, namespace)}
+
+    async def unschedulable_nodes(self) -> list[str]:
+        """Every cordoned node, whoever cordoned it."""
+        data = await self._call("list nodes", kclient.CoreV1Api, "list_node")
+        return [n["metadata"]["name"] for n in (data or {}).get("items", [])
+                if (n.get("spec") or {}).get("unschedulable") is True]
 
     async def cordoned_by_hecate(self) -> list[str]:
         """Nodes that are unschedulable because Hecate cordoned them."""

@@ -219,7 +219,10 @@ def drill() -> None:
 @drill.command("list")
 def drill_list() -> None:
     """List the drills."""
-    not_implemented("drills", 5)
+    from hecate.services.drills import DRILLS
+
+    for drill_ in DRILLS.values():
+        click.echo(f"{drill_.name:<24} {drill_.summary}")
 
 
 @drill.command("run")
@@ -227,8 +230,45 @@ def drill_list() -> None:
 @config_option
 @execute_option
 def drill_run(name: str, config_path: Path, execute: bool) -> None:
-    """Run one drill."""
-    not_implemented("drills", 5)
+    """Run one drill: break, start up, check, restore if recovery failed.
+
+    Without --execute: say what the drill would break and touch nothing.
+    Exit 0 when the drill passed (or for a dry-run), 1 when it failed or was refused.
+    """
+    import asyncio
+
+    from hecate.adapters.kube import KubeError
+    from hecate.adapters.store import RunInProgress, StoreError
+    from hecate.cli.progress import RichProgress
+    from hecate.services import drills
+
+    if name not in drills.DRILLS:
+        fail(f"no drill named {name!r}; one of: {', '.join(drills.DRILLS)}", code=2)
+    cfg = load_config(config_path)
+    progress = RichProgress()
+    console = progress.console
+    console.print(f"[bold]drill {name}[/bold]: {drills.DRILLS[name].summary}")
+    console.print("It breaks:" if execute else "It would break (dry-run: nothing is touched):")
+    for target in drills.DRILLS[name].targets(cfg):
+        console.print(f"  - {target}")
+    if not execute:
+        console.print("Run with --execute to break it, run the startup and check the recovery.")
+        return
+    try:
+        result = asyncio.run(drills.run(cfg, name, progress, execute=True))
+    except drills.DrillRefused as err:
+        fail(f"drill {name} refused, nothing was broken: {err}")
+    except (RunInProgress, StoreError, KubeError) as err:
+        fail(f"drill {name} could not run: {err}")
+    for check in result.checks:
+        mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
+        console.print(f"  {mark} {check.name}" + (f" [dim]({check.detail})[/dim]" if check.detail else ""))
+    if result.restored:
+        console.print("  restored what the drill broke: " + ", ".join(result.restored))
+    timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())
+    verdict = "[bold green]PASS[/bold green]" if result.passed else "[bold red]FAIL[/bold red]"
+    console.print(f"drill {name}: {verdict} ({timings})")
+    sys.exit(0 if result.passed else 1)
 
 
 def _register_lab() -> None:

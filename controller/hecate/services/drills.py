@@ -1,0 +1,273 @@
+"""Disruptive drills: break something on purpose, run the startup, prove it recovered.
+
+A drill runs against whatever cluster the configuration points at -- the lab or a real
+one. Without ``execute`` it only says what it would break (it reads nothing and
+writes nothing). With ``execute`` it:
+
+1. checks the cluster is healthy enough to start from and takes what it needs to undo
+   the break (the bootstrap cache is refreshed first: the drills that delete objects
+   refuse to run unless the cache holds every one of them);
+2. breaks it -- as a shutdown would, Flux is suspended first, so Flux itself cannot
+   repair the break behind the startup's back;
+3. runs the real startup (``hecate.services.startup``);
+4. verifies recovery with explicit checks;
+5. if a check fails, restores what it broke (re-creates the deleted objects, resumes
+   Flux, scales back, uncordons), so a failed drill does not leave the cluster broken.
+
+Each drill is recorded in ``runs.json`` as a run of kind ``drill`` (stages ``break``,
+``startup``, ``checks``). The drills:
+
+- ``flux-gitea-deadlock``: delete the workloads of ``flux.bootstrap_objects`` (Gitea
+  and what it needs) with Flux suspended: Flux cannot fetch, Gitea cannot come back
+  through Flux. Startup must detect the deadlock and break it from the cache.
+- ``foundation-recovery``: delete the foundation workloads (``startup.foundation``)
+  that are in the cache. Startup's foundation stage must re-create them and wait until
+  they serve.
+- ``reconciliation-resume``: do what a shutdown's first stages do -- suspend Flux,
+  scale the tiers to zero, cordon the agents -- without powering anything off. Startup
+  must resume exactly what Hecate suspended (a user's suspension stays), restore the
+  exact replicas and undo only Hecate's cordons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from hecate.adapters import kube as kube_mod
+from hecate.adapters.store import StateStore, new_run_id
+from hecate.domain.config import WORKLOAD_KINDS, HecateConfig, NodeRole
+from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
+from hecate.services import bootstrap_cache
+from hecate.services import startup as startup_mod
+from hecate.services.executor import Progress
+
+BREAK_SETTLE_S = 30.0  # longest to wait for a break to show (e.g. the GitRepository going not Ready)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class DrillResult:
+    name: str
+    passed: bool
+    executed: bool
+    breaks: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    startup: RunRecord | None = None
+    restored: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Drill:
+    name: str
+    summary: str
+    targets: Callable[[HecateConfig], list[str]]
+    """What the drill breaks, from the configuration alone (the dry-run shows this)."""
+
+
+def _deletable(config: HecateConfig, refs: list[str]) -> list[str]:
+    return [kube_mod.config_ref(r) for r in refs if r.split("/")[1].lower() in WORKLOAD_KINDS]
+
+
+def _deadlock_targets(config: HecateConfig) -> list[str]:
+    return ["suspend Flux (as a shutdown does)",
+            *(f"delete {r}" for r in _deletable(config, config.flux.bootstrap_objects))]
+
+
+def _foundation_targets(config: HecateConfig) -> list[str]:
+    cached = set(config.flux.bootstrap_objects)
+    return ["suspend Flux (as a shutdown does)",
+            *(f"delete {kube_mod.config_ref(r)}" for r in config.startup.foundation if r in cached)]
+
+
+def _resume_targets(config: HecateConfig) -> list[str]:
+    agents = [n.name for n in config.cluster.nodes if n.role is NodeRole.agent]
+    return ["suspend Flux (as a shutdown does)",
+            *(f"scale tier {t.name} ({t.selector}) to 0" for t in config.shutdown.scale_down),
+            *(f"cordon {a}" for a in agents)]
+
+
+DRILLS: dict[str, Drill] = {d.name: d for d in (
+    Drill("flux-gitea-deadlock", "Gitea and what it needs are gone while Flux needs Gitea: startup must break "
+          "the deadlock from the bootstrap cache", _deadlock_targets),
+    Drill("foundation-recovery", "foundation workloads are gone: startup must re-create them from the cache "
+          "and wait until they serve", _foundation_targets),
+    Drill("reconciliation-resume", "what a shutdown's first stages leave behind: startup must resume exactly "
+          "Hecate's suspensions, replicas and cordons", _resume_targets),
+)}
+
+
+class DrillRefused(Exception):
+    """The drill cannot run safely (e.g. the cache lacks what it would delete); nothing was broken."""
+
+
+async def run(config: HecateConfig, name: str, progress: Progress, *, execute: bool) -> DrillResult:
+    drill = DRILLS[name]
+    result = DrillResult(name=name, passed=False, executed=execute, breaks=drill.targets(config))
+    if not execute:
+        return result
+    store = StateStore(config.state_dir)
+    started_at = datetime.now(UTC)
+    kube = kube_mod.Kube(config.cluster.kubeconfig, config.cluster.api_timeout_s, cooldown=1.0)
+    try:
+        t0 = time.monotonic()
+        before = await _snapshot(config, kube)
+        undo = await _break(config, kube, name, before)
+        result.timings["break_s"] = round(time.monotonic() - t0, 3)
+        t1 = time.monotonic()
+        result.startup = await startup_mod.run(config, {"source": "drill", "drill": name}, progress)
+        result.timings["startup_s"] = round(time.monotonic() - t1, 3)
+        t2 = time.monotonic()
+        result.checks = await _checks(config, kube, name, before, result.startup)
+        result.timings["checks_s"] = round(time.monotonic() - t2, 3)
+        result.passed = all(c.ok for c in result.checks)
+        if not result.passed:
+            result.restored = await undo()
+    finally:
+        kube.close()
+    _record(store, result, started_at)
+    return result
+
+
+# -- before, break, after -------------------------------------------------------------------
+
+
+async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
+    """What the drill compares against after the startup; refuses an unhealthy starting point."""
+    flux = config.flux
+    repo = await kube.git_repository(flux.namespace, flux.git_repository)
+    if not repo["ready"]:
+        raise DrillRefused(f"GitRepository {flux.namespace}/{flux.git_repository} is not Ready before the drill: "
+                           f"{repo['message']} -- drills start from a healthy cluster")
+    refreshed = await bootstrap_cache.refresh(config, kube)
+    cached = {kube_mod.object_ref(o) for o in bootstrap_cache.load(flux.fallback_manifests_dir)}
+    status = await kube.flux_status()
+    replicas: dict[str, int] = {}
+    for tier in config.shutdown.scale_down:
+        replicas.update(await kube.replicas(tier.selector, tier.namespace))
+    return {"cached": cached, "cache_refresh": refreshed, "flux": status, "replicas": replicas,
+            "cordoned": sorted(await kube.unschedulable_nodes()),
+            "user_suspended": sorted(r for r, s in status.items() if s["suspended"] and not s["ours"])}
+
+
+async def _break(config: HecateConfig, kube: kube_mod.Kube, name: str,
+                 before: dict[str, Any]) -> Callable[[], Awaitable[list[str]]]:
+    """Break the cluster; returns the coroutine function that restores it."""
+    if name in ("flux-gitea-deadlock", "foundation-recovery"):
+        refs = (_deletable(config, config.flux.bootstrap_objects) if name == "flux-gitea-deadlock" else
+                [kube_mod.config_ref(r) for r in config.startup.foundation if r in config.flux.bootstrap_objects])
+        if not refs:
+            raise DrillRefused("nothing to break: " + ("flux.bootstrap_objects has no workload"
+                                                       if name == "flux-gitea-deadlock" else
+                                                       "no startup.foundation workload is in flux.bootstrap_objects"))
+        uncached = [r for r in refs if r not in before["cached"]]
+        if uncached:
+            raise DrillRefused(f"the bootstrap cache lacks {', '.join(uncached)}: deleting them would not be "
+                               "recoverable (is the GitRepository Ready? see the daemon's cache refresh)")
+        saved = await kube.export(refs)
+        suspended = await kube.flux_suspend()
+        for ref in refs:
+            await kube.delete_object(ref)
+        if name == "flux-gitea-deadlock":
+            await _until_not_ready(config, kube)
+
+        async def undo() -> list[str]:
+            created = await kube.apply_missing(saved)
+            resumed = await kube.flux_resume(suspended["suspended"], reconcile=True)
+            return [f"created {r}" for r in created["created"]] + [f"resumed {r}" for r in resumed]
+        return undo
+
+    suspended = await kube.flux_suspend()
+    scaled: dict[str, int] = {}
+    for tier in config.shutdown.scale_down:
+        scaled.update(await kube.scale_down(tier.selector, tier.namespace))
+    cordoned = [n.name for n in config.cluster.nodes if n.role is NodeRole.agent and await kube.cordon(n.name)]
+
+    async def undo_resume() -> list[str]:
+        done = [f"resumed {r}" for r in await kube.flux_resume(suspended["suspended"], reconcile=True)]
+        for ref, replicas in scaled.items():
+            await kube.scale(ref, replicas)
+            done.append(f"scaled {ref} to {replicas}")
+        for node in cordoned:
+            await kube.uncordon(node)
+            done.append(f"uncordoned {node}")
+        return done
+    return undo_resume
+
+
+async def _until_not_ready(config: HecateConfig, kube: kube_mod.Kube) -> None:
+    deadline = time.monotonic() + BREAK_SETTLE_S
+    while time.monotonic() < deadline:
+        if not (await kube.git_repository(config.flux.namespace, config.flux.git_repository))["ready"]:
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _checks(config: HecateConfig, kube: kube_mod.Kube, name: str, before: dict[str, Any],
+                  record: RunRecord) -> list[Check]:
+    flux = config.flux
+    checks = [Check("startup run succeeded", record.result is RunResult.success,
+                    f"{record.result.value if record.result else '?'}; "
+                    + "; ".join(f"{s.name}: {s.detail}" for s in record.stages if s.result is not RunResult.success))]
+    repo = await kube.git_repository(flux.namespace, flux.git_repository)
+    checks.append(Check(f"GitRepository {flux.namespace}/{flux.git_repository} Ready", repo["ready"], repo["message"]))
+    status = await kube.flux_status()
+    not_ready = sorted(r for r, s in status.items() if not s["suspended"] and not s["ready"])
+    checks.append(Check("every Kustomization and HelmRelease not suspended by a user is Ready", not not_ready,
+                        ", ".join(not_ready)))
+    user = sorted(r for r, s in status.items() if s["suspended"] and not s["ours"])
+    checks.append(Check("user-suspended Flux objects stay suspended", user == before["user_suspended"],
+                        f"before {before['user_suspended']}, after {user}"))
+    ours = sorted(r for r, s in status.items() if s["ours"])
+    checks.append(Check("nothing is left suspended by Hecate", not ours, ", ".join(ours)))
+    if name == "flux-gitea-deadlock":
+        checks.append(Check("startup detected and broke the deadlock", bool(record.changes.get("deadlock")),
+                            f"created {record.changes.get('created')}"))
+        gitea = await kube.workload(kube_mod.config_ref(flux.gitea_workload))
+        checks.append(Check(f"{flux.gitea_workload} available", gitea["available"], gitea["detail"]))
+    refs = (_deletable(config, flux.bootstrap_objects) if name == "flux-gitea-deadlock" else
+            [kube_mod.config_ref(r) for r in config.startup.foundation] if name == "foundation-recovery" else [])
+    for ref in refs:
+        state = await kube.workload(ref)
+        checks.append(Check(f"{ref} back and available", state["available"], state["detail"]))
+    if name == "reconciliation-resume":
+        replicas: dict[str, int] = {}
+        for ref in before["replicas"]:
+            obj = await kube.get_object(ref)
+            replicas[ref] = int(((obj or {}).get("spec") or {}).get("replicas") or 0)
+        checks.append(Check("replicas restored exactly", replicas == before["replicas"],
+                            f"before {before['replicas']}, after {replicas}"))
+        cordoned = sorted(await kube.unschedulable_nodes())
+        checks.append(Check("only Hecate's cordons undone", cordoned == before["cordoned"],
+                            f"before {before['cordoned']}, after {cordoned}"))
+    return checks
+
+
+def _record(store: StateStore, result: DrillResult, started_at: datetime) -> None:
+    finished = datetime.now(UTC)
+    failed = [c for c in result.checks if not c.ok]
+    stages = [StageRecord(name="break", duration_s=result.timings.get("break_s", 0.0), result=RunResult.success,
+                          detail="; ".join(result.breaks)),
+              StageRecord(name="startup", duration_s=result.timings.get("startup_s", 0.0),
+                          result=result.startup.result or RunResult.failed if result.startup else RunResult.failed,
+                          detail=result.startup.id if result.startup else ""),
+              StageRecord(name="checks", duration_s=result.timings.get("checks_s", 0.0),
+                          result=RunResult.success if result.passed else RunResult.failed,
+                          detail="; ".join(f"{c.name}: {c.detail}" for c in failed))]
+    store.append_run(RunRecord(
+        id=new_run_id(started_at), kind=RunKind.drill, trigger={"source": "drill", "drill": result.name},
+        dry_run=False, started_at=started_at, finished_at=finished,
+        duration_s=(finished - started_at).total_seconds(), result=RunResult.success if result.passed else
+        RunResult.failed, stages=stages, changes={"restored": result.restored}))
