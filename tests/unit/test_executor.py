@@ -241,3 +241,21 @@ def test_a_hung_first_wave_does_not_cost_the_later_waves(tmp_path: Path) -> None
     record = asyncio.run(executor(tmp_path, log).run(p, {}))
     assert log.calls() == ["agent", "server"]
     assert "agent: stage deadline of 0.3 s passed" in record.stages[0].detail
+
+
+def test_interrupt_stops_the_run_before_the_next_stage(tmp_path: Path) -> None:
+    """Mains failing again during a startup: the run stops between stages, recorded as aborted."""
+    log = Log(tmp_path / "calls")
+    asked: list[str] = []
+
+    async def interrupt() -> str | None:
+        asked.append(",".join(log.calls()))
+        return "UPS pyr on battery again" if "b" in log.calls() else None
+
+    p = Plan("startup", (stage("one", ["a"]), stage("two", ["b"]), stage("three", ["c"])))
+    record = asyncio.run(executor(tmp_path, log).run(p, {"source": "test"}, interrupt=interrupt))
+    assert log.calls() == ["a", "b"]
+    assert asked == ["a", "a,b"]  # never before the first stage
+    assert record.result is RunResult.aborted
+    assert record.stages[-1].name == "interrupted"
+    assert record.stages[-1].detail == "UPS pyr on battery again"

@@ -586,8 +586,11 @@ def stop_nodes(nodes: list[LabNode], *, lab_id: str | None) -> None:
         _ip("-force", "-batch", "-", stdin="\n".join(batch) + "\n", check=False)
 
 
-def power_on(node: LabNode) -> LabNode:
+def power_on(node: LabNode, *, k3s_at_boot: bool = True) -> LabNode:
     """Boot a node: power on, its k3s unit active (enabled at boot), link up, sshd back.
+
+    ``k3s_at_boot=False`` boots with the k3s unit inactive, as on hosts where the unit is
+    disabled so that ``hecate startup`` orders the start (servers, API, then agents).
 
     Returns the node with the new sshd pid (known_hosts stays valid: same key,
     same address and port). A node that is on and whose sshd runs is left as it
@@ -598,7 +601,9 @@ def power_on(node: LabNode) -> LabNode:
         state = nodestate.read_state(node.dir)
         was_off = state.get("power") != "on"
         state["power"] = "on"
-        state.setdefault("services", {})[nodestate.service_for(node.role)] = "active"
+        if was_off or k3s_at_boot:
+            state.setdefault("services", {})[nodestate.service_for(node.role)] = (
+                "active" if k3s_at_boot else "inactive")
         nodestate.write_state(node.dir, state)
     if was_off:
         _await_halt(node)

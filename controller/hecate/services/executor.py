@@ -64,6 +64,8 @@ class StepFailed(Exception):
 
 
 ActionFn = Callable[[Step], Awaitable[dict[str, Any]]]
+Interrupt = Callable[[], Awaitable[str | None]]
+"""Asked before every stage but the first: a reason to abort the run now (e.g. mains failed again)."""
 UndoFn = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -114,30 +116,31 @@ class Executor:
     # -- entry points --------------------------------------------------------------------
 
     async def run(self, plan: Plan, trigger: dict[str, Any], *,
-                  power_restored: Callable[[], bool] | None = None) -> RunRecord:
+                  power_restored: Callable[[], bool] | None = None, interrupt: Interrupt | None = None) -> RunRecord:
         """Run a new plan under the run lock (``RunInProgress`` if another run holds it)."""
         with self.store.run_lock(f"{plan.kind} run"):
             run_id = new_run_id(datetime.fromtimestamp(self.clock(), UTC))
             started = self.clock()
             self._journal(run_id, {"event": "run", "plan": plan.to_dict(), "trigger": trigger, "t": started,
                                    "boot_id": boot_id()})
-            return await self._execute(run_id, plan, trigger, started, {}, power_restored)
+            return await self._execute(run_id, plan, trigger, started, {}, power_restored, interrupt=interrupt)
 
     async def run_or_resume(self, plan: Plan, trigger: dict[str, Any], *,
-                            power_restored: Callable[[], bool] | None = None) -> RunRecord:
+                            power_restored: Callable[[], bool] | None = None,
+                            interrupt: Interrupt | None = None) -> RunRecord:
         """Resume a run of this kind a killed process left in the journal this boot, else run ``plan``.
 
         One from an earlier boot is recorded as interrupted first, never resumed.
         """
         pending = in_flight(self.store, RunKind(plan.kind))
         if pending is not None and not self.is_stale(pending):
-            return await self.resume(pending, plan=plan, power_restored=power_restored)
+            return await self.resume(pending, plan=plan, power_restored=power_restored, interrupt=interrupt)
         if pending is not None:
             try:
                 await self.resume(pending)
             except ValueError as err:  # a journal without a plan: discarded
                 log.warning("%s", err)
-        return await self.run(plan, trigger, power_restored=power_restored)
+        return await self.run(plan, trigger, power_restored=power_restored, interrupt=interrupt)
 
     def is_stale(self, run_id: str) -> bool:
         """True when the run's journal comes from an earlier boot (or has no plan): never resume it."""
@@ -145,7 +148,7 @@ class Executor:
         return head is None or head.get("boot_id") != boot_id()
 
     async def resume(self, run_id: str, *, plan: Plan | None = None,
-                     power_restored: Callable[[], bool] | None = None) -> RunRecord:
+                     power_restored: Callable[[], bool] | None = None, interrupt: Interrupt | None = None) -> RunRecord:
         """Finish a run a killed process left in the journal, without repeating finished steps.
 
         ``plan`` (rebuilt from the host's configuration) is what runs; the journal only says
@@ -176,13 +179,13 @@ class Executor:
             started_steps = {e["step"] for e in events if e.get("event") == "step-start"}
             trigger = {**head["trigger"], "resumed": True}  # its duration includes the downtime
             return await self._execute(run_id, plan, trigger, head["t"], done, power_restored,
-                                       past_no_return=_past_no_return(plan, started_steps))
+                                       past_no_return=_past_no_return(plan, started_steps), interrupt=interrupt)
 
     # -- the run ---------------------------------------------------------------------------
 
     async def _execute(self, run_id: str, plan: Plan, trigger: dict[str, Any], started: float,
                        done: dict[str, dict[str, Any]], power_restored: Callable[[], bool] | None,
-                       past_no_return: bool = False) -> RunRecord:
+                       past_no_return: bool = False, interrupt: Interrupt | None = None) -> RunRecord:
         record = RunRecord(id=run_id, kind=RunKind(plan.kind), trigger=trigger, dry_run=False,
                            started_at=datetime.fromtimestamp(started, UTC))
         outcomes: list[StepOutcome] = [_from_journal(plan, e) for e in done.values()]
@@ -197,6 +200,13 @@ class Executor:
                     and power_restored()):
                 log.warning("power is back before the first disruptive stage: aborting the %s", plan.kind)
                 await self._undo(outcomes)
+                aborted = True
+                break
+            reason = await interrupt() if interrupt is not None and index > 0 else None
+            if reason:
+                log.warning("%s: aborting the %s before stage %s", reason, plan.kind, stage.name)
+                stage_records["interrupted"] = StageRecord(name="interrupted", duration_s=0,
+                                                           result=RunResult.aborted, detail=reason)
                 aborted = True
                 break
             self.progress.stage_started(stage, index, len(plan.stages))

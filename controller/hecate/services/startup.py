@@ -12,6 +12,10 @@ watches the GitRepository; when it is not Ready *and* the Gitea workload is not
 available for ``flux.detection_window_s``, it applies the cached manifests (missing
 objects only), points the GitRepository at the fallback branch if one is given, asks
 Flux to reconcile, and waits for the GitRepository and the Kustomizations to be Ready.
+
+Before every stage after the preflight the UPSes are read again: if mains has failed
+again the startup stops (recorded as ``aborted``), which frees the run lock for the
+daemon's shutdown.
 """
 
 from __future__ import annotations
@@ -314,6 +318,15 @@ async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress,
               force_branch: str | None = None) -> RunRecord:
     """Execute the startup (resuming one a killed process left this boot). Raises ``RunInProgress``."""
     plan = startup_plan(config, force_branch=force_branch)
+    reader = nut.NutReader(timeout=2.0)
+    protecting = [u for u in config.ups if u.protects_cluster]
+
+    async def power_failed_again() -> str | None:
+        """Mains failing again during a startup: stop, so that the daemon's shutdown can take the lock."""
+        snapshots = await asyncio.gather(*(reader.read(u) for u in protecting))
+        on_battery = [s.ups for s in snapshots if s.on_battery]
+        return f"UPS {', '.join(on_battery)} on battery again" if on_battery else None
+
     async with remote.connected(config, config.startup.parallelism, kube_cooldown=KUBE_COOLDOWN_S) as conn:
         executor = Executor(StateStore(config.state_dir), actions(config, conn), progress)
-        return await executor.run_or_resume(plan, trigger)
+        return await executor.run_or_resume(plan, trigger, interrupt=power_failed_again if protecting else None)
