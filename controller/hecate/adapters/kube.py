@@ -129,9 +129,10 @@ _FLUX_BY_KIND = {f.kind: f for f in (*FLUX_KINDS, GIT_REPOSITORY)}
 _WORKLOADS = {"Deployment": "deployment", "StatefulSet": "stateful_set"}
 _READABLE_WORKLOADS = {**_WORKLOADS, "DaemonSet": "daemon_set"}
 # Kinds Hecate can export to and create from the bootstrap cache: kind -> (plural, namespaced).
-# The apiVersion comes from the object itself.
+# The apiVersion comes from the object itself. No Secrets: they survive an outage in etcd, and a
+# copy on the coordinator's disk would be one more place to steal them from (manifests/rbac.yaml).
 OBJECT_KINDS: dict[str, tuple[str, bool]] = {
-    "Namespace": ("namespaces", False), "ConfigMap": ("configmaps", True), "Secret": ("secrets", True),
+    "Namespace": ("namespaces", False), "ConfigMap": ("configmaps", True),
     "Service": ("services", True), "ServiceAccount": ("serviceaccounts", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
     "Deployment": ("deployments", True), "StatefulSet": ("statefulsets", True), "DaemonSet": ("daemonsets", True),
@@ -139,7 +140,7 @@ OBJECT_KINDS: dict[str, tuple[str, bool]] = {
     "Kustomization": ("kustomizations", True), "HelmRelease": ("helmreleases", True),
 }
 _DEFAULT_API_VERSION = {
-    "Namespace": "v1", "ConfigMap": "v1", "Secret": "v1", "Service": "v1", "ServiceAccount": "v1",
+    "Namespace": "v1", "ConfigMap": "v1", "Service": "v1", "ServiceAccount": "v1",
     "PersistentVolumeClaim": "v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1",
     "GitRepository": "source.toolkit.fluxcd.io/v1", "HelmRepository": "source.toolkit.fluxcd.io/v1",
     "Kustomization": "kustomize.toolkit.fluxcd.io/v1", "HelmRelease": "helm.toolkit.fluxcd.io/v2",
