@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from hecate.adapters.kube import DEFAULT_API_VERSION, OBJECT_KINDS
 from hecate.domain import policy
 from hecate.domain.policy import PowerPolicySpec, parse_policy
 
@@ -185,6 +186,11 @@ def test_the_crd_is_a_valid_customresourcedefinition() -> None:
 # -- manifests/ -----------------------------------------------------------------------------------
 
 
+def _group(kind: str) -> str:
+    api_version = DEFAULT_API_VERSION[kind]
+    return api_version.rpartition("/")[0]
+
+
 def test_rbac_is_valid_and_grants_only_what_the_steps_need() -> None:
     role, binding = load_all(MANIFESTS / "rbac.yaml")
     for obj in (role, binding):
@@ -205,7 +211,10 @@ def test_rbac_is_valid_and_grants_only_what_the_steps_need() -> None:
         *(("hecate.io", "powerpolicies", v) for v in ("get", "list", "watch")),
         *(("hecate.io", "powerpolicies/status", v) for v in ("get", "patch", "update")),
         *((g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")),
-        *(("", r, v) for r in ("services", "configmaps", "namespaces") for v in ("get", "create")),
+        # The bootstrap cache: get + create on exactly the kinds the kube adapter can cache.
+        *((_group(kind), plural, v) for kind, (plural, _) in OBJECT_KINDS.items() for v in ("get", "create")),
+        # Drills delete the workloads they expect startup to re-create.
+        *(("apps", r, "delete") for r in ("deployments", "statefulsets", "daemonsets")),
     }
     assert granted == wanted
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "hecate"}

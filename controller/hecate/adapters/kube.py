@@ -139,7 +139,7 @@ OBJECT_KINDS: dict[str, tuple[str, bool]] = {
     "GitRepository": ("gitrepositories", True), "HelmRepository": ("helmrepositories", True),
     "Kustomization": ("kustomizations", True), "HelmRelease": ("helmreleases", True),
 }
-_DEFAULT_API_VERSION = {
+DEFAULT_API_VERSION = {
     "Namespace": "v1", "ConfigMap": "v1", "Service": "v1", "ServiceAccount": "v1",
     "PersistentVolumeClaim": "v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1",
     "GitRepository": "source.toolkit.fluxcd.io/v1", "HelmRepository": "source.toolkit.fluxcd.io/v1",
@@ -705,7 +705,7 @@ class Kube:
             raise ValueError(f"{ref}: kind {kind} is not one of {', '.join(sorted(OBJECT_KINDS))}")
         try:
             data = await self._raw(f"get {ref}", "GET",
-                                   _path(api_version or _DEFAULT_API_VERSION[kind], kind, namespace or None, name))
+                                   _path(api_version or DEFAULT_API_VERSION[kind], kind, namespace or None, name))
         except KubeNotFound:
             return None
         return dict(data or {})
@@ -731,7 +731,7 @@ class Kube:
                 result["failed"][ref] = f"kind {kind} cannot be applied from the cache"
                 continue
             meta = manifest.get("metadata") or {}
-            api_version = str(manifest.get("apiVersion") or _DEFAULT_API_VERSION[kind])
+            api_version = str(manifest.get("apiVersion") or DEFAULT_API_VERSION[kind])
             namespace = meta.get("namespace") if OBJECT_KINDS[kind][1] else None
             try:
                 if await self.get_object(ref, api_version) is not None:
@@ -757,7 +757,7 @@ class Kube:
         if kind not in OBJECT_KINDS:
             raise ValueError(f"{ref}: kind {kind} is not one of {', '.join(sorted(OBJECT_KINDS))}")
         try:
-            await self._raw(f"delete {ref}", "DELETE", _path(_DEFAULT_API_VERSION[kind], kind, namespace or None, name),
+            await self._raw(f"delete {ref}", "DELETE", _path(DEFAULT_API_VERSION[kind], kind, namespace or None, name),
                             write=True)
         except KubeNotFound:
             return False
