@@ -162,3 +162,11 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     missing = run_cli("status", "--config", str(tmp_path / "absent.yaml"))
     assert missing.returncode == 2
     assert "file not found" in missing.stderr
+
+
+def test_wake_command_needs_its_argv() -> None:
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="wake_command"):
+        HecateConfig.model_validate({"startup": {"wake": "command"}})
+    assert HecateConfig.model_validate({"startup": {"wake": "command", "wake_command": ["wake", "{node}"]}})

@@ -345,4 +345,6 @@ class HecateConfig(_Section):
     def _consistent(self) -> HecateConfig:
         if self.role is Role.peer and self.peer.coordinator_url is None:
             raise ValueError("role 'peer' needs peer.coordinator_url")
+        if self.startup.wake is Wake.command and not self.startup.wake_command:
+            raise ValueError("startup.wake 'command' needs startup.wake_command")
         return self
