@@ -41,7 +41,7 @@ from hecate.services.executor import ActionFn, Executor, Progress, StepFailed
 
 log = logging.getLogger(__name__)
 
-POLL_S = 1.0
+POLL_S = 0.5
 KUBE_COOLDOWN_S = 1.0  # startup polls an API that is coming up: retry it soon after a refusal
 
 
