@@ -1,0 +1,88 @@
+"""The operator's own calls to the API: is it there, is the CRD there, write the status.
+
+Built on :class:`hecate.adapters.kube.Kube` (the same kubeconfig, timeouts and error
+translation as the shutdown's Kubernetes steps: :class:`~hecate.adapters.kube.ApiUnavailable`
+for "the API is gone", :class:`~hecate.adapters.kube.KubeNotFound` for a 404). kopf reads
+the cluster through its own client; :meth:`PolicyApi.connection_info` gives it the same
+kubeconfig (``cluster.kubeconfig``), never in-cluster config or ``~/.kube``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kopf
+import yaml
+from kubernetes import client as kclient
+from kubernetes import config as kconfig
+from kubernetes.config.config_exception import ConfigException
+
+from hecate.adapters.kube import ApiUnavailable, Kube, KubeNotFound
+from hecate.domain import policy as policy_mod
+
+MERGE_PATCH = "application/merge-patch+json"
+ROOT = f"/apis/{policy_mod.GROUP}/{policy_mod.VERSION}"
+
+
+class CrdMissing(Exception):
+    """The API serves no ``powerpolicies.hecate.io``."""
+
+
+class PolicyApi(Kube):
+    def __init__(self, kubeconfig: Path, timeout: float) -> None:
+        # A short cool-down: the supervisor paces its own retries.
+        super().__init__(kubeconfig, timeout, cooldown=0.5)
+
+    def object_path(self, name: str) -> str:
+        return f"{ROOT}/{policy_mod.PLURAL}/{name}"
+
+    async def probe(self, name: str) -> bool:
+        """Whether PowerPolicy ``name`` exists; raises ApiUnavailable, or CrdMissing."""
+        try:
+            data = await self._raw(f"discover {policy_mod.API_VERSION}", "GET", ROOT)
+        except KubeNotFound:
+            raise CrdMissing(f"the API serves no {policy_mod.CRD_NAME} (apply crds/powerpolicy.yaml)") from None
+        if not any(r.get("name") == policy_mod.PLURAL for r in (data or {}).get("resources") or []):
+            raise CrdMissing(f"the API serves no {policy_mod.CRD_NAME} (apply crds/powerpolicy.yaml)")
+        try:
+            await self._raw(f"get PowerPolicy {name}", "GET", self.object_path(name))
+        except KubeNotFound:
+            return False
+        return True
+
+    async def patch_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch ``status`` through the status subresource; KubeNotFound if the object is gone."""
+        await self._raw(f"patch PowerPolicy {name} status", "PATCH", self.object_path(name) + "/status",
+                        {"status": status}, write=True, content_type=MERGE_PATCH)
+
+    def connection_info(self) -> kopf.ConnectionInfo:
+        """kopf's credentials from ``cluster.kubeconfig``, read now (raises ApiUnavailable if it is unusable)."""
+        if not self.kubeconfig.is_file():
+            raise ApiUnavailable(f"kubeconfig {self.kubeconfig} does not exist")
+        cfg = kclient.Configuration()
+        try:
+            kconfig.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(self.kubeconfig), context=self.context, client_configuration=cfg,
+                persist_config=False)
+        except (ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as err:
+            raise ApiUnavailable(f"cannot use kubeconfig {self.kubeconfig}: {err}") from err
+        header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+        scheme: str | None = None
+        token: str | None = None
+        if header:
+            parts = header.split(" ", 1)
+            scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+        if not cfg.host:
+            raise ApiUnavailable(f"kubeconfig {self.kubeconfig} names no server")
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert or None,
+            insecure=not cfg.verify_ssl,
+            username=cfg.username or None,
+            password=cfg.password or None,
+            scheme=scheme,
+            token=token,
+            certificate_path=cfg.cert_file or None,
+            private_key_path=cfg.key_file or None,
+        )
