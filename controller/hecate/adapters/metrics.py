@@ -42,6 +42,7 @@ class StatusCollector(Collector):
                      "Consecutive polls below the threshold that trigger a shutdown.",
                      [([], trig["debounce_polls"])])
         yield from _run_metrics(doc["runs"])
+        yield from _policy_metrics(doc.get("policy"))
 
 
 def _gauge(name: str, doc: str, samples: list[tuple[list[str], float]], labels: tuple[str, ...] = ()) -> Metric:
@@ -83,6 +84,21 @@ def _run_metrics(runs: dict[str, Any]) -> Iterator[Metric]:
     yield total
     yield _gauge("hecate_last_run_duration_seconds", "Duration of the last executed run of each kind.",
                  [([kind], seconds) for kind, seconds in sorted(runs["last_duration_s"].items())], ("kind",))
+
+
+POLICY_SOURCES = ("cluster", "cache", "host")
+
+
+def _policy_metrics(policy: dict[str, Any] | None) -> Iterator[Metric]:
+    if not policy:
+        return
+    yield _gauge("hecate_policy_source",
+                 "1 for where the policy in force comes from: the cluster's PowerPolicy, the cache of the last "
+                 "valid one, or hecate.yaml alone (host).",
+                 [([s], 1.0 if policy["source"] == s else 0.0) for s in POLICY_SOURCES], ("source",))
+    if policy.get("age_s") is not None:
+        yield _gauge("hecate_policy_age_seconds", "Time since the PowerPolicy in force was taken (cached) by Hecate.",
+                     [([], policy["age_s"])])
 
 
 def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:

@@ -9,6 +9,25 @@ def _num(value: float | None, unit: str = "", fmt: str = "{:g}") -> str:
     return "-" if value is None else fmt.format(value) + unit
 
 
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def policy_line(policy: dict[str, Any] | None) -> str:
+    """Which policy is in force: ``Policy:    cache — PowerPolicy titan generation 3, cached 2 h ago (...)``."""
+    if not policy:
+        return "Policy:    hecate.yaml"
+    if policy["source"] == "host":
+        return f"Policy:    hecate.yaml ({policy['detail']})"
+    what = f"PowerPolicy {policy['name']} generation {policy['generation']}, cached {_age(policy['age_s'])} ago"
+    return f"Policy:    {policy['source']} — {what} ({policy['detail']})"
+
+
 def status_text(doc: dict[str, Any]) -> str:
     budget, trig = doc["budget"], doc["trigger"]
     source = "daemon" if doc["source"] == "daemon" else "polled directly (no daemon answered)"
@@ -31,6 +50,7 @@ def status_text(doc: dict[str, Any]) -> str:
         f"Budget:    {budget['seconds']:g} s ({budget['source']}{measured}); "
         f"threshold = {budget['safety_factor']:g} x budget = {budget['threshold_s']:.0f} s",
     ]
+    lines.append(policy_line(doc.get("policy")))
     decision = trig["decision"]
     if decision:
         lines.append(f"Trigger:   SHUTDOWN decided — UPS {decision['ups']}, {decision['reason']}: {decision['detail']}")

@@ -12,6 +12,14 @@ resumed at start. With ``flux.bootstrap_objects`` set, the daemon keeps the boot
 cache (what startup applies to break the Flux/Gitea deadlock) fresh while Flux is Ready.
 SIGTERM/SIGINT only set a flag: the loop stops after its poll, but a
 shutdown in progress is never cut short -- the daemon waits for it to finish.
+
+The policy in force (:mod:`hecate.services.policy`): at start, hecate.yaml with the
+cached PowerPolicy laid over it (if any); with ``policy.name`` set, the embedded operator
+(:mod:`hecate.operator`, kopf in its own thread, started after the monitor and the HTTP
+server) puts the cluster's PowerPolicy in force while the API is up. Every change of
+the effective configuration goes through :meth:`Daemon.apply` on the daemon's loop: the
+monitor's next poll decides with it and the next shutdown plans with it (a running
+shutdown keeps the plan it started with). The operator stops after the shutdown, last.
 """
 
 from __future__ import annotations
@@ -22,24 +30,37 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hecate.adapters import http, nut, systemd
 from hecate.adapters.store import RunInProgress, StateStore
 from hecate.domain import trigger
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
+from hecate.domain.runs import RunKind
 from hecate.services import bootstrap_cache, shutdown, status
 from hecate.services import monitor as monitor_mod
+from hecate.services import policy as policy_mod
+from hecate.services.executor import in_flight
 from hecate.services.progress import JsonLines
+
+if TYPE_CHECKING:
+    from hecate.operator import Operator, OperatorOptions
+    from hecate.operator.status import Snapshot
 
 log = logging.getLogger(__name__)
 
 
 class Daemon:
     def __init__(self, config: HecateConfig, reader: monitor_mod.UpsReader | None = None) -> None:
-        self.config = config
+        self.baseline = config
         self.store = StateStore(config.state_dir)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The daemon's loop, once running: policy changes from the operator's thread are applied on it."""
+        self.policy = policy_mod.PolicyState(config, self.store, on_change=self._policy_changed)
+        self.policy.load()  # the cache (if any) is in force from the first poll
+        config = self.config = self.policy.config
+        self.operator: Operator | None = None
         self.shutdown_task: asyncio.Task[None] | None = None
         self.dry_run = monitor_mod.dry_run_recorder(self.store)
         # Each read is bounded by the fast (on-battery) poll interval, so one silent upsd cannot
@@ -52,6 +73,44 @@ class Daemon:
     def shutting_down(self) -> bool:
         return self.shutdown_task is not None and not self.shutdown_task.done()
 
+    # -- the policy in force -------------------------------------------------------------------
+
+    def apply(self, config: HecateConfig) -> None:
+        """Put an effective configuration in force (on the daemon's loop).
+
+        The monitor decides with it from its next poll (thresholds, debounce, deadtime,
+        which UPSes protect the cluster; the budget is re-estimated with its trigger
+        settings) and the next shutdown plans with it. A shutdown already running keeps
+        its plan. The UPS list and ``shutdown.execute`` never change this way (a policy
+        cannot set them).
+        """
+        if config == self.config:
+            return
+        self.config = config
+        self.monitor.config = config
+        self.monitor.refresh_budget()
+        log.info("policy applied: threshold %.0f s (budget %g s x %g), debounce %d polls, protecting %s",
+                 self.monitor.budget.threshold_s, self.monitor.budget.seconds, config.trigger.safety_factor,
+                 config.trigger.debounce_polls, ", ".join(u.name for u in config.ups if u.protects_cluster) or "none")
+
+    def _policy_changed(self, _config: HecateConfig) -> None:
+        """Called by the policy state from any thread: apply the newest policy on the daemon's loop."""
+        loop = self.loop
+        if loop is None:  # not running yet: __init__ and run() read policy.config themselves
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon has stopped
+            loop.call_soon_threadsafe(lambda: self.apply(self.policy.config))
+
+    def status_document(self) -> dict[str, Any]:
+        return status.document(self.monitor, "daemon", self.policy.view)
+
+    def operator_snapshot(self) -> Snapshot:
+        """What the operator writes into the PowerPolicy's status (called on the daemon's loop)."""
+        from hecate.operator.status import Snapshot
+
+        return Snapshot(document=self.status_document(), shutting_down=self.shutting_down(),
+                        starting_up=in_flight(self.store, RunKind.startup) is not None, policy=self.policy.view)
+
     async def on_shutdown(self, decision: trigger.Decision, budget: Budget) -> None:
         if not self.config.shutdown.execute:
             await self.dry_run(decision, budget)
@@ -63,6 +122,8 @@ class Daemon:
 
     def start_shutdown(self, trigger_info: dict[str, Any]) -> None:
         self.shutdown_task = asyncio.create_task(self._shutdown(trigger_info), name="shutdown")
+        if self.operator is not None:
+            self.operator.poke()  # ShutdownInProgress now, not at the next status interval
 
     async def _shutdown(self, trigger_info: dict[str, Any]) -> None:
         # Resuming needs to know whether mains is back: wait for the first poll.
@@ -82,16 +143,20 @@ class Daemon:
             log.exception("shutdown run crashed")
         finally:
             self.monitor.refresh_budget()
+            if self.operator is not None:
+                self.operator.poke()
 
 
 async def run(config: HecateConfig, stop: asyncio.Event | None = None,
-              reader: monitor_mod.UpsReader | None = None) -> None:
+              reader: monitor_mod.UpsReader | None = None, *,
+              operator_options: OperatorOptions | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     daemon = Daemon(config, reader)
+    daemon.loop = loop
     if not config.shutdown.execute:
         log.warning("shutdown.execute is false: shutdown decisions are recorded as dry-runs only")
-    app = http.make_app(lambda: status.document(daemon.monitor, "daemon"), lambda: daemon.monitor.ready)
+    app = http.make_app(daemon.status_document, lambda: daemon.monitor.ready)
     runner = await http.start(app, config.metrics.bind)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -100,9 +165,15 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
     # the run needs the monitor (is mains back?) and systemd must keep seeing keep-alives.
     halt = asyncio.Event()
     tasks = [asyncio.create_task(daemon.monitor.run(halt), name="monitor")]
-    if config.flux.bootstrap_objects:
-        tasks.append(asyncio.create_task(bootstrap_cache.keep_fresh(config, halt, daemon.shutting_down),
+    if daemon.config.flux.bootstrap_objects:  # the policy in force at start (hecate.yaml + the cache)
+        tasks.append(asyncio.create_task(bootstrap_cache.keep_fresh(daemon.config, halt, daemon.shutting_down),
                                          name="bootstrap-cache"))
+    if config.policy.name:  # after the monitor and the HTTP server; kopf lives in its own thread and loop
+        from hecate.operator import Operator
+
+        daemon.operator = Operator(config, daemon.policy, daemon.operator_snapshot, operator_options)
+        daemon.operator.start()
+        log.info("operator: watching PowerPolicy %s (kubeconfig %s)", config.policy.name, config.cluster.kubeconfig)
     pending = shutdown.in_flight_shutdown(daemon.store)
     if pending is not None:
         log.warning("a shutdown (%s) was in flight when Hecate stopped: resuming it", pending)
@@ -136,6 +207,9 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
         await asyncio.gather(*tasks, return_exceptions=True)
         if daemon.shutdown_task is not None:  # decided in the very last poll: still finish it
             await asyncio.gather(daemon.shutdown_task, return_exceptions=True)
+        if daemon.operator is not None:  # last: it reports the shutdown until it is over
+            await daemon.operator.stop()
+        daemon.loop = None
         await runner.cleanup()
 
 

@@ -15,6 +15,7 @@ from hecate.domain.config import HecateConfig
 from hecate.domain.runs import RunRecord
 from hecate.domain.trigger import AlertKind, Decision, UpsState
 from hecate.services.monitor import Monitor, to_wall
+from hecate.services.policy import PolicyView, baseline_view
 
 RECENT_RUNS = 5
 
@@ -57,9 +58,16 @@ def _runs(runs: list[RunRecord]) -> dict[str, Any]:
     }
 
 
-def document(monitor: Monitor, source: str) -> dict[str, Any]:
-    """The status of everything the monitor knows. ``source``: ``daemon`` or ``direct``."""
+def document(monitor: Monitor, source: str, policy: PolicyView | None = None) -> dict[str, Any]:
+    """The status of everything the monitor knows. ``source``: ``daemon`` or ``direct``.
+
+    ``policy``: which policy is in force (the daemon's); without it the document says the
+    values are hecate.yaml's (``hecate status`` polling directly).
+    """
     config, view = monitor.config, monitor.view
+    if policy is None:
+        policy = baseline_view(config, "polled directly: hecate.yaml's values (a running daemon would also apply "
+                                       "the cached or cluster PowerPolicy)")
     outcome = view.outcome
     ups = []
     for u in config.ups:
@@ -107,5 +115,6 @@ def document(monitor: Monitor, source: str) -> dict[str, Any]:
         "alerts": [{"ups": a.ups, "kind": a.kind.value, "message": a.message}
                    for a in (outcome.alerts if outcome else ())],
         "runs": _runs(runs),
+        "policy": policy.as_dict(),
         "warnings": list(monitor.store.warnings),
     }
