@@ -10,6 +10,13 @@ interpreter) and of one that has only imported ``hecate.daemon``, and the wall t
 ``hecate --version`` (interpreter start + the CLI import). ``hecate status`` is timed
 against the running daemon and, after it stopped, with no daemon (``metrics.listen``
 on an unused port, so it polls the 4 UPSes itself).
+
+The embedded operator's cost (``daemon_operator_rss``): the same daemon (1 lab UPS) run
+twice against the lab's emulated API holding the PowerPolicy CRD and the example
+policy -- once without ``policy.name`` (no operator, kopf never imported), once with it
+(kopf connected, the policy Accepted, the status written every 30 s) -- each sampled for
+``OPERATOR_WATCH_S`` after it settled. ``python -m benchmarks.footprint operator`` runs
+only that part.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from benchmarks.reaction import (
     daemon_status,
     hecate_argv,
@@ -34,7 +43,8 @@ from benchmarks.reaction import (
     wait_daemon_ready,
     write_daemon_config,
 )
-from hecate.lab.procs import free_port
+from hecate.lab.kubeapi import api_url, start_kubeapi, stop_kubeapi
+from hecate.lab.procs import free_port, wait_for
 from hecate.lab.ups import LabUps, start_ups
 
 UPSES = 4
@@ -46,6 +56,8 @@ TARGET_CPU_PCT = 0.5
 TARGET_STATUS_S = 0.4
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+OPERATOR_WATCH_S = 40.0  # longer than the 30 s status interval: one status write falls in the window
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -172,3 +184,100 @@ def run() -> Iterator[dict[str, Any]]:
         "with_daemon_pass": statistics.median(with_daemon) <= TARGET_STATUS_S,
         "no_daemon_pass": statistics.median(direct) <= TARGET_STATUS_S,
     }
+    yield from operator_rss()
+
+
+def _api(kubeconfig: Path, method: str, path: str, body: Any) -> Any:
+    import urllib.request
+
+    req = urllib.request.Request(api_url(kubeconfig) + path, data=json.dumps(body).encode(), method=method,  # noqa: S310
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as rsp:  # noqa: S310 - the lab API on 127.0.0.1
+        return json.loads(rsp.read())
+
+
+def _accepted(kubeconfig: Path) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(api_url(kubeconfig) + "/apis/hecate.io/v1alpha1/powerpolicies/titan",  # noqa: S310
+                                timeout=2) as rsp:
+        obj = json.loads(rsp.read())
+    return any(c["type"] == "Accepted" and c["status"] == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+def _watch(pid: int, seconds: float) -> tuple[list[float], float]:
+    """RSS samples (MiB, every second) and CPU % of one core over ``seconds``."""
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    samples: list[float] = []
+    while time.monotonic() - t0 < seconds:
+        samples.append(rss_mib(pid))
+        time.sleep(SAMPLE_EVERY_S)
+    return samples, 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+
+
+def operator_rss() -> Iterator[dict[str, Any]]:
+    """The daemon's RSS without the operator and with it, in the same run."""
+    progress("footprint: operator RSS: baselines")
+    import_daemon = idle_rss("import hecate.daemon")
+    import_operator = idle_rss("import hecate.daemon, hecate.operator")
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="hecate-bench-operator-") as tmp:
+        work = Path(tmp)
+        ups = None
+        api = None
+        daemon = None
+        try:
+            ups = start_ups(work, "pyrphoros")
+            (work / "kube").mkdir()
+            (work / "kube" / "nodes.json").write_text(json.dumps({"nodes": [], "flux": False}))
+            kubeconfig = work / "kube" / "kubeconfig"
+            api = start_kubeapi(work / "kube" / "nodes.json", kubeconfig, work / "kube" / "kubeapi.log")
+            _api(kubeconfig, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                 yaml.safe_load((ROOT / "crds" / "powerpolicy.yaml").read_text()))
+            _api(kubeconfig, "POST", "/apis/hecate.io/v1alpha1/powerpolicies",
+                 yaml.safe_load((ROOT / "manifests" / "powerpolicy-example.yaml").read_text()))
+            for label, policy in (("without_operator", {}), ("with_operator", {"name": "titan"})):
+                port = free_port()
+                config = write_daemon_config(work / f"{label}.yaml", work / f"state-{label}", [ups], port)
+                data = yaml.safe_load(config.read_text())
+                data.update(cluster={"kubeconfig": str(kubeconfig)}, policy=policy)
+                config.write_text(yaml.safe_dump(data))
+                log = work / f"{label}.log"
+                daemon = start_daemon(config, log)
+                wait_daemon_ready(daemon, port, log)
+                if policy:
+                    wait_for(lambda: _accepted(kubeconfig), 30, "the PowerPolicy Accepted", log)
+                    source = daemon_status(port)["policy"]["source"]
+                    if source != "cluster":
+                        raise RuntimeError(f"the operator did not put the cluster's policy in force: {source}")
+                progress(f"footprint: operator RSS: {label}: settling {SETTLE_S:g} s, watching {OPERATOR_WATCH_S:g} s")
+                time.sleep(SETTLE_S)
+                rss, cpu_pct = _watch(daemon.pid, OPERATOR_WATCH_S)
+                threads = len(list(Path(f"/proc/{daemon.pid}/task").iterdir()))
+                stop_daemon(daemon)
+                results[label] = {"rss_mean_mib": round(statistics.mean(rss), 1), "rss_max_mib": round(max(rss), 1),
+                                  "cpu_pct_of_one_core": round(cpu_pct, 3), "threads": threads,
+                                  "exit_code_on_sigterm": daemon.returncode}
+                daemon = None
+        finally:
+            stop_daemon(daemon)
+            if api is not None:
+                stop_kubeapi(api)
+            if ups is not None:
+                ups.stop()
+    yield {
+        "result": "daemon_operator_rss",
+        "upses": 1,
+        "watch_s": OPERATOR_WATCH_S,
+        **results,
+        "operator_rss_delta_mean_mib": round(results["with_operator"]["rss_mean_mib"]
+                                             - results["without_operator"]["rss_mean_mib"], 1),
+        "baseline_python_import_hecate_daemon_rss_mib": round(import_daemon, 1),
+        "baseline_python_import_hecate_operator_rss_mib": round(import_operator, 1),
+    }
+
+
+if __name__ == "__main__":
+    for result in (operator_rss() if sys.argv[1:] == ["operator"] else run()):
+        print(json.dumps({"benchmark": "footprint", **result}), flush=True)

@@ -25,6 +25,8 @@ def policy_line(policy: dict[str, Any] | None) -> str:
     if policy["source"] == "host":
         return f"Policy:    hecate.yaml ({policy['detail']})"
     what = f"PowerPolicy {policy['name']} generation {policy['generation']}, cached {_age(policy['age_s'])} ago"
+    if policy["source"] == "cluster":
+        return f"Policy:    cluster — {what}"
     return f"Policy:    {policy['source']} — {what} ({policy['detail']})"
 
 
