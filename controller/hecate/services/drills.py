@@ -17,9 +17,10 @@ writes nothing). With ``execute`` it:
 Each drill is recorded in ``runs.json`` as a run of kind ``drill`` (stages ``break``,
 ``startup``, ``checks``). The drills:
 
-- ``flux-gitea-deadlock``: delete the workloads of ``flux.bootstrap_objects`` (Gitea
-  and what it needs) with Flux suspended: Flux cannot fetch, Gitea cannot come back
-  through Flux. Startup must detect the deadlock and break it from the cache.
+- ``flux-gitea-deadlock``: delete the workloads of ``flux.bootstrap_objects`` that are not
+  foundation workloads (Gitea and what it needs) with Flux suspended: Flux cannot fetch,
+  Gitea cannot come back through Flux. Startup must detect the deadlock and break it
+  from the cache.
 - ``foundation-recovery``: delete the foundation workloads (``startup.foundation``)
   that are in the cache. Startup's foundation stage must re-create them and wait until
   they serve.
@@ -77,19 +78,23 @@ class Drill:
     """What the drill breaks, from the configuration alone (the dry-run shows this)."""
 
 
-def _deletable(config: HecateConfig, refs: list[str]) -> list[str]:
-    return [kube_mod.config_ref(r) for r in refs if r.split("/")[1].lower() in WORKLOAD_KINDS]
+def deletes(config: HecateConfig, name: str) -> list[str]:
+    """The workloads a drill deletes (``Kind/namespace/name``).
+
+    ``flux-gitea-deadlock``: the workloads of ``flux.bootstrap_objects`` that are not foundation
+    workloads (those are ``foundation-recovery``'s: the foundation stage would re-create them
+    before Flux is even looked at). ``foundation-recovery``: the foundation workloads that are cached.
+    """
+    cached = [r for r in config.flux.bootstrap_objects if r.split("/")[1].lower() in WORKLOAD_KINDS]
+    if name == "flux-gitea-deadlock":
+        return [kube_mod.config_ref(r) for r in cached if r not in config.startup.foundation]
+    if name == "foundation-recovery":
+        return [kube_mod.config_ref(r) for r in config.startup.foundation if r in cached]
+    return []
 
 
-def _deadlock_targets(config: HecateConfig) -> list[str]:
-    return ["suspend Flux (as a shutdown does)",
-            *(f"delete {r}" for r in _deletable(config, config.flux.bootstrap_objects))]
-
-
-def _foundation_targets(config: HecateConfig) -> list[str]:
-    cached = set(config.flux.bootstrap_objects)
-    return ["suspend Flux (as a shutdown does)",
-            *(f"delete {kube_mod.config_ref(r)}" for r in config.startup.foundation if r in cached)]
+def _delete_targets(config: HecateConfig, name: str) -> list[str]:
+    return ["suspend Flux (as a shutdown does)", *(f"delete {r}" for r in deletes(config, name))]
 
 
 def _resume_targets(config: HecateConfig) -> list[str]:
@@ -101,9 +106,9 @@ def _resume_targets(config: HecateConfig) -> list[str]:
 
 DRILLS: dict[str, Drill] = {d.name: d for d in (
     Drill("flux-gitea-deadlock", "Gitea and what it needs are gone while Flux needs Gitea: startup must break "
-          "the deadlock from the bootstrap cache", _deadlock_targets),
+          "the deadlock from the bootstrap cache", lambda c: _delete_targets(c, "flux-gitea-deadlock")),
     Drill("foundation-recovery", "foundation workloads are gone: startup must re-create them from the cache "
-          "and wait until they serve", _foundation_targets),
+          "and wait until they serve", lambda c: _delete_targets(c, "foundation-recovery")),
     Drill("reconciliation-resume", "what a shutdown's first stages leave behind: startup must resume exactly "
           "Hecate's suspensions, replicas and cordons", _resume_targets),
 )}
@@ -151,7 +156,10 @@ async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]
     if not repo["ready"]:
         raise DrillRefused(f"GitRepository {flux.namespace}/{flux.git_repository} is not Ready before the drill: "
                            f"{repo['message']} -- drills start from a healthy cluster")
-    refreshed = await bootstrap_cache.refresh(config, kube)
+    try:
+        refreshed = await bootstrap_cache.refresh(config, kube)
+    except kube_mod.KubeNotFound as err:  # an object of flux.bootstrap_objects is gone: use the cache as it is
+        refreshed = {"written": False, "objects": 0, "reason": str(err)}
     cached = {kube_mod.object_ref(o) for o in bootstrap_cache.load(flux.fallback_manifests_dir)}
     status = await kube.flux_status()
     replicas: dict[str, int] = {}
@@ -166,11 +174,10 @@ async def _break(config: HecateConfig, kube: kube_mod.Kube, name: str,
                  before: dict[str, Any]) -> Callable[[], Awaitable[list[str]]]:
     """Break the cluster; returns the coroutine function that restores it."""
     if name in ("flux-gitea-deadlock", "foundation-recovery"):
-        refs = (_deletable(config, config.flux.bootstrap_objects) if name == "flux-gitea-deadlock" else
-                [kube_mod.config_ref(r) for r in config.startup.foundation if r in config.flux.bootstrap_objects])
+        refs = deletes(config, name)
         if not refs:
-            raise DrillRefused("nothing to break: " + ("flux.bootstrap_objects has no workload"
-                                                       if name == "flux-gitea-deadlock" else
+            raise DrillRefused("nothing to break: " + ("flux.bootstrap_objects has no workload outside "
+                                                       "startup.foundation" if name == "flux-gitea-deadlock" else
                                                        "no startup.foundation workload is in flux.bootstrap_objects"))
         uncached = [r for r in refs if r not in before["cached"]]
         if uncached:
@@ -237,9 +244,7 @@ async def _checks(config: HecateConfig, kube: kube_mod.Kube, name: str, before: 
                             f"created {record.changes.get('created')}"))
         gitea = await kube.workload(kube_mod.config_ref(flux.gitea_workload))
         checks.append(Check(f"{flux.gitea_workload} available", gitea["available"], gitea["detail"]))
-    refs = (_deletable(config, flux.bootstrap_objects) if name == "flux-gitea-deadlock" else
-            [kube_mod.config_ref(r) for r in config.startup.foundation] if name == "foundation-recovery" else [])
-    for ref in refs:
+    for ref in deletes(config, name):
         state = await kube.workload(ref)
         checks.append(Check(f"{ref} back and available", state["available"], state["detail"]))
     if name == "reconciliation-resume":
