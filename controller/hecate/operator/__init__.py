@@ -82,7 +82,7 @@ class OperatorOptions:
     backoff_max_s: float = 30.0
     """Restarts of kopf (and probes of an unreachable API) back off up to this."""
     stop_timeout_s: float = 10.0
-    """How long :meth:`Operator.stop` waits for kopf to finish."""
+    """How long :meth:`Operator.stop` waits for kopf to finish (plus one status write)."""
     kopf_log_level: int = logging.WARNING
     """kopf logs every handler run at INFO; the daemon keeps its warnings and errors."""
 
@@ -174,9 +174,10 @@ class Operator:
             with contextlib.suppress(RuntimeError):  # its loop already closed
                 loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, self.options.stop_timeout_s)
+            timeout = self.options.stop_timeout_s + self.config.cluster.api_timeout_s  # + the last status write
+            await asyncio.to_thread(self._thread.join, timeout)
             if self._thread.is_alive():
-                log.warning("the operator did not stop within %gs; leaving it", self.options.stop_timeout_s)
+                log.warning("the operator did not stop within %gs; leaving it", timeout)
 
     def poke(self) -> None:
         """Write the status soon (thread-safe), e.g. when a shutdown starts or ends."""
@@ -265,6 +266,9 @@ class Operator:
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            if self._stop.is_set():  # the daemon is stopping: leave the status current (e.g. the shutdown's end)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._write_status(), timeout=self.config.cluster.api_timeout_s)
 
     # -- kopf's handlers ----------------------------------------------------------------------
 
