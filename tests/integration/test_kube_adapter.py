@@ -4,7 +4,7 @@ The pure pieces -- the lab's PodDisruptionBudget rule and the adapter's drain fi
 are tested first, without a server. The rest runs the real adapter (the official
 client, in threads) against a whole lab (``Lab.up``: real sshd nodes, emulated API)
 filled with ``seed_workloads``: Flux objects, tiered workloads, a DaemonSet pod per
-node and a PDB that blocks evicting ``data/postgres-0``.
+node and a PDB that blocks evicting ``gitea/gitea-postgresql-0``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from hecate.adapters.kube import (
     parse_ref,
 )
 from hecate.lab.cluster_seed import BLOCKED_POD, Seeded, seed_workloads
+from hecate.lab.cluster_sim import Delays
 from hecate.lab.kubeapi import (
     EVICTION_REFUSED,
     api_url,
@@ -49,6 +50,7 @@ from hecate.lab.testbed import Lab, LabSpec
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 API_TIMEOUT = 2.0
+FAST = Delays(api=0.2, node=0.1, pod=0.1)  # the lab cluster comes up (and seed_workloads returns) sooner
 
 
 # -- the PodDisruptionBudget rule, without a server ------------------------------------------
@@ -166,7 +168,7 @@ def test_parse_ref() -> None:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    running = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=1, agents=2))
+    running = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=1, agents=2, delays=FAST))
     try:
         yield running
     finally:
@@ -227,23 +229,24 @@ async def test_reads_make_no_writes(kube: Kube, seeded: Seeded) -> None:
 
 async def test_flux_suspend_then_resume_only_what_hecate_suspended(kube: Kube, seeded: Seeded,
                                                                    api: kclient.ApiClient) -> None:
-    assert seeded.flux_active == ["Kustomization/flux-system/flux-system", "HelmRelease/gitea/gitea"]
+    assert seeded.flux_active == ["Kustomization/flux-system/flux-system", "HelmRelease/gitea/gitea",
+                                  "HelmRelease/gitea/gitea-valkey"]
     assert seeded.flux_user_suspended == ["Kustomization/flux-system/experiments"]
 
     result = await kube.flux_suspend()
     assert result == {"suspended": seeded.flux_active, "already_suspended": seeded.flux_user_suspended}
-    assert kube.writes == 2
+    assert kube.writes == 3
     for ref in [*seeded.flux_active, *seeded.flux_user_suspended]:
         assert flux_suspend_field(api, ref) is True
 
     again = await kube.flux_suspend()  # idempotent: nothing written, and Hecate's own still count as Hecate's
     assert again == result
-    assert kube.writes == 2
+    assert kube.writes == 3
 
     resumed = await kube.flux_resume([*result["suspended"], "Kustomization/flux-system/deleted-meanwhile"],
                                      reconcile=True)
     assert resumed == seeded.flux_active  # the missing one is ignored
-    assert kube.writes == 5
+    assert kube.writes == 7
     for ref in seeded.flux_active:
         assert flux_suspend_field(api, ref) is False
     assert flux_suspend_field(api, "Kustomization/flux-system/experiments") is True  # the user's stays
@@ -298,6 +301,8 @@ async def test_cordon_reports_whether_hecate_changed_it(kube: Kube, api: kclient
 
 async def test_drain_evicts_skips_daemonsets_and_gives_up_on_a_pdb(kube: Kube, seeded: Seeded,
                                                                    api: kclient.ApiClient) -> None:
+    for agent in ("titan-a1", "titan-a2"):  # cordoned first, as a drain needs: the lab's controller re-creates
+        kclient.CoreV1Api(api).patch_node(agent, {"spec": {"unschedulable": True}})  # evicted pods elsewhere
     free_node = next(n for n in ("titan-a1", "titan-a2") if n != seeded.blocked_node)
     ds_pod = seeded.daemonset_pods[free_node]
     normal = sorted(set(seeded.pods_by_node[free_node]) - {ds_pod})
@@ -333,9 +338,10 @@ async def test_drain_evicts_skips_daemonsets_and_gives_up_on_a_pdb(kube: Kube, s
 async def test_an_eviction_the_api_will_never_accept_fails_without_waiting(
         kube: Kube, seeded: Seeded, lab: Lab) -> None:
     second_budget = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                     "metadata": {"name": "postgres-too", "namespace": "data"},
-                     "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "postgres"}}}}
-    assert post(lab, "/apis/policy/v1/namespaces/data/poddisruptionbudgets", second_budget) == 201
+                     "metadata": {"name": "gitea-postgresql-too", "namespace": "gitea"},
+                     "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "gitea-postgresql"}}}}
+    assert post(lab, "/apis/policy/v1/namespaces/gitea/poddisruptionbudgets", second_budget) == 201
+    await kube.cordon(seeded.blocked_node)  # or the lab's controller re-creates evicted StatefulSet pods right there
 
     start = time.monotonic()
     result = await kube.drain(seeded.blocked_node, timeout_s=5)
@@ -476,7 +482,7 @@ async def test_concurrent_calls_share_one_client(kube: Kube, seeded: Seeded) -> 
 
 async def test_repeated_shutdown_steps_still_know_what_hecate_changed(tmp_path: Path) -> None:
     """A resumed or repeated shutdown must not mistake Hecate's own changes for the user's."""
-    lab = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=1, agents=2))
+    lab = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=1, agents=2, delays=FAST))
     try:
         seed_workloads(lab.kubeconfig)
         async with Kube(lab.kubeconfig, 5) as kube:

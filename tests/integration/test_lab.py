@@ -1,11 +1,17 @@
-"""The whole lab, as Hecate will see it: config, UPS, SSH with strict host keys, API Ready flips."""
+"""The whole lab, as Hecate will see it: config, UPS, SSH with strict host keys, API Ready flips,
+and the emulated cluster's cold start after a full power-off (the Flux/Gitea bootstrap deadlock)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import subprocess
 import sys
+import time
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -13,9 +19,10 @@ from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
 from hecate.adapters import config
-from hecate.lab import nodes
+from hecate.lab import cluster_seed, kubeapi, nodes
+from hecate.lab.cluster_sim import Delays
 from hecate.lab.procs import alive, wait_for
-from hecate.lab.testbed import MANIFEST, Lab, LabSpec
+from hecate.lab.testbed import MANIFEST, Lab, LabSpec, timeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -131,3 +138,114 @@ def test_nodes_have_their_own_network_namespace_when_root(lab: Lab) -> None:
     assert node.address.startswith(lab.subnet)
     host_addrs = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
     assert f" {node.address}/" not in host_addrs  # the node's address lives only in its namespace
+
+
+# -- the emulated cluster's cold start: the Flux/Gitea bootstrap deadlock --------------------
+
+
+def api_call(lab: Lab, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    url = urllib.parse.urlsplit(kubeapi.api_url(lab.kubeconfig))
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=5)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        rsp = conn.getresponse()
+        data = rsp.read()
+        return rsp.status, json.loads(data) if data.startswith(b"{") else data
+    finally:
+        conn.close()
+
+
+def get(lab: Lab, path: str) -> Any:
+    status, body = api_call(lab, "GET", path)
+    assert status == 200, (path, status, body)
+    return body
+
+
+def condition_of(obj: Any) -> tuple[str, str, str]:
+    cond = next(c for c in obj["status"]["conditions"] if c["type"] in ("Ready", "Available"))
+    return cond["status"], cond.get("reason", ""), cond.get("message", "")
+
+
+GITEA = "/apis/apps/v1/namespaces/gitea/deployments/gitea"
+VALKEY = "/apis/apps/v1/namespaces/gitea/deployments/gitea-valkey"
+GIT = "/apis/source.toolkit.fluxcd.io/v1/namespaces/flux-system/gitrepositories/flux-system"
+KS = "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations/flux-system"
+VALKEY_HR = "/apis/helm.toolkit.fluxcd.io/v2/namespaces/gitea/helmreleases/gitea-valkey"
+CLONE_ERROR = ("failed to checkout and determine revision: unable to clone "
+               f"'{cluster_seed.GITEA_URL}': dial tcp gitea-http.gitea.svc.cluster.local:3000: "
+               "connect: connection refused")
+
+
+def deadlocked(lab: Lab) -> bool:
+    """Gitea waits for valkey, Flux cannot clone from Gitea, the HelmRelease that renders valkey waits for Flux."""
+    return (api_call(lab, "GET", VALKEY)[0] == 404
+            and condition_of(get(lab, GITEA))[0] == "False"
+            and condition_of(get(lab, GIT)) == ("False", "GitOperationFailed", CLONE_ERROR)
+            and condition_of(get(lab, KS))[:2] == ("False", "ArtifactFailed")
+            and condition_of(get(lab, VALKEY_HR))[:2] == ("False", "ArtifactFailed"))
+
+
+def test_a_cold_start_after_a_full_power_off_deadlocks_flux_and_gitea(tmp_path: Path) -> None:
+    delays = Delays(api=0.5, node=0.2, pod=0.2)
+    lab = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=3, agents=2, delays=delays))
+    try:
+        seeded = cluster_seed.seed_workloads(lab.kubeconfig)
+        assert condition_of(get(lab, GIT))[0] == "True"  # healthy: the seed waited for it
+        assert seeded.lost_on_cold_start == ["Deployment/gitea/gitea-valkey"]
+        valkey_pods = get(lab, "/api/v1/namespaces/gitea/pods?labelSelector=app%3Dgitea-valkey")["items"]
+        assert len(valkey_pods) == 1
+
+        servers = [n for n in lab.nodes if n.role == "server"]
+        for server in servers:  # through each node's sshd forced command, as Hecate's shutdown does
+            assert ssh_run(lab, server, "systemctl stop k3s")[0] == 0
+        all_down = "lab API down: 0 of 3 k3s servers running (quorum needs 2)"
+        wait_for(lambda: api_call(lab, "GET", "/version")[1].get("message") == all_down, 3, "the API down")
+        status, body = api_call(lab, "GET", GITEA)
+        assert (status, body["reason"], body["message"]) == (503, "ServiceUnavailable", all_down)
+
+        for server in servers:
+            assert ssh_run(lab, server, "systemctl start k3s")[0] == 0
+        wait_for(lambda: api_call(lab, "GET", "/version")[0] == 200, 5, "the API back")
+        assert api_call(lab, "GET", VALKEY)[0] == 404  # the cold start lost it, before serving
+        assert get(lab, "/api/v1/namespaces/gitea/pods?labelSelector=app%3Dgitea-valkey")["items"] == []
+        wait_for(lambda: deadlocked(lab), 3, "the deadlock")
+        gitea = get(lab, GITEA)
+        assert gitea["status"]["readyReplicas"] == 0
+        assert gitea["metadata"]["annotations"]["lab.hecate.io/depends-on"] == "gitea/deployment/gitea-valkey"
+        for ref in seeded.flux_active:  # nothing is suspended: Flux simply cannot get out
+            kind, namespace, name = ref.split("/")
+            path = KS if kind == "Kustomization" else f"/apis/helm.toolkit.fluxcd.io/v2/namespaces/{namespace}/" \
+                f"helmreleases/{name}"
+            assert not get(lab, path)["spec"].get("suspend")
+        until = time.monotonic() + 3  # 15 simulator steps, 15 pod delays: it stays so
+        while time.monotonic() < until:
+            assert deadlocked(lab)
+            time.sleep(0.25)
+
+        # The way out: put back what the HelmRelease would render, by hand.
+        [valkey] = json.loads(get(lab, VALKEY_HR)["metadata"]["annotations"]["lab.hecate.io/renders"])
+        assert api_call(lab, "POST", "/apis/apps/v1/namespaces/gitea/deployments", valkey)[0] == 201
+        wait_for(lambda: condition_of(get(lab, GITEA))[0] == "True", 3, "Gitea available")
+        wait_for(lambda: condition_of(get(lab, GIT))[0] == "True", 2, "the GitRepository Ready")
+        wait_for(lambda: condition_of(get(lab, KS))[0] == "True", 2, "the Kustomization Ready")
+        request = {"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "2025-06-15T15:00:00Z"}}}
+        assert api_call(lab, "PATCH", VALKEY_HR, request)[0] == 200
+        wait_for(lambda: get(lab, VALKEY_HR)["status"].get("lastHandledReconcileAt") == "2025-06-15T15:00:00Z", 2,
+                 "the HelmRelease reconciled")
+        assert condition_of(get(lab, VALKEY_HR))[:2] == ("True", "InstallSucceeded")
+
+        rows = [(who, what) for _, who, what in timeline(lab)]
+        assert ("kube-api", "lab API down: 1 of 3 k3s servers running (quorum needs 2)") in rows
+        assert ("cold-start", "Deployment/gitea/gitea-valkey: deleted (annotated lab.hecate.io/lost-on-cold-start "
+                "or owned by such an object): lost in the outage") in rows
+        assert ("kube-api", "lab API serving: 3 of 3 k3s servers running") in rows
+        assert ("flux", f"GitRepository/flux-system/flux-system: Ready=False (GitOperationFailed): {CLONE_ERROR}") \
+            in rows
+        assert any(who == "titan-s1" and what.startswith("systemctl stop k3s") for who, what in rows)
+        down = next(i for i, row in enumerate(rows) if row[1].startswith("lab API down"))
+        lost = next(i for i, row in enumerate(rows) if row[0] == "cold-start")
+        back = next(i for i, row in enumerate(rows) if i > down and row[1].startswith("lab API serving"))
+        assert down < lost < back  # in time order: down, cold start, serving again
+    finally:
+        lab.down()

@@ -8,6 +8,7 @@ selector matching are tested on their own first, without a server.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -15,7 +16,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from hecate.lab.kubeapi import (
     node_ready_condition,
     parse_manifest,
     parse_namespace_path,
+    read_events,
     start_kubeapi,
     stop_kubeapi,
 )
@@ -178,6 +180,9 @@ def test_manifest_is_validated() -> None:
 # -- the process, through the official client ----------------------------------------------
 
 
+FAST = {"api": 0.3, "node": 0.1, "pod": 0.1}  # the cluster simulator's delays for most tests, s
+
+
 @dataclass
 class Lab:
     dirs: dict[str, Path]
@@ -185,37 +190,48 @@ class Lab:
     kubeconfig: Path
     log: Path
     pid: int
+    roles: dict[str, str] = field(default_factory=lambda: dict(NODES))
 
     def set_k3s(self, name: str, active: bool) -> None:
-        service = service_for(NODES[name])
+        service = service_for(self.roles[name])
         state = "active" if active else "inactive"
         write_state(self.dirs[name], {"power": "on", "services": {service: state}})
 
     def power_off(self, name: str) -> None:
-        write_state(self.dirs[name], {"power": "off", "services": {service_for(NODES[name]): "inactive"}})
+        write_state(self.dirs[name], {"power": "off", "services": {service_for(self.roles[name]): "inactive"}})
+
+    @property
+    def events(self) -> Path:
+        return self.kubeconfig.parent / "events.jsonl"
 
 
-def write_lab(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+def write_lab(tmp_path: Path, roles: dict[str, str] | None = None,
+              delays: dict[str, float] | None = None) -> tuple[Path, dict[str, Path]]:
+    roles = roles or NODES
     dirs = {}
-    for name, role in NODES.items():
+    for name, role in roles.items():
         node_dir = tmp_path / "nodes" / name
         node_dir.mkdir(parents=True)
         write_state(node_dir, initial_state(role))
         dirs[name] = node_dir
     manifest = tmp_path / "lab-nodes.json"
-    manifest.write_text(json.dumps({"nodes": [
-        {"name": name, "role": role, "dir": str(dirs[name])} for name, role in NODES.items()
-    ]}))
+    data: dict[str, Any] = {"nodes": [{"name": name, "role": role, "dir": str(dirs[name])}
+                                      for name, role in roles.items()]}
+    if delays is not None:
+        data["delays"] = delays
+    manifest.write_text(json.dumps(data))
     return manifest, dirs
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    manifest, dirs = write_lab(tmp_path)
+@contextlib.contextmanager
+def running_lab(tmp_path: Path, roles: dict[str, str] | None = None,
+                delays: dict[str, float] | None = None) -> Iterator[Lab]:
+    manifest, dirs = write_lab(tmp_path, roles, delays)
     kubeconfig, log = tmp_path / "kubeconfig", tmp_path / "kubeapi.log"
     proc = start_kubeapi(manifest, kubeconfig, log, timeout=15)
     try:
-        yield Lab(dirs=dirs, manifest=manifest, kubeconfig=kubeconfig, log=log, pid=proc.pid)
+        yield Lab(dirs=dirs, manifest=manifest, kubeconfig=kubeconfig, log=log, pid=proc.pid,
+                  roles=dict(roles or NODES))
     finally:
         try:
             stop_kubeapi(proc.pid, timeout=5)
@@ -223,6 +239,20 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """One server, two agents; the simulator's default delays."""
+    with running_lab(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def fast_lab(tmp_path: Path) -> Iterator[Lab]:
+    """One server, two agents; short simulator delays (FAST)."""
+    with running_lab(tmp_path, delays=FAST) as running:
+        yield running
 
 
 @pytest.fixture
@@ -307,8 +337,8 @@ def test_ready_follows_the_k3s_service(lab: Lab, core: client.CoreV1Api) -> None
     assert up.reason == "KubeletReady"
     assert up.last_transition_time >= ready.last_transition_time
 
-    lab.power_off("lab-s1")
-    wait_for(lambda: ready_of(core.read_node("lab-s1")), "False")
+    lab.power_off("lab-a2")  # (the only server's power-off takes the API down: test_api_needs_a_server_quorum)
+    wait_for(lambda: ready_of(core.read_node("lab-a2")), "False")
 
 
 def test_cordon_persists(lab: Lab, core: client.CoreV1Api) -> None:
@@ -351,18 +381,18 @@ def test_watch_from_a_resource_version_with_timeout(lab: Lab, core: client.CoreV
     assert rv
     assert rv.isdigit()
 
-    timer = threading.Timer(0.5, lab.set_k3s, args=("lab-s1", False))
+    timer = threading.Timer(0.5, lab.set_k3s, args=("lab-a1", False))
     timer.start()
     try:
         w = watch.Watch()
         events = []
         for event in w.stream(core.list_node, resource_version=rv, timeout_seconds=5):
             events.append((event["type"], event["object"].metadata.name, ready_of(event["object"])))
-            if events[-1] == ("MODIFIED", "lab-s1", "False"):
+            if events[-1] == ("MODIFIED", "lab-a1", "False"):
                 w.stop()
     finally:
         timer.cancel()
-    assert events == [("MODIFIED", "lab-s1", "False")]  # nothing replayed from before rv
+    assert events == [("MODIFIED", "lab-a1", "False")]  # nothing replayed from before rv
 
     start = time.monotonic()  # the server ends the stream at timeoutSeconds
     latest = core.list_node().metadata.resource_version
@@ -518,12 +548,17 @@ def test_flux_crds_are_installed_at_start(lab: Lab, api: client.ApiClient) -> No
         "metadata": {"name": "flux-system"}, "spec": {"url": "http://gitea/ops/fleet.git", "ref": {"branch": "main"}},
     })
     crs.patch_namespaced_custom_object_status("source.toolkit.fluxcd.io", "v1", "flux-system", "gitrepositories",
-                                              "flux-system", {"status": {"conditions": [{"type": "Ready",
-                                                                                         "status": "False"}]}})
-    repo = crs.get_namespaced_custom_object("source.toolkit.fluxcd.io", "v1", "flux-system", "gitrepositories",
-                                            "flux-system")
-    assert repo["spec"]["ref"] == {"branch": "main"}
-    assert repo["status"]["conditions"][0]["status"] == "False"
+                                              "flux-system", {"status": {"url": "http://source-controller/x"}})
+
+    def repo() -> Any:
+        return crs.get_namespaced_custom_object("source.toolkit.fluxcd.io", "v1", "flux-system", "gitrepositories",
+                                                "flux-system")
+    assert repo()["spec"]["ref"] == {"branch": "main"}
+    assert repo()["status"]["url"] == "http://source-controller/x"  # the status subresource takes patches
+    # No lab.hecate.io/served-by: served from outside the cluster, so the simulator makes it Ready.
+    wait_for(lambda: repo()["status"]["conditions"][0]["status"], "True")
+    assert repo()["status"]["artifact"]["revision"].startswith("main@sha1:")
+    assert repo()["status"]["url"] == "http://source-controller/x"  # what the simulator does not own stays
 
 
 def test_namespaces_creates_and_not_found_speak_like_the_api(lab: Lab, core: client.CoreV1Api) -> None:
@@ -546,9 +581,12 @@ def evict(core: client.CoreV1Api, namespace: str, name: str, **kwargs: Any) -> A
     return core.create_namespaced_pod_eviction(name, namespace, body, **kwargs)
 
 
-def test_eviction_honours_the_disruption_budget(lab: Lab, core: client.CoreV1Api) -> None:
+def test_eviction_honours_the_disruption_budget(fast_lab: Lab) -> None:
+    lab = fast_lab
+    api_client = config.new_client_from_config(config_file=str(lab.kubeconfig))
+    core = client.CoreV1Api(api_client)
     seeded = seed_workloads(lab.kubeconfig)
-    assert seeded.blocked_node == "lab-a1"
+    assert seeded.blocked_node == "lab-a1"  # pinned to the first agent
     ns, name = seeded.blocked_pod.split("/")
 
     with pytest.raises(client.ApiException) as refused:
@@ -558,11 +596,12 @@ def test_eviction_honours_the_disruption_budget(lab: Lab, core: client.CoreV1Api
     assert body["reason"] == "TooManyRequests"
     assert body["message"] == "Cannot evict pod as it would violate the pod's disruption budget."
     assert body["details"]["causes"] == [{"reason": "DisruptionBudget",
-                                          "message": "The disruption budget postgres needs 1 healthy pods "
-                                                     "and has 1 currently"}]
+                                          "message": "The disruption budget gitea-postgresql needs 1 healthy "
+                                                     "pods and has 1 currently"}]
     assert core.read_namespaced_pod(name, ns).metadata.name == name  # still there
 
-    web = next(p for p in seeded.pods_by_node["lab-a2"] if p.startswith("apps/web-")).split("/")[1]
+    web = sorted(p for pods in seeded.pods_by_node.values() for p in pods if p.startswith("apps/web-"))[0]
+    web = web.split("/")[1]
     evict(core, "apps", web, dry_run="All")
     assert core.read_namespaced_pod(web, "apps")  # a dry run changes nothing
 
@@ -575,7 +614,11 @@ def test_eviction_honours_the_disruption_budget(lab: Lab, core: client.CoreV1Api
                                                 timeout_seconds=2)]
     finally:
         timer.cancel()
-    assert events == [("DELETED", web)]  # watchers see the eviction as a deletion
+    assert events[0] == ("DELETED", web)  # watchers see the eviction as a deletion
+    added = [n for t, n in events if t == "ADDED"]
+    assert len(added) == 1  # ... and the ReplicaSet's replacement
+    assert added[0] != web
+    assert added[0].startswith(web.rsplit("-", 1)[0] + "-")
     with pytest.raises(client.ApiException) as gone:
         core.read_namespaced_pod(web, "apps")
     assert gone.value.status == 404
@@ -584,25 +627,277 @@ def test_eviction_honours_the_disruption_budget(lab: Lab, core: client.CoreV1Api
         evict(core, "apps", web)
     assert missing.value.status == 404
     assert json.loads(missing.value.body)["message"] == f'pods "{web}" not found'
+    api_client.close()
 
 
-def test_seed_places_pods_and_is_idempotent(lab: Lab, core: client.CoreV1Api, api: client.ApiClient) -> None:
-    seeded = seed_workloads(lab.kubeconfig)
+def test_seed_makes_a_healthy_cluster_and_is_idempotent(lab: Lab, core: client.CoreV1Api,
+                                                         api: client.ApiClient) -> None:
+    seeded = seed_workloads(lab.kubeconfig)  # the default delays: the simulator writes every status
     again = seed_workloads(lab.kubeconfig)  # everything exists already: no error, same answer
     assert again == seeded
     assert seeded.workloads == {"Deployment/apps/web": 2, "Deployment/apps/api": 1, "Deployment/data/redis": 1,
-                                "StatefulSet/data/postgres": 1, "Deployment/gitea/gitea": 1}
+                                "StatefulSet/data/postgres": 1, "Deployment/kube-system/coredns": 1,
+                                "StatefulSet/gitea/gitea-postgresql": 1, "Deployment/gitea/gitea-valkey": 1,
+                                "Deployment/gitea/gitea": 1}
+    assert seeded.foundation == ["Deployment/kube-system/coredns", "StatefulSet/gitea/gitea-postgresql",
+                                 "Deployment/gitea/gitea-valkey", "Deployment/gitea/gitea"]
+    assert seeded.helm_rendered == {"Deployment/gitea/gitea-valkey": "HelmRelease/gitea/gitea-valkey"}
+    assert seeded.lost_on_cold_start == ["Deployment/gitea/gitea-valkey"]
+    assert (seeded.git_repository, seeded.gitea) == ("GitRepository/flux-system/flux-system", "Deployment/gitea/gitea")
+    assert seeded.flux_active == ["Kustomization/flux-system/flux-system", "HelmRelease/gitea/gitea",
+                                  "HelmRelease/gitea/gitea-valkey"]
+    assert seeded.flux_user_suspended == ["Kustomization/flux-system/experiments"]
     assert set(seeded.daemonset_pods) == set(NODES)
-    assert seeded.pods_by_node["lab-s1"] == [seeded.daemonset_pods["lab-s1"]]  # servers: DaemonSet pods only
+    assert seeded.blocked_pod in seeded.pods_by_node[seeded.blocked_node]
     for node in NODES:
         pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
         assert {f"{p.metadata.namespace}/{p.metadata.name}" for p in pods} == set(seeded.pods_by_node[node])
+        assert len(pods) >= 3  # spread over every node, servers too (k3s does not taint them)
     ds_pod = core.read_namespaced_pod(*reversed(seeded.daemonset_pods["lab-a1"].split("/")))
     assert ds_pod.metadata.owner_references[0].kind == "DaemonSet"
-    tiers = client.AppsV1Api(api).list_deployment_for_all_namespaces(label_selector="hecate.io/tier=apps").items
+    apps = client.AppsV1Api(api)
+    tiers = apps.list_deployment_for_all_namespaces(label_selector="hecate.io/tier=apps").items
     assert sorted(d.metadata.name for d in tiers) == ["api", "web"]
     web_pods = core.list_namespaced_pod("apps", label_selector="app=web").items
     assert web_pods[0].metadata.owner_references[0].kind == "ReplicaSet"
     assert len(web_pods) == 2
-    pdb = client.PolicyV1Api(api).read_namespaced_pod_disruption_budget("postgres", "data")
+    pdb = client.PolicyV1Api(api).read_namespaced_pod_disruption_budget("gitea-postgresql", "gitea")
     assert pdb.spec.min_available == 1
+
+    # Healthy, by the statuses the simulator wrote (the seed writes none).
+    for pod in core.list_pod_for_all_namespaces().items:
+        assert pod.status.phase == "Running"
+        assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "True"
+    for d in [*apps.list_deployment_for_all_namespaces().items, *apps.list_stateful_set_for_all_namespaces().items]:
+        assert (d.status.ready_replicas, d.status.observed_generation) == (d.spec.replicas, d.metadata.generation)
+        assert {c.type: c.status for c in d.status.conditions}["Available"] == "True"
+    ds = apps.read_namespaced_daemon_set("svclb-traefik", "kube-system").status
+    assert (ds.desired_number_scheduled, ds.number_ready, ds.number_available) == (3, 3, 3)
+    crs = client.CustomObjectsApi(api)
+    for group, version, plural in [("source.toolkit.fluxcd.io", "v1", "gitrepositories"),
+                                   ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations"),
+                                   ("helm.toolkit.fluxcd.io", "v2", "helmreleases")]:
+        for obj in crs.list_cluster_custom_object(group, version, plural)["items"]:
+            assert obj["status"]["conditions"][0]["status"] == "True", obj["metadata"]["name"]
+    experiments = crs.get_namespaced_custom_object("kustomize.toolkit.fluxcd.io", "v1", "flux-system",
+                                                   "kustomizations", "experiments")
+    assert experiments["spec"]["suspend"] is True  # suspended after it was applied: stale, still Ready
+    assert experiments["status"]["observedGeneration"] < experiments["metadata"]["generation"]
+
+
+# -- the cluster simulator: API gate, nodes, workload controller, Flux -------------------------
+
+
+CLUSTER = {"lab-s1": "server", "lab-s2": "server", "lab-s3": "server", "lab-a1": "agent", "lab-a2": "agent"}
+
+
+def get_json(lab: Lab, path: str) -> Any:
+    status, body = http_request(lab, "GET", path)
+    assert status == 200, (path, status, body)
+    return body
+
+
+def ready_condition(obj: Any) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+
+
+def test_api_needs_a_server_quorum_and_nodes_wait_for_their_kubelet(tmp_path: Path) -> None:
+    delays = {"api": 0.5, "node": 0.5, "pod": 0.1}
+    with running_lab(tmp_path, CLUSTER, delays) as lab:
+        api_client = config.new_client_from_config(config_file=str(lab.kubeconfig))
+        core = client.CoreV1Api(api_client)
+        lab.set_k3s("lab-s1", active=False)
+        wait_for(lambda: ready_of(core.read_node("lab-s1")), "False")  # 2 of 3: the API still serves
+
+        ended: list[float] = []
+
+        def watch_nodes() -> None:
+            start = time.monotonic()
+            with contextlib.suppress(Exception):
+                for _ in watch.Watch().stream(core.list_node, timeout_seconds=20):
+                    pass
+            ended.append(time.monotonic() - start)
+
+        watcher = threading.Thread(target=watch_nodes)
+        watcher.start()
+        time.sleep(0.3)
+        lab.set_k3s("lab-s2", active=False)
+        wait_for(lambda: http_get(lab, "/version")[0], 503)
+        status, body = http_get(lab, "/api/v1/nodes")
+        assert status == 503  # every request, discovery and /version too
+        assert (body["kind"], body["code"], body["reason"]) == ("Status", 503, "ServiceUnavailable")
+        assert body["message"] == "lab API down: 1 of 3 k3s servers running (quorum needs 2)"
+        with pytest.raises(client.ApiException) as refused:
+            core.list_node()
+        assert refused.value.status == 503
+        watcher.join(timeout=5)
+        assert ended
+        assert ended[0] < 1.5  # open watches end when the API goes away (they would run 20 s)
+
+        lab.set_k3s("lab-s2", active=True)
+        started = time.monotonic()
+        wait_for(lambda: http_get(lab, "/version")[1]["message"][:44], "lab API starting: 2 of 3 k3s servers running")
+        wait_for(lambda: http_get(lab, "/version")[0], 200, timeout=3)
+        assert 0.5 <= time.monotonic() - started < 1.5  # delays.api after the quorum came back
+        assert ready_of(core.read_node("lab-s2")) == "True"  # its node delay ran meanwhile
+
+        lab.set_k3s("lab-a1", active=False)
+        wait_for(lambda: ready_of(core.read_node("lab-a1")), "False")
+        lab.set_k3s("lab-a1", active=True)
+        time.sleep(0.25)
+        starting = next(c for c in core.read_node("lab-a1").status.conditions if c.type == "Ready")
+        assert (starting.status, starting.reason) == ("False", "KubeletNotReady")  # k3s runs, kubelet not yet
+        took = wait_for(lambda: ready_of(core.read_node("lab-a1")), "True")
+        assert took >= 0.1  # delays.node (0.5 s) after k3s started, 0.25 s of which already slept
+        events = [e["message"] for e in read_events(lab.events) if e["source"] == "api"]
+        assert events == ["lab API serving: 3 of 3 k3s servers running",
+                          "lab API down: 1 of 3 k3s servers running (quorum needs 2)",
+                          "lab API serving: 2 of 3 k3s servers running"]
+        api_client.close()
+
+
+def pods_of(lab: Lab, namespace: str, app: str) -> list[dict[str, Any]]:
+    items = get_json(lab, f"/api/v1/namespaces/{namespace}/pods?labelSelector=app%3D{app}")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def available_of(lab: Lab, path: str) -> tuple[int, str]:
+    obj = get_json(lab, path)
+    available = next(c["status"] for c in obj["status"]["conditions"] if c["type"] == "Available")
+    return obj["status"].get("readyReplicas", 0), available
+
+
+def all_ready(pods: list[dict[str, Any]]) -> bool:
+    return all(ready_condition(p)["status"] == "True" for p in pods)
+
+
+def test_scaling_a_deployment_deletes_and_recreates_its_pods(fast_lab: Lab) -> None:
+    lab = fast_lab
+    seed_workloads(lab.kubeconfig)
+    path = "/apis/apps/v1/namespaces/apps/deployments/web"
+    assert len(pods_of(lab, "apps", "web")) == 2
+    assert http_request(lab, "PATCH", path, {"spec": {"replicas": 0}})[0] == 200
+    wait_for(lambda: len(pods_of(lab, "apps", "web")), 0)
+    wait_for(lambda: available_of(lab, path), (0, "True"))  # zero wanted, zero ready: available
+    status = get_json(lab, path)["status"]
+    assert (status["replicas"], status["observedGeneration"]) == (0, get_json(lab, path)["metadata"]["generation"])
+
+    assert http_request(lab, "PATCH", path, {"spec": {"replicas": 3}})[0] == 200
+    wait_for(lambda: len(pods_of(lab, "apps", "web")), 3)
+    wait_for(lambda: available_of(lab, path), (3, "True"))
+    pods = pods_of(lab, "apps", "web")
+    assert all_ready(pods)
+    assert len({p["spec"]["nodeName"] for p in pods}) == 3  # spread round-robin
+    rs_name = pods[0]["metadata"]["ownerReferences"][0]["name"]
+    assert get_json(lab, f"/apis/apps/v1/namespaces/apps/replicasets/{rs_name}")["spec"]["replicas"] == 3
+
+    sts = "/apis/apps/v1/namespaces/data/statefulsets/postgres"
+    assert http_request(lab, "PATCH", sts, {"spec": {"replicas": 2}})[0] == 200
+    wait_for(lambda: sorted(p["metadata"]["name"] for p in pods_of(lab, "data", "postgres")),
+             ["postgres-0", "postgres-1"])
+    wait_for(lambda: available_of(lab, sts), (2, "True"))
+
+
+def test_a_stuck_pod_never_becomes_ready_and_deleting_it_fixes_the_workload(fast_lab: Lab) -> None:
+    lab = fast_lab
+    seed_workloads(lab.kubeconfig)
+    path = "/apis/apps/v1/namespaces/apps/deployments/api"
+    [stuck] = pods_of(lab, "apps", "api")
+    name = stuck["metadata"]["name"]
+    patch = {"metadata": {"annotations": {"lab.hecate.io/stuck": "true"}}}
+    assert http_request(lab, "PATCH", f"/api/v1/namespaces/apps/pods/{name}", patch)[0] == 200
+    wait_for(lambda: available_of(lab, path), (0, "False"))
+    deadline = time.monotonic() + 0.6  # six times the pod delay: still not Ready
+    while time.monotonic() < deadline:
+        pod = get_json(lab, f"/api/v1/namespaces/apps/pods/{name}")
+        assert ready_condition(pod)["status"] == "False"
+        time.sleep(0.1)
+    assert "stuck" in ready_condition(pod)["message"]
+
+    assert http_request(lab, "DELETE", f"/api/v1/namespaces/apps/pods/{name}")[0] == 200
+    wait_for(lambda: available_of(lab, path), (1, "True"))
+    [fresh] = pods_of(lab, "apps", "api")
+    assert fresh["metadata"]["name"] != name
+    assert "lab.hecate.io/stuck" not in (fresh["metadata"].get("annotations") or {})
+
+
+def test_a_pod_waits_pending_until_a_node_is_schedulable(fast_lab: Lab) -> None:
+    lab = fast_lab
+    seed_workloads(lab.kubeconfig)
+    for node in NODES:
+        assert http_request(lab, "PATCH", f"/api/v1/nodes/{node}", {"spec": {"unschedulable": True}})[0] == 200
+    path = "/apis/apps/v1/namespaces/apps/deployments/api"
+    assert http_request(lab, "PATCH", path, {"spec": {"replicas": 2}})[0] == 200
+    wait_for(lambda: len(pods_of(lab, "apps", "api")), 2)
+    [pending] = [p for p in pods_of(lab, "apps", "api") if not p["spec"].get("nodeName")]
+    wait_for(lambda: get_json(lab, f"/api/v1/namespaces/apps/pods/{pending['metadata']['name']}")["status"]
+             ["conditions"][0]["reason"], "Unschedulable")
+    assert get_json(lab, f"/api/v1/namespaces/apps/pods/{pending['metadata']['name']}")["status"]["phase"] == "Pending"
+    assert available_of(lab, path) == (1, "False")
+
+    assert http_request(lab, "PATCH", "/api/v1/nodes/lab-a2", {"spec": {"unschedulable": None}})[0] == 200
+    wait_for(lambda: available_of(lab, path), (2, "True"))
+    placed = get_json(lab, f"/api/v1/namespaces/apps/pods/{pending['metadata']['name']}")
+    assert placed["spec"]["nodeName"] == "lab-a2"
+    assert placed["status"]["phase"] == "Running"
+
+
+FLUX_GIT = "/apis/source.toolkit.fluxcd.io/v1/namespaces/flux-system/gitrepositories/flux-system"
+FLUX_KS = "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations/flux-system"
+
+
+def test_flux_follows_its_source_and_a_suspended_status_stays_stale(fast_lab: Lab) -> None:
+    lab = fast_lab
+    seed_workloads(lab.kubeconfig)
+    revision = get_json(lab, FLUX_GIT)["status"]["artifact"]["revision"]
+    assert revision.startswith("main@sha1:")
+    assert get_json(lab, FLUX_KS)["status"]["lastAppliedRevision"] == revision
+
+    assert http_request(lab, "PATCH", FLUX_KS, {"spec": {"suspend": True}})[0] == 200
+    assert http_request(lab, "PATCH", FLUX_GIT, {"spec": {"ref": {"branch": "release"}}})[0] == 200
+    wait_for(lambda: ready_condition(get_json(lab, FLUX_GIT))["reason"], "GitOperationFailed")
+    assert ready_condition(get_json(lab, FLUX_GIT))["message"].endswith(
+        "couldn't find remote ref \"refs/heads/release\"")
+    time.sleep(0.3)
+    assert ready_condition(get_json(lab, FLUX_KS))["status"] == "True"  # suspended: stale
+
+    resume = {"spec": {"suspend": None},
+              "metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "2025-06-15T15:00:00Z"}}}
+    assert http_request(lab, "PATCH", FLUX_KS, resume)[0] == 200
+    wait_for(lambda: ready_condition(get_json(lab, FLUX_KS))["message"], "Source artifact not found, retrying in 30s")
+    assert get_json(lab, FLUX_KS)["status"]["lastHandledReconcileAt"] == "2025-06-15T15:00:00Z"
+
+    assert http_request(lab, "PATCH", FLUX_GIT, {"spec": {"ref": {"branch": "main"}}})[0] == 200
+    wait_for(lambda: ready_condition(get_json(lab, FLUX_KS))["status"], "True")
+
+
+def test_a_reconciling_release_recreates_what_it_renders_and_never_overwrites(fast_lab: Lab) -> None:
+    lab = fast_lab
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "conf"}, "data": {"a": "1"}}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "cache"},
+                  "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "cache"}},
+                           "template": {"metadata": {"labels": {"app": "cache"}},
+                                        "spec": {"containers": [{"name": "c", "image": "valkey"}]}}}}
+    assert http_request(lab, "POST", "/api/v1/namespaces", {"metadata": {"name": "apps"}})[0] == 201
+    release = {"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+               "metadata": {"name": "cache", "namespace": "apps",
+                            "annotations": {"lab.hecate.io/renders": json.dumps([config_map, deployment])}},
+               "spec": {"chart": {"spec": {"chart": "cache", "version": "1.0.0",
+                                           "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}}
+    hr_path = "/apis/helm.toolkit.fluxcd.io/v2/namespaces/apps/helmreleases"
+    assert http_request(lab, "POST", hr_path, release)[0] == 201
+    wait_for(lambda: http_request(lab, "GET", "/api/v1/namespaces/apps/configmaps/conf")[0], 200)
+    wait_for(lambda: available_of(lab, "/apis/apps/v1/namespaces/apps/deployments/cache"), (1, "True"))
+    assert ready_condition(get_json(lab, f"{hr_path}/cache"))["status"] == "True"
+
+    assert http_request(lab, "PATCH", "/api/v1/namespaces/apps/configmaps/conf", {"data": {"a": "mine"}})[0] == 200
+    assert http_request(lab, "DELETE", "/apis/apps/v1/namespaces/apps/deployments/cache")[0] == 200
+    wait_for(lambda: http_request(lab, "GET", "/apis/apps/v1/namespaces/apps/deployments/cache")[0], 200)
+    assert get_json(lab, "/api/v1/namespaces/apps/configmaps/conf")["data"] == {"a": "mine"}  # not overwritten
+
+    assert http_request(lab, "PATCH", f"{hr_path}/cache", {"spec": {"suspend": True}})[0] == 200
+    assert http_request(lab, "DELETE", "/api/v1/namespaces/apps/configmaps/conf")[0] == 200
+    time.sleep(0.3)
+    assert http_request(lab, "GET", "/api/v1/namespaces/apps/configmaps/conf")[0] == 404  # suspended: no reconcile
+    created = [e for e in read_events(lab.events) if "re-created" in e["message"]]
+    assert [e["object"] for e in created] == ["HelmRelease/apps/cache"] * 3

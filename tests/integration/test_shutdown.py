@@ -24,6 +24,7 @@ from hecate.adapters.kube import Kube
 from hecate.domain.config import HecateConfig
 from hecate.domain.runs import RunRecord, RunResult, StageRecord
 from hecate.lab import cluster_seed, kubeapi, nodes
+from hecate.lab.cluster_sim import Delays
 from hecate.lab.testbed import Lab, LabSpec
 from hecate.services import shutdown
 from hecate.services.executor import StepOutcome
@@ -41,7 +42,8 @@ class Quiet:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Lab]:
     """3 servers + 5 agents, no UPS, with seeded workloads and Flux objects."""
-    lab = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=3, agents=5))
+    lab = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=3, agents=5,
+                                           delays=Delays(api=0.2, node=0.1, pod=0.1)))  # seeded sooner
     try:
         cluster_seed.seed_workloads(lab.kubeconfig)
         yield lab
@@ -104,13 +106,13 @@ def test_full_shutdown_in_order_coordinator_last(cluster: Lab) -> None:
     assert [s.name for s in record.stages] == [
         "flux-suspend", "scale-down", "drain", "stop-agents", "stop-servers", "killall", "poweroff", "local-poweroff"]
     assert sorted(record.changes["flux_suspended"]) == [
-        "HelmRelease/gitea/gitea", "Kustomization/flux-system/flux-system"]
+        "HelmRelease/gitea/gitea", "HelmRelease/gitea/gitea-valkey", "Kustomization/flux-system/flux-system"]
     assert record.changes["flux_already_suspended"] == ["Kustomization/flux-system/experiments"]
     assert record.changes["scaled"] == {"Deployment/apps/web": 2, "Deployment/apps/api": 1,
                                         "Deployment/data/redis": 1, "StatefulSet/data/postgres": 1}
     assert sorted(record.changes["cordoned"]) == agents
     drain = next(s for s in record.stages if s.name == "drain")
-    assert drain.duration_s >= 2  # the PDB-blocked postgres-0 held the drain until its timeout, then it went on
+    assert drain.duration_s >= 2  # the PDB-blocked gitea-postgresql-0 held the drain until its timeout, then went on
     runs = [r for r in json.loads((config.state_dir / "runs.json").read_text()) if r["id"] == record.id]
     assert [r["result"] for r in runs] == ["success"]
 

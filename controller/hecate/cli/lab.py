@@ -122,25 +122,28 @@ def ups_set(directory: Path, name: str, assignments: tuple[str, ...]) -> None:
 @lab.command()
 @dir_option
 def seed(directory: Path) -> None:
-    """Create workloads, a blocking PDB and Flux objects in the lab API (for shutdown and startup)."""
+    """Create workloads, a blocking PDB and Flux objects in the lab API (for shutdown and startup); waits until
+    the lab's simulator has made them healthy."""
     from hecate.lab import cluster_seed
     from hecate.lab.procs import LabError
     from hecate.lab.testbed import Lab
 
     try:
         running = Lab.load(directory)
-        cluster_seed.seed_workloads(running.kubeconfig)
+        seeded = cluster_seed.seed_workloads(running.kubeconfig)
     except LabError as err:
         raise click.ClickException(str(err)) from None
-    click.echo("seeded: Deployments apps/web, apps/api, data/redis, gitea/gitea; StatefulSet data/postgres "
-               "(its PDB blocks eviction); Flux Kustomizations flux-system/flux-system and flux-system/experiments "
-               "(suspended by a user); HelmRelease gitea/gitea")
+    click.echo(f"seeded, and healthy: {', '.join(seeded.workloads)}; {seeded.blocked_pod} on {seeded.blocked_node} "
+               f"(its PDB blocks eviction); {seeded.git_repository} served by {seeded.gitea}; "
+               f"{', '.join(seeded.flux_active)}; {', '.join(seeded.flux_user_suspended)} (suspended by a user); "
+               f"lost on a cold start: {', '.join(seeded.lost_on_cold_start)}")
 
 
 @lab.command()
 @dir_option
 def timeline(directory: Path) -> None:
-    """Print what happened in the lab, in order: UPS changes, node commands, the coordinator's power-off."""
+    """Print what happened in the lab, in order: UPS changes, node commands, the emulated cluster's events (API
+    up/down, cold start, workloads, Flux), Hecate's runs, the coordinator's power-off."""
     from hecate.lab.procs import LabError
     from hecate.lab.testbed import Lab
     from hecate.lab.testbed import timeline as lab_timeline

@@ -1,22 +1,25 @@
-"""The lab's Kubernetes API: kmock's emulator over real HTTP, plus a node simulator.
+"""The lab's Kubernetes API: kmock's emulator over real HTTP, plus a cluster simulator.
 
 No kube-apiserver can run on the development machines, so the lab serves
 :class:`kmock.KubernetesEmulator` (the in-memory Kubernetes emulator kopf's own test
 suite uses) on a loopback port, seeded with one ``v1`` ``Node`` per lab node, and runs a
-small simulator in the same process that keeps each Node's ``Ready`` condition in step
-with the node's ``state.json`` (see :mod:`hecate.lab.nodestate`): when the sshd forced
-command stops k3s or powers the node off, the Node goes NotReady within a poll interval.
+simulator in the same process (see "The cluster simulator" below) that keeps each Node's
+``Ready`` condition in step with the node's ``state.json`` (see
+:mod:`hecate.lab.nodestate`) -- when the sshd forced command stops k3s or powers the node
+off, the Node goes NotReady within a poll interval --, gates the API on the k3s servers,
+and plays the controllers of a k3s + Flux cluster.
 
 Run it as a process::
 
     python -m hecate.lab.kubeapi --manifest lab-nodes.json --port 0 --kubeconfig kubeconfig
 
 The manifest is ``{"nodes": [{"name": "n1", "role": "server", "dir": "/lab/n1"}, ...]}``
-(optional per node: ``"address"``, an InternalIP; optional top level: ``"k3sVersion"``, and
-``"flux": false`` for a cluster without the Flux CRDs).
+(optional per node: ``"address"``, an InternalIP; optional top level: ``"k3sVersion"``,
+``"flux": false`` for a cluster without the Flux CRDs, ``"delays"`` and ``"events"``, below).
 Once the server listens, a kubeconfig with the real URL is written atomically, so
 ``--port 0`` (any free port) is safe: the parent learns the port from the kubeconfig.
-From Python, :func:`start_kubeapi` does all that and waits until ``/version`` answers.
+From Python, :func:`start_kubeapi` does all that and waits until ``/version`` answers
+(a ``503`` of a lab whose servers are down counts as answering).
 
 What the emulator adds on top of kmock (see :class:`LabKubernetesEmulator`):
 ``metadata.resourceVersion`` bumped on every create/patch (plus ``uid``,
@@ -41,9 +44,106 @@ The Eviction subresource (``POST /api/v1/namespaces/{ns}/pods/{name}/eviction``,
 decides from the pod, its namespace's PodDisruptionBudgets and pods; a refusal is the
 real API's ``429 TooManyRequests`` Status ("Cannot evict pod as it would violate the
 pod's disruption budget."), an allowed eviction deletes the pod and answers ``201``.
-There is no controller: an evicted pod is not re-created elsewhere, and scaling a
-Deployment changes only its ``spec.replicas`` (the startup simulator will add that).
 :mod:`hecate.lab.cluster_seed` fills the lab with workloads, a PDB and Flux objects.
+
+The cluster simulator
+---------------------
+
+A small simulator in the same process (:class:`ClusterSimulator`, run by
+:func:`run_simulator` every ``--interval`` -- 0.2 s -- and at once after any write a
+client makes) makes the emulated API behave like a k3s + Flux cluster, so that a cold
+start after a full power-off reproduces the Flux/Gitea bootstrap deadlock. Its rules are
+the pure functions of :mod:`hecate.lab.cluster_sim` (unit tested on their own); the
+loop reads the objects from the emulator's store and writes back only what changed,
+through the store with a new ``resourceVersion`` and a watch event, exactly as a client's
+write would (no HTTP, so the simulator's writes pass while the API is down). This is the
+contract other code relies on (``delays`` come from the manifest, see below):
+
+====  ==============================  ==================================================
+1     API availability                With ``>= 1`` server node, the API serves only while a
+                                      majority (more than half) of the servers run k3s
+                                      (:func:`~hecate.lab.nodestate.k3s_running`), and only
+                                      ``delays.api`` s after that became true. While not,
+                                      **every** HTTP request (``/version`` and discovery too)
+                                      answers ``503`` with a Status, reason
+                                      ``ServiceUnavailable``, message e.g. "lab API down: 0 of
+                                      3 k3s servers running (quorum needs 2)", and open
+                                      watches end. No servers: always serving. A lab whose
+                                      servers run when the process starts serves at once.
+                                      While the API is down the controllers (rules 4, 5)
+                                      stand still; Nodes keep following their nodes.
+2     Cold start                      When the API serves again after having been down, it
+                                      first deletes every object annotated
+                                      ``lab.hecate.io/lost-on-cold-start: "true"``, what it
+                                      owns (ReplicaSets, pods) and the pods it selects. This
+                                      is the lab's chosen, explicit cause for what a real
+                                      outage loses -- e.g. a component helm-controller's
+                                      remediation uninstalled after its install timed out
+                                      against a half-started cluster. Then the controllers
+                                      run once, then the API serves.
+3     Nodes                           Ready iff the node's k3s runs, but ``True`` only
+                                      ``delays.node`` s after it started (until then
+                                      ``False``, reason ``KubeletNotReady``).
+4     Workloads                       apps/v1 Deployments and StatefulSets get
+                                      ``spec.replicas`` pods, DaemonSets one per Node.
+                                      Deployment pods ``<name>-<hash>-<5 chars>`` are owned by
+                                      the Deployment's one ReplicaSet ``<name>-<hash>``,
+                                      StatefulSet pods are ``<name>-<i>``. New pods go to a
+                                      schedulable node (Ready, not cordoned, matching the
+                                      template's ``nodeSelector``), spread round-robin; none:
+                                      the pod is Pending without ``nodeName`` and placed
+                                      later. Surplus pods are deleted (scale down); a deleted
+                                      or evicted pod is replaced by a fresh one. A pod is
+                                      Ready (phase ``Running``, condition Ready ``True``) iff
+                                      its node is Ready, it is not annotated
+                                      ``lab.hecate.io/stuck: "true"``, every workload in its
+                                      workload's ``lab.hecate.io/depends-on:
+                                      "ns/kind/name,..."`` (kind deployment, statefulset or
+                                      daemonset) is available, and all that has held for
+                                      ``delays.pod`` s. Pods on NotReady nodes stay (no
+                                      eviction), not Ready. Workload status is kept true:
+                                      ``replicas``, ``readyReplicas``, ``availableReplicas``,
+                                      ``updatedReplicas``, ``observedGeneration`` and condition
+                                      ``Available`` (DaemonSets: ``desiredNumberScheduled``,
+                                      ``numberReady``, ``numberAvailable``). *Available* means
+                                      the workload exists and ``readyReplicas >=
+                                      spec.replicas``. Pods (and ReplicaSets) whose owner is
+                                      gone are deleted. Pods no workload owns are left alone.
+5     Flux                            GitRepository Ready iff not suspended, the workload its
+                                      ``lab.hecate.io/served-by`` names is available (no
+                                      annotation: an outside server, always reachable) and
+                                      ``spec.ref.branch`` is in ``lab.hecate.io/branches`` (no
+                                      annotation: any); Ready sets ``status.artifact.revision``
+                                      ``<branch>@sha1:<hash>``; otherwise Ready ``False``,
+                                      reason ``GitOperationFailed`` with Flux's message
+                                      ("failed to checkout and determine revision: unable to
+                                      clone '<url>': dial tcp <host>:<port>: connect:
+                                      connection refused", or "... couldn't find remote ref
+                                      \"refs/heads/<branch>\"") -- a suspended one: reason
+                                      ``Suspended``. Kustomizations and HelmReleases keep
+                                      their status as it was while ``spec.suspend`` is true;
+                                      otherwise Ready follows their source
+                                      (``spec.sourceRef`` / ``spec.chart.spec.sourceRef``,
+                                      namespace defaulting to their own; a HelmRepository is
+                                      outside the cluster, always Ready), else Ready
+                                      ``False``, reason ``ArtifactFailed``, "Source artifact
+                                      not found, retrying in 30s". A handled
+                                      ``reconcile.fluxcd.io/requestedAt`` is echoed in
+                                      ``status.lastHandledReconcileAt``. A not suspended,
+                                      Ready Kustomization/HelmRelease (re)creates the objects
+                                      of its ``lab.hecate.io/renders`` (a JSON list of
+                                      manifests) that are missing -- creation only.
+6     Timeline                        API up/down (with the reason), cold-start deletions,
+                                      workloads becoming available/unavailable, Flux Ready
+                                      transitions and re-created renders are appended as JSON
+                                      lines ``{"t", "source", "object", "message"}`` (``t``:
+                                      wall-clock seconds) to the events file, which
+                                      ``hecate lab timeline`` merges.
+====  ==============================  ==================================================
+
+The manifest is ``{"nodes": [...], "delays": {"api": 1.0, "node": 0.5, "pod": 0.5},
+"events": "/lab/kube/events.jsonl"}`` (both optional: those are the default delays, and
+the events file defaults to ``events.jsonl`` next to the kubeconfig).
 """
 
 from __future__ import annotations
@@ -56,6 +156,7 @@ import datetime as dt
 import http.client
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -66,7 +167,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -75,6 +176,8 @@ import attrs
 import kmock
 import yaml
 
+from hecate.lab import cluster_sim as sim
+from hecate.lab.cluster_sim import Delays, match_selector_object
 from hecate.lab.nodestate import k3s_running, read_state
 from hecate.lab.procs import LabError
 
@@ -85,6 +188,14 @@ NODES = kmock.resource("", "v1", "nodes")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 PODS = kmock.resource("", "v1", "pods")
 PDBS = kmock.resource("policy", "v1", "poddisruptionbudgets")
+DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
+STATEFULSETS = kmock.resource("apps", "v1", "statefulsets")
+DAEMONSETS = kmock.resource("apps", "v1", "daemonsets")
+REPLICASETS = kmock.resource("apps", "v1", "replicasets")
+GITREPOSITORIES = kmock.resource("source.toolkit.fluxcd.io", "v1", "gitrepositories")
+KUSTOMIZATIONS = kmock.resource("kustomize.toolkit.fluxcd.io", "v1", "kustomizations")
+HELMRELEASES = kmock.resource("helm.toolkit.fluxcd.io", "v2", "helmreleases")
+WORKLOAD_RESOURCES = {"Deployment": DEPLOYMENTS, "StatefulSet": STATEFULSETS, "DaemonSet": DAEMONSETS}
 POLL_INTERVAL = 0.2  # seconds between two reads of every node's state.json
 HEARTBEAT_PERIOD = dt.timedelta(seconds=10)  # how often a running "kubelet" refreshes Ready
 HISTORY_LIMIT = 100  # object versions kmock keeps per object (it would keep all otherwise)
@@ -94,6 +205,9 @@ READY_REASON = "KubeletReady"
 READY_MESSAGE = "kubelet is posting ready status"
 NOT_READY_REASON = "NodeStatusUnknown"
 NOT_READY_MESSAGE = "Kubelet stopped posting node status."
+STARTING_REASON = "KubeletNotReady"
+STARTING_MESSAGE = "container runtime status check may not have completed yet"
+EVENTS_FILE = "events.jsonl"
 
 
 class LabKubeApiError(LabError):
@@ -131,20 +245,24 @@ def node_ready_condition(
     now: dt.datetime,
     *,
     heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD,
+    ready: bool | None = None,
 ) -> dict[str, Any]:
     """The Node's ``Ready`` condition for a node in ``state``, given the current one.
 
     Pure. Ready is ``"True"`` exactly when :func:`~hecate.lab.nodestate.k3s_running`:
     the node is powered and one of its k3s services is active; otherwise ``"False"``
     with the node controller's reason (a real cluster would say ``"Unknown"`` after a
-    40 s grace period; the lab flips at once). ``lastTransitionTime`` moves only when the
+    40 s grace period; the lab flips at once). ``ready=False`` holds a running node
+    NotReady (its kubelet is still starting: :func:`hecate.lab.cluster_sim.node_ready`
+    decides). ``lastTransitionTime`` moves only when the
     status changes. ``lastHeartbeatTime`` is what a kubelet would post: refreshed on a
     change and then every ``heartbeat_period`` while k3s runs, frozen while it does not.
     When nothing is due, the result equals ``previous``, so the caller writes the Node
     only when the result differs.
     """
     running = k3s_running(dict(state))
-    status = "True" if running else "False"
+    is_ready = running and (ready is None or ready)
+    status = "True" if is_ready else "False"
     nows = format_time(now)
     prev = dict(previous) if previous else {}
     changed = prev.get("status") != status
@@ -158,11 +276,13 @@ def node_ready_condition(
 
     transition = nows if changed or parse_time(prev.get("lastTransitionTime")) is None \
         else str(prev["lastTransitionTime"])
+    reason, message = (READY_REASON, READY_MESSAGE) if is_ready else \
+        (STARTING_REASON, STARTING_MESSAGE) if running else (NOT_READY_REASON, NOT_READY_MESSAGE)
     return {
         "type": "Ready",
         "status": status,
-        "reason": READY_REASON if running else NOT_READY_REASON,
-        "message": READY_MESSAGE if running else NOT_READY_MESSAGE,
+        "reason": reason,
+        "message": message,
         "lastHeartbeatTime": heartbeat,
         "lastTransitionTime": transition,
     }
@@ -184,6 +304,8 @@ class LabManifest:
     nodes: tuple[LabNode, ...]
     k3s_version: str = DEFAULT_K3S_VERSION
     flux: bool = True  # install the Flux CRDs at start
+    delays: Delays = field(default_factory=Delays)
+    events: Path | None = None  # the simulator's events file; None: next to the kubeconfig
 
 
 def parse_manifest(data: Mapping[str, Any]) -> LabManifest:
@@ -205,8 +327,15 @@ def parse_manifest(data: Mapping[str, Any]) -> LabManifest:
     flux = data.get("flux", True)
     if not isinstance(flux, bool):
         raise LabKubeApiError(f'"flux" must be true or false, not {flux!r}')
+    try:
+        delays = Delays.parse(data.get("delays"))
+    except ValueError as e:
+        raise LabKubeApiError(f"the manifest's delays: {e}") from e
+    events = data.get("events")
+    if events is not None and not isinstance(events, str):
+        raise LabKubeApiError(f'"events" must be a file path, not {events!r}')
     return LabManifest(nodes=tuple(nodes), k3s_version=str(data.get("k3sVersion") or DEFAULT_K3S_VERSION),
-                       flux=flux)
+                       flux=flux, delays=delays, events=Path(events) if events else None)
 
 
 def load_manifest(path: str | os.PathLike[str]) -> LabManifest:
@@ -454,33 +583,6 @@ class EvictionVerdict:
     cause: str | None = None  # the DisruptionBudget cause, as the real API words it
 
 
-def match_selector_object(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None) -> bool:
-    """Whether labels satisfy a ``LabelSelector`` object (``matchLabels`` + ``matchExpressions``).
-
-    A missing (null) selector selects nothing, an empty one (``{}``) everything, as for a
-    policy/v1 PodDisruptionBudget. Unknown operators select nothing.
-    """
-    if selector is None:
-        return False
-    labels = labels or {}
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            return False
-    return True
-
-
 def scaled_value(value: int | str, total: int) -> int:
     """An int-or-percent (``2``, ``"50%"``) against ``total``, percentages rounded up (as k8s)."""
     if isinstance(value, str) and value.endswith("%"):
@@ -608,6 +710,12 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
     history_limit: int = HISTORY_LIMIT
     _last_rv: int = attrs.field(default=0, init=False)
     _closing: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    # The API gate (rule 1): while not available, every request answers 503 with this message.
+    available: bool = attrs.field(default=True, init=False)
+    unavailable_message: str = attrs.field(default="", init=False)
+    _outage: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)  # set while down: watches end
+    changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    """Set on every write a client makes (the simulator wakes up at once)."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -668,7 +776,11 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         return body
 
     def _prepare_update(self, request: kmock.Request) -> Any:
-        data = request.data
+        return self._prepare_patch(request.resource, request.namespace, request.name, request.data,
+                                   subresource=request.subresource)
+
+    def _prepare_patch(self, res: kmock.resource | None, namespace: str | None, name: str | None, data: Any,
+                       *, subresource: str | None = None) -> Any:
         rv = self.next_resource_version()
         if isinstance(data, list):  # a JSON patch
             return [*data, {"op": "add", "path": "/metadata/resourceVersion", "value": rv}]
@@ -677,15 +789,89 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         body = copy.deepcopy(dict(data))
         meta = dict(body.get("metadata") or {})
         meta["resourceVersion"] = rv
-        current = self.stored(request.resource, request.namespace, request.name)
-        if "spec" in body and not request.subresource and current is not None:
+        current = self.stored(res, namespace, name)
+        if "spec" in body and not subresource and current is not None:
             generation = current.get("metadata", {}).get("generation")
             if isinstance(generation, int):
                 meta["generation"] = generation + 1
         body["metadata"] = meta
         return body
 
+    def _trim_history(self, obj: kmock.Object) -> None:
+        if len(obj.history) > self.history_limit:
+            del obj.history[: -self.history_limit]
+
+    # -- the API gate (rule 1) and the simulator's own writes --
+
+    def set_available(self, available: bool, message: str = "") -> None:
+        """Open or close the gate; closing it ends every open watch (the server "went away")."""
+        self.unavailable_message = message
+        if available == self.available:
+            return
+        self.available = available
+        if available:
+            self._outage = asyncio.Event()
+        else:
+            self._outage.set()
+
+    def live(self, res: kmock.resource) -> list[dict[str, Any]]:
+        """A snapshot of the live objects of one resource (raw dicts, not to be mutated)."""
+        return [obj.raw for (r, _, _), obj in list(self.objects.items()) if r == res and not obj.deleted]
+
+    def live_all(self) -> list[tuple[kmock.resource, dict[str, Any]]]:
+        return [(r, obj.raw) for (r, _, _), obj in list(self.objects.items()) if not obj.deleted]
+
+    def resource_for(self, api_version: str, kind: str) -> kmock.resource | None:
+        """The served resource of an ``apiVersion`` + ``kind`` (e.g. ``apps/v1`` Deployment)."""
+        group, _, version = api_version.rpartition("/")
+        for res in list(self.resources):
+            if isinstance(res, kmock.resource) and res.group == group and res.version == version \
+                    and self.resources[res].kind == kind:
+                return res
+        return None
+
+    async def internal_create(self, res: kmock.resource, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create an object as a client's POST would (server metadata, ADDED event); None if it exists."""
+        async with self._lock:
+            body = self._prepare_create(res, None, data)
+            meta = body["metadata"]
+            key = (res, meta.get("namespace"), meta["name"])
+            if key in self.objects:
+                if not self.objects[key].deleted:
+                    return None
+                self.objects[key].create(body)
+            else:
+                self.objects[key] = body
+            obj = self.objects[key]
+            self._trim_history(obj)
+            await self._buses[res].put({"type": "ADDED", "object": obj.raw})
+            return obj.raw
+
+    async def internal_patch(self, res: kmock.resource, namespace: str | None, name: str,
+                             patch: Mapping[str, Any], *, subresource: str | None = None) -> dict[str, Any] | None:
+        """Merge-patch an object as a client's PATCH would (new resourceVersion, MODIFIED event)."""
+        async with self._lock:
+            obj = self.stored(res, namespace, name)
+            if obj is None:
+                return None
+            obj.patch(self._prepare_patch(res, namespace, name, patch, subresource=subresource))
+            self._trim_history(obj)
+            await self._buses[res].put({"type": "MODIFIED", "object": obj.raw})
+            return obj.raw
+
+    async def internal_delete(self, res: kmock.resource, namespace: str | None, name: str) -> bool:
+        """Delete an object as a client's DELETE would; False if it was not there."""
+        async with self._lock:
+            if self.stored(res, namespace, name) is None:
+                return False
+            await self._delete_locked(res, namespace, name)
+            return True
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if not self.available:
+            body = status_body(503, self.unavailable_message or "lab API down", "ServiceUnavailable")
+            # No Retry-After: urllib3 (the kubernetes client) would silently retry 503s that carry one.
+            return aiohttp.web.json_response(body, status=503)
         if request.resource == PODS and request.subresource == "eviction" and request.name is not None:
             return await self._serve_eviction(request)
         # kmock matches reactions to requests by identity, so the (frozen) request is amended in
@@ -712,9 +898,10 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
                 except (ValueError, KeyError, TypeError) as e:
                     log.warning("CRD not registered: %s", e)
             current = self.stored(res, request.namespace, request.name)
-            too_long = current is not None and len(current.history) > self.history_limit
-            if request.action == kmock.action.UPDATE and current is not None and too_long:
-                del current.history[: -self.history_limit]
+            if request.action == kmock.action.UPDATE and current is not None:
+                self._trim_history(current)
+            if request.action in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
+                self.changed.set()
         return response
 
     @staticmethod
@@ -756,6 +943,7 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
                     status_body(verdict.code, verdict.message, reason, details=details), status=verdict.code)
             if request.params.get("dryRun") != "All":
                 await self._delete_locked(PODS, namespace, name)
+                self.changed.set()
                 log.info("pod %s/%s evicted", namespace, name)
         return aiohttp.web.json_response(status_body(201, "", "", success=True), status=201)
 
@@ -837,7 +1025,8 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         bus = self._buses[res]
         mark = await bus.mark()  # before the snapshot: nothing falls between the two
         events = cast(AsyncGenerator[Any, None], bus.stream(since=mark))
-        closing = asyncio.ensure_future(self._closing.wait())
+        outage = self._outage
+        closing = asyncio.ensure_future(self._watch_over(outage))
         pending: asyncio.Task[Any] | None = None
         try:
             yield b""  # send the headers now: the client sees the watch established
@@ -847,7 +1036,7 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
             for raw in snapshot:
                 if wanted(raw) and (since == 0 or _resource_version(raw) > since):
                     yield {"type": "ADDED", "object": raw}
-            while not self._closing.is_set():
+            while not self._closing.is_set() and not outage.is_set():
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     break
@@ -868,6 +1057,15 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
                 await asyncio.gather(pending, return_exceptions=True)
             await events.aclose()
             await bus.unmark(mark)
+
+    async def _watch_over(self, outage: asyncio.Event) -> None:
+        """Until the server stops or the API goes down."""
+        waits = {asyncio.ensure_future(self._closing.wait()), asyncio.ensure_future(outage.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     def close_watches(self) -> None:
         """End every open watch stream cleanly (as if its timeout had passed)."""
@@ -897,58 +1095,429 @@ def build_emulator(manifest: LabManifest, now: dt.datetime | None = None) -> Lab
 
 
 async def sync_node(emulator: LabKubernetesEmulator, node: LabNode, now: dt.datetime,
-                    heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD) -> bool:
+                    heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD, *, ready: bool | None = None,
+                    state: Mapping[str, Any] | None = None) -> bool:
     """One simulator step for one node; True when the Node was written.
 
-    The write goes through the emulator's own HTTP API (a merge patch of the ``status``
-    subresource, as a kubelet would post it), so resourceVersion, history and the watch
-    events behave exactly as for any client.
+    ``ready=False`` holds a running node NotReady (rule 3's delay); ``state`` is the
+    node's state.json when the caller has read it already. The write goes to the
+    emulator's store as a client's merge patch of the ``status`` subresource would (a
+    kubelet's post): new resourceVersion, history, a MODIFIED watch event.
     """
-    state = read_node_state(node)
+    state = dict(state) if state is not None else read_node_state(node)
     stored = emulator.stored(NODES, None, node.name)
     if state is None or stored is None:  # the Node was deleted: k3s would re-register, the lab does not
         return False
     current = stored.raw
     conditions = list(current.get("status", {}).get("conditions") or [])
     previous = next((c for c in conditions if c.get("type") == "Ready"), None)
-    ready = node_ready_condition(state, previous, now, heartbeat_period=heartbeat_period)
-    if ready == previous:
+    condition = node_ready_condition(state, previous, now, heartbeat_period=heartbeat_period, ready=ready)
+    if condition == previous:
         return False
     if previous is None:
-        conditions.append(ready)
+        conditions.append(condition)
     else:
-        conditions = [ready if c.get("type") == "Ready" else c for c in conditions]
-    if previous is None or previous.get("status") != ready["status"]:
-        log.info("node %s: Ready=%s (%s)", node.name, ready["status"], ready["reason"])
-    body = json.dumps({"status": {"conditions": conditions}})
-    url = f"/api/v1/nodes/{urllib.parse.quote(node.name)}/status"
-    headers = {"Content-Type": "application/merge-patch+json"}
-    async with emulator.patch(url, data=body, headers=headers) as rsp:
-        if rsp.status >= 400:
-            raise LabKubeApiError(f"PATCH {url} -> {rsp.status}: {await rsp.text()}")
+        conditions = [condition if c.get("type") == "Ready" else c for c in conditions]
+    if previous is None or previous.get("status") != condition["status"]:
+        log.info("node %s: Ready=%s (%s)", node.name, condition["status"], condition["reason"])
+    await emulator.internal_patch(NODES, None, node.name, {"status": {"conditions": conditions}},
+                                  subresource="status")
     return True
 
 
-async def run_simulator(emulator: LabKubernetesEmulator, nodes: Iterable[LabNode], *,
-                        interval: float = POLL_INTERVAL,
-                        heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD) -> None:
-    """Keep every Node's Ready condition in step with its state.json, forever."""
-    nodes = tuple(nodes)
-    unreadable: set[str] = set()
-    while True:
-        now = utcnow()
-        for node in nodes:
-            if read_node_state(node) is None:
-                if node.name not in unreadable:
+class EventLog:
+    """The simulator's timeline: JSON lines ``{"t", "source", "object", "message"}`` in a file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._failed = False
+
+    def emit(self, source: str, message: str, obj: str | None = None) -> None:
+        log.info("%s: %s%s", source, f"{obj}: " if obj else "", message)
+        if self.path is None:
+            return
+        record: dict[str, Any] = {"t": round(time.time(), 6), "source": source}
+        if obj:
+            record["object"] = obj
+        record["message"] = message
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as e:
+            if not self._failed:
+                log.warning("cannot append to the events file %s: %s", self.path, e)
+            self._failed = True
+
+
+def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The events the simulator appended (an absent file: none; a torn last line is skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and isinstance(event.get("t"), int | float):
+                events.append(event)
+    return events
+
+
+def _pod_key(pod: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
+
+
+class ClusterSimulator:
+    """Applies the rules of :mod:`hecate.lab.cluster_sim` to the emulator, one :meth:`step` at a time.
+
+    It keeps in memory only what the objects cannot say: since when each node's k3s has
+    run, since when each pod's inputs have held, the API's state, and the last reported
+    availability of each workload and Flux object (for the timeline).
+    """
+
+    CONTROLLER_ROUNDS = 3  # passes per step while the previous one wrote something
+
+    def __init__(self, emulator: LabKubernetesEmulator, manifest: LabManifest, events: EventLog, *,
+                 heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD) -> None:
+        self.emulator = emulator
+        self.nodes = manifest.nodes
+        self.delays = manifest.delays
+        self.events = events
+        self.heartbeat_period = heartbeat_period
+        self.servers = [n for n in manifest.nodes if n.role == "server"]
+        self.running_since: dict[str, float | None] = {}
+        self.api: sim.ApiState | None = None
+        self.pod_since: dict[tuple[str, str, str], float] = {}
+        self.workload_up: dict[sim.ObjRef, bool] = {}
+        self.flux_ready: dict[sim.ObjRef, tuple[str, str]] = {}
+        self.unreadable: set[str] = set()
+        self.warned: set[str] = set()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning("%s", message)
+
+    async def step(self) -> float | None:
+        """Nodes, then the API gate (and a cold start), then the controllers; the seconds
+        until a delay runs out (when the next step is due at the latest), or None."""
+        now = time.time()
+        due: list[float] = []
+        states: dict[str, dict[str, Any] | None] = {}
+        first = self.api is None
+        for node in self.nodes:
+            state = states[node.name] = read_node_state(node)
+            if state is None:
+                if node.name not in self.unreadable:
                     log.warning("node %s: %s/state.json is missing or unreadable", node.name, node.dir)
-                    unreadable.add(node.name)
+                    self.unreadable.add(node.name)
                 continue
-            unreadable.discard(node.name)
+            self.unreadable.discard(node.name)
+            running = k3s_running(state)
+            if first or node.name not in self.running_since:
+                since = -math.inf if running else None  # running when the simulator starts: long since
+            else:
+                since = sim.held_since(running, self.running_since[node.name], now)
+            self.running_since[node.name] = since
+            ready = sim.node_ready(running, since, now, self.delays.node)
+            if (wait := sim.due_in(since, now, self.delays.node)) is not None:
+                due.append(wait)
             try:
-                await sync_node(emulator, node, now, heartbeat_period)
-            except (LabKubeApiError, aiohttp.ClientError, OSError) as e:
+                await sync_node(self.emulator, node, dt.datetime.fromtimestamp(now, tz=dt.UTC),
+                                self.heartbeat_period, ready=ready, state=state)
+            except (LabKubeApiError, OSError) as e:
                 log.warning("node %s: cannot update the Node: %s", node.name, e)
-        await asyncio.sleep(interval)
+
+        running_servers = sum(1 for n in self.servers if (st := states.get(n.name)) and k3s_running(st))
+        api = sim.api_state(self.api, running_servers, len(self.servers), now, self.delays.api)
+        was = self.api
+        self.api = api
+        if not api.available:
+            if was is None or was.available:
+                self.events.emit("api", api.message)
+                self.pod_since.clear()  # nobody watches the pods while the API is down
+            self.emulator.set_available(False, api.message)
+            if api.quorum_since is not None:
+                due.append(api.quorum_since + self.delays.api - now)
+            return min(due) if due else None
+        if was is not None and not was.available:
+            await self.cold_start()
+        await self.controllers(now, due)
+        if was is None or not was.available:
+            self.events.emit("api", f"lab API serving: {running_servers} of {len(self.servers)} "
+                                    f"k3s servers running")
+        self.emulator.set_available(True)
+        return min(due) if due else None
+
+    async def cold_start(self) -> None:
+        """Rule 2: delete what the outage lost, before the API serves again."""
+        objects = self.emulator.live_all()
+        resource = {sim.ref_of(raw): res for res, raw in objects}
+        victims = sim.cold_start_victims([raw for _, raw in objects])
+        for ref in victims:
+            _, namespace, name = ref
+            if await self.emulator.internal_delete(resource[ref], namespace, name):
+                self.events.emit("cold-start", f"deleted (annotated {sim.LOST_ON_COLD_START} or owned "
+                                               "by such an object): lost in the outage", sim.ref_text(ref))
+        self.events.emit("cold-start", f"cold start: {len(victims)} objects lost in the outage deleted"
+                         if victims else "cold start: nothing annotated lost-on-cold-start")
+
+    async def controllers(self, now: float, due: list[float]) -> None:
+        for _ in range(self.CONTROLLER_ROUNDS):
+            if not await self._reconcile(now, due):
+                break
+
+    async def _reconcile(self, now: float, due: list[float]) -> bool:
+        """One pass of every controller; True when it wrote something."""
+        em = self.emulator
+        wrote = await self._collect_garbage()
+        if wrote:
+            return True
+        nodes = sorted(em.live(NODES), key=lambda n: self._node_order(n))
+        node_ready = {str(n["metadata"]["name"]): sim.condition_true(n) for n in nodes}
+        pods = em.live(PODS)
+        load: dict[str, int] = {}
+        for pod in pods:
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node and not sim.terminating(pod):
+                load[node] = load.get(node, 0) + 1
+        workloads: dict[sim.ObjRef, dict[str, Any]] = {}
+        for res in WORKLOAD_RESOURCES.values():
+            for obj in em.live(res):
+                workloads[sim.ref_of(obj)] = obj
+        replicasets = {sim.ref_of(rs): rs for rs in em.live(REPLICASETS)}
+        computed: dict[sim.ObjRef, dict[str, Any]] = dict(workloads)
+
+        for ref in sim.dependency_order(workloads):
+            workload = workloads[ref]
+            owner: dict[str, Any] = workload
+            if ref[0] == "Deployment":
+                rs = await self._replicaset(workload, replicasets)
+                if rs is None:
+                    continue
+                if rs is not replicasets.get(sim.ref_of(rs)):
+                    wrote = True
+                owner = rs
+            owned = [p for p in pods if sim.owned_by(p, owner) and not sim.terminating(p)]
+            plan = sim.plan_pods(workload, owner, owned, nodes, load)
+            for name in plan.delete:
+                if await em.internal_delete(PODS, ref[1], name):
+                    wrote = True
+            owned = [p for p in owned if p["metadata"]["name"] not in plan.delete]
+            for name, node in plan.bind:
+                bound = await em.internal_patch(PODS, ref[1], name, {"spec": {"nodeName": node}},
+                                                subresource="binding")
+                if bound is not None:
+                    wrote = True
+                    owned = [bound if p["metadata"]["name"] == name else p for p in owned]
+            for manifest in plan.create:
+                created = await em.internal_create(PODS, manifest)
+                if created is not None:
+                    wrote = True
+                    owned.append(created)
+                    pods.append(created)
+            for name in plan.delete:
+                pods = [p for p in pods if not (p["metadata"].get("namespace") == ref[1]
+                                                and p["metadata"]["name"] == name)]
+
+            waiting = sim.blockers(workload, computed)
+            ready_count = 0
+            for pod in owned:
+                key = _pod_key(pod)
+                node = (pod.get("spec") or {}).get("nodeName")
+                verdict = sim.pod_status(pod, node_ready=bool(node and node_ready.get(node)), waiting_for=waiting,
+                                         since=self.pod_since.get(key), now=now, delay=self.delays.pod)
+                if verdict.since is None:
+                    self.pod_since.pop(key, None)
+                else:
+                    self.pod_since[key] = verdict.since
+                if verdict.due is not None:
+                    due.append(verdict.due)
+                ready_count += verdict.ready
+                if sim.status_changed(pod, verdict.status):
+                    await em.internal_patch(PODS, ref[1], pod["metadata"]["name"], {"status": verdict.status},
+                                            subresource="status")
+                    wrote = True
+            desired = None
+            if ref[0] == "DaemonSet":
+                template = ((workload.get("spec") or {}).get("template") or {}).get("spec") or {}
+                desired = sum(1 for n in nodes if sim.node_fits(n, template))
+            status = sim.workload_status(workload, len(owned), ready_count, now, desired)
+            if sim.status_changed(workload, status):
+                await em.internal_patch(WORKLOAD_RESOURCES[ref[0]], ref[1], ref[2], {"status": status},
+                                        subresource="status")
+                wrote = True
+            if owner is not workload:
+                rs_status = sim.workload_status(owner, len(owned), ready_count, now)
+                if sim.status_changed(owner, rs_status):
+                    await em.internal_patch(REPLICASETS, ref[1], owner["metadata"]["name"], {"status": rs_status},
+                                            subresource="status")
+                    wrote = True
+            computed[ref] = {**workload, "status": sim.merge_patch(workload.get("status") or {}, status)}
+            self._report_workload(ref, computed[ref], waiting)
+
+        self._forget_pods(pods)
+        return await self._flux(now, computed) or wrote
+
+    @staticmethod
+    def _node_order(node: Mapping[str, Any]) -> tuple[int, str]:
+        spec = node.get("spec") or {}
+        cidr = str(spec.get("podCIDR") or "")
+        index = cidr.split(".")[2] if cidr.count(".") == 3 else ""
+        return (int(index) if index.isdigit() else 1 << 30, str(node["metadata"]["name"]))
+
+    def _forget_pods(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        alive = {_pod_key(p) for p in pods}
+        for key in [k for k in self.pod_since if k not in alive]:
+            del self.pod_since[key]
+
+    async def _replicaset(self, deployment: dict[str, Any],
+                          replicasets: Mapping[sim.ObjRef, dict[str, Any]]) -> dict[str, Any] | None:
+        """The Deployment's ReplicaSet, created or its ``spec.replicas`` followed."""
+        wanted = sim.replicaset_for(deployment)
+        ref = sim.ref_of(wanted)
+        rs = replicasets.get(ref)
+        if rs is None or not sim.owned_by(rs, deployment):
+            if rs is not None:  # a stranger with the name: leave it, the Deployment gets no pods
+                self._warn_once(f"rs:{ref}", f"{sim.ref_text(ref)} exists but is not owned by its Deployment")
+                return None
+            return await self.emulator.internal_create(REPLICASETS, wanted)
+        if (rs.get("spec") or {}).get("replicas") != sim.replicas(deployment):
+            return await self.emulator.internal_patch(REPLICASETS, ref[1], ref[2],
+                                                      {"spec": {"replicas": sim.replicas(deployment)}})
+        return rs
+
+    async def _collect_garbage(self) -> bool:
+        """Delete ReplicaSets and pods whose controlling owner is gone (as Kubernetes' GC does)."""
+        em = self.emulator
+        owners: set[tuple[str, str | None, str]] = set()
+        uids: set[str] = set()
+        for res in (*WORKLOAD_RESOURCES.values(), REPLICASETS):
+            for obj in em.live(res):
+                owners.add(sim.ref_of(obj))
+                if obj["metadata"].get("uid"):
+                    uids.add(str(obj["metadata"]["uid"]))
+        wrote = False
+        for res in (REPLICASETS, PODS):
+            for obj in em.live(res):
+                meta = obj.get("metadata") or {}
+                for owner in meta.get("ownerReferences") or []:
+                    if not isinstance(owner, Mapping) or owner.get("kind") not in (*WORKLOAD_RESOURCES, "ReplicaSet"):
+                        continue
+                    gone = str(owner.get("uid")) not in uids if owner.get("uid") else \
+                        (owner.get("kind"), meta.get("namespace"), owner.get("name")) not in owners
+                    if gone and await em.internal_delete(res, meta.get("namespace"), meta["name"]):
+                        log.info("%s: its owner %s/%s is gone: deleted", sim.ref_text(sim.ref_of(obj)),
+                                 owner.get("kind"), owner.get("name"))
+                        wrote = True
+                        break
+        return wrote
+
+    def _report_workload(self, ref: sim.ObjRef, workload: Mapping[str, Any], waiting: list[str]) -> None:
+        up = sim.available(workload)
+        before = self.workload_up.get(ref)
+        self.workload_up[ref] = up
+        if up == before or (before is None and not up):
+            return
+        status = workload.get("status") or {}
+        if ref[0] == "DaemonSet":
+            counts = f"{status.get('numberReady', 0)}/{status.get('desiredNumberScheduled', 0)} ready"
+        else:
+            counts = f"{status.get('readyReplicas', 0)}/{sim.replicas(workload)} ready"
+        why = f"; waiting for {', '.join(waiting)}" if waiting and not up else ""
+        self.events.emit("workload", f"{'available' if up else 'unavailable'} ({counts}{why})", sim.ref_text(ref))
+
+    async def _flux(self, now: float, workloads: Mapping[sim.ObjRef, Mapping[str, Any]]) -> bool:
+        """Rule 5: GitRepositories, then Kustomizations and HelmReleases, then their renders."""
+        em = self.emulator
+        wrote = False
+        sources: dict[sim.ObjRef, dict[str, Any]] = {}
+        for repo in em.live(GITREPOSITORIES):
+            ref = sim.ref_of(repo)
+            try:
+                server = sim.served_by(repo)
+            except ValueError as e:
+                self._warn_once(f"served:{ref}", f"{sim.ref_text(ref)}: {e}")
+                server, reachable = None, False
+            else:
+                reachable = server is None or sim.available(workloads.get(server))
+            status = sim.gitrepository_status(repo, reachable, now)
+            if sim.status_changed(repo, status):
+                await em.internal_patch(GITREPOSITORIES, ref[1], ref[2], {"status": status}, subresource="status")
+                wrote = True
+            sources[ref] = {**repo, "status": sim.merge_patch(repo.get("status") or {}, status)}
+            self._report_flux(ref, sources[ref])
+
+        existing = {sim.ref_of(raw) for _, raw in em.live_all()}
+        for res in (KUSTOMIZATIONS, HELMRELEASES):
+            for obj in em.live(res):
+                ref = sim.ref_of(obj)
+                chart = (((obj.get("spec") or {}).get("chart") or {}).get("spec") or {}).get("version") or ""
+                fstatus = sim.flux_status(obj, sim.source_view(sim.source_ref(obj), sources, str(chart)), now)
+                current: dict[str, Any] = obj
+                if fstatus is not None:
+                    if sim.status_changed(obj, fstatus):
+                        await em.internal_patch(res, ref[1], ref[2], {"status": fstatus}, subresource="status")
+                        wrote = True
+                    current = {**obj, "status": sim.merge_patch(obj.get("status") or {}, fstatus)}
+                self._report_flux(ref, current)
+                try:
+                    missing = sim.renders_to_create(current, existing)
+                except ValueError as e:
+                    self._warn_once(f"renders:{ref}", f"{sim.ref_text(ref)}: {e}")
+                    continue
+                for manifest in missing:
+                    wrote = await self._render(ref, manifest, existing) or wrote
+        return wrote
+
+    async def _render(self, by: sim.ObjRef, manifest: dict[str, Any], existing: set[sim.ObjRef]) -> bool:
+        target = sim.ref_of(manifest)
+        res = self.emulator.resource_for(str(manifest["apiVersion"]), str(manifest["kind"]))
+        if res is None:
+            self._warn_once(f"render:{by}:{target}", f"{sim.ref_text(by)} renders {manifest['apiVersion']} "
+                                                     f"{manifest['kind']}, which the lab API does not serve")
+            return False
+        if self.emulator.resources[res].namespaced is False:
+            manifest["metadata"].pop("namespace", None)
+            target = sim.ref_of(manifest)
+        created = await self.emulator.internal_create(res, manifest)
+        existing.add(target)
+        if created is None:
+            return False
+        self.events.emit("flux", f"re-created {sim.ref_text(target)} (it renders it)", sim.ref_text(by))
+        return True
+
+    def _report_flux(self, ref: sim.ObjRef, obj: Mapping[str, Any]) -> None:
+        cond = sim.condition(obj, "Ready")
+        if cond is None:
+            return
+        now = (str(cond.get("status")), str(cond.get("reason")))
+        before = self.flux_ready.get(ref)
+        self.flux_ready[ref] = now
+        if now == before:
+            return
+        text = f"Ready={now[0]} ({now[1]})"
+        if now[0] != "True":
+            text += f": {cond.get('message')}"
+        self.events.emit("flux", text, sim.ref_text(ref))
+
+
+async def run_simulator(simulator: ClusterSimulator, *, interval: float = POLL_INTERVAL) -> None:
+    """Step the simulator forever: every ``interval`` seconds, sooner when a delay runs out or
+    a client wrote something."""
+    emulator = simulator.emulator
+    while True:
+        emulator.changed.clear()
+        try:
+            due = await simulator.step()
+        except Exception:  # the lab API must outlive a bug in one rule; it is logged with its traceback
+            log.exception("simulator step failed")
+            due = None
+        timeout = interval if due is None else min(interval, max(0.01, due))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(emulator.changed.wait(), timeout)
 
 
 # -- the process ----------------------------------------------------------------------------
@@ -1004,14 +1573,15 @@ async def serve(manifest: LabManifest, *, kubeconfig: Path, host: str = "127.0.0
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     emulator = build_emulator(manifest)
+    events = EventLog(manifest.events or kubeconfig.parent / EVENTS_FILE)
+    simulator = ClusterSimulator(emulator, manifest, events, heartbeat_period=heartbeat_period)
     async with emulator, kmock.Server(emulator, host=host, port=port or None) as server:
         url = f"http://{host}:{server.port}"
-        tasks = [asyncio.create_task(run_simulator(emulator, manifest.nodes, interval=interval,
-                                                   heartbeat_period=heartbeat_period))]
+        await simulator.step()  # Nodes current and the API gate set before announcing
+        tasks = [asyncio.create_task(run_simulator(simulator, interval=interval))]
         if parent_pid:
             tasks.append(asyncio.create_task(_exit_with_parent(parent_pid, stop)))
         try:
-            await sync_all(emulator, manifest.nodes, heartbeat_period)  # Nodes current before announcing
             write_kubeconfig(kubeconfig, url)
             log.info("serving the lab Kubernetes API on %s (%d nodes); kubeconfig %s",
                      url, len(manifest.nodes), kubeconfig)
@@ -1030,17 +1600,9 @@ async def serve(manifest: LabManifest, *, kubeconfig: Path, host: str = "127.0.0
     log.info("stopped")
 
 
-async def sync_all(emulator: LabKubernetesEmulator, nodes: Iterable[LabNode],
-                   heartbeat_period: dt.timedelta = HEARTBEAT_PERIOD) -> None:
-    now = utcnow()
-    for node in nodes:
-        with contextlib.suppress(LabKubeApiError, aiohttp.ClientError, OSError):
-            await sync_node(emulator, node, now, heartbeat_period)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hecate.lab.kubeapi",
-                                     description="The lab's emulated Kubernetes API and node simulator.")
+                                     description="The lab's emulated Kubernetes API and cluster simulator.")
     parser.add_argument("--manifest", required=True, type=Path, help="JSON: {nodes: [{name, role, dir}]}")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -1078,7 +1640,10 @@ def _version_answers(url: str) -> bool:
     try:
         conn.request("GET", "/version")
         rsp = conn.getresponse()
-        return rsp.status == 200 and "gitVersion" in json.loads(rsp.read() or b"{}")
+        body = json.loads(rsp.read() or b"{}")
+        if rsp.status == 503:  # serving, but the lab's k3s servers are down (rule 1)
+            return bool(body.get("reason") == "ServiceUnavailable")
+        return rsp.status == 200 and "gitVersion" in body
     except (OSError, ValueError, http.client.HTTPException):
         return False
     finally:

@@ -25,11 +25,14 @@ from typing import Any
 import yaml
 
 from hecate.lab import DEFAULT_DIR, kubeapi, nodes
+from hecate.lab.cluster_sim import Delays
 from hecate.lab.nodes import LabNode
 from hecate.lab.procs import LabError, alive, free_port
 from hecate.lab.ups import LabUps, start_ups
 
 MANIFEST = "lab.json"
+KUBE_EVENT_SOURCES = {"api": "kube-api", "cold-start": "cold-start", "workload": "kube-ctrl", "flux": "flux"}
+"""How :func:`timeline` names the emulated cluster's event sources."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class LabSpec:
     agents: int = 2
     netns: bool | None = None
     """Network namespaces per node; ``None`` means "when root and ``ip netns`` works"."""
+    delays: Delays = field(default_factory=Delays)
+    """How long the emulated cluster takes to come up (API, node, pod), see :mod:`hecate.lab.kubeapi`."""
 
     def node_specs(self) -> list[nodes.NodeSpec]:
         return [nodes.NodeSpec(f"titan-s{i + 1}", "server") for i in range(self.servers)] + [
@@ -123,7 +128,7 @@ class Lab:
             if missing:
                 starting[missing[0]].result()  # raises the UPS's own error
             lab.save()
-            lab._start_kubeapi(detach)
+            lab._start_kubeapi(detach, spec.delays)
             lab.save()
             lab.write_hecate_config()
         except BaseException:
@@ -177,12 +182,19 @@ class Lab:
         if errors:
             raise LabError("lab down left problems: " + "; ".join(errors))
 
-    def _start_kubeapi(self, detach: bool) -> None:
+    @property
+    def kube_events(self) -> Path:
+        """The emulated cluster's timeline (JSON lines), see :mod:`hecate.lab.kubeapi`."""
+        return self.dir / "kube" / kubeapi.EVENTS_FILE
+
+    def _start_kubeapi(self, detach: bool, delays: Delays | None = None) -> None:
         manifest = self.dir / "kube" / "nodes.json"
         manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps({"nodes": [
-            {"name": n.name, "role": n.role, "dir": str(n.dir)} for n in self.nodes
-        ]}))
+        manifest.write_text(json.dumps({
+            "nodes": [{"name": n.name, "role": n.role, "dir": str(n.dir)} for n in self.nodes],
+            "delays": (delays or Delays()).to_dict(),
+            "events": str(self.kube_events),
+        }))
         proc = kubeapi.start_kubeapi(manifest, self.kubeconfig, self.dir / "kube" / "kubeapi.log",
                                      exit_with_parent=not detach)
         self.kubeapi_pid = proc.pid
@@ -223,6 +235,15 @@ class Lab:
                 # The lab's coordinator only records that it would power off.
                 "local_poweroff_command": ["sh", "-c", f"date +%s.%N >> {self.dir}/coordinator-poweroff"],
             },
+            # Startup waits sized for the lab's simulator (its readiness delays are seconds, not minutes).
+            "startup": {"foundation": ["kube-system/deployment/coredns"], "recovery_after_s": 3,
+                        "boot_timeout_s": 10, "api_timeout_s": 30, "node_ready_timeout_s": 30,
+                        "foundation_timeout_s": 30, "verify_timeout_s": 30},
+            # What the daemon caches for the deadlock fallback: Gitea, what it needs, CoreDNS.
+            "flux": {"detection_window_s": 2, "ready_timeout_s": 30, "cache_refresh_interval_s": 60,
+                     "fallback_manifests_dir": str(self.state_dir / "bootstrap"),
+                     "bootstrap_objects": ["gitea/deployment/gitea-valkey", "gitea/deployment/gitea",
+                                           "kube-system/deployment/coredns"]},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
         }
 
@@ -289,7 +310,8 @@ def _free_subnet() -> str:
 
 
 def timeline(lab: Lab) -> list[tuple[float, str, str]]:
-    """Everything that happened in the lab, in time order: UPS changes, node commands, coordinator off."""
+    """Everything that happened in the lab, in time order: UPS changes, node commands, the emulated
+    cluster's events (API up/down, cold start, workloads, Flux), Hecate's runs, coordinator off."""
     rows: list[tuple[float, str, str]] = []
     for ups in lab.ups.values():
         events = ups.dir / "events.jsonl"
@@ -300,6 +322,10 @@ def timeline(lab: Lab) -> list[tuple[float, str, str]]:
         for c in nodes.read_commands(node.dir):
             rc = "hung" if c.get("rc") is None else f"rc {c['rc']}"
             rows.append((c["t"], node.name, f"{c['cmd']} ({rc})"))
+    for event in kubeapi.read_events(lab.kube_events):
+        what = f"{event['object']}: {event.get('message', '')}" if event.get("object") else str(event.get("message"))
+        who = KUBE_EVENT_SOURCES.get(str(event.get("source")), str(event.get("source")))
+        rows.append((float(event["t"]), who, what))
     runs = lab.state_dir / "runs.json"
     for run in json.loads(runs.read_text()) if runs.exists() else []:
         decided = run.get("trigger", {}).get("decided_at")
