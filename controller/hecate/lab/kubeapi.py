@@ -108,7 +108,8 @@ contract other code relies on (``delays`` come from the manifest, see below):
                                       ``numberReady``, ``numberAvailable``). *Available* means
                                       the workload exists and ``readyReplicas >=
                                       spec.replicas``. Pods (and ReplicaSets) whose owner is
-                                      gone are deleted. Pods no workload owns are left alone.
+                                      gone are deleted. Pods no workload owns are left alone;
+                                      template changes are not rolled out.
 5     Flux                            GitRepository Ready iff not suspended, the workload its
                                       ``lab.hecate.io/served-by`` names is available (no
                                       annotation: an outside server, always reachable) and
@@ -1302,20 +1303,31 @@ class ClusterSimulator:
                 owner = rs
             owned = [p for p in pods if sim.owned_by(p, owner) and not sim.terminating(p)]
             plan = sim.plan_pods(workload, owner, owned, nodes, load)
+
+            def count(pod: Mapping[str, Any], delta: int) -> None:  # the next workload's placement sees it
+                node = (pod.get("spec") or {}).get("nodeName")
+                if node:
+                    load[node] = load.get(node, 0) + delta
+
             for name in plan.delete:
                 if await em.internal_delete(PODS, ref[1], name):
                     wrote = True
+            for pod in owned:
+                if pod["metadata"]["name"] in plan.delete:
+                    count(pod, -1)
             owned = [p for p in owned if p["metadata"]["name"] not in plan.delete]
             for name, node in plan.bind:
                 bound = await em.internal_patch(PODS, ref[1], name, {"spec": {"nodeName": node}},
                                                 subresource="binding")
                 if bound is not None:
                     wrote = True
+                    count(bound, +1)
                     owned = [bound if p["metadata"]["name"] == name else p for p in owned]
             for manifest in plan.create:
                 created = await em.internal_create(PODS, manifest)
                 if created is not None:
                     wrote = True
+                    count(created, +1)
                     owned.append(created)
                     pods.append(created)
             for name in plan.delete:
@@ -1577,7 +1589,10 @@ async def serve(manifest: LabManifest, *, kubeconfig: Path, host: str = "127.0.0
     simulator = ClusterSimulator(emulator, manifest, events, heartbeat_period=heartbeat_period)
     async with emulator, kmock.Server(emulator, host=host, port=port or None) as server:
         url = f"http://{host}:{server.port}"
-        await simulator.step()  # Nodes current and the API gate set before announcing
+        try:
+            await simulator.step()  # Nodes current and the API gate set before announcing
+        except Exception:  # as in run_simulator: a bug in one rule must not keep the lab API from serving
+            log.exception("simulator step failed")
         tasks = [asyncio.create_task(run_simulator(simulator, interval=interval))]
         if parent_pid:
             tasks.append(asyncio.create_task(_exit_with_parent(parent_pid, stop)))
