@@ -237,8 +237,11 @@ def test_a_cold_start_after_a_full_power_off_deadlocks_flux_and_gitea(tmp_path: 
 
         rows = [(who, what) for _, who, what in timeline(lab)]
         assert ("kube-api", "lab API down: 1 of 3 k3s servers running (quorum needs 2)") in rows
-        assert ("cold-start", "Deployment/gitea/gitea-valkey: deleted (annotated lab.hecate.io/lost-on-cold-start "
-                "or owned by such an object): lost in the outage") in rows
+        assert ("cold-start", "Deployment/gitea/gitea-valkey: lost in the outage (annotated "
+                "lab.hecate.io/lost-on-cold-start): deleted") in rows
+        lost_with = next(what for who, what in rows if what.startswith("deleted with what it belongs to: "))
+        assert "ReplicaSet/gitea/gitea-valkey-" in lost_with
+        assert "Pod/gitea/gitea-valkey-" in lost_with
         assert ("kube-api", "lab API serving: 3 of 3 k3s servers running") in rows
         assert ("flux", f"GitRepository/flux-system/flux-system: Ready=False (GitOperationFailed): {CLONE_ERROR}") \
             in rows

@@ -1256,14 +1256,23 @@ class ClusterSimulator:
         """Rule 2: delete what the outage lost, before the API serves again."""
         objects = self.emulator.live_all()
         resource = {sim.ref_of(raw): res for res, raw in objects}
+        annotated = {sim.ref_of(raw) for _, raw in objects
+                     if sim.is_true(sim.annotations_of(raw).get(sim.LOST_ON_COLD_START))}
         victims = sim.cold_start_victims([raw for _, raw in objects])
+        dependents: list[str] = []
         for ref in victims:
             _, namespace, name = ref
-            if await self.emulator.internal_delete(resource[ref], namespace, name):
-                self.events.emit("cold-start", f"deleted (annotated {sim.LOST_ON_COLD_START} or owned "
-                                               "by such an object): lost in the outage", sim.ref_text(ref))
-        self.events.emit("cold-start", f"cold start: {len(victims)} objects lost in the outage deleted"
-                         if victims else "cold start: nothing annotated lost-on-cold-start")
+            if not await self.emulator.internal_delete(resource[ref], namespace, name):
+                continue
+            if ref in annotated:
+                self.events.emit("cold-start", f"lost in the outage (annotated {sim.LOST_ON_COLD_START}): deleted",
+                                 sim.ref_text(ref))
+            else:
+                dependents.append(sim.ref_text(ref))
+        if dependents:
+            self.events.emit("cold-start", "deleted with what it belongs to: " + ", ".join(dependents))
+        if not victims:
+            self.events.emit("cold-start", f"cold start: nothing annotated {sim.LOST_ON_COLD_START}")
 
     async def controllers(self, now: float, due: list[float]) -> None:
         for _ in range(self.CONTROLLER_ROUNDS):
