@@ -9,7 +9,7 @@ import importlib
 import json
 import sys
 
-BENCHMARKS = ["lab_bringup", "reaction", "footprint", "shutdown"]
+BENCHMARKS = ["lab_bringup", "reaction", "footprint", "shutdown", "coldstart"]
 
 
 def main(argv: list[str]) -> int:

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The demo: the first half of a power-loss cycle on the lab (real upsd + dummy-ups, real
-# sshd nodes, the emulated API). Mains fails, the runtime drains through the threshold,
-# Hecate decides and shuts the lab cluster down in order -- agents, then servers, the
-# coordinator last -- and the demo prints the timeline. Nothing touches this machine's own
-# systemd or power: lab nodes emulate them. (Staged startup comes with issue #5.)
+# The demo: a whole power-loss cycle on the lab (real upsd + dummy-ups, real sshd nodes, the
+# emulated k3s + Flux cluster). Mains fails, the runtime drains through the threshold, Hecate
+# decides and shuts the cluster down in order -- agents, then servers, the coordinator last.
+# Mains returns, the nodes boot (k3s disabled at boot, so Hecate orders the start), and
+# `hecate startup --execute` brings the cluster back in stages, through the Flux/Gitea
+# deadlock the cold start left behind. The demo prints the timeline of both halves.
+# Nothing touches this machine's own systemd or power: lab nodes emulate them.
 set -euo pipefail
 
 DIR="${HECATE_LAB_DIR:-/tmp/hecate-demo}"
@@ -18,24 +20,29 @@ trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f s", b - a }'; }
 
-step "Bringing the lab up: UPS Pyrphoros, 3 k3s servers, 4 agents, the emulated API"
+step "Bringing the lab up: UPS Pyrphoros, 3 k3s servers, 4 agents, the emulated k3s + Flux cluster"
 start=$EPOCHREALTIME
 hecate lab up --dir "$DIR" --ups pyrphoros --servers 3 --agents 4
 hecate lab seed --dir "$DIR"
 echo "lab up in $(since "$start")"
 hecate config validate --config "$CONFIG"
 
+step "Startup on a healthy cluster changes nothing (what hecate-bootstrap.service runs at every boot)"
+hecate startup --config "$CONFIG" --execute
+
 step "The shutdown plan Hecate would run (dry-run: touches nothing)"
 hecate shutdown --config "$CONFIG"
 
-step "hecate daemon watches the UPS (shutdown.execute=true via the environment)"
+step "hecate daemon watches the UPS and keeps the bootstrap cache fresh (shutdown.execute=true via the environment)"
 HECATE_SHUTDOWN__EXECUTE=true hecate daemon --config "$CONFIG" 2> "$DIR/daemon.log" &
 DAEMON_PID=$!
 for _ in $(seq 100); do
     hecate status --config "$CONFIG" --json 2>/dev/null | grep -q '"source": "daemon"' && break
     sleep 0.2
 done
+for _ in $(seq 100); do ls "$DIR"/state/bootstrap/hecate-snapshot.yaml >/dev/null 2>&1 && break; sleep 0.2; done
 hecate status --config "$CONFIG"
+grep -c '^kind:' "$DIR/state/bootstrap/hecate-snapshot.yaml" | xargs echo "objects in the bootstrap cache:"
 
 step "Mains fails; the battery drains through the threshold (1.1 x 300 s default budget = 330 s)"
 hecate lab ups-set --dir "$DIR" pyrphoros ups.status="OB DISCHRG" battery.runtime=600 battery.charge=80
@@ -49,13 +56,17 @@ step "Hecate decides and shuts the cluster down (waiting for the coordinator's p
 for _ in $(seq 300); do [ -s "$DIR/coordinator-poweroff" ] && break; sleep 0.2; done
 sleep 0.5
 hecate status --config "$CONFIG"
+kill "$DAEMON_PID"; wait "$DAEMON_PID" || true; DAEMON_PID=""   # the coordinator is off now
 
-step "Timeline, from the UPS and the nodes' own logs"
+step "Mains returns; the UPS recharges; the nodes boot (k3s disabled at boot: Hecate orders the start)"
+hecate lab ups-set --dir "$DIR" pyrphoros ups.status="OL CHRG" battery.runtime=1800 battery.charge=85
+hecate lab power-on --dir "$DIR" --k3s-disabled
+
+step "hecate startup --execute: servers, API, agents, nodes, foundation, Flux -- through the deadlock"
+hecate startup --config "$CONFIG" --execute
+
+step "Timeline of both halves, from the UPS, the nodes, the emulated cluster and Hecate's runs"
 hecate lab timeline --dir "$DIR"
-
-step "The daemon's log (JSON lines per step for journald)"
-kill "$DAEMON_PID"; wait "$DAEMON_PID" || true; DAEMON_PID=""
-grep -v '"event":"step-end"' "$DIR/daemon.log" | cut -c1-200
 
 step "Tearing the lab down"
 hecate lab down --dir "$DIR"

@@ -119,6 +119,34 @@ def ups_set(directory: Path, name: str, assignments: tuple[str, ...]) -> None:
     click.echo(f"{name}: upsd now serves " + ", ".join(f"{k}={v}" for k, v in changes.items()))
 
 
+@lab.command("power-on")
+@dir_option
+@click.argument("names", nargs=-1, metavar="[NODE...]")
+@click.option("--k3s-disabled", is_flag=True,
+              help="Boot with the k3s unit inactive (disabled at boot), so `hecate startup` orders the start.")
+def power_on(directory: Path, names: tuple[str, ...], k3s_disabled: bool) -> None:
+    """Boot lab nodes (all of them by default), as when mains returns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hecate.lab import nodes
+    from hecate.lab.procs import LabError
+    from hecate.lab.testbed import Lab
+
+    try:
+        running = Lab.load(directory)
+        unknown = sorted(set(names) - {n.name for n in running.nodes})
+        if unknown:
+            raise click.ClickException(f"the lab has no node named {', '.join(unknown)}")
+        chosen = [n for n in running.nodes if not names or n.name in names]
+        with ThreadPoolExecutor(max(1, len(chosen))) as pool:  # machines boot at the same time
+            booted = {n.name: n for n in pool.map(lambda n: nodes.power_on(n, k3s_at_boot=not k3s_disabled), chosen)}
+        running.nodes = [booted.get(n.name, n) for n in running.nodes]
+        running.save()
+    except LabError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"booted {', '.join(booted)}" + (" (k3s disabled at boot)" if k3s_disabled else ""))
+
+
 @lab.command()
 @dir_option
 def seed(directory: Path) -> None:

@@ -1,0 +1,60 @@
+"""The drill machinery on the lab: dry-run touches nothing, drills pass, refusals break nothing.
+
+``make drills`` runs all three drills against a fresh lab; this test runs two of them
+(the deadlock and the reconciliation one) through the same code, plus the refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from hecate.adapters.kube import Kube
+from hecate.domain.config import HecateConfig
+from hecate.lab.cluster_seed import seed_workloads
+from hecate.lab.testbed import Lab
+from hecate.services import drills
+from hecate.services.progress import JsonLines
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_drills_on_the_lab(lab: Lab) -> None:
+    seed_workloads(lab.kubeconfig)
+    data = lab.hecate_config()
+    config = HecateConfig.model_validate(data)
+    kube = Kube(lab.kubeconfig, 2.0)
+    try:
+        # Dry-run: names what it would break, touches nothing, records nothing.
+        dry = run(drills.run(config, "flux-gitea-deadlock", JsonLines(), execute=False))
+        assert not dry.executed
+        assert "delete Deployment/gitea/gitea-valkey" in dry.breaks
+        assert run(kube.get_object("Deployment/gitea/gitea-valkey")) is not None
+        assert not (lab.state_dir / "runs.json").exists()
+
+        for name in ("flux-gitea-deadlock", "reconciliation-resume"):
+            result = run(drills.run(config, name, JsonLines(), execute=True))
+            assert result.passed, [(c.name, c.detail) for c in result.checks if not c.ok]
+            assert result.checks
+            assert all(c.ok for c in result.checks)
+            assert result.startup is not None
+            assert result.restored == []
+        runs = json.loads((lab.state_dir / "runs.json").read_text())
+        assert [r["kind"] for r in runs] == ["startup", "drill", "startup", "drill"]
+        assert all(r["result"] == "success" for r in runs)
+
+        # A drill that would delete what the cache does not hold refuses before breaking anything.
+        data["flux"] = {**data["flux"], "bootstrap_objects": ["gitea/deployment/absent"]}
+        with pytest.raises(drills.DrillRefused, match="lacks Deployment/gitea/absent"):
+            run(drills.run(HecateConfig.model_validate(data), "flux-gitea-deadlock", JsonLines(), execute=True))
+        status = run(kube.flux_status())
+        assert not any(s["ours"] for s in status.values())  # Flux was not suspended
+    finally:
+        kube.close()
