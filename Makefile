@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: system setup lint test test-fast demo bench docs lab-down clean
+.PHONY: system setup lint test test-fast demo drills bench docs lab-down clean
 
 # Debian packages the lab runs for real; no-op when they are already installed.
 system:
@@ -36,6 +36,10 @@ demo: system $(STAMP)
 
 docs: $(STAMP)
 	$(PY) scripts/update-docs.py
+
+# The three disruptive drills, executed against a fresh lab (not part of `make test`).
+drills: system $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH scripts/lab-drills.sh
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -11,7 +11,7 @@ import pytest
 
 from hecate.lab.testbed import MANIFEST
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -20,16 +20,26 @@ def test_demo_script_runs_the_lab_and_tears_it_down(tmp_path: Path) -> None:
     env = {**os.environ, "HECATE_LAB_DIR": str(directory),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run([str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
-                          timeout=100, check=False)
+                          timeout=130, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "OK (role coordinator, 7 nodes, 1 UPS)" in out
     assert "Dry-run: nothing was touched" in out
     assert "Trigger:   SHUTDOWN decided — UPS pyrphoros, runtime" in out
-    timeline = out[out.index("Timeline"):out.index("The daemon's log")].splitlines()
-    order = [line.split()[2] for line in timeline if line.startswith("+")]
-    machines = [who for who in order if who not in ("hecate", "pyrphoros")]
-    assert machines[-1] == "coordinator"  # the coordinator went last
+    timeline = out[out.index("Timeline of both halves"):out.index("Tearing the lab down")].splitlines()
+    rows = [line.split(maxsplit=3)[1:] for line in timeline if line.startswith("+")]
+    off = next(i for i, (_, who, _) in enumerate(rows) if who == "coordinator")
+    machines = [who for _, who, what in rows[:off] if who.startswith("titan-") and "poweroff" in what]
+    assert len(set(machines)) == 7  # every node powered off before the coordinator
     assert "shutdown recorded: success" in out
+    # The second half: servers start before agents, the cold start lost valkey, startup broke the deadlock.
+    after = rows[off:]
+    starts = [(who, what) for _, who, what in after if what.startswith("systemctl start")]
+    assert len(starts) == 7
+    assert {what.split()[2] for _, what in starts[:3]} == {"k3s"}
+    assert {what.split()[2] for _, what in starts[3:]} == {"k3s-agent"}
+    assert any(who == "cold-start" and "gitea-valkey" in what for _, who, what in after)
+    assert "deadlock broken: created Deployment/gitea/gitea-valkey" in out
+    assert "startup recorded: success" in out
     assert "is down" in proc.stdout
     assert not (directory / MANIFEST).exists()

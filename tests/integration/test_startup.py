@@ -145,7 +145,7 @@ def test_cold_start_stays_deadlocked_without_the_fallback_and_recovers_with_it(l
 
 @pytest.mark.timeout(150)
 def test_a_server_that_never_comes_back_degrades_the_run_and_the_rest_proceeds(tmp_path: Path, kube: Any) -> None:
-    lab = Lab.up(tmp_path / "lab", LabSpec(servers=3, agents=1))
+    lab = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=3, agents=1))  # no preflight: no UPS needed
     try:
         k = kube(lab)
         config = lab_config(lab, startup={"boot_timeout_s": 2, "node_ready_timeout_s": 3, "verify_timeout_s": 2})
