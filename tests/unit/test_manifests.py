@@ -208,7 +208,7 @@ def test_rbac_is_valid_and_grants_only_what_the_steps_need() -> None:
         ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "patch"),
         ("", "pods", "list"), ("", "pods", "delete"), ("", "pods/eviction", "create"),
         ("storage.k8s.io", "volumeattachments", "list"),
-        *(("hecate.io", "powerpolicies", v) for v in ("get", "list", "watch")),
+        *(("hecate.io", "powerpolicies", v) for v in ("get", "list", "watch", "patch")),
         *(("hecate.io", "powerpolicies/status", v) for v in ("get", "patch", "update")),
         *((g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")),
         # The bootstrap cache: get + create on exactly the kinds the kube adapter can cache.

@@ -47,6 +47,25 @@ def load_config(path: Path) -> HecateConfig:
         fail(f"configuration error:\n{err}", code=2)
 
 
+def effective_config(config: HecateConfig) -> HecateConfig:
+    """hecate.yaml with the cached PowerPolicy laid over it, as the daemon would run it.
+
+    One-shot runs (startup, shutdown, drills) act on the policy in force, not on the file alone;
+    the daemon's own operator keeps the cache current.
+    """
+    from hecate.adapters.store import StateStore, StoreError
+    from hecate.services import policy
+
+    if config.policy.name is None:
+        return config
+    try:
+        view = policy.load_effective(config, StateStore(config.state_dir))
+    except StoreError as err:
+        fail(str(err))
+    click.echo(f"policy in force: {view.source.value} ({view.detail})", err=True)
+    return view.config
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"hecate: {message}", err=True)
     sys.exit(code)
@@ -77,7 +96,7 @@ def startup(config_path: Path, execute: bool, force_flux_branch: str | None) -> 
     from hecate.domain.plan import startup_plan
     from hecate.services import startup as startup_mod
 
-    cfg = load_config(config_path)
+    cfg = effective_config(load_config(config_path))
     _plan_or_run(startup_plan(cfg, force_branch=force_flux_branch), execute,
                  lambda progress: startup_mod.run(cfg, {"source": "manual"}, progress,
                                                   force_branch=force_flux_branch))
@@ -95,7 +114,7 @@ def shutdown(config_path: Path, execute: bool) -> None:
     from hecate.domain.plan import shutdown_plan
     from hecate.services import shutdown as shutdown_mod
 
-    cfg = load_config(config_path)
+    cfg = effective_config(load_config(config_path))
     _plan_or_run(shutdown_plan(cfg), execute, lambda progress: shutdown_mod.run(cfg, {"source": "manual"}, progress))
 
 
@@ -170,15 +189,16 @@ def _status_document(cfg: HecateConfig) -> dict[str, Any]:
 
     from hecate.adapters import nut
     from hecate.adapters.store import StateStore, StoreError
-    from hecate.services import monitor, status
+    from hecate.services import monitor, policy, status
 
     try:
         store = StateStore(cfg.state_dir)
     except StoreError as err:
         fail(str(err))
-    mon = monitor.Monitor(cfg, nut.NutReader(timeout=1.0), store, _no_action)
+    view = policy.load_effective(cfg, store) if cfg.policy.name else None  # as a daemon starting now would
+    mon = monitor.Monitor(view.config if view else cfg, nut.NutReader(timeout=1.0), store, _no_action)
     asyncio.run(mon.poll_once())
-    return status.document(mon, "direct")
+    return status.document(mon, "direct", view)
 
 
 async def _no_action(*_: object) -> None:
@@ -244,7 +264,7 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
 
     if name not in drills.DRILLS:
         fail(f"no drill named {name!r}; one of: {', '.join(drills.DRILLS)}", code=2)
-    cfg = load_config(config_path)
+    cfg = effective_config(load_config(config_path))
     progress = RichProgress()
     console = progress.console
     console.print(f"[bold]drill {name}[/bold]: {drills.DRILLS[name].summary}")

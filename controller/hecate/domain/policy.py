@@ -464,8 +464,8 @@ def status_schema() -> dict[str, Any]:
         "chargePercent": _num("Battery charge; null when not known.", nullable=True),
     }, required=["name", "state"])
     condition = _obj("A metav1.Condition.", {
-        "type": _str("Condition type: `Ready` (the policy is valid and in force), `Cached` (it is saved for when "
-                     "the API is gone).", maxLength=316),
+        "type": _str("Condition type: `Accepted` (the spec is valid), `Cached` (saved on the host for when the API "
+                     "is gone), `Armed` (the host's shutdown.execute), `ShutdownInProgress`.", maxLength=316),
         "status": _str("True, False or Unknown.", enum=["True", "False", "Unknown"]),
         "reason": _str("CamelCase reason.", maxLength=1024),
         "message": _str("Human-readable detail, e.g. the field a rejected policy got wrong.", maxLength=32768),
