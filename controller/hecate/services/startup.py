@@ -42,7 +42,7 @@ from hecate.services.executor import ActionFn, Executor, Progress, StepFailed
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
-KUBE_COOLDOWN_S = 1.0  # startup polls an API that is coming up: retry it soon after a refusal
+KUBE_COOLDOWN_S = 0.4  # startup polls an API that is coming up: every poll (POLL_S) really asks
 
 
 async def _until(deadline: float, probe: Callable[[], Awaitable[Any]], *, what: str) -> Any:
