@@ -36,8 +36,9 @@ def test_demo_script_runs_the_lab_and_tears_it_down(tmp_path: Path) -> None:
     after = rows[off:]
     starts = [(who, what) for _, who, what in after if what.startswith("systemctl start")]
     assert len(starts) == 7
-    assert {what.split()[2] for _, what in starts[:3]} == {"k3s"}
-    assert {what.split()[2] for _, what in starts[3:]} == {"k3s-agent"}
+    units = [what.split("(")[0].split()[-1] for _, what in starts]
+    assert set(units[:3]) == {"k3s"}
+    assert set(units[3:]) == {"k3s-agent"}
     assert any(who == "cold-start" and "gitea-valkey" in what for _, who, what in after)
     assert "deadlock broken: created Deployment/gitea/gitea-valkey" in out
     assert "startup recorded: success" in out

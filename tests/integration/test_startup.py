@@ -93,7 +93,8 @@ def cold_cycle(lab: Lab, config: HecateConfig, *, skip: tuple[str, ...] = ()) ->
 
 
 def started_at(lab: Lab, name: str, unit: str) -> float:
-    return next(c["t"] for c in nodes.read_commands(lab.node(name).dir) if c["cmd"] == f"systemctl start {unit}")
+    command = f"systemctl start --no-block {unit}"
+    return next(c["t"] for c in nodes.read_commands(lab.node(name).dir) if c["cmd"] == command)
 
 
 def test_cold_start_stays_deadlocked_without_the_fallback_and_recovers_with_it(lab: Lab, kube: Any) -> None:

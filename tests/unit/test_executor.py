@@ -258,4 +258,31 @@ def test_interrupt_stops_the_run_before_the_next_stage(tmp_path: Path) -> None:
     assert asked == ["a", "a,b"]  # never before the first stage
     assert record.result is RunResult.aborted
     assert record.stages[-1].name == "interrupted"
-    assert record.stages[-1].detail == "UPS pyr on battery again"
+    assert record.stages[-1].detail == "three: UPS pyr on battery again"
+
+
+def test_interrupt_cancels_a_long_stage_at_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """Mains failing during a long wait (e.g. the Flux bootstrap): the stage is cancelled at once."""
+    monkeypatch.setattr("hecate.services.executor.INTERRUPT_POLL_S", 0.05)
+    log = Log(tmp_path / "calls", {"slow": 30.0})
+    on_battery = False
+
+    async def interrupt() -> str | None:
+        return "UPS pyr on battery again" if on_battery else None
+
+    async def fail_soon() -> None:
+        nonlocal on_battery
+        await asyncio.sleep(0.3)
+        on_battery = True
+
+    async def main() -> RunRecord:
+        p = Plan("startup", (stage("one", ["a"]), stage("two", ["quick", "slow"]), stage("three", ["c"])))
+        asyncio.get_running_loop().create_task(fail_soon())
+        return await executor(tmp_path, log).run(p, {"source": "test"}, interrupt=interrupt)
+
+    started = time.monotonic()
+    record = asyncio.run(main())
+    assert time.monotonic() - started < 5  # not the slow step's 30 s
+    assert record.result is RunResult.aborted
+    assert record.stages[-1].detail == "two: UPS pyr on battery again"
+    assert "c" not in log.calls()

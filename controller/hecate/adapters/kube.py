@@ -804,22 +804,26 @@ class Kube:
         return restarted
 
     async def flux_status(self) -> dict[str, dict[str, Any]]:
-        """Every Kustomization and HelmRelease: ``{ref: {"ready", "suspended", "ours", "message"}}``."""
+        """Every Kustomization and HelmRelease: ``{ref: {"ready", "suspended", "ours", "message", "fresh"}}``."""
         out: dict[str, dict[str, Any]] = {}
         for flux in FLUX_KINDS:
             _, items = await self._flux_objects(flux)
             for obj in items:
                 cond = _condition(obj)
+                requested = _annotations(obj).get(RECONCILE_ANNOTATION)
                 out[_ref(flux.kind, obj)] = {
                     "ready": cond.get("status") == "True",
                     "suspended": (obj.get("spec") or {}).get("suspend") is True,
                     "ours": _annotations(obj).get(SUSPENDED_BY) == OWNER,
                     "message": str(cond.get("message") or ""),
+                    # the last reconcile request was handled: the status is not older than that request
+                    "fresh": requested is None or (obj.get("status") or {}).get("lastHandledReconcileAt") == requested,
                 }
         return out
 
     async def git_repository(self, namespace: str, name: str) -> dict[str, Any]:
-        """``{"ready", "reason", "message", "branch", "suspended"}``; KubeNotFound if it is absent."""
+        """``{"ready", "reason", "message", "branch", "pinned", "suspended", "requested_at", "handled_at"}``
+        (``pinned``: a tag, semver, name or commit overrides the branch); KubeNotFound if it is absent."""
         version = await self._flux_version(GIT_REPOSITORY)
         if version is None:
             raise KubeNotFound("the GitRepository CRD is not installed", status=404)
@@ -828,21 +832,28 @@ class Kube:
                                GIT_REPOSITORY.plural, name)
         cond = _condition(obj)
         spec = (obj or {}).get("spec") or {}
+        ref = spec.get("ref") or {}
+        status = (obj or {}).get("status") or {}
         return {"ready": cond.get("status") == "True", "reason": str(cond.get("reason") or ""),
-                "message": str(cond.get("message") or ""), "branch": (spec.get("ref") or {}).get("branch"),
-                "suspended": spec.get("suspend") is True}
+                "message": str(cond.get("message") or ""), "branch": ref.get("branch"),
+                "pinned": any(ref.get(k) for k in ("tag", "semver", "name", "commit")),
+                "suspended": spec.get("suspend") is True,
+                "requested_at": _annotations(obj).get(RECONCILE_ANNOTATION),
+                "handled_at": status.get("lastHandledReconcileAt")}
 
     async def set_git_branch(self, namespace: str, name: str, branch: str) -> str | None:
         """Point the GitRepository at ``branch`` (and request a reconcile); returns the previous branch."""
         current = await self.git_repository(namespace, name)
-        if current["branch"] == branch:
+        if current["branch"] == branch and not current["pinned"]:
             return branch
         version = await self._flux_version(GIT_REPOSITORY)
         now = dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds")
         await self._patch(f"set branch of GitRepository/{namespace}/{name}", kclient.CustomObjectsApi,
                           "patch_namespaced_custom_object", GIT_REPOSITORY.group, version, namespace,
                           GIT_REPOSITORY.plural, name,
-                          body={"spec": {"ref": {"branch": branch}},
+                          # tag, semver, name and commit take precedence over branch in Flux: clear them
+                          body={"spec": {"ref": {"branch": branch, "tag": None, "semver": None, "name": None,
+                                                 "commit": None}},
                                 "metadata": {"annotations": {RECONCILE_ANNOTATION: now}}})
         previous: str | None = current["branch"]
         return previous
@@ -876,6 +887,14 @@ class Kube:
         data = await self._call("list nodes", kclient.CoreV1Api, "list_node")
         return [n["metadata"]["name"] for n in (data or {}).get("items", [])
                 if (n.get("spec") or {}).get("unschedulable") is True]
+
+    async def scaled_by_hecate(self) -> list[str]:
+        """Deployments and StatefulSets (all namespaces) still carrying Hecate's ``original-replicas``."""
+        refs: list[str] = []
+        for kind in _WORKLOADS:
+            refs += [_ref(kind, obj) for obj in await self._list_workloads(kind, "", None)
+                     if ORIGINAL_REPLICAS in _annotations(obj)]
+        return sorted(refs)
 
     async def cordoned_by_hecate(self) -> list[str]:
         """Nodes that are unschedulable because Hecate cordoned them."""

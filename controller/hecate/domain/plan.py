@@ -283,7 +283,8 @@ def startup_plan(config: HecateConfig, *, force_branch: str | None = None) -> Pl
     stages.append(Stage("flux-resume", (
         Step(Action.flux_resume, "flux", timeout_s=4 * api_timeout, params={"force_branch": force_branch}),),
         parallelism=1, deadline_s=4 * api_timeout + pad))
-    bootstrap_timeout = flux.detection_window_s + flux.ready_timeout_s
+    # Detection, then up to ready_timeout before and again after breaking the deadlock.
+    bootstrap_timeout = flux.detection_window_s + 2 * flux.ready_timeout_s
     stages.append(Stage("flux-bootstrap", (
         Step(Action.flux_bootstrap, f"{flux.namespace}/{flux.git_repository}",
              timeout_s=bootstrap_timeout + api_timeout,

@@ -42,6 +42,8 @@ from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
 log = logging.getLogger(__name__)
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
+INTERRUPT_POLL_S = 2.0
+"""How often a run's interrupt check (e.g. "is mains failing again?") is asked during a stage."""
 
 
 class Skipped(Exception):
@@ -188,6 +190,8 @@ class Executor:
                        past_no_return: bool = False, interrupt: Interrupt | None = None) -> RunRecord:
         record = RunRecord(id=run_id, kind=RunKind(plan.kind), trigger=trigger, dry_run=False,
                            started_at=datetime.fromtimestamp(started, UTC))
+        # A step of the journal the rebuilt plan no longer has (the config changed meanwhile) is history only.
+        done = {key: e for key, e in done.items() if _in_plan(plan, key)}
         outcomes: list[StepOutcome] = [_from_journal(plan, e) for e in done.values()]
         stage_records: dict[str, StageRecord] = {}
         disruptive_from = first_disruptive(plan)
@@ -202,16 +206,19 @@ class Executor:
                 await self._undo(outcomes)
                 aborted = True
                 break
-            reason = await interrupt() if interrupt is not None and index > 0 else None
+            watch = interrupt if interrupt is not None and index > 0 else None
+            reason = await watch() if watch is not None else None
+            stage_outcomes: list[StepOutcome] = []
+            if not reason:
+                self.progress.stage_started(stage, index, len(plan.stages))
+                reason = await self._run_stage_watched(run_id, stage, done, stage_outcomes, watch)
+            outcomes.extend(stage_outcomes)
             if reason:
-                log.warning("%s: aborting the %s before stage %s", reason, plan.kind, stage.name)
+                log.warning("%s: aborting the %s in stage %s", reason, plan.kind, stage.name)
                 stage_records["interrupted"] = StageRecord(name="interrupted", duration_s=0,
-                                                           result=RunResult.aborted, detail=reason)
+                                                           result=RunResult.aborted, detail=f"{stage.name}: {reason}")
                 aborted = True
                 break
-            self.progress.stage_started(stage, index, len(plan.stages))
-            stage_outcomes = await self._run_stage(run_id, stage, done)
-            outcomes.extend(stage_outcomes)
             stage_record = _stage_record(stage, [o for o in outcomes if o.stage == stage.name], self.store, run_id)
             stage_records[stage.name] = stage_record
             self.progress.stage_finished(stage_record)
@@ -220,9 +227,32 @@ class Executor:
                 break
         return self._finish(record, stage_records, outcomes, started, aborted=aborted)
 
-    async def _run_stage(self, run_id: str, stage: Stage, done: Mapping[str, Any]) -> list[StepOutcome]:
+    async def _run_stage_watched(self, run_id: str, stage: Stage, done: Mapping[str, Any],
+                                 results: list[StepOutcome], watch: Interrupt | None) -> str | None:
+        """Run the stage; with ``watch``, ask it every INTERRUPT_POLL_S meanwhile and cancel the stage
+        when it gives a reason (returned). Finished steps' outcomes land in ``results`` either way."""
+        if watch is None:
+            await self._run_stage(run_id, stage, done, results)
+            return None
+        stage_task = asyncio.create_task(self._run_stage(run_id, stage, done, results))
+        while True:
+            finished, _ = await asyncio.wait({stage_task}, timeout=INTERRUPT_POLL_S)
+            if finished:
+                stage_task.result()
+                return None
+            try:
+                reason = await watch()
+            except Exception:  # a broken check must not stop a run
+                log.exception("the run's interrupt check failed")
+                reason = None
+            if reason:
+                stage_task.cancel()
+                await asyncio.gather(stage_task, return_exceptions=True)
+                return reason
+
+    async def _run_stage(self, run_id: str, stage: Stage, done: Mapping[str, Any],
+                         results: list[StepOutcome]) -> list[StepOutcome]:
         gate = asyncio.Semaphore(stage.parallelism)
-        results: list[StepOutcome] = []
         deadline = time.monotonic() + stage.deadline_s
 
         async def one(step: Step) -> None:
@@ -239,7 +269,13 @@ class Executor:
             budget = deadline - time.monotonic()
             if index > 0:
                 budget = max(budget, max(_step_budget(s) for s in pending))
-            _done, unfinished = await asyncio.wait(tasks, timeout=budget)
+            try:
+                _done, unfinished = await asyncio.wait(tasks, timeout=budget)
+            except asyncio.CancelledError:  # the run was interrupted: its steps stop with it
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
@@ -347,6 +383,10 @@ def _past_no_return(plan: Plan, started_steps: set[str]) -> bool:
     first = first_disruptive(plan)
     disruptive = {st.key(s.name) for s in plan.stages[first:] for st in s.steps}
     return bool(started_steps & disruptive)
+
+
+def _in_plan(plan: Plan, key: str) -> bool:
+    return any(st.key(s.name) == key for s in plan.stages for st in s.steps)
 
 
 def _from_journal(plan: Plan, event: dict[str, Any]) -> StepOutcome:

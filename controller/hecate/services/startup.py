@@ -63,8 +63,27 @@ async def _until(deadline: float, probe: Callable[[], Awaitable[Any]], *, what: 
         await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
 
+async def _api(step: Step, what: str, call: Callable[[], Awaitable[Any]], data: dict[str, Any] | None = None) -> Any:
+    """One Kubernetes call that retries an unreachable API until the step's own deadline.
+
+    A startup talks to an API that is just coming up (503s during etcd elections): unlike
+    shutdown, an unreachable API must never let a startup step pass as skipped. ``data``
+    (what the step changed so far) goes with the failure.
+    """
+    deadline = time.monotonic() + max(1.0, step.timeout_s - 2.0)
+    while True:
+        try:
+            return await call()
+        except kube_mod.ApiUnavailable as err:
+            if time.monotonic() >= deadline:
+                raise StepFailed(f"{what}: the API stayed unreachable: {err}", data=data) from err
+        except kube_mod.KubeError as err:
+            raise StepFailed(f"{what}: {err}", data=data) from err
+        await asyncio.sleep(POLL_S)
+
+
 def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]:
-    kube, k8s = conn.kube, conn.k8s
+    kube = conn.kube
     flux = config.flux
     reader = nut.NutReader(timeout=2.0)
 
@@ -76,6 +95,8 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         async def ok() -> bool:
             snap = await reader.read(ups)
             seen.update(status=snap.status, charge=snap.charge_pct, error=snap.error)
+            if snap.on_battery:  # mains failed again (or never came back): leave the lock to the daemon's shutdown
+                raise StepFailed(f"UPS {ups.name} is on battery ({snap.status}): not starting the cluster")
             return snap.on_mains and (snap.charge_pct is None or snap.charge_pct >= minimum)
 
         started = time.monotonic()
@@ -121,7 +142,9 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                 active = await conn.command(step.target, f"systemctl is-active {unit}", timeout)
                 if active.exit_code == 0:
                     return {"detail": f"{unit} already running"}
-                await conn.checked(step.target, f"systemctl start {unit}", timeout)
+                # --no-block: a k3s server with embedded etcd reports started only once etcd has a quorum,
+                # which needs the other servers: waiting here would deadlock the first one. wait-api waits.
+                await conn.checked(step.target, f"systemctl start --no-block {unit}", timeout)
                 return {"started": True, "detail": f"started {unit}"}
             except StepFailed as err:
                 if not err.transient or time.monotonic() >= deadline:
@@ -146,10 +169,12 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         return {"detail": f"Ready after {time.monotonic() - started:.1f} s"}
 
     async def uncordon(step: Step) -> dict[str, Any]:
-        nodes: list[str] = await k8s("uncordon", kube.cordoned_by_hecate)
+        nodes: list[str] = await _api(step, "uncordon", kube.cordoned_by_hecate)
+        data: dict[str, Any] = {"uncordoned": []}
         for node in nodes:
-            await k8s("uncordon", functools.partial(kube.uncordon, node))
-        return {"uncordoned": nodes, "detail": f"uncordoned {', '.join(nodes)}" if nodes else ""}
+            await _api(step, f"uncordon {node}", functools.partial(kube.uncordon, node), data)
+            data["uncordoned"].append(node)
+        return {**data, "detail": f"uncordoned {', '.join(nodes)}" if nodes else ""}
 
     async def apply_cache(manifests_dir: str) -> dict[str, Any]:
         try:
@@ -195,14 +220,18 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             await asyncio.sleep(POLL_S)
 
     async def flux_resume(step: Step) -> dict[str, Any]:
-        status = await k8s("flux-resume", kube.flux_status)
+        status = await _api(step, "flux-resume", kube.flux_status)
         ours = sorted(ref for ref, s in status.items() if s["suspended"] and s["ours"])
-        resumed = await k8s("flux-resume", lambda: kube.flux_resume(ours, reconcile=True))
-        data: dict[str, Any] = {"resumed": resumed}
+        data: dict[str, Any] = {"resumed": []}
+        for ref in ours:
+            data["resumed"] += await _api(step, f"resume {ref}", functools.partial(kube.flux_resume, [ref],
+                                                                                   reconcile=True), data)
+        resumed = data["resumed"]
         branch = step.params.get("force_branch")
         if branch:
-            previous = await k8s("force branch",
-                                 lambda: kube.set_git_branch(flux.namespace, flux.git_repository, branch))
+            previous = await _api(step, "force branch",
+                                  functools.partial(kube.set_git_branch, flux.namespace, flux.git_repository, branch),
+                                  data)
             data["branch"] = {"from": previous, "to": branch}
         notes = [f"resumed {len(resumed)}"] + ([f"GitRepository branch {data['branch']['from']} -> {branch}"]
                                                 if branch and data["branch"]["from"] != branch else [])
@@ -210,21 +239,29 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
 
     async def flux_bootstrap(step: Step) -> dict[str, Any]:
         namespace, name = step.target.split("/", 1)
+        repo_ref = f"GitRepository/{namespace}/{name}"
         gitea = kube_mod.config_ref(step.params["gitea_workload"])
         window, ready_timeout = float(step.params["detection_window_s"]), float(step.params["ready_timeout_s"])
         started = time.monotonic()
         deadline = started + window + ready_timeout
         stuck_since: float | None = None
-        data: dict[str, Any] = {"deadlock": False, "fallback": False}
+        requested = False
+        data: dict[str, Any] = {"deadlock": False, "fallback": False, "applied": []}
         last = "API unreachable"
         while True:
             now = time.monotonic()
             try:
+                if not requested:
+                    # After a cold start etcd still holds the statuses from before the outage: only a
+                    # status written after our reconcile request (lastHandledReconcileAt) is believed.
+                    await _request_reconcile(repo_ref)
+                    requested = True
                 repo = await kube.git_repository(namespace, name)
-                if repo["ready"]:
+                fresh = repo["handled_at"] is not None and repo["handled_at"] == repo["requested_at"]
+                if repo["ready"] and fresh:
                     status = await kube.flux_status()
-                    waiting = sorted(r for r, s in status.items() if not s["suspended"] and not s["ready"]
-                                     and r.startswith("Kustomization/"))
+                    waiting = sorted(r for r, s in status.items() if r.startswith("Kustomization/")
+                                     and not s["suspended"] and not (s["ready"] and s["fresh"]))
                     if not waiting:
                         notes = [f"Flux Ready after {now - started:.1f} s"]
                         if data["fallback"]:
@@ -234,8 +271,9 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                     stuck_since = None
                 else:
                     gitea_state = await kube.workload(gitea)
-                    last = (f"GitRepository not Ready ({repo['reason']}: {repo['message']}); "
-                            f"Gitea {gitea_state['detail']}")
+                    last = (f"GitRepository not Ready ({repo['reason']}: {repo['message']})" if fresh else
+                            "GitRepository has not handled the reconcile request yet") + \
+                        f"; Gitea {gitea_state['detail']}"
                     if gitea_state["available"]:
                         stuck_since = None
                     else:
@@ -246,6 +284,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                             if step.params["fallback"]:
                                 await _break(data, namespace, name, step.params.get("branch"),
                                              step.params.get("manifests_dir", ""))
+                                # the plan gives this step window + 2 x ready_timeout: this fits in it
                                 deadline = max(deadline, time.monotonic() + ready_timeout)
             except kube_mod.ApiUnavailable as err:
                 last = f"API unreachable: {err}"
@@ -254,8 +293,15 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             if time.monotonic() >= deadline:
                 why = ("deadlocked and the fallback is off (flux.bootstrap_fallback: false)"
                        if data["deadlock"] and not step.params["fallback"] else "not Ready")
+                if data["fallback"] and not data["applied"]:
+                    why += (f"; the fallback created nothing (the cache in {step.params.get('manifests_dir')} "
+                            "is empty or everything in it exists)")
                 raise StepFailed(f"Flux {why} after {time.monotonic() - started:.0f} s: {last}", data=data)
             await asyncio.sleep(POLL_S)
+
+    async def _request_reconcile(repo_ref: str) -> None:
+        status = await kube.flux_status()
+        await kube.request_reconcile([repo_ref, *sorted(r for r, s in status.items() if not s["suspended"])])
 
     async def _break(data: dict[str, Any], namespace: str, name: str, branch: str | None, manifests_dir: str) -> None:
         applied = await apply_cache(manifests_dir)
@@ -264,13 +310,11 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             log.warning("the bootstrap cache %s is empty: nothing to apply", flux.fallback_manifests_dir)
         if branch:
             data["branch"] = {"from": await kube.set_git_branch(namespace, name, branch), "to": branch}
-        status = await kube.flux_status()
-        await kube.request_reconcile([f"GitRepository/{namespace}/{name}",
-                                      *sorted(r for r, s in status.items() if not s["suspended"])])
+        await _request_reconcile(f"GitRepository/{namespace}/{name}")
 
     async def restore(step: Step) -> dict[str, Any]:
-        restored = await k8s("restore", lambda: kube.restore_replicas(step.params["selector"],
-                                                                      step.params["namespace"]))
+        restored = await _api(step, "restore", functools.partial(kube.restore_replicas, step.params["selector"],
+                                                                 step.params["namespace"]))
         return {"restored": restored,
                 "detail": ", ".join(f"{r} -> {n}" for r, n in sorted(restored.items()))}
 
@@ -295,6 +339,11 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             status = await kube.flux_status()
             problems.extend(f"{r} not Ready" for r, s in sorted(status.items())
                             if not s["suspended"] and not s["ready"])
+            # What Hecate changed must all be undone, whatever an earlier stage reported.
+            problems.extend(f"{r} still suspended by Hecate" for r, s in sorted(status.items())
+                            if s["suspended"] and s["ours"])
+            problems.extend(f"node {n} still cordoned by Hecate" for n in await kube.cordoned_by_hecate())
+            problems.extend(f"{r} still scaled down by Hecate" for r in await kube.scaled_by_hecate())
             return not problems
 
         try:
