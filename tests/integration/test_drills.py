@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -49,6 +50,22 @@ def test_drills_on_the_lab(lab: Lab) -> None:
         runs = json.loads((lab.state_dir / "runs.json").read_text())
         assert [r["kind"] for r in runs] == ["startup", "drill", "startup", "drill"]
         assert all(r["result"] == "success" for r in runs)
+
+        # A drill whose recovery fails puts back what it broke: here the startup may not use the fallback.
+        crippled = {**data, "flux": {**data["flux"], "bootstrap_fallback": False, "ready_timeout_s": 2},
+                    "startup": {**data["startup"], "verify_timeout_s": 1}}
+        failed = run(drills.run(HecateConfig.model_validate(crippled), "flux-gitea-deadlock", JsonLines(),
+                                execute=True))
+        assert not failed.passed
+        assert not next(c for c in failed.checks if c.name == "startup detected and broke the deadlock").ok or \
+            not next(c for c in failed.checks if c.name.startswith("GitRepository")).ok
+        assert "created Deployment/gitea/gitea-valkey" in failed.restored
+        assert run(kube.get_object("Deployment/gitea/gitea-valkey")) is not None
+        assert json.loads((lab.state_dir / "runs.json").read_text())[-1]["result"] == "failed"
+        deadline = time.monotonic() + 20
+        while not run(kube.git_repository("flux-system", "flux-system"))["ready"]:  # the restore heals it
+            assert time.monotonic() < deadline, "the cluster did not come back after the drill's restore"
+            time.sleep(0.2)
 
         # A drill that would delete what the cache does not hold refuses before breaking anything.
         data["flux"] = {**data["flux"], "bootstrap_objects": ["gitea/deployment/absent"]}

@@ -283,6 +283,8 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
     for check in result.checks:
         mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
         console.print(f"  {mark} {check.name}" + (f" [dim]({check.detail})[/dim]" if check.detail else ""))
+    if result.error:
+        console.print(f"  [red]the drill did not finish: {result.error}[/red]")
     if result.restored:
         console.print("  restored what the drill broke: " + ", ".join(result.restored))
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())

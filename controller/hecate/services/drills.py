@@ -33,6 +33,7 @@ Each drill is recorded in ``runs.json`` as a run of kind ``drill`` (stages ``bre
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,14 @@ class DrillRefused(Exception):
     """The drill cannot run safely (e.g. the cache lacks what it would delete); nothing was broken."""
 
 
+class DrillBroke(Exception):
+    """Suspending Flux failed part-way: ``suspended`` is what must be resumed."""
+
+    def __init__(self, suspended: list[str], cause: Exception) -> None:
+        super().__init__(f"suspending Flux failed part-way: {cause}")
+        self.suspended = suspended
+
+
 async def run(config: HecateConfig, name: str, progress: Progress, *, execute: bool) -> DrillResult:
     drill = DRILLS[name]
     result = DrillResult(name=name, passed=False, executed=execute, breaks=drill.targets(config))
@@ -126,24 +135,66 @@ async def run(config: HecateConfig, name: str, progress: Progress, *, execute: b
     store = StateStore(config.state_dir)
     started_at = datetime.now(UTC)
     kube = kube_mod.Kube(config.cluster.kubeconfig, config.cluster.api_timeout_s, cooldown=1.0)
+    undo = _Undo()
     try:
-        t0 = time.monotonic()
-        before = await _snapshot(config, kube)
-        undo = await _break(config, kube, name, before)
-        result.timings["break_s"] = round(time.monotonic() - t0, 3)
-        t1 = time.monotonic()
-        result.startup = await startup_mod.run(config, {"source": "drill", "drill": name}, progress)
-        result.timings["startup_s"] = round(time.monotonic() - t1, 3)
-        t2 = time.monotonic()
-        result.checks = await _checks(config, kube, name, before, result.startup)
-        result.timings["checks_s"] = round(time.monotonic() - t2, 3)
-        result.passed = all(c.ok for c in result.checks)
+        before = await _snapshot(config, kube)  # DrillRefused: nothing broken, nothing recorded
+        try:
+            t0 = time.monotonic()
+            await _break(config, kube, name, before, undo)
+            result.timings["break_s"] = round(time.monotonic() - t0, 3)
+            t1 = time.monotonic()
+            result.startup = await startup_mod.run(config, {"source": "drill", "drill": name}, progress)
+            result.timings["startup_s"] = round(time.monotonic() - t1, 3)
+            t2 = time.monotonic()
+            result.checks = await _checks(config, kube, name, before, result.startup)
+            result.timings["checks_s"] = round(time.monotonic() - t2, 3)
+            result.passed = all(c.ok for c in result.checks)
+        except DrillRefused:
+            raise  # refused before breaking anything
+        except Exception as err:  # the drill broke something: whatever happened next, put it back
+            if isinstance(err, DrillBroke):
+                undo.suspended = err.suspended
+            result.error = f"{type(err).__name__}: {err}"
+            result.passed = False
         if not result.passed:
-            result.restored = await undo()
+            result.restored = await undo.run(kube)
+        _record(store, result, started_at)
     finally:
         kube.close()
-    _record(store, result, started_at)
     return result
+
+
+@dataclass
+class _Undo:
+    """What a drill broke so far, filled as it breaks (so a half-done break is undone too)."""
+
+    saved: list[dict[str, Any]] = field(default_factory=list)
+    suspended: list[str] = field(default_factory=list)
+    scaled: dict[str, int] = field(default_factory=dict)
+    cordoned: list[str] = field(default_factory=list)
+
+    async def run(self, kube: kube_mod.Kube) -> list[str]:
+        """Best effort: every part is tried; what failed is reported, not raised."""
+        done: list[str] = []
+
+        async def attempt(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+            try:
+                return await call()
+            except (kube_mod.KubeError, ValueError) as err:
+                done.append(f"could not {what}: {err}")
+                return None
+
+        created = await attempt("re-create", lambda: kube.apply_missing(self.saved)) if self.saved else None
+        done += [f"created {r}" for r in (created or {}).get("created", [])]
+        resumed = await attempt("resume Flux", lambda: kube.flux_resume(self.suspended, reconcile=True))
+        done += [f"resumed {r}" for r in resumed or []]
+        for ref, replicas in self.scaled.items():
+            if await attempt(f"scale {ref}", functools.partial(kube.scale, ref, replicas)) is None:
+                done.append(f"scaled {ref} to {replicas}")
+        for node in self.cordoned:
+            if await attempt(f"uncordon {node}", functools.partial(kube.uncordon, node)) is None:
+                done.append(f"uncordoned {node}")
+        return done
 
 
 # -- before, break, after -------------------------------------------------------------------
@@ -170,9 +221,9 @@ async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]
             "user_suspended": sorted(r for r, s in status.items() if s["suspended"] and not s["ours"])}
 
 
-async def _break(config: HecateConfig, kube: kube_mod.Kube, name: str,
-                 before: dict[str, Any]) -> Callable[[], Awaitable[list[str]]]:
-    """Break the cluster; returns the coroutine function that restores it."""
+async def _break(config: HecateConfig, kube: kube_mod.Kube, name: str, before: dict[str, Any],
+                 undo: _Undo) -> None:
+    """Break the cluster, recording in ``undo`` each part as soon as it is broken."""
     if name in ("flux-gitea-deadlock", "foundation-recovery"):
         refs = deletes(config, name)
         if not refs:
@@ -184,34 +235,31 @@ async def _break(config: HecateConfig, kube: kube_mod.Kube, name: str,
             raise DrillRefused(f"the bootstrap cache lacks {', '.join(uncached)}: deleting them would not be "
                                "recoverable (is the GitRepository Ready? see the daemon's cache refresh)")
         saved = await kube.export(refs)
-        suspended = await kube.flux_suspend()
-        for ref in refs:
+        undo.suspended = await _suspend(kube)
+        for ref, manifest in zip(refs, saved, strict=True):
+            undo.saved.append(manifest)
             await kube.delete_object(ref)
         if name == "flux-gitea-deadlock":
             await _until_not_ready(config, kube)
-
-        async def undo() -> list[str]:
-            created = await kube.apply_missing(saved)
-            resumed = await kube.flux_resume(suspended["suspended"], reconcile=True)
-            return [f"created {r}" for r in created["created"]] + [f"resumed {r}" for r in resumed]
-        return undo
-
-    suspended = await kube.flux_suspend()
-    scaled: dict[str, int] = {}
+        return
+    undo.suspended = await _suspend(kube)
     for tier in config.shutdown.scale_down:
-        scaled.update(await kube.scale_down(tier.selector, tier.namespace))
-    cordoned = [n.name for n in config.cluster.nodes if n.role is NodeRole.agent and await kube.cordon(n.name)]
+        try:
+            undo.scaled.update(await kube.scale_down(tier.selector, tier.namespace))
+        except kube_mod.KubeError as err:
+            undo.scaled.update(err.partial or {})
+            raise
+    for node in (n.name for n in config.cluster.nodes if n.role is NodeRole.agent):
+        if await kube.cordon(node):
+            undo.cordoned.append(node)
 
-    async def undo_resume() -> list[str]:
-        done = [f"resumed {r}" for r in await kube.flux_resume(suspended["suspended"], reconcile=True)]
-        for ref, replicas in scaled.items():
-            await kube.scale(ref, replicas)
-            done.append(f"scaled {ref} to {replicas}")
-        for node in cordoned:
-            await kube.uncordon(node)
-            done.append(f"uncordoned {node}")
-        return done
-    return undo_resume
+
+async def _suspend(kube: kube_mod.Kube) -> list[str]:
+    try:
+        return (await kube.flux_suspend())["suspended"]
+    except kube_mod.KubeError as err:
+        partial = err.partial or {}
+        raise DrillBroke(partial.get("suspended", []), err) from err
 
 
 async def _until_not_ready(config: HecateConfig, kube: kube_mod.Kube) -> None:
