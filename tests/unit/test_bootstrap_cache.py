@@ -72,3 +72,27 @@ def test_refs_and_availability() -> None:
     assert workload_available("StatefulSet", {"spec": {"replicas": 0}}) == (True, "0/0 ready")
     assert workload_available("DaemonSet", {"status": {"desiredNumberScheduled": 3, "numberReady": 2}}) == (
         False, "2/3 ready")
+
+
+def test_namespaced_objects_need_a_namespace_and_namespaces_come_first(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: gitea}\n"
+                                     "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: gitea}\n")
+    assert [o["kind"] for o in load(tmp_path)] == ["Namespace", "ConfigMap"]
+    (tmp_path / "b.yaml").write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: gitea}\n")
+    with pytest.raises(CacheError, match=r"Deployment gitea has no metadata\.namespace"):
+        load(tmp_path)
+
+
+def test_the_config_accepts_exactly_the_kinds_the_adapter_can_cache() -> None:
+    import pydantic
+
+    from hecate.adapters.kube import OBJECT_KINDS
+    from hecate.domain.config import CACHEABLE_KINDS, HecateConfig
+
+    assert sorted(CACHEABLE_KINDS) == sorted(k.lower() for k in OBJECT_KINDS)
+    ok = HecateConfig.model_validate({"flux": {"bootstrap_objects": ["gitea/deployment/gitea", "/namespace/gitea"]}})
+    assert ok.flux.bootstrap_objects == ["gitea/deployment/gitea", "/namespace/gitea"]
+    for bad, why in (("gitea/secret/admin", "kind must be one of"), ("/deployment/gitea", "needs its namespace"),
+                     ("gitea/namespace/gitea", "a Namespace is written")):
+        with pytest.raises(pydantic.ValidationError, match=why):
+            HecateConfig.model_validate({"flux": {"bootstrap_objects": [bad]}})

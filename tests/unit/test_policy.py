@@ -179,7 +179,7 @@ def test_config_validators_are_carried_over() -> None:
     problems = errors_of({
         "shutdown": {"scale_down": [{"name": "a", "selector": "x=1"}, {"name": "a", "selector": "x=2"}]},
         "startup": {"foundation": ["kube-system/pod/coredns"]},
-        "flux": {"gitea_workload": "gitea/gitea", "bootstrap_objects": ["a/b/c", "a/b/c"]},
+        "flux": {"gitea_workload": "gitea/gitea", "bootstrap_objects": ["a/deployment/c", "a/deployment/c"]},
     })
     by_loc = {e["loc"]: e["msg"] for e in problems}
     assert "tier names must be unique" in by_loc[("spec", "shutdown", "scale_down")]

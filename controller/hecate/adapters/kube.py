@@ -730,6 +730,11 @@ class Kube:
             if kind not in OBJECT_KINDS:
                 result["failed"][ref] = f"kind {kind} cannot be applied from the cache"
                 continue
+            try:
+                parse_ref(ref)
+            except ValueError as err:
+                result["failed"][ref] = str(err)
+                continue
             meta = manifest.get("metadata") or {}
             api_version = str(manifest.get("apiVersion") or DEFAULT_API_VERSION[kind])
             namespace = meta.get("namespace") if OBJECT_KINDS[kind][1] else None

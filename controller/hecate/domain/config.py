@@ -28,6 +28,9 @@ def _unique(names: list[str], what: str) -> None:
 
 
 WORKLOAD_KINDS = ("deployment", "statefulset", "daemonset")
+CACHEABLE_KINDS = (*WORKLOAD_KINDS, "namespace", "configmap", "service", "serviceaccount", "persistentvolumeclaim",
+                   "gitrepository", "helmrepository", "kustomization", "helmrelease")
+"""Kinds the bootstrap cache can hold (no Secrets: they survive an outage in etcd)."""
 
 
 def _object_ref(ref: str) -> tuple[str, str, str]:
@@ -262,7 +265,12 @@ class Flux(_Section):
     @classmethod
     def _object_refs(cls, value: list[str]) -> list[str]:
         for ref in value:
-            _object_ref(ref)
+            namespace, kind, _ = _object_ref(ref)
+            if kind not in CACHEABLE_KINDS:
+                raise ValueError(f"{ref!r}: kind must be one of {', '.join(CACHEABLE_KINDS)}")
+            if bool(namespace) == (kind == "namespace"):
+                raise ValueError(f"{ref!r}: " + ("a Namespace is written /namespace/NAME" if kind == "namespace"
+                                                 else "needs its namespace"))
         _unique(value, "bootstrap objects")
         return value
 

@@ -101,9 +101,12 @@ WORKLOAD_REF_PATTERN: Final = (
 )
 """``namespace/kind/name`` of a workload (any case of the kind), as the configuration's validator accepts
 it (for the CRD)."""
-OBJECT_REF_PATTERN: Final = "^[^/]*/[^/]+/[^/]+$"
-"""``namespace/kind/name`` of any object (``/kind/name`` when cluster-scoped), as the configuration's
-validator accepts it (for the CRD)."""
+OBJECT_REF_PATTERN: Final = (
+    "^([^/]+/(" + "|".join(_case_insensitive(k) for k in cfg.CACHEABLE_KINDS if k != "namespace") + ")|/"
+    + _case_insensitive("namespace") + ")/[^/]+$"
+)
+"""``namespace/kind/name`` of an object the bootstrap cache can hold (``/namespace/name`` for a
+Namespace), as the configuration's validator accepts it (for the CRD)."""
 
 _CRD_EXTRAS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType({
     # What the models check in validators, said in the schema's own words so that

@@ -54,8 +54,12 @@ def load(directory: Path) -> list[dict[str, Any]]:
             if doc["kind"] not in kube_mod.OBJECT_KINDS:
                 raise CacheError(f"{path}: document {index + 1}: kind {doc['kind']} cannot be applied from the cache "
                                  f"(one of {', '.join(sorted(kube_mod.OBJECT_KINDS))})")
+            if kube_mod.OBJECT_KINDS[doc["kind"]][1] and not doc["metadata"].get("namespace"):
+                raise CacheError(f"{path}: document {index + 1}: {doc['kind']} {doc['metadata']['name']} has no "
+                                 "metadata.namespace (`flux build` output may omit it: add it)")
             objects.append(doc)
-    return objects
+    # Namespaces before what lives in them.
+    return sorted(objects, key=lambda o: o["kind"] != "Namespace")
 
 
 async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
@@ -76,7 +80,7 @@ async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
     header = (f"# Written by hecate at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} from the live cluster "
               "(flux.bootstrap_objects).\n# Applied (missing objects only) when Flux and Gitea deadlock.\n")
     body = yaml.safe_dump_all(manifests, sort_keys=False)
-    atomic_write(directory / SNAPSHOT, (header + body).encode(), mode=0o600)  # Secrets may be among them
+    atomic_write(directory / SNAPSHOT, (header + body).encode(), mode=0o600)  # configuration may be sensitive
     return {"written": True, "objects": len(manifests), "reason": ""}
 
 
@@ -93,6 +97,8 @@ async def keep_fresh(config: HecateConfig, stop: asyncio.Event, busy: Callable[[
                     result = await refresh(config, kube)
                 except kube_mod.KubeError as err:
                     log.warning("bootstrap cache not refreshed: %s", err)
+                except Exception:  # e.g. a full disk: the loop must go on, the old copy stays
+                    log.exception("bootstrap cache not refreshed")
                 else:
                     if result["written"]:
                         log.info("bootstrap cache refreshed: %d objects", result["objects"])
