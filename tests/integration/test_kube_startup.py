@@ -110,3 +110,24 @@ def test_flux_status_cordons_and_restore_follow_the_ownership_annotations(kube: 
     assert web["spec"]["replicas"] == 2
     assert "hecate.io/original-replicas" not in (web["metadata"].get("annotations") or {})
     assert run(kube.restore_replicas("", None)) == {}  # idempotent
+
+
+def test_stale_marks_are_cleared_so_a_later_manual_cordon_is_not_taken_for_hecates(kube: Kube, lab: Lab) -> None:
+    agent = next(n.name for n in lab.nodes if n.role == "agent")
+    merge = "application/merge-patch+json"
+    assert run(kube.cordon(agent)) is True
+    run(kube.flux_suspend())
+    # A person finishes by hand: uncordon and `flux resume`, which leave Hecate's annotations behind.
+    run(kube._raw("uncordon", "PATCH", f"/api/v1/nodes/{agent}", {"spec": {"unschedulable": None}},
+                  write=True, content_type=merge))
+    run(kube._raw("resume", "PATCH", "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations/"
+                  "flux-system", {"spec": {"suspend": False}}, write=True, content_type=merge))
+    cleared = run(kube.clear_stale_marks())
+    assert f"Node//{agent}" in cleared
+    assert "Kustomization/flux-system/flux-system" in cleared
+    assert "HelmRelease/gitea/gitea" not in cleared  # still suspended by Hecate: its mark stays
+    # Later the person cordons the node on purpose: it is theirs, not Hecate's.
+    run(kube._raw("cordon", "PATCH", f"/api/v1/nodes/{agent}", {"spec": {"unschedulable": True}},
+                  write=True, content_type=merge))
+    assert run(kube.cordoned_by_hecate()) == []
+    assert run(kube.clear_stale_marks()) == []  # idempotent

@@ -893,6 +893,33 @@ class Kube:
         return [n["metadata"]["name"] for n in (data or {}).get("items", [])
                 if (n.get("spec") or {}).get("unschedulable") is True]
 
+    async def clear_stale_marks(self) -> list[str]:
+        """Drop Hecate's ownership annotations from objects no longer in the state they recorded.
+
+        A person who ran ``kubectl uncordon`` or ``flux resume`` by hand leaves Hecate's
+        ``cordoned-by``/``suspended-by`` behind; if they later cordon or suspend the object on
+        purpose, the next startup must not take it for Hecate's and undo it.
+        """
+        cleared: list[str] = []
+        data = await self._call("list nodes", kclient.CoreV1Api, "list_node")
+        for node in (data or {}).get("items", []):
+            name = node["metadata"]["name"]
+            if _annotations(node).get(CORDONED_BY) and (node.get("spec") or {}).get("unschedulable") is not True:
+                await self._patch(f"clear mark on Node/{name}", kclient.CoreV1Api, "patch_node", name,
+                                  body={"metadata": {"annotations": {CORDONED_BY: None}}})
+                cleared.append(f"Node//{name}")
+        for flux in FLUX_KINDS:
+            version, items = await self._flux_objects(flux)
+            for obj in items:
+                if _annotations(obj).get(SUSPENDED_BY) and (obj.get("spec") or {}).get("suspend") is not True:
+                    ref = _ref(flux.kind, obj)
+                    _, namespace, name = parse_ref(ref)
+                    await self._patch(f"clear mark on {ref}", kclient.CustomObjectsApi,
+                                      "patch_namespaced_custom_object", flux.group, version, namespace, flux.plural,
+                                      name, body={"metadata": {"annotations": {SUSPENDED_BY: None}}})
+                    cleared.append(ref)
+        return cleared
+
     async def scaled_by_hecate(self) -> list[str]:
         """Deployments and StatefulSets (all namespaces) still carrying Hecate's ``original-replicas``."""
         refs: list[str] = []

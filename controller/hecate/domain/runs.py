@@ -71,7 +71,8 @@ class RunRecord(BaseModel):
     """What the run changed. Shutdown (what startup must undo exactly): `flux_suspended` (refs Hecate
     suspended), `flux_already_suspended` (never resume these), `scaled` (ref -> original replicas),
     `cordoned` (nodes Hecate cordoned). Startup: `started` and `woken` (nodes), `uncordoned`,
-    `restarted_pods`, `created` (objects created from the bootstrap cache), `flux_resumed`, `restored`
+    `restarted_pods`, `created` (objects created from the bootstrap cache), `flux_resumed`, `cleared_marks`
+    (Hecate's annotations left on objects someone uncordoned or resumed by hand), `restored`
     (ref -> replicas), `deadlock` (the Flux/Gitea deadlock was detected), `branch` (`from`, `to`)."""
 
 

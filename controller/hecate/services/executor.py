@@ -431,7 +431,8 @@ def _changes(outcomes: list[StepOutcome], kind: RunKind = RunKind.shutdown) -> d
 
 def _startup_changes(outcomes: list[StepOutcome]) -> dict[str, Any]:
     changes: dict[str, Any] = {"started": [], "woken": [], "uncordoned": [], "restarted_pods": [],
-                               "created": [], "flux_resumed": [], "restored": {}, "deadlock": False}
+                               "created": [], "flux_resumed": [], "cleared_marks": [], "restored": {},
+                               "deadlock": False}
     for o in outcomes:
         data = o.data
         if o.step.action is Action.start_service and data.get("started"):
@@ -445,6 +446,7 @@ def _startup_changes(outcomes: list[StepOutcome]) -> dict[str, Any]:
             changes["created"] += data.get("applied", [])
         elif o.step.action is Action.flux_resume:
             changes["flux_resumed"] += data.get("resumed", [])
+            changes["cleared_marks"] += data.get("cleared_marks", [])
             if data.get("branch"):
                 changes["branch"] = data["branch"]
         elif o.step.action is Action.flux_bootstrap:

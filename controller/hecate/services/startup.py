@@ -227,6 +227,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             data["resumed"] += await _api(step, f"resume {ref}", functools.partial(kube.flux_resume, [ref],
                                                                                    reconcile=True), data)
         resumed = data["resumed"]
+        data["cleared_marks"] = await _api(step, "clear stale marks", kube.clear_stale_marks, data)
         branch = step.params.get("force_branch")
         if branch:
             previous = await _api(step, "force branch",
@@ -235,6 +236,8 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             data["branch"] = {"from": previous, "to": branch}
         notes = [f"resumed {len(resumed)}"] + ([f"GitRepository branch {data['branch']['from']} -> {branch}"]
                                                 if branch and data["branch"]["from"] != branch else [])
+        if data["cleared_marks"]:
+            notes.append(f"cleared Hecate's stale marks on {', '.join(data['cleared_marks'])}")
         return {**data, "detail": ", ".join(notes)}
 
     async def flux_bootstrap(step: Step) -> dict[str, Any]:
