@@ -203,6 +203,23 @@ def test_startup_on_a_healthy_cluster_changes_nothing_and_force_branch_repoints_
     assert repo["branch"] == "main"
     assert repo["ready"]
 
+    # CoreDNS's pod crash-loops: the foundation stage restarts it after recovery_after_s.
+    pods = run(k._raw("pods", "GET", "/api/v1/namespaces/kube-system/pods?labelSelector=app%3Dcoredns"))["items"]
+    stuck = pods[0]["metadata"]["name"]
+    run(k._raw("stick", "PATCH", f"/api/v1/namespaces/kube-system/pods/{stuck}",
+               {"metadata": {"annotations": {"lab.hecate.io/stuck": "true"}}}, write=True,
+               content_type="application/merge-patch+json"))
+    assert until(lambda: _unavailable(k, "Deployment/kube-system/coredns"))
+    recovered = run(startup.run(config, {"source": "manual"}, JsonLines()))
+    assert recovered.result is RunResult.success, [(s.name, s.detail) for s in recovered.stages]
+    assert recovered.changes["restarted_pods"] == [f"kube-system/{stuck}"]
+    assert recovered.changes["created"] == []  # nothing was missing: the cache was not needed
+    assert run(k.workload("Deployment/kube-system/coredns"))["available"]
+
+
+async def _unavailable(k: Kube, ref: str) -> bool:
+    return not (await k.workload(ref))["available"]
+
 
 async def _not_ready(k: Kube) -> bool:
     return not (await k.git_repository("flux-system", "flux-system"))["ready"]

@@ -200,6 +200,20 @@ def _condition(obj: Mapping[str, Any] | None, kind: str = "Ready") -> dict[str, 
     return {}
 
 
+STUCK_REASONS = frozenset({"CrashLoopBackOff", "RunContainerError", "CreateContainerError", "Error"})
+STUCK_RESTARTS = 3
+
+
+def crash_looping(pod: Mapping[str, Any]) -> bool:
+    """Evidence that restarting the pod may help: a container waiting in a failure state
+    (:data:`STUCK_REASONS`) or restarted :data:`STUCK_RESTARTS` times or more."""
+    for status in ((pod.get("status") or {}).get("containerStatuses") or []):
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS or int(status.get("restartCount") or 0) >= STUCK_RESTARTS:
+            return True
+    return False
+
+
 def workload_available(kind: str, obj: Mapping[str, Any]) -> tuple[bool, str]:
     """Whether a Deployment/StatefulSet/DaemonSet serves all its replicas, and a summary ("1/2 ready")."""
     status = obj.get("status") or {}
@@ -782,8 +796,9 @@ class Kube:
         return {"exists": True, "available": available, "detail": detail}
 
     async def restart_unready_pods(self, ref: str) -> list[str]:
-        """Delete the workload's pods that are not Ready although their node is (stuck ones);
-        their controller re-creates them. Pods on unready nodes or not yet scheduled are left."""
+        """Delete the workload's stuck pods -- not Ready on a Ready node, with a container that
+        crash-loops or failed to start (:func:`crash_looping`); their controller re-creates them.
+        Pods on unready nodes, not yet scheduled, or merely slow are left alone."""
         kind, namespace, name = parse_ref(ref)
         obj = await self._call(f"get {ref}", kclient.AppsV1Api, f"read_namespaced_{_READABLE_WORKLOADS[kind]}",
                                name, namespace)
@@ -797,8 +812,8 @@ class Kube:
         restarted: list[str] = []
         for pod in (pods or {}).get("items", []):
             node = (pod.get("spec") or {}).get("nodeName")
-            if node not in ready_nodes or _condition(pod).get("status") == "True":
-                continue
+            if node not in ready_nodes or _condition(pod).get("status") == "True" or not crash_looping(pod):
+                continue  # a pod that is only slow (a database replaying its log) is left to finish
             pod_name = pod["metadata"]["name"]
             try:
                 await self._call(f"delete Pod/{namespace}/{pod_name}", kclient.CoreV1Api, "delete_namespaced_pod",

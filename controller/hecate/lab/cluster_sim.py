@@ -631,6 +631,17 @@ def pod_status(pod: Mapping[str, Any], *, node_ready: bool, waiting_for: Sequenc
             del c["reason"], c["message"]
     phase = "Running" if node is not None and (ready or previous.get("phase") == "Running") else "Pending"
     status: dict[str, Any] = {**previous, "phase": phase, "conditions": conditions}
+    # What a kubelet reports per container: a stuck pod crash-loops (the evidence Hecate's recovery looks for).
+    containers = [c.get("name", "main") for c in (_spec(pod).get("containers") or [{}])]
+    if stuck and node is not None:
+        state: dict[str, Any] = {"waiting": {"reason": "CrashLoopBackOff",
+                                             "message": "back-off 5m0s restarting failed container"}}
+    elif ready:
+        state = {"running": {}}
+    else:
+        state = {"waiting": {"reason": "ContainerCreating"}}
+    status["containerStatuses"] = [{"name": c, "ready": ready, "restartCount": 5 if stuck and node else 0,
+                                    "state": state} for c in containers]
     if node is not None and not previous.get("startTime"):
         status["startTime"] = format_time(now)
     return PodVerdict(status, since, ready, due_in(since, now, delay))

@@ -65,7 +65,8 @@ def load(directory: Path) -> list[dict[str, Any]]:
 async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
     """Export ``flux.bootstrap_objects`` into the snapshot file if the GitRepository is Ready.
 
-    Returns ``{"written": bool, "objects": n, "reason": str}``; Kubernetes errors propagate.
+    Returns ``{"written": bool, "objects": n, "missing": [refs not found], "reason": str}``;
+    Kubernetes errors other than a missing object propagate.
     """
     flux = config.flux
     if not flux.bootstrap_objects:
@@ -74,14 +75,22 @@ async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
     if not repo["ready"]:
         return {"written": False, "objects": 0,
                 "reason": f"GitRepository {flux.namespace}/{flux.git_repository} is not Ready: kept the last copy"}
-    manifests = await kube.export([kube_mod.config_ref(r) for r in flux.bootstrap_objects])
+    manifests: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for ref in flux.bootstrap_objects:  # one that is gone (deleted in Git) drops out of the snapshot
+        try:
+            manifests += await kube.export([kube_mod.config_ref(ref)])
+        except kube_mod.KubeNotFound:
+            missing.append(ref)
+    if missing:
+        log.warning("bootstrap cache: %s not found in the cluster; left out of the snapshot", ", ".join(missing))
     directory = flux.fallback_manifests_dir
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     header = (f"# Written by hecate at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} from the live cluster "
               "(flux.bootstrap_objects).\n# Applied (missing objects only) when Flux and Gitea deadlock.\n")
     body = yaml.safe_dump_all(manifests, sort_keys=False)
     atomic_write(directory / SNAPSHOT, (header + body).encode(), mode=0o600)  # configuration may be sensitive
-    return {"written": True, "objects": len(manifests), "reason": ""}
+    return {"written": True, "objects": len(manifests), "missing": missing, "reason": ""}
 
 
 async def keep_fresh(config: HecateConfig, stop: asyncio.Event, busy: Callable[[], bool] = lambda: False) -> None:

@@ -207,10 +207,7 @@ async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]
     if not repo["ready"]:
         raise DrillRefused(f"GitRepository {flux.namespace}/{flux.git_repository} is not Ready before the drill: "
                            f"{repo['message']} -- drills start from a healthy cluster")
-    try:
-        refreshed = await bootstrap_cache.refresh(config, kube)
-    except kube_mod.KubeNotFound as err:  # an object of flux.bootstrap_objects is gone: use the cache as it is
-        refreshed = {"written": False, "objects": 0, "reason": str(err)}
+    refreshed = await bootstrap_cache.refresh(config, kube)
     cached = {kube_mod.object_ref(o) for o in bootstrap_cache.load(flux.fallback_manifests_dir)}
     status = await kube.flux_status()
     replicas: dict[str, int] = {}
