@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -597,6 +598,34 @@ async def test_daemon_apply_puts_a_policy_in_force_for_the_next_poll(tmp_path: P
     doc = status_mod.document(daemon.monitor, "daemon", daemon.policy.view)
     assert doc["policy"]["source"] == "host"
     assert 'hecate_policy_source{source="host"} 1.0' in metrics.render(metrics.registry_for(lambda: doc)).decode()
+
+
+async def test_a_policy_arriving_during_a_shutdown_waits_for_its_end(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new policy must not change what a running shutdown sees (e.g. which UPSes say mains is back)."""
+    config = make_config(tmp_path, tmp_path / "no-kubeconfig", policy={})
+    daemon = daemon_mod.Daemon(config, FakeReader())
+    await daemon.monitor.poll_once()
+    release = asyncio.Event()
+    seen: list[HecateConfig] = []
+
+    async def fake_run(cfg: HecateConfig, *_: Any, **__: Any) -> Any:
+        seen.append(cfg)
+        await release.wait()
+        return types.SimpleNamespace(id="r", result="success")
+
+    monkeypatch.setattr(daemon_mod.shutdown, "run", fake_run)
+    daemon.start_shutdown({"source": "test"})
+    await asyncio.sleep(0.1)
+    newer = config.model_copy(update={"trigger": config.trigger.model_copy(update={"safety_factor": 2.0})})
+    monkeypatch.setattr(type(daemon.policy), "config", property(lambda _self: newer))
+    daemon.apply(newer)
+    assert daemon.monitor.config is config  # deferred: the shutdown is running
+    release.set()
+    assert daemon.shutdown_task is not None
+    await daemon.shutdown_task
+    assert daemon.monitor.config is newer  # applied as the shutdown ended
+    assert seen == [config]
 
 
 def test_conditions_keep_their_transition_time_and_the_status_fits_the_crd(tmp_path: Path) -> None:

@@ -86,6 +86,11 @@ class Daemon:
         """
         if config == self.config:
             return
+        if self.shutting_down():
+            # Not in the middle of a shutdown: a new set of protecting UPSes could make the run think
+            # mains is back and abort it. The newest policy is applied when the run ends.
+            log.warning("policy change received during a shutdown: applied when the shutdown ends")
+            return
         self.config = config
         self.monitor.config = config
         self.monitor.refresh_budget()
@@ -143,6 +148,8 @@ class Daemon:
             log.exception("shutdown run crashed")
         finally:
             self.monitor.refresh_budget()
+            self.shutdown_task = None  # not "shutting down" any more: a deferred policy change may apply
+            self.apply(self.policy.config)
             if self.operator is not None:
                 self.operator.poke()
 
@@ -165,9 +172,9 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
     # the run needs the monitor (is mains back?) and systemd must keep seeing keep-alives.
     halt = asyncio.Event()
     tasks = [asyncio.create_task(daemon.monitor.run(halt), name="monitor")]
-    if daemon.config.flux.bootstrap_objects:  # the policy in force at start (hecate.yaml + the cache)
-        tasks.append(asyncio.create_task(bootstrap_cache.keep_fresh(daemon.config, halt, daemon.shutting_down),
-                                         name="bootstrap-cache"))
+    if daemon.config.flux.bootstrap_objects or config.policy.name:  # a policy may add bootstrap objects later
+        tasks.append(asyncio.create_task(bootstrap_cache.keep_fresh(lambda: daemon.config, halt,
+                                                                    daemon.shutting_down), name="bootstrap-cache"))
     if config.policy.name:  # after the monitor and the HTTP server; kopf lives in its own thread and loop
         from hecate.operator import Operator
 
@@ -185,9 +192,10 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
         interval = systemd.watchdog_interval()
         if interval:
             # Keep-alives only while polls happen: a wedged monitor must let systemd restart us.
-            stale_after = max(10.0, 5 * config.trigger.poll_interval_s)
-
             def polling() -> bool:
+                # From the policy in force now: a PowerPolicy may poll more slowly than hecate.yaml.
+                trig = daemon.monitor.config.trigger
+                stale_after = max(10.0, 5 * max(trig.poll_interval_s, trig.poll_interval_on_battery_s))
                 last = daemon.monitor.view.last_poll_at
                 return last is not None and time.monotonic() - last < stale_after
 

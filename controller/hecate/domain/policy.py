@@ -549,8 +549,8 @@ def crd() -> dict[str, Any]:
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
                     "description": ("The cluster's power policy for Hecate: when and how to shut the cluster down "
-                                    "and bring it back. Hecate validates it with the models of hecate.yaml and "
-                                    "also rejects unknown keys (which the API server only prunes)."),
+                                    "and bring it back. Hecate validates it again with the models of hecate.yaml; "
+                                    "keys this schema does not know are pruned by the API server (ignored)."),
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},

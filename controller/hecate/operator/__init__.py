@@ -196,8 +196,10 @@ class Operator:
         try:
             if not stopping:
                 loop.run_until_complete(self._supervise())
-        except Exception:
+        except Exception as err:
             log.exception("the operator failed; the policy cache stays in force")
+            with contextlib.suppress(Exception):
+                self.state.unavailable(f"operator stopped: {err!r}")  # status must not claim a live watch
         finally:
             with self._lock:
                 self._loop = None
@@ -232,6 +234,12 @@ class Operator:
             except KubeError as err:  # 401/403...: the same backoff
                 self.state.unavailable(str(err))
                 log.warning("operator: %s; retrying in %gs", err, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.options.backoff_max_s)
+                continue
+            except Exception as err:  # a bug must not end the supervision for good: back off and retry
+                log.exception("operator: probing PowerPolicy %s failed", self.name)
+                self.state.unavailable(f"operator error: {err!r}")
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.options.backoff_max_s)
                 continue

@@ -93,15 +93,20 @@ async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
     return {"written": True, "objects": len(manifests), "missing": missing, "reason": ""}
 
 
-async def keep_fresh(config: HecateConfig, stop: asyncio.Event, busy: Callable[[], bool] = lambda: False) -> None:
+async def keep_fresh(config_now: Callable[[], HecateConfig], stop: asyncio.Event,
+                     busy: Callable[[], bool] = lambda: False) -> None:
     """The daemon's loop: refresh the snapshot now and every ``flux.cache_refresh_interval_s``.
 
-    Skipped while a run is busy with the cluster; a failure is logged and retried next time.
+    ``config_now`` gives the policy in force at each round (a PowerPolicy may change the
+    bootstrap objects). Skipped while a run is busy with the cluster or nothing is listed;
+    a failure is logged and retried next time.
     """
-    kube = kube_mod.Kube(config.cluster.kubeconfig, config.cluster.api_timeout_s)
+    first = config_now()
+    kube = kube_mod.Kube(first.cluster.kubeconfig, first.cluster.api_timeout_s)
     try:
         while not stop.is_set():
-            if not busy():
+            config = config_now()
+            if not busy() and config.flux.bootstrap_objects:
                 try:
                     result = await refresh(config, kube)
                 except kube_mod.KubeError as err:
