@@ -165,7 +165,7 @@ def test_the_spec_schema_mirrors_the_model() -> None:
     tier = props["shutdown"]["properties"]["scale_down"]["items"]
     assert tier["required"] == ["name", "selector"]
     assert tier["properties"]["namespace"]["nullable"] is True
-    assert props["flux"]["properties"]["fallback_branch"]["nullable"] is True
+    assert props["flux"]["properties"]["git_repository"]["type"] == "string"
     assert props["ups"]["minItems"] == 1
     for path in policy.EXCLUDED_FIELDS:
         node = SPEC_SCHEMA
@@ -209,8 +209,8 @@ def test_rbac_is_valid_and_grants_only_what_the_steps_need() -> None:
         ("", "pods", "list"), ("", "pods", "delete"), ("", "pods/eviction", "create"),
         ("storage.k8s.io", "volumeattachments", "list"),
         *(("hecate.io", "powerpolicies", v) for v in ("get", "list", "watch", "patch")),
-        *(("hecate.io", "powerpolicies/status", v) for v in ("get", "patch", "update")),
-        *((g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")),
+        ("hecate.io", "powerpolicies/status", "patch"),
+        ("", "events", "create"),
         # The bootstrap cache: get + create on exactly the kinds the kube adapter can cache.
         *((_group(kind), plural, v) for kind, (plural, _) in OBJECT_KINDS.items() for v in ("get", "create")),
         # Drills delete the workloads they expect startup to re-create.
@@ -363,7 +363,7 @@ def model_accepts(doc: Any) -> bool:
 CASES: dict[str, tuple[Any, bool]] = {
     "empty": ({}, True),
     "every section": ({"trigger": {"safety_factor": 1.3, "debounce_polls": 2}, "shutdown": {"parallelism": 4},
-                       "startup": {"wake": "wol"}, "flux": {"fallback_branch": None}, "ups": ["pyrphoros"]}, True),
+                       "startup": {"wake": "wol"}, "flux": {"detection_window_s": 60}, "ups": ["pyrphoros"]}, True),
     "int for a number": ({"trigger": {"safety_factor": 2}}, True),
     "bounds inclusive": ({"trigger": {"safety_factor": 10, "debounce_polls": 100}}, True),
     "nullable null": ({"shutdown": {"scale_down": [{"name": "a", "namespace": None, "selector": "x"}]}}, True),

@@ -245,7 +245,7 @@ class Flux(_Section):
     detection_window_s: Seconds = 120.0
     """How long the deadlock must persist before the fallback breaks it."""
     fallback_branch: str | None = None
-    """Branch to point the GitRepository at when breaking the deadlock."""
+    """Branch to point the GitRepository at when breaking the deadlock (host config only, never a PowerPolicy)."""
     bootstrap_fallback: bool = True
     """Break the Flux/Gitea deadlock by applying the cached manifests (false: only wait and report)."""
     bootstrap_objects: list[str] = Field(default_factory=list)

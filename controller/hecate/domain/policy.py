@@ -62,6 +62,8 @@ CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 _COMMAND = ("a PowerPolicy never carries commands: whoever can edit it would run them on the nodes as root; "
             "set it in hecate.yaml")
 _HOST_PATH = "a PowerPolicy never names paths on the Hecate host; set it in hecate.yaml"
+_SOURCE = ("which Git branch Flux deploys after a deadlock is a host decision: whoever can edit the PowerPolicy "
+           "and push a branch would choose what the cluster runs; set it in hecate.yaml")
 _ARMING = ("arming stays a host decision: whoever can edit the PowerPolicy must not be able to make Hecate "
            "power the cluster off; set it in hecate.yaml on the coordinator")
 
@@ -72,6 +74,7 @@ EXCLUDED_FIELDS: Final[Mapping[str, str]] = MappingProxyType({
     "shutdown.storage_quiesce.hooks": _COMMAND,
     "startup.wake_command": _COMMAND,
     "flux.fallback_manifests_dir": _HOST_PATH,
+    "flux.fallback_branch": _SOURCE,
 })
 """Every ``hecate.yaml`` field a PowerPolicy may not set (dotted path -> why), in one place.
 
@@ -79,8 +82,10 @@ EXCLUDED_FIELDS: Final[Mapping[str, str]] = MappingProxyType({
 decision at all is the one switch between "records what it would do" and "powers hardware
 off". It belongs to whoever administers the coordinator, not to whoever can edit a custom
 resource (a namespace admin with a wide ClusterRole, a Git repository's committers); a
-policy tunes an armed Hecate, it never arms or disarms it. The others carry commands
-(argv or a remote command line) or a path on the host.
+policy tunes an armed Hecate, it never arms or disarms it. ``flux.fallback_branch`` chooses
+what Flux deploys when Hecate breaks a deadlock: with it, an editor who can also push a branch
+would own the cluster. The others carry commands (argv or a remote command line) or a path on
+the host.
 """
 
 SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType({
