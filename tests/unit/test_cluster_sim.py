@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from hecate.adapters.kube import crash_looping
 from hecate.lab import cluster_sim as sim
 from hecate.lab.cluster_sim import ApiState, Delays, Source
 
@@ -283,6 +284,18 @@ def test_a_stuck_pod_never_becomes_ready() -> None:
         assert not verdict.ready
         assert verdict.since is None
     assert "stuck" in next(c for c in verdict.status["conditions"] if c["type"] == "Ready")["message"]
+    # It crash-loops, as a kubelet would report it: the evidence Hecate's foundation recovery looks for.
+    (container,) = verdict.status["containerStatuses"]
+    assert container["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert container["restartCount"] >= 3
+    assert crash_looping({"status": verdict.status})
+    fine = sim.pod_status(pod("web-2", web), node_ready=True, waiting_for=[], since=T0, now=T0 + 10, delay=0.5)
+    assert fine.ready
+    assert fine.status["containerStatuses"][0]["state"] == {"running": {}}
+    assert not crash_looping({"status": fine.status})
+    slow = sim.pod_status(pod("web-3", web), node_ready=True, waiting_for=["data/statefulset/db"], since=None,
+                          now=T0, delay=0.5)
+    assert not crash_looping({"status": slow.status})  # waiting for a dependency is not stuck
 
 
 def test_workload_status_counts_pods_and_says_available() -> None:

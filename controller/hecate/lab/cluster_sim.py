@@ -632,7 +632,7 @@ def pod_status(pod: Mapping[str, Any], *, node_ready: bool, waiting_for: Sequenc
     phase = "Running" if node is not None and (ready or previous.get("phase") == "Running") else "Pending"
     status: dict[str, Any] = {**previous, "phase": phase, "conditions": conditions}
     # What a kubelet reports per container: a stuck pod crash-loops (the evidence Hecate's recovery looks for).
-    containers = [c.get("name", "main") for c in (_spec(pod).get("containers") or [{}])]
+    containers = [(c.get("name", "main"), str(c.get("image", ""))) for c in (_spec(pod).get("containers") or [{}])]
     if stuck and node is not None:
         state: dict[str, Any] = {"waiting": {"reason": "CrashLoopBackOff",
                                              "message": "back-off 5m0s restarting failed container"}}
@@ -640,8 +640,11 @@ def pod_status(pod: Mapping[str, Any], *, node_ready: bool, waiting_for: Sequenc
         state = {"running": {}}
     else:
         state = {"waiting": {"reason": "ContainerCreating"}}
-    status["containerStatuses"] = [{"name": c, "ready": ready, "restartCount": 5 if stuck and node else 0,
-                                    "state": state} for c in containers]
+    status["containerStatuses"] = [
+        {"name": name, "image": image, "ready": ready, "restartCount": 5 if stuck and node else 0, "state": state,
+         "imageID": f"{image}@sha256:{hashlib.sha256(image.encode()).hexdigest()}" if "waiting" not in state
+                    or stuck else ""}
+        for name, image in containers]
     if node is not None and not previous.get("startTime"):
         status["startTime"] = format_time(now)
     return PodVerdict(status, since, ready, due_in(since, now, delay))
