@@ -91,8 +91,9 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
         assert doc["budget"]["threshold_s"] == pytest.approx(330.0)
 
         ups.set(ups_status="OB LB DISCHRG", battery_runtime=42, battery_charge=12)
-        wait_for(lambda: json.loads(get(port, "/v1/status")[1])["trigger"]["shutdown_triggered"], 5,
-                 "the daemon to decide")
+        # The decision shows at once; its dry-run record is written by the handler just after.
+        wait_for(lambda: (lambda d: d["trigger"]["shutdown_triggered"] and d["runs"]["count"] >= 1)(
+            json.loads(get(port, "/v1/status")[1])), 5, "the daemon to decide and record the dry-run")
         code, metrics = get(port, "/metrics")
         text = metrics.decode()
         assert 'hecate_ups_on_battery{ups="pyrphoros"} 1.0' in text
