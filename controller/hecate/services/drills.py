@@ -270,9 +270,9 @@ async def _until_not_ready(config: HecateConfig, kube: kube_mod.Kube) -> None:
 async def _checks(config: HecateConfig, kube: kube_mod.Kube, name: str, before: dict[str, Any],
                   record: RunRecord) -> list[Check]:
     flux = config.flux
+    not_ok = [f"{s.name}: {s.detail}" for s in record.stages if s.result is not RunResult.success]
     checks = [Check("startup run succeeded", record.result is RunResult.success,
-                    f"{record.result.value if record.result else '?'}; "
-                    + "; ".join(f"{s.name}: {s.detail}" for s in record.stages if s.result is not RunResult.success))]
+                    "; ".join([record.result.value if record.result else "?", *not_ok]))]
     repo = await kube.git_repository(flux.namespace, flux.git_repository)
     checks.append(Check(f"GitRepository {flux.namespace}/{flux.git_repository} Ready", repo["ready"], repo["message"]))
     status = await kube.flux_status()
