@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from hecate.domain import reference
-from hecate.domain.config import HecateConfig
+from hecate.domain.config import HecateConfig, deep_merge
 
 ENV_PREFIX = "HECATE_"
 ENV_DELIMITER = "__"
@@ -87,23 +87,12 @@ def load(path: Path = DEFAULT_PATH, environ: Mapping[str, str] | None = None) ->
         var = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "HECATE_*"
         raise ConfigError(f"environment {var}: not valid JSON for a list or mapping setting") from None
     try:
-        config = HecateConfig.model_validate(_merge(data, overrides))
+        config = HecateConfig.model_validate(deep_merge(data, overrides))
     except ValidationError as err:
         raise ConfigError(_describe(err, path, _env_paths(env))) from None
     if config.host_name is None:
         config = config.model_copy(update={"host_name": socket.gethostname()})
     return config
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge mappings; the override wins, lists are replaced whole."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _env_paths(env: Mapping[str, str]) -> dict[tuple[str, ...], str]:

@@ -12,13 +12,28 @@ The trigger, shutdown, startup and flux sections are also the vocabulary of the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+def deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge: mappings merged key by key, the overlay wins, everything else (lists too) replaced.
+
+    How environment overrides lie over hecate.yaml, and a PowerPolicy over the host's config.
+    """
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _unique(names: list[str], what: str) -> None:

@@ -269,17 +269,6 @@ def parse_policy(obj: Mapping[str, Any]) -> PowerPolicySpec:
 # -- the overlay ------------------------------------------------------------------------------
 
 
-def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge: mappings merged key by key, everything else (lists too) replaced."""
-    merged = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def _error(loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDetails:
     return {"type": PydanticCustomError("policy_conflict", message), "loc": loc, "input": value}
 
@@ -294,7 +283,7 @@ def effective_config(config: cfg.HecateConfig, spec: PowerPolicySpec) -> cfg.Hec
     configuration's own validators as in hecate.yaml (``startup.wake``).
     """
     overlay = spec.model_dump(exclude_unset=True, include=set(SECTIONS))
-    merged = _merge(config.model_dump(), overlay)
+    merged = cfg.deep_merge(config.model_dump(), overlay)
     errors: list[InitErrorDetails] = []
     if "ups" in spec.model_fields_set:
         known = [u.name for u in config.ups]
