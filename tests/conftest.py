@@ -22,6 +22,16 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 @pytest.fixture
+def bare_lab(tmp_path: Path) -> Iterator[Lab]:
+    """Nodes and the emulated API only (1 server, 2 agents), no UPS: saves upsd's 3 s start."""
+    running = Lab.up(tmp_path / "lab", LabSpec(ups=()))
+    try:
+        yield running
+    finally:
+        running.down()
+
+
+@pytest.fixture
 def ups(tmp_path: Path) -> Iterator[LabUps]:
     """One lab UPS (real upsd + dummy-ups) named pyrphoros, on mains."""
     lab_ups = start_ups(tmp_path, "pyrphoros")

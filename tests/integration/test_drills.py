@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +16,7 @@ import pytest
 from hecate.adapters.kube import Kube
 from hecate.domain.config import HecateConfig
 from hecate.lab.cluster_seed import seed_workloads
-from hecate.lab.testbed import Lab, LabSpec
+from hecate.lab.testbed import Lab
 from hecate.services import drills
 from hecate.services.progress import JsonLines
 
@@ -29,17 +27,8 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """No UPS: drills do not need one (the startup then has no preflight)."""
-    running = Lab.up(tmp_path / "lab", LabSpec(ups=()))
-    try:
-        yield running
-    finally:
-        running.down()
-
-
-def test_drills_on_the_lab(lab: Lab) -> None:
+def test_drills_on_the_lab(bare_lab: Lab) -> None:
+    lab = bare_lab  # no UPS: drills do not need one (the startup then has no preflight)
     seed_workloads(lab.kubeconfig)
     data = lab.hecate_config()
     config = HecateConfig.model_validate(data)

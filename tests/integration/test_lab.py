@@ -3,13 +3,11 @@ and the emulated cluster's cold start after a full power-off (the Flux/Gitea boo
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from kubernetes import config as kconfig
 
 from hecate.adapters import config
 from hecate.lab import cluster_seed, kubeapi, nodes
+from hecate.lab.cluster_seed import LabApi
 from hecate.lab.cluster_sim import Delays
 from hecate.lab.procs import alive, wait_for
 from hecate.lab.testbed import MANIFEST, Lab, LabSpec, timeline
@@ -144,16 +143,7 @@ def test_nodes_have_their_own_network_namespace_when_root(lab: Lab) -> None:
 
 
 def api_call(lab: Lab, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    url = urllib.parse.urlsplit(kubeapi.api_url(lab.kubeconfig))
-    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=5)
-    try:
-        conn.request(method, path, body=None if body is None else json.dumps(body),
-                     headers={"Content-Type": "application/json"})
-        rsp = conn.getresponse()
-        data = rsp.read()
-        return rsp.status, json.loads(data) if data.startswith(b"{") else data
-    finally:
-        conn.close()
+    return LabApi(kubeapi.api_url(lab.kubeconfig)).request(method, path, body)
 
 
 def get(lab: Lab, path: str) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
-from hecate.lab.cluster_seed import seed_workloads
+from hecate.lab.cluster_seed import LabApi, seed_workloads
 from hecate.lab.kubeapi import (
     DEFAULT_K3S_VERSION,
     LabKubeApiError,
@@ -491,16 +491,7 @@ def test_start_failure_reports_the_log_tail(tmp_path: Path) -> None:
 
 
 def http_request(lab: Lab, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    url = urllib.parse.urlsplit(api_url(lab.kubeconfig))
-    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=5)
-    try:
-        conn.request(method, path, body=None if body is None else json.dumps(body),
-                     headers={"Content-Type": "application/json"})
-        rsp = conn.getresponse()
-        data = rsp.read()
-        return rsp.status, json.loads(data) if data.startswith((b"{", b"[")) else data
-    finally:
-        conn.close()
+    return LabApi(api_url(lab.kubeconfig)).request(method, path, body)
 
 
 @pytest.mark.parametrize(

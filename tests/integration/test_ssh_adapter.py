@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -28,19 +27,15 @@ from hecate.adapters.ssh import (
 from hecate.domain.config import HecateConfig
 from hecate.lab import nodes
 from hecate.lab.procs import wait_for
-from hecate.lab.testbed import Lab, LabSpec
+from hecate.lab.testbed import Lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def lab(bare_lab: Lab) -> Lab:
     """Nodes only (titan-s1, titan-a1, titan-a2); always torn down."""
-    running = Lab.up(tmp_path / "lab", LabSpec(ups=()))
-    try:
-        yield running
-    finally:
-        running.down()
+    return bare_lab
 
 
 def load(lab: Lab) -> HecateConfig:

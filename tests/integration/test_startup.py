@@ -169,16 +169,6 @@ def test_a_server_that_never_comes_back_degrades_the_run_and_the_rest_proceeds(t
         lab.down()
 
 
-@pytest.fixture
-def bare_lab(tmp_path: Path) -> Iterator[Lab]:
-    """No UPS (no preflight): the healthy-cluster checks do not need one."""
-    running = Lab.up(tmp_path / "lab", LabSpec(ups=()))
-    try:
-        yield running
-    finally:
-        running.down()
-
-
 def test_startup_on_a_healthy_cluster_changes_nothing_and_force_branch_repoints_flux(bare_lab: Lab,
                                                                                      kube: Any) -> None:
     lab = bare_lab

@@ -148,7 +148,11 @@ class Seeded:
 # -- a small JSON-over-HTTP client -----------------------------------------------------------
 
 
-class _Api:
+class LabApi:
+    """Plain JSON over HTTP to the lab API (the seed's and the lab tests' client, independent of Hecate's).
+
+    ``request`` returns (status, decoded JSON -- or the raw body when it is not JSON)."""
+
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http":
@@ -163,7 +167,7 @@ class _Api:
             conn.request(method, path, body=payload, headers={"Content-Type": content_type})
             rsp = conn.getresponse()
             data = rsp.read()
-            return rsp.status, json.loads(data) if data else None
+            return rsp.status, json.loads(data) if data.startswith((b"{", b"[")) else (data or None)
         except (OSError, http.client.HTTPException, ValueError) as e:
             raise LabKubeApiError(f"{method} {path}: {e}") from e
         finally:
@@ -258,7 +262,7 @@ def _flux_objects() -> list[tuple[str, str, dict[str, Any]]]:
 USER_SUSPENDED = ("flux-system", "experiments")
 
 
-def _nodes(api: _Api) -> tuple[list[str], list[str]]:
+def _nodes(api: LabApi) -> tuple[list[str], list[str]]:
     servers: list[str] = []
     agents: list[str] = []
     for node in api.items("/api/v1/nodes"):
@@ -280,7 +284,7 @@ def _available(obj: Mapping[str, Any]) -> bool:
         int(status.get("readyReplicas") or 0) >= int((obj.get("spec") or {}).get("replicas", 1))
 
 
-def _unhealthy(api: _Api, nodes: list[str], flux: list[str]) -> list[str]:
+def _unhealthy(api: LabApi, nodes: list[str], flux: list[str]) -> list[str]:
     """What is not healthy yet: seeded workloads not available, Flux objects not Ready, DaemonSet pods missing."""
     waiting: list[str] = []
     found: dict[str, dict[str, Any]] = {}
@@ -302,7 +306,7 @@ def _unhealthy(api: _Api, nodes: list[str], flux: list[str]) -> list[str]:
     return waiting
 
 
-def wait_healthy(api: _Api, nodes: list[str], flux: list[str], timeout: float) -> None:
+def wait_healthy(api: LabApi, nodes: list[str], flux: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while waiting := _unhealthy(api, nodes, flux):
         if time.monotonic() > deadline:
@@ -329,7 +333,7 @@ def seed_workloads(kubeconfig: str | os.PathLike[str] | None = None, *, url: str
             url = api_url(kubeconfig)
         except (OSError, KeyError, StopIteration, TypeError, ValueError) as e:
             raise LabKubeApiError(f"cannot read the API URL from {kubeconfig}: {e}") from e
-    api = _Api(url, timeout)
+    api = LabApi(url, timeout)
     servers, agents = _nodes(api)
     all_nodes = servers + agents
     if not all_nodes:
