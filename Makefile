@@ -10,16 +10,17 @@ STAMP  := $(VENV)/.installed
 system:
 	scripts/setup-machine.sh
 
-$(STAMP): pyproject.toml
+# The product and, as its own distribution, the lab (which adds `hecate lab ...` to the CLI).
+$(STAMP): pyproject.toml hecate-lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' -e ./hecate-lab
 	touch $(STAMP)
 
 setup: system $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check controller tests benchmarks scripts
+	$(VENV)/bin/ruff check controller hecate-lab tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/update-docs.py --check

@@ -41,12 +41,12 @@ from typing import Any
 from hecate.adapters.kube import Kube, KubeError
 from hecate.domain.config import HecateConfig
 from hecate.domain.runs import RunRecord, StageRecord
-from hecate.lab import nodes
-from hecate.lab.cluster_seed import seed_workloads
-from hecate.lab.cluster_sim import Delays
-from hecate.lab.testbed import Lab, LabSpec
 from hecate.services import bootstrap_cache, shutdown, startup
 from hecate.services.executor import StepOutcome
+from hecate_lab import nodes
+from hecate_lab.cluster_seed import seed_workloads
+from hecate_lab.cluster_sim import Delays
+from hecate_lab.testbed import Lab, LabSpec
 
 SERVERS, AGENTS = 3, 7
 DELAYS = Delays(api=3.0, node=2.0, pod=2.0)

@@ -43,9 +43,9 @@ from benchmarks.reaction import (
     wait_daemon_ready,
     write_daemon_config,
 )
-from hecate.lab.kubeapi import api_url, start_kubeapi, stop_kubeapi
-from hecate.lab.procs import free_port, wait_for
-from hecate.lab.ups import LabUps, start_ups
+from hecate_lab.kubeapi import api_url, start_kubeapi, stop_kubeapi
+from hecate_lab.procs import free_port, wait_for
+from hecate_lab.ups import LabUps, start_ups
 
 UPSES = 4
 SETTLE_S = 5.0

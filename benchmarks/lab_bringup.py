@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hecate.lab import nodes
-from hecate.lab.testbed import Lab, LabSpec, netns_available
-from hecate.lab.ups import start_ups
+from hecate_lab import nodes
+from hecate_lab.testbed import Lab, LabSpec, netns_available
+from hecate_lab.ups import start_ups
 
 REPEAT = 3
 

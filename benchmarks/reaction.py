@@ -63,8 +63,8 @@ from typing import Any
 import yaml
 
 from hecate.adapters.nut import parse_line
-from hecate.lab.procs import LabError, free_port, owned_by, wait_for
-from hecate.lab.ups import LAB_PASSWORD, LAB_USER, NUT_BIN, LabUps, start_ups
+from hecate_lab.procs import LabError, free_port, owned_by, wait_for
+from hecate_lab.ups import LAB_PASSWORD, LAB_USER, NUT_BIN, LabUps, start_ups
 
 LANES = 3
 REPS_PER_LANE = 4  # x LANES = 12 repetitions against upsmon

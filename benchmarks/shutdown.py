@@ -77,11 +77,11 @@ from hecate.adapters import ssh
 from hecate.domain.config import HecateConfig
 from hecate.domain.plan import Action, shutdown_plan
 from hecate.domain.runs import RunRecord, StageRecord
-from hecate.lab import kubeapi, nodes
-from hecate.lab.node_shell import ANY_COMMAND
-from hecate.lab.testbed import Lab, LabSpec, netns_available
 from hecate.services import shutdown as hecate_shutdown
 from hecate.services.executor import StepOutcome
+from hecate_lab import kubeapi, nodes
+from hecate_lab.node_shell import ANY_COMMAND
+from hecate_lab.testbed import Lab, LabSpec, netns_available
 
 SIZES = (20, 100)
 SERVERS = 3

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hecate.lab.testbed import Lab, LabSpec
-from hecate.lab.ups import LabUps, start_ups
+from hecate_lab.testbed import Lab, LabSpec
+from hecate_lab.ups import LabUps, start_ups
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from hecate.lab.procs import free_port, wait_for
-from hecate.lab.ups import LabUps
+from hecate_lab.procs import free_port, wait_for
+from hecate_lab.ups import LabUps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hecate.lab.procs import free_port, wait_for
-from hecate.lab.ups import LabUps
+from hecate_lab.procs import free_port, wait_for
+from hecate_lab.ups import LabUps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from hecate.lab import nodes
-from hecate.lab.procs import wait_for
-from hecate.lab.testbed import Lab, LabSpec
+from hecate_lab import nodes
+from hecate_lab.procs import wait_for
+from hecate_lab.testbed import Lab, LabSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

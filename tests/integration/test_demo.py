@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hecate.lab.testbed import MANIFEST
+from hecate_lab.testbed import MANIFEST
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 REPO = Path(__file__).resolve().parents[2]

@@ -15,10 +15,10 @@ import pytest
 
 from hecate.adapters.kube import Kube
 from hecate.domain.config import HecateConfig
-from hecate.lab.cluster_seed import seed_workloads
-from hecate.lab.testbed import Lab
 from hecate.services import drills
 from hecate.services.progress import JsonLines
+from hecate_lab.cluster_seed import seed_workloads
+from hecate_lab.testbed import Lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 

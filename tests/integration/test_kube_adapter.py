@@ -1,4 +1,4 @@
-"""hecate.adapters.kube against the lab's emulated API (seeded by hecate.lab.cluster_seed).
+"""hecate.adapters.kube against the lab's emulated API (seeded by hecate_lab.cluster_seed).
 
 The pure pieces -- the lab's PodDisruptionBudget rule and the adapter's drain filter --
 are tested first, without a server. The rest runs the real adapter (the official
@@ -32,9 +32,9 @@ from hecate.adapters.kube import (
     drain_skip_reason,
     parse_ref,
 )
-from hecate.lab.cluster_seed import BLOCKED_POD, Seeded, seed_workloads
-from hecate.lab.cluster_sim import Delays
-from hecate.lab.kubeapi import (
+from hecate_lab.cluster_seed import BLOCKED_POD, Seeded, seed_workloads
+from hecate_lab.cluster_sim import Delays
+from hecate_lab.kubeapi import (
     EVICTION_REFUSED,
     api_url,
     eviction_verdict,
@@ -44,8 +44,8 @@ from hecate.lab.kubeapi import (
     stop_kubeapi,
     write_kubeconfig,
 )
-from hecate.lab.nodestate import initial_state, write_state
-from hecate.lab.testbed import Lab, LabSpec
+from hecate_lab.nodestate import initial_state, write_state
+from hecate_lab.testbed import Lab, LabSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

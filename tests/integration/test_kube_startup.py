@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from hecate.adapters.kube import RECONCILE_ANNOTATION, Kube, KubeNotFound
-from hecate.lab.cluster_seed import seed_workloads
-from hecate.lab.testbed import Lab, LabSpec
+from hecate_lab.cluster_seed import seed_workloads
+from hecate_lab.testbed import Lab, LabSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

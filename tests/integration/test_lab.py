@@ -17,11 +17,11 @@ from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
 from hecate.adapters import config
-from hecate.lab import cluster_seed, kubeapi, nodes
-from hecate.lab.cluster_seed import LabApi
-from hecate.lab.cluster_sim import Delays
-from hecate.lab.procs import alive, wait_for
-from hecate.lab.testbed import MANIFEST, Lab, LabSpec, timeline
+from hecate_lab import cluster_seed, kubeapi, nodes
+from hecate_lab.cluster_seed import LabApi
+from hecate_lab.cluster_sim import Delays
+from hecate_lab.procs import alive, wait_for
+from hecate_lab.testbed import MANIFEST, Lab, LabSpec, timeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -1,6 +1,6 @@
-"""The lab's emulated Kubernetes API (hecate.lab.kubeapi), driven by the official client.
+"""The lab's emulated Kubernetes API (hecate_lab.kubeapi), driven by the official client.
 
-The server tests start the real process (``python -m hecate.lab.kubeapi``) over three
+The server tests start the real process (``python -m hecate_lab.kubeapi``) over three
 fake lab nodes -- one server, two agents -- whose ``state.json`` files the tests rewrite
 the way the nodes' sshd forced command does. The rule for the Ready condition and the
 selector matching are tested on their own first, without a server.
@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
-from hecate.lab.cluster_seed import LabApi, seed_workloads
-from hecate.lab.kubeapi import (
+from hecate_lab.cluster_seed import LabApi, seed_workloads
+from hecate_lab.kubeapi import (
     DEFAULT_K3S_VERSION,
     LabKubeApiError,
     LabNode,
@@ -39,7 +39,7 @@ from hecate.lab.kubeapi import (
     start_kubeapi,
     stop_kubeapi,
 )
-from hecate.lab.nodestate import initial_state, service_for, write_state
+from hecate_lab.nodestate import initial_state, service_for, write_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

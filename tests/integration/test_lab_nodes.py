@@ -24,8 +24,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from hecate.lab import node_shell, nodes
-from hecate.lab.nodes import LabNode, NodeSpec
+from hecate_lab import node_shell, nodes
+from hecate_lab.nodes import LabNode, NodeSpec
 
 pytestmark = pytest.mark.integration
 

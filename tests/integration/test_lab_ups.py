@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hecate.lab.ups import LabUps
+from hecate_lab.ups import LabUps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

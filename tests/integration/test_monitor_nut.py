@@ -20,9 +20,9 @@ from hecate.domain import trigger
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
 from hecate.domain.runs import RunKind
-from hecate.lab.ups import LabUps, start_ups
 from hecate.services import status
 from hecate.services.monitor import Monitor, dry_run_recorder
+from hecate_lab.ups import LabUps, start_ups
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

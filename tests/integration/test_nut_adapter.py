@@ -38,7 +38,7 @@ from hecate.adapters.nut import (
 )
 from hecate.domain.config import Ups
 from hecate.domain.ups import Flag
-from hecate.lab.ups import LAB_PASSWORD, LAB_USER, LabUps, start_ups
+from hecate_lab.ups import LAB_PASSWORD, LAB_USER, LabUps, start_ups
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -1,6 +1,6 @@
 """The embedded operator and the policy in force, against the lab's emulated API with the real kopf.
 
-The API is :mod:`hecate.lab.kubeapi` (kmock over real HTTP) with one k3s server node, so
+The API is :mod:`hecate_lab.kubeapi` (kmock over real HTTP) with one k3s server node, so
 taking the API away is what a power cut does: the node's k3s stops, every request
 answers 503 and watches end; the objects survive. The CRD is created through the API
 from ``crds/powerpolicy.yaml``. The daemon runs in-process (its real ``run``: HTTP
@@ -36,17 +36,17 @@ from hecate.adapters.store import StateStore
 from hecate.cli import render
 from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.ups import Snapshot, from_variables
-from hecate.lab import nodes
-from hecate.lab.kubeapi import api_url, start_kubeapi, stop_kubeapi
-from hecate.lab.nodestate import initial_state, write_state
-from hecate.lab.procs import free_port, wait_for
-from hecate.lab.testbed import Lab, LabSpec
-from hecate.lab.ups import LabUps
 from hecate.operator import OperatorOptions
 from hecate.operator.status import Snapshot as StatusSnapshot
 from hecate.operator.status import status_body
 from hecate.services import policy as policy_mod
 from hecate.services import status as status_mod
+from hecate_lab import nodes
+from hecate_lab.kubeapi import api_url, start_kubeapi, stop_kubeapi
+from hecate_lab.nodestate import initial_state, write_state
+from hecate_lab.procs import free_port, wait_for
+from hecate_lab.testbed import Lab, LabSpec
+from hecate_lab.ups import LabUps
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "powerpolicy.yaml").read_text())

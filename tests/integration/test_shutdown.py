@@ -23,11 +23,11 @@ from hecate.adapters import config as config_mod
 from hecate.adapters.kube import Kube
 from hecate.domain.config import HecateConfig
 from hecate.domain.runs import RunRecord, RunResult, StageRecord
-from hecate.lab import cluster_seed, kubeapi, nodes
-from hecate.lab.cluster_sim import Delays
-from hecate.lab.testbed import Lab, LabSpec
 from hecate.services import shutdown
 from hecate.services.executor import StepOutcome
+from hecate_lab import cluster_seed, kubeapi, nodes
+from hecate_lab.cluster_sim import Delays
+from hecate_lab.testbed import Lab, LabSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -25,9 +25,9 @@ from hecate.adapters.ssh import (
     is_connection_lost,
 )
 from hecate.domain.config import HecateConfig
-from hecate.lab import nodes
-from hecate.lab.procs import wait_for
-from hecate.lab.testbed import Lab
+from hecate_lab import nodes
+from hecate_lab.procs import wait_for
+from hecate_lab.testbed import Lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

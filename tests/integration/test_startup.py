@@ -21,11 +21,11 @@ import pytest
 from hecate.adapters.kube import Kube
 from hecate.domain.config import HecateConfig
 from hecate.domain.runs import RunResult
-from hecate.lab import nodes
-from hecate.lab.cluster_seed import seed_workloads
-from hecate.lab.testbed import Lab, LabSpec
 from hecate.services import bootstrap_cache, shutdown, startup
 from hecate.services.progress import JsonLines
+from hecate_lab import nodes
+from hecate_lab.cluster_seed import seed_workloads
+from hecate_lab.testbed import Lab, LabSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 

@@ -1,4 +1,4 @@
-"""The lab cluster's rules (hecate.lab.cluster_sim), each on its own: pure functions, no server."""
+"""The lab cluster's rules (hecate_lab.cluster_sim), each on its own: pure functions, no server."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from hecate.adapters.kube import crash_looping
-from hecate.lab import cluster_sim as sim
-from hecate.lab.cluster_sim import ApiState, Delays, Source
+from hecate_lab import cluster_sim as sim
+from hecate_lab.cluster_sim import ApiState, Delays, Source
 
 T0 = 1_750_000_000.0  # 2025-06-15T15:06:40Z
 

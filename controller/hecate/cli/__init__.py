@@ -1,7 +1,8 @@
 """The ``hecate`` command: parse flags, load settings, wire adapters -- no logic here.
 
 Heavy libraries (kopf, kubernetes, paramiko) are imported inside the commands that need
-them, so ``hecate --help`` and ``hecate status`` start fast.
+them, so ``hecate --help`` and ``hecate status`` start fast. Commands of other installed
+distributions (the lab's ``hecate lab``) join by entry point: :mod:`hecate.cli.plugins`.
 
 Exit codes: 0 success, 1 the command failed or is not implemented yet, 2 bad usage or
 an unusable configuration (one readable message, never a traceback).
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from hecate import __version__
+from hecate.cli import plugins
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -75,7 +77,7 @@ def not_implemented(what: str, issue: int) -> NoReturn:
     fail(f"{what} is not implemented yet (tracked in issue #{issue}); nothing was done.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=plugins.PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hecate")
 def cli() -> None:
     """Hecate: power protection and staged bootstrap for bare-metal k3s clusters."""
@@ -291,15 +293,6 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
     verdict = "[bold green]PASS[/bold green]" if result.passed else "[bold red]FAIL[/bold red]"
     console.print(f"drill {name}: {verdict} ({timings})")
     sys.exit(0 if result.passed else 1)
-
-
-def _register_lab() -> None:
-    from hecate.cli import lab
-
-    cli.add_command(lab.lab)
-
-
-_register_lab()
 
 
 def main() -> None:

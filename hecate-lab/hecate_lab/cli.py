@@ -1,4 +1,8 @@
-"""``hecate lab up|status|down``: the testbed for people (tests use ``hecate.lab`` directly)."""
+"""``hecate lab up|status|down|...``: the testbed for people (tests use ``hecate_lab`` directly).
+
+The product's CLI offers this group as ``hecate lab`` through the ``hecate.commands`` entry point
+this distribution registers (see hecate-lab/pyproject.toml); the product never imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from hecate.lab import DEFAULT_DIR
+from hecate_lab import DEFAULT_DIR
 
 dir_option = click.option(
     "--dir", "directory", type=click.Path(path_type=Path), envvar="HECATE_LAB_DIR",
@@ -30,7 +34,7 @@ def lab() -> None:
               help="Nodes in network namespaces (default when root) or on loopback ports.")
 def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, netns: bool | None) -> None:
     """Start a lab and write DIR/hecate.yaml pointing Hecate at it."""
-    from hecate.lab.testbed import Lab, LabSpec
+    from hecate_lab.testbed import Lab, LabSpec
 
     started = Lab.up(directory, LabSpec(ups=ups_names, servers=servers, agents=agents, netns=netns),
                      detach=True)
@@ -45,8 +49,8 @@ def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, n
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(directory: Path, as_json: bool) -> None:
     """Show what the lab's UPSes, nodes and API are doing."""
-    from hecate.lab.procs import LabError
-    from hecate.lab.testbed import Lab
+    from hecate_lab.procs import LabError
+    from hecate_lab.testbed import Lab
 
     try:
         info = Lab.load(directory).status()
@@ -79,8 +83,8 @@ def status(directory: Path, as_json: bool) -> None:
 @dir_option
 def down(directory: Path) -> None:
     """Stop every lab process by PID and remove its namespaces and bridge."""
-    from hecate.lab.procs import LabError
-    from hecate.lab.testbed import Lab
+    from hecate_lab.procs import LabError
+    from hecate_lab.testbed import Lab
 
     try:
         running = Lab.load(directory)
@@ -100,8 +104,8 @@ def down(directory: Path) -> None:
 @click.argument("assignments", nargs=-1, required=True, metavar="VAR=VALUE...")
 def ups_set(directory: Path, name: str, assignments: tuple[str, ...]) -> None:
     """Change what a lab UPS reports, e.g. ups.status="OB DISCHRG" battery.runtime=240."""
-    from hecate.lab.procs import LabError
-    from hecate.lab.testbed import Lab
+    from hecate_lab.procs import LabError
+    from hecate_lab.testbed import Lab
 
     changes = {}
     for item in assignments:
@@ -128,9 +132,9 @@ def power_on(directory: Path, names: tuple[str, ...], k3s_disabled: bool) -> Non
     """Boot lab nodes (all of them by default), as when mains returns."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from hecate.lab import nodes
-    from hecate.lab.procs import LabError
-    from hecate.lab.testbed import Lab
+    from hecate_lab import nodes
+    from hecate_lab.procs import LabError
+    from hecate_lab.testbed import Lab
 
     try:
         running = Lab.load(directory)
@@ -152,9 +156,9 @@ def power_on(directory: Path, names: tuple[str, ...], k3s_disabled: bool) -> Non
 def seed(directory: Path) -> None:
     """Create workloads, a blocking PDB and Flux objects in the lab API (for shutdown and startup); waits until
     the lab's simulator has made them healthy."""
-    from hecate.lab import cluster_seed
-    from hecate.lab.procs import LabError
-    from hecate.lab.testbed import Lab
+    from hecate_lab import cluster_seed
+    from hecate_lab.procs import LabError
+    from hecate_lab.testbed import Lab
 
     try:
         running = Lab.load(directory)
@@ -172,9 +176,9 @@ def seed(directory: Path) -> None:
 def timeline(directory: Path) -> None:
     """Print what happened in the lab, in order: UPS changes, node commands, the emulated cluster's events (API
     up/down, cold start, workloads, Flux), Hecate's runs, the coordinator's power-off."""
-    from hecate.lab.procs import LabError
-    from hecate.lab.testbed import Lab
-    from hecate.lab.testbed import timeline as lab_timeline
+    from hecate_lab.procs import LabError
+    from hecate_lab.testbed import Lab
+    from hecate_lab.testbed import timeline as lab_timeline
 
     try:
         rows = lab_timeline(Lab.load(directory))

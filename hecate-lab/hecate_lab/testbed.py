@@ -24,11 +24,11 @@ from typing import Any
 
 import yaml
 
-from hecate.lab import DEFAULT_DIR, kubeapi, nodes
-from hecate.lab.cluster_sim import Delays
-from hecate.lab.nodes import LabNode
-from hecate.lab.procs import LabError, alive, free_port
-from hecate.lab.ups import LabUps, start_ups
+from hecate_lab import DEFAULT_DIR, kubeapi, nodes
+from hecate_lab.cluster_sim import Delays
+from hecate_lab.nodes import LabNode
+from hecate_lab.procs import LabError, alive, free_port
+from hecate_lab.ups import LabUps, start_ups
 
 MANIFEST = "lab.json"
 KUBE_EVENT_SOURCES = {"api": "kube-api", "cold-start": "cold-start", "workload": "kube-ctrl", "flux": "flux"}
@@ -45,7 +45,7 @@ class LabSpec:
     netns: bool | None = None
     """Network namespaces per node; ``None`` means "when root and ``ip netns`` works"."""
     delays: Delays = field(default_factory=Delays)
-    """How long the emulated cluster takes to come up (API, node, pod), see :mod:`hecate.lab.kubeapi`."""
+    """How long the emulated cluster takes to come up (API, node, pod), see :mod:`hecate_lab.kubeapi`."""
 
     def node_specs(self) -> list[nodes.NodeSpec]:
         return [nodes.NodeSpec(f"titan-s{i + 1}", "server") for i in range(self.servers)] + [
@@ -184,7 +184,7 @@ class Lab:
 
     @property
     def kube_events(self) -> Path:
-        """The emulated cluster's timeline (JSON lines), see :mod:`hecate.lab.kubeapi`."""
+        """The emulated cluster's timeline (JSON lines), see :mod:`hecate_lab.kubeapi`."""
         return self.dir / "kube" / kubeapi.EVENTS_FILE
 
     def _start_kubeapi(self, detach: bool, delays: Delays | None = None) -> None:

@@ -6,7 +6,7 @@ Flux/Gitea bootstrap chain. It talks plain HTTP/JSON to the lab API (the URL fro
 kubeconfig), independent of the client Hecate uses, and is idempotent: objects that
 already exist are left as they are (a missing one is created again).
 
-It creates workload *objects* only: the lab's simulator (see :mod:`hecate.lab.kubeapi`)
+It creates workload *objects* only: the lab's simulator (see :mod:`hecate_lab.kubeapi`)
 creates their ReplicaSets and pods, places the pods (round-robin over schedulable nodes,
 servers included, as k3s does), and writes every status. :func:`seed_workloads` then
 waits until the cluster is healthy -- every workload available, the Flux objects Ready --
@@ -50,7 +50,7 @@ HelmRelease ``gitea/gitea-valkey``         ``suspend: false``, chart from the
 =========================================  ===========================================
 
 After a full power-off the cold start deletes ``gitea-valkey`` (rule 2 of
-:mod:`hecate.lab.kubeapi`): Gitea waits for it, the GitRepository cannot clone from
+:mod:`hecate_lab.kubeapi`): Gitea waits for it, the GitRepository cannot clone from
 Gitea, and the HelmRelease that would re-create valkey needs that GitRepository -- the
 Flux/Gitea bootstrap deadlock.
 
@@ -69,8 +69,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hecate.lab.cluster_sim import BRANCHES, DEPENDS_ON, LOST_ON_COLD_START, RENDERS, SERVED_BY
-from hecate.lab.kubeapi import LabKubeApiError, api_url
+from hecate_lab.cluster_sim import BRANCHES, DEPENDS_ON, LOST_ON_COLD_START, RENDERS, SERVED_BY
+from hecate_lab.kubeapi import LabKubeApiError, api_url
 
 TIER_LABEL = "hecate.io/tier"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -322,7 +322,7 @@ def seed_workloads(kubeconfig: str | os.PathLike[str] | None = None, *, url: str
     Give the lab's ``kubeconfig`` (its server URL is used) or the API ``url``. Waits up to
     ``wait`` seconds until the simulator has made the cluster healthy (every workload
     available, the Flux objects Ready, a DaemonSet pod on every node) and
-    :class:`~hecate.lab.kubeapi.LabKubeApiError` names what is not; ``wait=None`` returns
+    :class:`~hecate_lab.kubeapi.LabKubeApiError` names what is not; ``wait=None`` returns
     at once (pods may not exist yet, and the user's Kustomization is created suspended).
     ``timeout`` bounds each HTTP request.
     """

@@ -1,6 +1,6 @@
 """The state of one emulated lab node, shared by the node shell and the API simulator.
 
-A lab node is a real ``sshd`` whose forced command (``hecate.lab.node_shell``) pretends
+A lab node is a real ``sshd`` whose forced command (``hecate_lab.node_shell``) pretends
 to be a k3s host. What that host "is" right now -- powered on or off, which of its k3s
 services run -- lives in one small JSON file in the node's directory, so that the API
 simulator (another process) can keep the Node object's Ready condition in step with it.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hecate.lab.procs import LabError, free_port, kill_group, wait_for
+from hecate_lab.procs import LabError, free_port, kill_group, wait_for
 
 __all__ = ["LabError", "LabUps", "start_ups"]
 

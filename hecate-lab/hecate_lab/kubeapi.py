@@ -5,13 +5,13 @@ No kube-apiserver can run on the development machines, so the lab serves
 suite uses) on a loopback port, seeded with one ``v1`` ``Node`` per lab node, and runs a
 simulator in the same process (see "The cluster simulator" below) that keeps each Node's
 ``Ready`` condition in step with the node's ``state.json`` (see
-:mod:`hecate.lab.nodestate`) -- when the sshd forced command stops k3s or powers the node
+:mod:`hecate_lab.nodestate`) -- when the sshd forced command stops k3s or powers the node
 off, the Node goes NotReady within a poll interval --, gates the API on the k3s servers,
 and plays the controllers of a k3s + Flux cluster.
 
 Run it as a process::
 
-    python -m hecate.lab.kubeapi --manifest lab-nodes.json --port 0 --kubeconfig kubeconfig
+    python -m hecate_lab.kubeapi --manifest lab-nodes.json --port 0 --kubeconfig kubeconfig
 
 The manifest is ``{"nodes": [{"name": "n1", "role": "server", "dir": "/lab/n1"}, ...]}``
 (optional per node: ``"address"``, an InternalIP; optional top level: ``"k3sVersion"``,
@@ -44,7 +44,7 @@ The Eviction subresource (``POST /api/v1/namespaces/{ns}/pods/{name}/eviction``,
 decides from the pod, its namespace's PodDisruptionBudgets and pods; a refusal is the
 real API's ``429 TooManyRequests`` Status ("Cannot evict pod as it would violate the
 pod's disruption budget."), an allowed eviction deletes the pod and answers ``201``.
-:mod:`hecate.lab.cluster_seed` fills the lab with workloads, a PDB and Flux objects.
+:mod:`hecate_lab.cluster_seed` fills the lab with workloads, a PDB and Flux objects.
 
 The cluster simulator
 ---------------------
@@ -53,7 +53,7 @@ A small simulator in the same process (:class:`ClusterSimulator`, run by
 :func:`run_simulator` every ``--interval`` -- 0.2 s -- and at once after any write a
 client makes) makes the emulated API behave like a k3s + Flux cluster, so that a cold
 start after a full power-off reproduces the Flux/Gitea bootstrap deadlock. Its rules are
-the pure functions of :mod:`hecate.lab.cluster_sim` (unit tested on their own); the
+the pure functions of :mod:`hecate_lab.cluster_sim` (unit tested on their own); the
 loop reads the objects from the emulator's store and writes back only what changed,
 through the store with a new ``resourceVersion`` and a watch event, exactly as a client's
 write would (no HTTP, so the simulator's writes pass while the API is down). This is the
@@ -62,7 +62,7 @@ contract other code relies on (``delays`` come from the manifest, see below):
 ====  ==============================  ==================================================
 1     API availability                With ``>= 1`` server node, the API serves only while a
                                       majority (more than half) of the servers run k3s
-                                      (:func:`~hecate.lab.nodestate.k3s_running`), and only
+                                      (:func:`~hecate_lab.nodestate.k3s_running`), and only
                                       ``delays.api`` s after that became true. While not,
                                       **every** HTTP request (``/version`` and discovery too)
                                       answers ``503`` with a Status, reason
@@ -177,12 +177,12 @@ import attrs
 import kmock
 import yaml
 
-from hecate.lab import cluster_sim as sim
-from hecate.lab.cluster_sim import Delays, match_selector_object
-from hecate.lab.nodestate import k3s_running, read_state
-from hecate.lab.procs import LabError
+from hecate_lab import cluster_sim as sim
+from hecate_lab.cluster_sim import Delays, match_selector_object
+from hecate_lab.nodestate import k3s_running, read_state
+from hecate_lab.procs import LabError
 
-log = logging.getLogger("hecate.lab.kubeapi")
+log = logging.getLogger("hecate_lab.kubeapi")
 
 DEFAULT_K3S_VERSION = "v1.31.4+k3s1"
 NODES = kmock.resource("", "v1", "nodes")
@@ -250,11 +250,11 @@ def node_ready_condition(
 ) -> dict[str, Any]:
     """The Node's ``Ready`` condition for a node in ``state``, given the current one.
 
-    Pure. Ready is ``"True"`` exactly when :func:`~hecate.lab.nodestate.k3s_running`:
+    Pure. Ready is ``"True"`` exactly when :func:`~hecate_lab.nodestate.k3s_running`:
     the node is powered and one of its k3s services is active; otherwise ``"False"``
     with the node controller's reason (a real cluster would say ``"Unknown"`` after a
     40 s grace period; the lab flips at once). ``ready=False`` holds a running node
-    NotReady (its kubelet is still starting: :func:`hecate.lab.cluster_sim.node_ready`
+    NotReady (its kubelet is still starting: :func:`hecate_lab.cluster_sim.node_ready`
     decides). ``lastTransitionTime`` moves only when the
     status changes. ``lastHeartbeatTime`` is what a kubelet would post: refreshed on a
     change and then every ``heartbeat_period`` while k3s runs, frozen while it does not.
@@ -1171,7 +1171,7 @@ def _pod_key(pod: Mapping[str, Any]) -> tuple[str, str, str]:
 
 
 class ClusterSimulator:
-    """Applies the rules of :mod:`hecate.lab.cluster_sim` to the emulator, one :meth:`step` at a time.
+    """Applies the rules of :mod:`hecate_lab.cluster_sim` to the emulator, one :meth:`step` at a time.
 
     It keeps in memory only what the objects cannot say: since when each node's k3s has
     run, since when each pod's inputs have held, the API's state, and the last reported
@@ -1625,7 +1625,7 @@ async def serve(manifest: LabManifest, *, kubeconfig: Path, host: str = "127.0.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hecate.lab.kubeapi",
+    parser = argparse.ArgumentParser(prog="python -m hecate_lab.kubeapi",
                                      description="The lab's emulated Kubernetes API and cluster simulator.")
     parser.add_argument("--manifest", required=True, type=Path, help="JSON: {nodes: [{name, role, dir}]}")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
@@ -1684,7 +1684,7 @@ def _log_tail(log_path: Path, lines: int = 30) -> str:
 def start_kubeapi(manifest_path: str | os.PathLike[str], kubeconfig_path: str | os.PathLike[str],
                   log_path: str | os.PathLike[str], *, port: int = 0, timeout: float = 15.0,
                   exit_with_parent: bool = True, extra_args: Iterable[str] = ()) -> subprocess.Popen[bytes]:
-    """Spawn ``python -m hecate.lab.kubeapi`` and wait until it serves ``/version``.
+    """Spawn ``python -m hecate_lab.kubeapi`` and wait until it serves ``/version``.
 
     The kubeconfig is removed first and re-appears only once the server listens, so its
     presence is the readiness signal; its server URL carries the real port. The child's
@@ -1695,12 +1695,12 @@ def start_kubeapi(manifest_path: str | os.PathLike[str], kubeconfig_path: str | 
     kubeconfig = Path(kubeconfig_path)
     log_file = Path(log_path)
     kubeconfig.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "hecate.lab.kubeapi", "--manifest", str(manifest_path),
+    argv = [sys.executable, "-m", "hecate_lab.kubeapi", "--manifest", str(manifest_path),
             "--port", str(port), "--kubeconfig", str(kubeconfig), *extra_args]
     if exit_with_parent:
         argv += ["--parent-pid", str(os.getpid())]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    package_root = str(Path(__file__).resolve().parents[2])  # .../controller, holding hecate/
+    package_root = str(Path(__file__).resolve().parents[1])  # .../hecate-lab, holding hecate_lab/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)

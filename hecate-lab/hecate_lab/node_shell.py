@@ -5,7 +5,7 @@ runs ``python -I node_shell.py <node dir>`` with the client's command line in
 ``SSH_ORIGINAL_COMMAND``). The shell emulates the handful of commands Hecate sends
 to real nodes -- ``systemctl start|stop|restart|is-active k3s|k3s-agent``,
 ``k3s-killall.sh`` and ``poweroff`` -- against the node's ``state.json``
-(:mod:`hecate.lab.nodestate`), logs each one to ``commands.jsonl`` and applies the
+(:mod:`hecate_lab.nodestate`), logs each one to ``commands.jsonl`` and applies the
 faults that tests and benchmarks put in ``faults.json`` (delays, hangs, failures).
 
 ``poweroff`` never touches the real machine: the node answers, then a detached
@@ -14,7 +14,7 @@ later -- its veth goes down (network-namespace labs) and its sshd is stopped.
 
 It runs as a script in isolated mode for every command, so it imports the standard
 library only and loads ``nodestate.py`` by path from its own directory: no
-``hecate`` package import, fast start. :mod:`hecate.lab.nodes` imports it as a
+``hecate`` package import, fast start. :mod:`hecate_lab.nodes` imports it as a
 module to share the file names, the lock and the process helpers below.
 """
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # typing, dataclasses & co. cost milliseconds on every comman
     from types import ModuleType
     from typing import Any
 
-# Files in a node directory (the API in hecate.lab.nodes uses the same names).
+# Files in a node directory (the API in hecate_lab.nodes uses the same names).
 META_FILE = "node.json"  # {"name", "role", "netns", "iface"}: written once by start_nodes
 FAULTS_FILE = "faults.json"  # {prefix: {"delay_s", "hang", "exit_code"}}
 COMMANDS_FILE = "commands.jsonl"  # one JSON object per emulated command
@@ -58,8 +58,8 @@ _SUDO_FLAGS = {"-n", "--non-interactive", "-E", "--preserve-env", "-H", "--set-h
 
 def _load_nodestate() -> ModuleType:
     """nodestate.py from this directory, without importing the hecate package."""
-    loaded = sys.modules.get("hecate.lab.nodestate")
-    if loaded is not None:  # imported as part of hecate.lab: reuse that module
+    loaded = sys.modules.get("hecate_lab.nodestate")
+    if loaded is not None:  # imported as part of hecate_lab: reuse that module
         return loaded
     path = Path(__file__).with_name("nodestate.py")
     spec = importlib.util.spec_from_file_location("_hecate_lab_nodestate", path)
