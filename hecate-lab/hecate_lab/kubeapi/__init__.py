@@ -1700,7 +1700,7 @@ def start_kubeapi(manifest_path: str | os.PathLike[str], kubeconfig_path: str | 
     if exit_with_parent:
         argv += ["--parent-pid", str(os.getpid())]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    package_root = str(Path(__file__).resolve().parents[1])  # .../hecate-lab, holding hecate_lab/
+    package_root = str(Path(__file__).resolve().parents[2])  # .../hecate-lab, holding hecate_lab/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -1779,6 +1779,3 @@ def stop_kubeapi(pid: int | subprocess.Popen[bytes], timeout: float = 10.0) -> N
             time.sleep(0.05)
     raise LabKubeApiError(f"the lab API process {pid} does not die")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

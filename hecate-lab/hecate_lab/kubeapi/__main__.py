@@ -1,0 +1,7 @@
+"""``python -m hecate_lab.kubeapi``: the lab's emulated Kubernetes API as a process."""
+
+import sys
+
+from hecate_lab.kubeapi import main
+
+sys.exit(main())
