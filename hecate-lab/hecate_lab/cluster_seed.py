@@ -6,7 +6,7 @@ Flux/Gitea bootstrap chain. It talks plain HTTP/JSON to the lab API (the URL fro
 kubeconfig), independent of the client Hecate uses, and is idempotent: objects that
 already exist are left as they are (a missing one is created again).
 
-It creates workload *objects* only: the lab's simulator (see :mod:`hecate_lab.kubeapi`)
+It creates workload *objects* only: the lab's simulator (see docs/lab-kubeapi.md)
 creates their ReplicaSets and pods, places the pods (round-robin over schedulable nodes,
 servers included, as k3s does), and writes every status. :func:`seed_workloads` then
 waits until the cluster is healthy -- every workload available, the Flux objects Ready --
@@ -50,7 +50,7 @@ HelmRelease ``gitea/gitea-valkey``         ``suspend: false``, chart from the
 =========================================  ===========================================
 
 After a full power-off the cold start deletes ``gitea-valkey`` (rule 2 of
-:mod:`hecate_lab.kubeapi`): Gitea waits for it, the GitRepository cannot clone from
+docs/lab-kubeapi.md): Gitea waits for it, the GitRepository cannot clone from
 Gitea, and the HelmRelease that would re-create valkey needs that GitRepository -- the
 Flux/Gitea bootstrap deadlock.
 

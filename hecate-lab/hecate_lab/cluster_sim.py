@@ -1,6 +1,6 @@
 """The lab cluster's rules: what a k3s + Flux cluster would do, as pure functions.
 
-:mod:`hecate_lab.kubeapi` applies these rules in a loop to the objects in its emulated
+:mod:`hecate_lab.kubeapi.simulator` applies these rules in a loop to the objects in its emulated
 API (it reads the objects, calls these functions, and writes only what changed); this
 module does no I/O and keeps no state, so every rule is unit tested on its own. Time is
 a float (seconds since the epoch); a rule that waits ("Ready only ``delay`` seconds after
@@ -8,7 +8,7 @@ its inputs became true") takes the moment its inputs became true (``since``, tra
 the caller with :func:`held_since`) and the current time.
 
 The rules, in the order the simulator applies them (the contract is in
-:mod:`hecate_lab.kubeapi`'s docstring):
+docs/lab-kubeapi.md):
 
 - **API availability** (:func:`api_state`): with server nodes, the API serves only while
   a majority of them run k3s, and only ``delays.api`` seconds after that became true.

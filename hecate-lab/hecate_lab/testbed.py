@@ -45,7 +45,7 @@ class LabSpec:
     netns: bool | None = None
     """Network namespaces per node; ``None`` means "when root and ``ip netns`` works"."""
     delays: Delays = field(default_factory=Delays)
-    """How long the emulated cluster takes to come up (API, node, pod), see :mod:`hecate_lab.kubeapi`."""
+    """How long the emulated cluster takes to come up (API, node, pod), see docs/lab-kubeapi.md."""
 
     def node_specs(self) -> list[nodes.NodeSpec]:
         return [nodes.NodeSpec(f"titan-s{i + 1}", "server") for i in range(self.servers)] + [
@@ -184,7 +184,7 @@ class Lab:
 
     @property
     def kube_events(self) -> Path:
-        """The emulated cluster's timeline (JSON lines), see :mod:`hecate_lab.kubeapi`."""
+        """The emulated cluster's timeline (JSON lines), see :mod:`hecate_lab.kubeapi.events`."""
         return self.dir / "kube" / kubeapi.EVENTS_FILE
 
     def _start_kubeapi(self, detach: bool, delays: Delays | None = None) -> None:

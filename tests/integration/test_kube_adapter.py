@@ -33,17 +33,9 @@ from hecate.adapters.kube import (
     parse_ref,
 )
 from hecate_lab.cluster_seed import BLOCKED_POD, Seeded, seed_workloads
-from hecate_lab.cluster_sim import Delays
-from hecate_lab.kubeapi import (
-    EVICTION_REFUSED,
-    api_url,
-    eviction_verdict,
-    match_selector_object,
-    scaled_value,
-    start_kubeapi,
-    stop_kubeapi,
-    write_kubeconfig,
-)
+from hecate_lab.cluster_sim import Delays, match_selector_object
+from hecate_lab.kubeapi import api_url, start_kubeapi, stop_kubeapi, write_kubeconfig
+from hecate_lab.kubeapi.eviction import EVICTION_REFUSED, eviction_verdict, scaled_value
 from hecate_lab.nodestate import initial_state, write_state
 from hecate_lab.testbed import Lab, LabSpec
 

@@ -24,21 +24,11 @@ import pytest
 from kubernetes import client, config, watch
 
 from hecate_lab.cluster_seed import LabApi, seed_workloads
-from hecate_lab.kubeapi import (
-    DEFAULT_K3S_VERSION,
-    LabKubeApiError,
-    LabNode,
-    api_url,
-    match_field_selector,
-    match_label_selector,
-    node_object,
-    node_ready_condition,
-    parse_manifest,
-    parse_namespace_path,
-    read_events,
-    start_kubeapi,
-    stop_kubeapi,
-)
+from hecate_lab.kubeapi import LabKubeApiError, api_url, read_events, start_kubeapi, stop_kubeapi
+from hecate_lab.kubeapi.emulator import parse_namespace_path
+from hecate_lab.kubeapi.manifest import DEFAULT_K3S_VERSION, LabNode, parse_manifest
+from hecate_lab.kubeapi.node_objects import node_object, node_ready_condition
+from hecate_lab.kubeapi.selectors import match_field_selector, match_label_selector
 from hecate_lab.nodestate import initial_state, service_for, write_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]

@@ -2,6 +2,6 @@
 
 import sys
 
-from hecate_lab.kubeapi import main
+from hecate_lab.kubeapi.server import main
 
 sys.exit(main())
