@@ -12,7 +12,8 @@ Two network modes:
 
 * ``netns=True`` (root): each node lives in its own network namespace
   ``hl<lab_id>-<i>`` with a veth into the bridge ``hlbr<lab_id>``; the bridge has
-  ``<subnet>.1/24``, node *i* (1-based) ``<subnet>.<10+i>/24``, sshd on port 22.
+  ``<subnet>.1/24``, node *i* (1-based) ``<subnet>.<10+i>/24``, sshd on port 22
+  (:mod:`hecate_lab.network` sets that up and tears it down).
 * ``netns=False``: every sshd listens on its own free port on 127.0.0.1.
 
 Layout under ``workdir``: ``authorized_keys`` (the client key) and one directory per
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import ipaddress
 import json
 import os
 import pwd
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from hecate_lab import node_shell, nodestate
+from hecate_lab import network, node_shell, nodestate
 from hecate_lab.procs import LabError
 
 __all__ = [
@@ -71,13 +71,10 @@ NODE_SHELL = Path(__file__).with_name("node_shell.py")
 HOST_KEY = "ssh_host_ed25519_key"
 SSHD_LOG = "sshd.log"
 AUTHORIZED_KEYS = "authorized_keys"
-#: Name of a node's interface inside its namespace.
-NS_IFACE = "eth0"
 #: Seconds a whole lab may take to come up before start_nodes gives up.
 START_TIMEOUT_S = 60.0
 _LOOPBACK = "127.0.0.1"
 _PORT_RETRIES = 3
-_LAB_ID_RE = re.compile(r"[a-z0-9]{1,8}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _UNSAFE_PATH_CHARS = set(' \t\n"%')
 
@@ -172,39 +169,6 @@ def make_client_key(ssh_dir: Path) -> Path:
 # --------------------------------------------------------------------------- helpers
 
 
-def _ip(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise LabError(f"ip {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
-
-
-def _ns_name(lab_id: str, index: int) -> str:
-    return f"hl{lab_id}-{index}"
-
-
-def _veth_name(netns: str) -> str:
-    """Root-namespace end of a node's veth: ``hl<id>-<i>`` -> ``hl<id>v<i>``."""
-    prefix, _, index = netns.rpartition("-")
-    return f"{prefix}v{index}"
-
-
-def _bridge_name(lab_id: str) -> str:
-    return f"hlbr{lab_id}"
-
-
-def _list_netns() -> list[str]:
-    try:
-        return sorted(os.listdir("/run/netns"))
-    except FileNotFoundError:
-        return []
-
-
-def _links() -> set[str]:
-    out = _ip("-o", "link", "show", check=False).stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
-
-
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     try:
@@ -253,23 +217,11 @@ def _validate(specs: Sequence[NodeSpec], workdir: Path, netns: bool, lab_id: str
         raise ValueError(f"lab workdir {workdir} must not contain whitespace, '\"' or '%' (sshd_config)")
     if not netns:
         return
-    if not _LAB_ID_RE.fullmatch(lab_id):
+    if not network.LAB_ID_RE.fullmatch(lab_id):
         raise ValueError(f"lab_id {lab_id!r}: 1-8 lowercase letters/digits (interface names are <= 15 chars)")
     if len(specs) > 244:
         raise ValueError("a netns lab holds at most 244 nodes (<subnet>.11 .. .254)")
-    try:
-        net = ipaddress.IPv4Network(f"{subnet}.0/24")
-    except ValueError as err:
-        raise ValueError(f"subnet {subnet!r}: give three octets, like '10.77.3'") from err
-    if os.geteuid() != 0:
-        raise LabError("netns=True needs root (ip netns, veth, bridge); use netns=False")
-    taken = _ip("-o", "-4", "addr", "show", check=False).stdout
-    for match in re.finditer(r"inet (\d+\.\d+\.\d+\.\d+)/(\d+)", taken):
-        iface_net = ipaddress.IPv4Network(f"{match.group(1)}/{match.group(2)}", strict=False)
-        if iface_net.overlaps(net) and iface_net.prefixlen > 0:
-            raise LabError(f"subnet {net} is already in use on this host ({match.group(0)}); pick another")
-    if _bridge_name(lab_id) in _links() or any(re.fullmatch(rf"hl{lab_id}-\d+", n) for n in _list_netns()):
-        raise LabError(f"lab {lab_id!r} already has namespaces or a bridge; run cleanup_netns({lab_id!r})")
+    network.check_free(lab_id, subnet)
 
 
 # --------------------------------------------------------------------------- sshd
@@ -411,62 +363,13 @@ def _write_known_hosts(nodes: Sequence[LabNode], known_hosts: Path) -> None:
     _atomic_write(known_hosts, "".join(lines))
 
 
-# --------------------------------------------------------------------------- netns
-
-
-def _setup_netns(nodes: Sequence[LabNode], lab_id: str, subnet: str) -> None:
-    bridge = _bridge_name(lab_id)
-    batch = [
-        f"link add {bridge} type bridge",
-        f"addr add {subnet}.1/24 dev {bridge}",
-        f"link set {bridge} up",
-    ]
-    for node in nodes:
-        assert node.netns is not None
-        veth = _veth_name(node.netns)
-        batch += [
-            f"netns add {node.netns}",
-            f"link add {veth} type veth peer name {NS_IFACE} netns {node.netns}",
-            f"link set {veth} master {bridge} up",
-        ]
-    _ip("-batch", "-", stdin="\n".join(batch) + "\n")
-
-    def configure(node: LabNode) -> None:
-        assert node.netns is not None
-        inside = [f"addr add {node.address}/24 dev {NS_IFACE}", "link set lo up", f"link set {NS_IFACE} up"]
-        _ip("-n", node.netns, "-batch", "-", stdin="\n".join(inside) + "\n")
-
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(nodes)))) as pool:
-        list(pool.map(configure, nodes))
-
-
-def _netns_processes(names: Iterable[str]) -> set[int]:
-    pids: set[int] = set()
-    for name in names:
-        out = _ip("netns", "pids", name, check=False).stdout
-        pids.update(int(p) for p in out.split() if p.isdigit())
-    return pids
-
-
 def cleanup_netns(lab_id: str) -> None:
     """Remove whatever is left of a netns lab: processes, namespaces, veths, bridge.
 
     For a lab whose owner was killed. Everything is matched by name
     (``hl<lab_id>-<i>``, ``hl<lab_id>v<i>``, ``hlbr<lab_id>``); missing pieces are fine.
     """
-    if not _LAB_ID_RE.fullmatch(lab_id):
-        raise ValueError(f"lab_id {lab_id!r}: 1-8 lowercase letters/digits")
-    namespaces = [n for n in _list_netns() if re.fullmatch(rf"hl{lab_id}-\d+", n)]
-    stray = _netns_processes(namespaces)
-    if stray:
-        node_shell.kill_trees(stray, on_poll=_reap_children)
-    links = _links()
-    batch = [f"link del {name}" for name in sorted(links) if re.fullmatch(rf"hl{lab_id}v\d+", name)]
-    batch += [f"netns del {name}" for name in namespaces]
-    if _bridge_name(lab_id) in links:
-        batch.append(f"link del {_bridge_name(lab_id)}")
-    if batch:
-        _ip("-force", "-batch", "-", stdin="\n".join(batch) + "\n", check=False)
+    network.cleanup(lab_id, on_poll=_reap_children)
 
 
 # --------------------------------------------------------------------------- public API
@@ -506,7 +409,7 @@ def start_nodes(
             address=f"{subnet}.{10 + i}" if netns else _LOOPBACK,
             port=ports[i - 1],
             dir=workdir / spec.name,
-            netns=_ns_name(lab_id, i) if netns else None,
+            netns=network.namespace_name(lab_id, i) if netns else None,
         )
         for i, spec in enumerate(specs, start=1)
     ]
@@ -515,14 +418,14 @@ def start_nodes(
             node.dir.mkdir(parents=True, exist_ok=True)
             for stale in (node_shell.COMMANDS_FILE, node_shell.FAULTS_FILE, node_shell.HALT_LOG, SSHD_LOG):
                 (node.dir / stale).unlink(missing_ok=True)
-            meta = {"name": node.name, "role": node.role, "netns": node.netns, "iface": NS_IFACE}
+            meta = {"name": node.name, "role": node.role, "netns": node.netns, "iface": network.NS_IFACE}
             _atomic_write(node.dir / node_shell.META_FILE, json.dumps(meta) + "\n")
             nodestate.write_state(node.dir, nodestate.initial_state(node.role))
             _write_sshd_config(node, authorized_keys, user)
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(nodes)))) as pool:
             list(pool.map(lambda n: _keygen(n.dir / HOST_KEY, f"{n.name}@hecate-lab"), nodes))
         if netns:
-            _setup_netns(nodes, lab_id, subnet)
+            network.setup([(n.netns, n.address) for n in nodes if n.netns], lab_id, subnet)
         for node in nodes:
             _launch_sshd(node)
         _wait_ready(nodes, time.monotonic() + START_TIMEOUT_S, authorized_keys=authorized_keys, user=user)
@@ -574,16 +477,7 @@ def stop_nodes(nodes: list[LabNode], *, lab_id: str | None) -> None:
     if lab_id is not None:
         cleanup_netns(lab_id)
         return
-    existing = set(_list_netns())
-    links = _links()
-    batch = []
-    for node in nodes:
-        if node.netns and node.netns in existing:
-            if _veth_name(node.netns) in links:
-                batch.append(f"link del {_veth_name(node.netns)}")
-            batch.append(f"netns del {node.netns}")
-    if batch:
-        _ip("-force", "-batch", "-", stdin="\n".join(batch) + "\n", check=False)
+    network.remove(n.netns for n in nodes if n.netns)
 
 
 def power_on(node: LabNode, *, k3s_at_boot: bool = True) -> LabNode:
@@ -616,7 +510,7 @@ def power_on(node: LabNode, *, k3s_at_boot: bool = True) -> LabNode:
         _stop_sshd_only(node)
     _reap_children()
     if node.netns:
-        _ip("-n", node.netns, "link", "set", NS_IFACE, "up")
+        network.link_up(node.netns)
     booted = dataclasses.replace(node)
     _launch_sshd(booted)
     try:
