@@ -30,7 +30,7 @@ def load(ep: EntryPoint) -> click.Command | None:
     """The plugin's command, or None (said on stderr) when it does not load or is no click command."""
     try:
         command = ep.load()
-    except Exception as err:  # e.g. the lab installed without its emulator: skip it, keep the rest
+    except Exception as err:  # e.g. its package or one of its imports is missing: skip it, keep the rest
         _skipped(f"command {ep.name!r} ({ep.value}) not loaded: {_one_line(err)}")
         return None
     if not isinstance(command, click.Command):
