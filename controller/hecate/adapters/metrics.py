@@ -2,7 +2,7 @@
 
 A custom collector rather than module-level gauges: every scrape reads the same
 document ``/v1/status`` serves, so metrics and status cannot disagree and nothing
-global is mutated from the poll loop. Metric names are documented in the README.
+global is mutated from the poll loop. Metric names are documented in docs/metrics.md.
 """
 
 from __future__ import annotations

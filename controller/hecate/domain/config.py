@@ -4,7 +4,7 @@ This module only describes and validates; it never reads files or the environmen
 (``hecate.adapters.config`` does that). Every section is a frozen pydantic model that
 forbids unknown keys, so a typo in the file is an error rather than a silently ignored
 setting, and every field carries a default where one makes sense and a one-line
-description -- the configuration reference in the README is generated from them.
+description -- the configuration reference (docs/configuration.md) is generated from them.
 
 The trigger, shutdown, startup and flux sections are also the vocabulary of the
 ``PowerPolicy`` custom resource, which is validated with the same models.

@@ -1,6 +1,6 @@
 """Markdown reference tables generated from the models' field docstrings.
 
-The README's configuration and run-record references are this module's output, and a
+The configuration and run-record references in docs/ are this module's output, and a
 test keeps them in step, so the documentation cannot drift from the code.
 """
 

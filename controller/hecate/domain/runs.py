@@ -2,7 +2,7 @@
 
 ``runs.json`` in the state dir holds a list of these records, oldest first. The
 shutdown budget is learned from them, so their meaning must stay stable; the schema is
-documented in the README ("Run records"). This module is pure: it validates and
+documented in docs/runs.md ("Run records"). This module is pure: it validates and
 summarises, the store (``hecate.adapters.store``) reads and writes.
 """
 

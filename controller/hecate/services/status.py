@@ -1,6 +1,6 @@
 """The status document: one JSON object behind ``/v1/status``, ``hecate status --json`` and /metrics.
 
-Its fields are documented in the README ("Status"); the Prometheus collector renders
+Its fields are documented in docs/metrics.md ("Status"); the Prometheus collector renders
 the same document, so status and metrics can never disagree.
 """
 
