@@ -84,7 +84,7 @@ class Action(StrEnum):
 
 
 class OnError(StrEnum):
-    proceed = "continue"  # record the failure, go on (the default: shutdown must reach power-off)
+    continue_ = "continue"  # record the failure, go on (the default: shutdown must reach power-off)
     abort = "abort"  # stop the run
 
 
@@ -94,7 +94,7 @@ class Step:
     target: str
     timeout_s: float
     retries: int = 0
-    on_error: OnError = OnError.proceed
+    on_error: OnError = OnError.continue_
     wave: int = 0
     params: dict[str, Any] = field(default_factory=dict)
 
