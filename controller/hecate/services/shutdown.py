@@ -24,6 +24,15 @@ from hecate.adapters import kube as kube_mod
 from hecate.adapters import nut, ssh
 from hecate.adapters.store import StateStore
 from hecate.domain.config import HecateConfig
+from hecate.domain.params import (
+    DrainParams,
+    HostCommandParams,
+    NodeCommandParams,
+    PoweroffParams,
+    ScaleParams,
+    StopServiceParams,
+    WaitParams,
+)
 from hecate.domain.plan import Action, Step, shutdown_plan
 from hecate.domain.runs import RunKind, RunRecord
 from hecate.services import remote
@@ -54,9 +63,9 @@ async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
 def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
     kube, k8s = conn.kube, conn.k8s
 
-    async def node_command(step: Step, command: str, *, lost_is_success: bool = False) -> dict[str, Any]:
-        detail = await conn.checked(step.target, command, step.params["command_timeout_s"],
-                                    lost_is_success=lost_is_success)
+    async def node_command(step: Step, command: str, timeout: float, *,
+                           lost_is_success: bool = False) -> dict[str, Any]:
+        detail = await conn.checked(step.target, command, timeout, lost_is_success=lost_is_success)
         return {"detail": detail} if detail else {}
 
     async def flux_suspend(step: Step) -> dict[str, Any]:
@@ -68,11 +77,12 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
         await kube.flux_resume(list(data.get("suspended", [])))
 
     async def scale_down(step: Step) -> dict[str, Any]:
-        scaled = await k8s("scale-down", lambda: kube.scale_down(step.params["selector"], step.params["namespace"]))
+        tier = step.params_as(ScaleParams)
+        scaled = await k8s("scale-down", lambda: kube.scale_down(tier.selector, tier.namespace))
         return {"scaled": scaled, "detail": f"{len(scaled)} workloads to 0"}
 
     async def wait_volumes(step: Step) -> dict[str, Any]:
-        deadline = time.monotonic() + float(step.params["timeout_s"])
+        deadline = time.monotonic() + step.params_as(WaitParams).timeout_s
         while True:
             remaining = await k8s("wait-volumes", kube.volume_attachments)
             if not remaining or time.monotonic() >= deadline:
@@ -81,10 +91,10 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
         return {"remaining": remaining, "detail": f"{len(remaining)} volume attachments remain" if remaining else ""}
 
     async def drain(step: Step) -> dict[str, Any]:
+        timeout = step.params_as(DrainParams).timeout_s
         cordoned = await k8s("cordon", lambda: kube.cordon(step.target))
         try:
-            result: dict[str, Any] = await k8s(
-                "drain", lambda: kube.drain(step.target, step.params["drain_timeout_s"]))
+            result: dict[str, Any] = await k8s("drain", lambda: kube.drain(step.target, timeout))
         except (StepFailed, Skipped) as err:
             err.data["cordoned"] = cordoned  # startup must still undo our cordon
             raise
@@ -94,13 +104,15 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
         return result
 
     async def stop_service(step: Step) -> dict[str, Any]:
-        return await node_command(step, f"systemctl stop {step.params['unit']}")
+        params = step.params_as(StopServiceParams)
+        return await node_command(step, f"systemctl stop {params.unit}", params.command_timeout_s)
 
     async def killall(step: Step) -> dict[str, Any]:
-        return await node_command(step, KILLALL)
+        return await node_command(step, KILLALL, step.params_as(NodeCommandParams).command_timeout_s)
 
     async def poweroff(step: Step) -> dict[str, Any]:
-        return await node_command(step, step.params["command"], lost_is_success=True)
+        params = step.params_as(PoweroffParams)
+        return await node_command(step, params.command, params.command_timeout_s, lost_is_success=True)
 
     async def ups_power_cycle(step: Step) -> dict[str, Any]:
         ups = next(u for u in config.ups if u.name == step.target)
@@ -126,7 +138,7 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
                          "power-cycle its outputs, so hosts may stay off when mains returns")
 
     async def host_command(step: Step) -> dict[str, Any]:
-        argv = [str(a) for a in step.params["argv"]]
+        argv = list(step.params_as(HostCommandParams).argv)
         try:
             done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True,
                                            timeout=step.timeout_s, check=False)

@@ -33,7 +33,18 @@ from typing import Any
 from hecate.adapters import kube as kube_mod
 from hecate.adapters import nut, wol
 from hecate.adapters.store import StateStore
-from hecate.domain.config import HecateConfig
+from hecate.domain.config import HecateConfig, Wake
+from hecate.domain.params import (
+    FluxBootstrapParams,
+    FluxResumeParams,
+    PreflightParams,
+    ScaleParams,
+    StartServiceParams,
+    VerifyParams,
+    WaitParams,
+    WakeParams,
+    WorkloadParams,
+)
 from hecate.domain.plan import Action, Step, startup_plan
 from hecate.domain.runs import RunRecord
 from hecate.services import bootstrap_cache, remote
@@ -89,7 +100,8 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
 
     async def preflight(step: Step) -> dict[str, Any]:
         ups = next(u for u in config.ups if u.name == step.target)
-        minimum = float(step.params["min_charge_percent"])
+        params = step.params_as(PreflightParams)
+        minimum = params.min_charge_percent
         seen: dict[str, Any] = {}
 
         async def ok() -> bool:
@@ -100,9 +112,9 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             return snap.on_mains and (snap.charge_pct is None or snap.charge_pct >= minimum)
 
         started = time.monotonic()
-        await _until(started + float(step.params["timeout_s"]), ok,
+        await _until(started + params.timeout_s, ok,
                      what=f"UPS {ups.name} not on mains with charge >= {minimum:g} % within "
-                          f"{step.params['timeout_s']:g} s (last: {seen})")
+                          f"{params.timeout_s:g} s (last: {seen})")
         waited = time.monotonic() - started
         return {"detail": f"on mains, charge {seen['charge']}%" + (f" after {waited:.0f} s" if waited > 1 else "")}
 
@@ -117,12 +129,13 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
     async def wake(step: Step) -> dict[str, Any]:
         if await asyncio.to_thread(_ssh_answers, step.target):
             return {"detail": "already up"}
-        if step.params["method"] == "wol":
-            if not step.params.get("mac"):
+        params = step.params_as(WakeParams)
+        if params.method is Wake.wol:
+            if not params.mac:
                 raise StepFailed(f"{step.target} has no wake_mac: cannot send Wake-on-LAN")
-            await asyncio.to_thread(wol.send_magic_packet, step.params["mac"])
-            return {"woken": True, "detail": f"Wake-on-LAN to {step.params['mac']}"}
-        argv = [str(a) for a in step.params["argv"]]
+            await asyncio.to_thread(wol.send_magic_packet, params.mac)
+            return {"woken": True, "detail": f"Wake-on-LAN to {params.mac}"}
+        argv = list(params.argv)
         if not argv:
             raise StepFailed("startup.wake is 'command' but startup.wake_command is empty")
         try:
@@ -135,8 +148,9 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         return {"woken": True, "detail": f"ran {argv[0]}"}
 
     async def start_service(step: Step) -> dict[str, Any]:
-        unit, timeout = step.params["unit"], float(step.params["command_timeout_s"])
-        deadline = time.monotonic() + float(step.params["boot_timeout_s"])
+        params = step.params_as(StartServiceParams)
+        unit, timeout = params.unit, params.command_timeout_s
+        deadline = time.monotonic() + params.boot_timeout_s
         while True:  # the node may still be booting: its sshd answers when it is up
             try:
                 active = await conn.command(step.target, f"systemctl is-active {unit}", timeout)
@@ -148,14 +162,15 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                 return {"started": True, "detail": f"started {unit}"}
             except StepFailed as err:
                 if not err.transient or time.monotonic() >= deadline:
-                    raise StepFailed(f"{err} (node not reachable within {step.params['boot_timeout_s']:g} s)"
+                    raise StepFailed(f"{err} (node not reachable within {params.boot_timeout_s:g} s)"
                                      if err.transient else str(err)) from err
             await asyncio.sleep(POLL_S)
 
     async def wait_api(step: Step) -> dict[str, Any]:
         started = time.monotonic()
-        version = await _until(started + float(step.params["timeout_s"]), kube.server_version,
-                               what=f"the API did not answer within {step.params['timeout_s']:g} s")
+        timeout = step.params_as(WaitParams).timeout_s
+        version = await _until(started + timeout, kube.server_version,
+                               what=f"the API did not answer within {timeout:g} s")
         return {"detail": f"{version} after {time.monotonic() - started:.1f} s"}
 
     async def wait_node(step: Step) -> dict[str, Any]:
@@ -164,8 +179,8 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         async def ready() -> bool:
             return (await kube.nodes_ready()).get(step.target, False)
 
-        await _until(started + float(step.params["timeout_s"]), ready,
-                     what=f"not Ready after {step.params['timeout_s']:g} s")
+        timeout = step.params_as(WaitParams).timeout_s
+        await _until(started + timeout, ready, what=f"not Ready after {timeout:g} s")
         return {"detail": f"Ready after {time.monotonic() - started:.1f} s"}
 
     async def uncordon(step: Step) -> dict[str, Any]:
@@ -188,9 +203,10 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
 
     async def wait_workload(step: Step) -> dict[str, Any]:
         ref = kube_mod.config_ref(step.target)
+        params = step.params_as(WorkloadParams)
         started = time.monotonic()
-        deadline = started + float(step.params["timeout_s"])
-        recover_at = started + float(step.params["recovery_after_s"])
+        deadline = started + params.timeout_s
+        recover_at = started + params.recovery_after_s
         data: dict[str, Any] = {"restarted": [], "applied": []}
         state: dict[str, Any] = {}
         while True:
@@ -205,17 +221,17 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                         notes.append(f"created from the cache: {', '.join(data['applied'])}")
                     return {**data, "detail": "; ".join(notes)}
                 if not state["exists"] or time.monotonic() >= recover_at:
-                    applied = await apply_cache(step.params.get("manifests_dir", ""))
+                    applied = await apply_cache(params.manifests_dir)
                     data["applied"] += applied["created"]
                     if state["exists"]:
                         data["restarted"] += await kube.restart_unready_pods(ref)
-                    recover_at = time.monotonic() + float(step.params["recovery_after_s"])
+                    recover_at = time.monotonic() + params.recovery_after_s
             except kube_mod.ApiUnavailable:
                 pass
             except kube_mod.KubeError as err:
                 raise StepFailed(str(err), data=data) from err
             if time.monotonic() >= deadline:
-                raise StepFailed(f"not available after {step.params['timeout_s']:g} s "
+                raise StepFailed(f"not available after {params.timeout_s:g} s "
                                  f"({state.get('detail', 'API unreachable')})", data=data)
             await asyncio.sleep(POLL_S)
 
@@ -228,7 +244,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                                                                                    reconcile=True), data)
         resumed = data["resumed"]
         data["cleared_marks"] = await _api(step, "clear stale marks", kube.clear_stale_marks, data)
-        branch = step.params.get("force_branch")
+        branch = step.params_as(FluxResumeParams).force_branch
         if branch:
             previous = await _api(step, "force branch",
                                   functools.partial(kube.set_git_branch, flux.namespace, flux.git_repository, branch),
@@ -243,8 +259,9 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
     async def flux_bootstrap(step: Step) -> dict[str, Any]:
         namespace, name = step.target.split("/", 1)
         repo_ref = f"GitRepository/{namespace}/{name}"
-        gitea = kube_mod.config_ref(step.params["gitea_workload"])
-        window, ready_timeout = float(step.params["detection_window_s"]), float(step.params["ready_timeout_s"])
+        params = step.params_as(FluxBootstrapParams)
+        gitea = kube_mod.config_ref(params.gitea_workload)
+        window, ready_timeout = params.detection_window_s, params.ready_timeout_s
         started = time.monotonic()
         deadline = started + window + ready_timeout
         stuck_since: float | None = None
@@ -284,9 +301,8 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                         if now - stuck_since >= window and not data["deadlock"]:
                             data["deadlock"] = True
                             log.warning("Flux/Gitea deadlock: %s for %.0f s", last, now - stuck_since)
-                            if step.params["fallback"]:
-                                await _break(data, namespace, name, step.params.get("branch"),
-                                             step.params.get("manifests_dir", ""))
+                            if params.fallback:
+                                await _break(data, namespace, name, params.branch, params.manifests_dir)
                                 # the plan gives this step window + 2 x ready_timeout: this fits in it
                                 deadline = max(deadline, time.monotonic() + ready_timeout)
             except kube_mod.ApiUnavailable as err:
@@ -295,9 +311,9 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                 raise StepFailed(str(err), data=data) from err
             if time.monotonic() >= deadline:
                 why = ("deadlocked and the fallback is off (flux.bootstrap_fallback: false)"
-                       if data["deadlock"] and not step.params["fallback"] else "not Ready")
+                       if data["deadlock"] and not params.fallback else "not Ready")
                 if data["fallback"] and not data["applied"]:
-                    why += (f"; the fallback created nothing (the cache in {step.params.get('manifests_dir')} "
+                    why += (f"; the fallback created nothing (the cache in {params.manifests_dir} "
                             "is empty or everything in it exists)")
                 raise StepFailed(f"Flux {why} after {time.monotonic() - started:.0f} s: {last}", data=data)
             await asyncio.sleep(POLL_S)
@@ -316,20 +332,22 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         await _request_reconcile(f"GitRepository/{namespace}/{name}")
 
     async def restore(step: Step) -> dict[str, Any]:
-        restored = await _api(step, "restore", functools.partial(kube.restore_replicas, step.params["selector"],
-                                                                 step.params["namespace"]))
+        tier = step.params_as(ScaleParams)
+        restored = await _api(step, "restore", functools.partial(kube.restore_replicas, tier.selector,
+                                                                 tier.namespace))
         return {"restored": restored,
                 "detail": ", ".join(f"{r} -> {n}" for r, n in sorted(restored.items()))}
 
     async def verify(step: Step) -> dict[str, Any]:
-        namespace, name = step.params["git_repository"].split("/", 1)
+        params = step.params_as(VerifyParams)
+        namespace, name = params.git_repository.split("/", 1)
         problems: list[str] = []
 
         async def converged() -> bool:
             problems.clear()
             ready = await kube.nodes_ready()
-            problems.extend(f"node {n} not Ready" for n in step.params["nodes"] if not ready.get(n))
-            for ref in step.params["foundation"]:
+            problems.extend(f"node {n} not Ready" for n in params.nodes if not ready.get(n))
+            for ref in params.foundation:
                 state = await kube.workload(kube_mod.config_ref(ref))
                 if not state["available"]:
                     problems.append(f"{ref} {state['detail']}")
@@ -350,8 +368,8 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             return not problems
 
         try:
-            await _until(time.monotonic() + float(step.params["timeout_s"]), converged,
-                         what=f"not converged after {step.params['timeout_s']:g} s")
+            await _until(time.monotonic() + params.timeout_s, converged,
+                         what=f"not converged after {params.timeout_s:g} s")
         except StepFailed as err:
             raise StepFailed(f"{err}: {'; '.join(problems)}") from err
         except kube_mod.KubeError as err:
