@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from hecate.adapters.store import RunInProgress, StateStore
 from hecate.domain.plan import Action, OnError, Plan, Stage, Step
+from hecate.domain.results import Done, StepResult
 from hecate.domain.runs import RunRecord, RunResult, StageRecord
 from hecate.services.executor import Executor, Skipped, StepFailed, StepOutcome
 
@@ -25,6 +27,16 @@ class Quiet:
     def step_finished(self, outcome: StepOutcome) -> None: ...
     def stage_finished(self, record: StageRecord) -> None: ...
     def run_finished(self, record: RunRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class Touched(StepResult):
+    """What the fake capabilities return: the target they were called for."""
+
+    target: str = ""
+
+    def to_data(self) -> dict[str, Any]:
+        return {"target": self.target}
 
 
 class Log:
@@ -39,7 +51,7 @@ class Log:
     def calls(self) -> list[str]:
         return self.path.read_text().split() if self.path.exists() else []
 
-    async def __call__(self, step: Step) -> dict[str, Any]:
+    async def __call__(self, step: Step) -> StepResult:
         with open(self.path, "a") as fh:
             fh.write(f"{step.target}\n")
         self.active += 1
@@ -49,7 +61,7 @@ class Log:
             if callable(what):
                 return await what(step)
             await asyncio.sleep(what if isinstance(what, float) else 0.01)
-            return {"target": step.target}
+            return Touched(step.target)
         finally:
             self.active -= 1
 
@@ -88,16 +100,16 @@ def test_stages_in_order_waves_in_order_parallelism_bounded(tmp_path: Path) -> N
 def test_transient_errors_are_retried_permanent_ones_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     attempts: dict[str, int] = {}
 
-    async def flaky(step: Step) -> dict[str, Any]:
+    async def flaky(step: Step) -> StepResult:
         attempts[step.target] = attempts.get(step.target, 0) + 1
         if attempts[step.target] < 2:
             raise StepFailed("connection refused", transient=True)
-        return {}
+        return Done()
 
-    async def broken(step: Step) -> dict[str, Any]:
+    async def broken(step: Step) -> StepResult:
         raise StepFailed("exit code 5")
 
-    async def skipped(step: Step) -> dict[str, Any]:
+    async def skipped(step: Step) -> StepResult:
         raise Skipped("API unreachable")
 
     log = Log(tmp_path / "calls", {"flaky": flaky, "broken": broken, "skip": skipped})
@@ -113,7 +125,7 @@ def test_transient_errors_are_retried_permanent_ones_recorded_and_the_run_goes_o
 
 
 def test_on_error_abort_stops_the_run(tmp_path: Path) -> None:
-    async def broken(step: Step) -> dict[str, Any]:
+    async def broken(step: Step) -> StepResult:
         raise StepFailed("no")
 
     log = Log(tmp_path / "calls", {"x": broken})
@@ -137,10 +149,10 @@ def test_step_timeout_and_stage_deadline_bound_everything(tmp_path: Path) -> Non
 
 
 def test_power_back_before_the_first_disruptive_stage_aborts_and_undoes(tmp_path: Path) -> None:
-    undone: list[dict[str, Any]] = []
+    undone: list[StepResult] = []
 
-    async def undo(data: dict[str, Any]) -> None:
-        undone.append(data)
+    async def undo(result: StepResult) -> None:
+        undone.append(result)
 
     log = Log(tmp_path / "calls")
     safe = Stage("flux-suspend", (Step(Action.flux_suspend, "flux", timeout_s=5),), 1, 30, disruptive=False)
@@ -150,7 +162,7 @@ def test_power_back_before_the_first_disruptive_stage_aborts_and_undoes(tmp_path
         p, {}, power_restored=lambda: next(polls)))
     assert record.result is RunResult.aborted
     assert log.calls() == ["flux"]
-    assert undone == [{"target": "flux"}]
+    assert undone == [Touched("flux")]
 
 
 def test_power_back_after_the_point_of_no_return_completes(tmp_path: Path) -> None:
@@ -166,10 +178,10 @@ def test_the_record_is_written_before_the_coordinator_powers_off(tmp_path: Path)
     seen: list[list[str]] = []
     store = StateStore(tmp_path / "state")
 
-    async def local_off(step: Step) -> dict[str, Any]:
+    async def local_off(step: Step) -> StepResult:
         seen.append([r.id for r in store.load_runs()])
         seen.append(store.in_flight_runs())
-        return {}
+        return Done()
 
     log = Log(tmp_path / "calls", {"local": local_off})
     off = Stage("local-poweroff", (Step(Action.local_poweroff, "local", timeout_s=5),), 1, 30)

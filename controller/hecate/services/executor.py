@@ -21,8 +21,8 @@ the finished stages changed (the Flux suspension).
 Actions are capabilities handed in by the caller (``hecate.services.shutdown`` wires
 them to SSH, Kubernetes, NUT and the local host); an action raises :class:`Skipped` to
 skip itself (e.g. the API is unreachable), :class:`StepFailed` to fail (``transient``
-ones are retried), and returns a dict of data that is journaled and folded into the
-run's ``changes``.
+ones are retried), and returns a typed result (``hecate.domain.results``) that is
+journaled and knows its line in the stage record and its part of the run's ``changes``.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from hecate.adapters.store import StateStore, boot_id, new_run_id
+from hecate.domain import results
 from hecate.domain.plan import Action, OnError, Plan, Stage, Step, first_disruptive
+from hecate.domain.results import NOTHING, StepResult
 from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
 
 log = logging.getLogger(__name__)
@@ -49,26 +51,26 @@ INTERRUPT_POLL_S = 2.0
 class Skipped(Exception):
     """The step did not apply (e.g. the Kubernetes API is unreachable); the run goes on.
 
-    ``data`` keeps what it changed before it had to stop (recorded like a success's data)."""
+    ``result`` keeps what it changed before it had to stop (recorded like a success's)."""
 
-    def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, result: StepResult | None = None) -> None:
         super().__init__(message)
-        self.data = data or {}
+        self.result = result or NOTHING
 
 
 class StepFailed(Exception):
-    """The step failed; ``data`` keeps what it changed before failing (e.g. half the Flux objects)."""
+    """The step failed; ``result`` keeps what it changed before failing (e.g. half the Flux objects)."""
 
-    def __init__(self, message: str, *, transient: bool = False, data: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, transient: bool = False, result: StepResult | None = None) -> None:
         super().__init__(message)
         self.transient = transient
-        self.data = data or {}
+        self.result = result or NOTHING
 
 
-ActionFn = Callable[[Step], Awaitable[dict[str, Any]]]
+ActionFn = Callable[[Step], Awaitable[StepResult]]
 Interrupt = Callable[[], Awaitable[str | None]]
 """Asked before every stage but the first: a reason to abort the run now (e.g. mains failed again)."""
-UndoFn = Callable[[dict[str, Any]], Awaitable[None]]
+UndoFn = Callable[[StepResult], Awaitable[None]]
 
 
 @dataclass
@@ -77,7 +79,7 @@ class StepOutcome:
     step: Step
     status: str  # ok | failed | skipped
     detail: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
+    result: StepResult = NOTHING
     duration_s: float = 0.0
     attempts: int = 1
 
@@ -299,16 +301,16 @@ class Executor:
             try:
                 if action is None:
                     raise StepFailed(f"no capability for action {step.action.value}")
-                data = await asyncio.wait_for(action(step), timeout=step.timeout_s)
-                outcome = StepOutcome(stage.name, step, "ok", data.pop("detail", ""), data)
+                result = await asyncio.wait_for(action(step), timeout=step.timeout_s)
+                outcome = StepOutcome(stage.name, step, "ok", result.detail, result)
             except Skipped as err:
                 log.warning("step %s skipped: %s", key, err)
-                outcome = StepOutcome(stage.name, step, "skipped", str(err), err.data)
+                outcome = StepOutcome(stage.name, step, "skipped", str(err), err.result)
             except StepFailed as err:
                 if err.transient and attempts <= step.retries:
                     await asyncio.sleep(BACKOFF_S[min(attempts - 1, len(BACKOFF_S) - 1)])
                     continue
-                outcome = StepOutcome(stage.name, step, "failed", str(err), err.data)
+                outcome = StepOutcome(stage.name, step, "failed", str(err), err.result)
             except TimeoutError:
                 outcome = StepOutcome(stage.name, step, "failed", f"timed out after {step.timeout_s:g} s")
             except Exception as err:  # a bug in one step must not stop a shutdown
@@ -326,7 +328,7 @@ class Executor:
             undo = self.undo.get(outcome.step.action)
             if undo is not None and outcome.status == "ok":
                 try:
-                    await undo(outcome.data)
+                    await undo(outcome.result)
                 except Exception:
                     log.exception("undoing %s failed", outcome.key)
 
@@ -345,7 +347,8 @@ class Executor:
             result = RunResult.success
         result_record = record.model_copy(update={
             "finished_at": datetime.fromtimestamp(finished, UTC), "duration_s": max(0.0, finished - started),
-            "result": result, "stages": stages, "changes": _changes(outcomes, record.kind),
+            "result": result, "stages": stages,
+            "changes": results.changes(record.kind, ((o.step.target, o.result) for o in outcomes)),
         })
         self.store.append_run(result_record)
         self.store.journal_finish(record.id)
@@ -375,7 +378,7 @@ def _step_budget(step: Step) -> float:
 
 def _end_event(outcome: StepOutcome, t: float) -> dict[str, Any]:
     return {"event": "step-end", "step": outcome.key, "status": outcome.status, "detail": outcome.detail,
-            "data": outcome.data, "t": t, "duration_s": outcome.duration_s, "attempts": outcome.attempts}
+            "data": outcome.result.to_data(), "t": t, "duration_s": outcome.duration_s, "attempts": outcome.attempts}
 
 
 def _past_no_return(plan: Plan, started_steps: set[str]) -> bool:
@@ -393,7 +396,8 @@ def _from_journal(plan: Plan, event: dict[str, Any]) -> StepOutcome:
     stage_name, _, _ = event["step"].partition("/")
     stage = next(s for s in plan.stages if s.name == stage_name)
     step = next(st for st in stage.steps if st.key(stage.name) == event["step"])
-    return StepOutcome(stage_name, step, event["status"], event.get("detail", ""), event.get("data", {}),
+    return StepOutcome(stage_name, step, event["status"], event.get("detail", ""),
+                       results.from_data(step.action, event.get("data") or {}),
                        event.get("duration_s", 0.0), event.get("attempts", 1))
 
 
@@ -412,48 +416,3 @@ def _stage_record(stage: Stage, outcomes: list[StepOutcome], store: StateStore, 
     if missing:
         notes.append(f"{missing} step(s) not run")
     return StageRecord(name=stage.name, duration_s=round(duration, 3), result=result, detail="; ".join(notes))
-
-
-def _changes(outcomes: list[StepOutcome], kind: RunKind = RunKind.shutdown) -> dict[str, Any]:
-    if kind is RunKind.startup:
-        return _startup_changes(outcomes)
-    changes: dict[str, Any] = {"flux_suspended": [], "flux_already_suspended": [], "scaled": {}, "cordoned": []}
-    for o in outcomes:  # failed steps count too: they may have changed part of what they touch
-        if o.step.action is Action.flux_suspend:
-            changes["flux_suspended"] += o.data.get("suspended", [])
-            changes["flux_already_suspended"] += o.data.get("already_suspended", [])
-        elif o.step.action is Action.scale_down:
-            changes["scaled"].update(o.data.get("scaled", {}))
-        elif o.step.action is Action.drain and o.data.get("cordoned"):
-            changes["cordoned"].append(o.step.target)
-    return changes
-
-
-def _startup_changes(outcomes: list[StepOutcome]) -> dict[str, Any]:
-    changes: dict[str, Any] = {"started": [], "woken": [], "uncordoned": [], "restarted_pods": [],
-                               "created": [], "flux_resumed": [], "cleared_marks": [], "restored": {},
-                               "deadlock": False}
-    for o in outcomes:
-        data = o.data
-        if o.step.action is Action.start_service and data.get("started"):
-            changes["started"].append(o.step.target)
-        elif o.step.action is Action.wake and data.get("woken"):
-            changes["woken"].append(o.step.target)
-        elif o.step.action is Action.uncordon:
-            changes["uncordoned"] += data.get("uncordoned", [])
-        elif o.step.action is Action.wait_workload:
-            changes["restarted_pods"] += data.get("restarted", [])
-            changes["created"] += data.get("applied", [])
-        elif o.step.action is Action.flux_resume:
-            changes["flux_resumed"] += data.get("resumed", [])
-            changes["cleared_marks"] += data.get("cleared_marks", [])
-            if data.get("branch"):
-                changes["branch"] = data["branch"]
-        elif o.step.action is Action.flux_bootstrap:
-            changes["deadlock"] = bool(data.get("deadlock"))
-            changes["created"] += data.get("applied", [])
-            if data.get("branch"):
-                changes["branch"] = data["branch"]
-        elif o.step.action is Action.restore:
-            changes["restored"].update(data.get("restored", {}))
-    return changes
