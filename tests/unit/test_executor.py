@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from hecate.adapters.store import RunInProgress, StateStore
+from hecate.adapters.store import RunInProgress, StateStore, boot_id
+from hecate.domain.journal import RunStarted
 from hecate.domain.plan import Action, OnError, Plan, Stage, Step
 from hecate.domain.results import Done, StepResult
-from hecate.domain.runs import RunRecord, RunResult, StageRecord
-from hecate.services.executor import Executor, Skipped, StepFailed, StepOutcome
+from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
+from hecate.services.executor import Executor, Skipped, StepFailed, StepOutcome, in_flight
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -238,11 +239,48 @@ def test_sigkill_mid_run_then_resume_does_not_repeat_finished_steps(tmp_path: Pa
 def test_a_journal_from_another_boot_is_recorded_not_resumed(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state")
     p = plan(stage("one", ["n1"]))
-    store.journal_append("old", {"event": "run", "plan": p.to_dict(), "trigger": {}, "t": 1.0, "boot_id": "other"})
+    store.journal_append("old", RunStarted(p, {}, 1.0, "other"))
     log = Log(tmp_path / "calls")
     record = asyncio.run(executor(tmp_path, log).resume("old"))
     assert record.result is RunResult.failed
     assert log.calls() == []
+    assert store.in_flight_runs() == []
+
+
+# A run killed mid-way, journaled by the version before the journal's events were typed: it must still resume.
+EARLIER_JOURNAL = """\
+{"event":"run","plan":{"kind":"shutdown","stages":[{"name":"flux-suspend","parallelism":1,"deadline_s":300.0,\
+"disruptive":false,"steps":[{"action":"flux-suspend","target":"flux","timeout_s":40.0,"retries":0,\
+"on_error":"continue","wave":0,"params":{}}]},{"name":"stop-agents","parallelism":16,"deadline_s":300.0,\
+"disruptive":true,"steps":[{"action":"stop-service","target":"a1","timeout_s":121.0,"retries":2,\
+"on_error":"continue","wave":0,"params":{"unit":"k3s-agent","command_timeout_s":30.0}},{"action":"stop-service",\
+"target":"a2","timeout_s":121.0,"retries":2,"on_error":"continue","wave":0,"params":{"unit":"k3s-agent",\
+"command_timeout_s":30.0}}]}]},"trigger":{"source":"ups","ups":"pyr","reason":"low_battery"},"t":1000.0,\
+"boot_id":"BOOT"}
+{"event":"step-start","step":"flux-suspend/flux-suspend/flux","t":1000.1}
+{"event":"step-end","step":"flux-suspend/flux-suspend/flux","status":"ok","detail":"suspended 1, already suspended 0",\
+"data":{"suspended":["Kustomization/flux-system/apps"],"already_suspended":[]},"t":1000.5,"duration_s":0.4,"attempts":1}
+{"event":"step-start","step":"stop-agents/stop-service/a1","t":1000.6}
+{"event":"step-start","step":"stop-agents/stop-service/a2","t":1000.6}
+{"event":"step-end","step":"stop-agents/stop-service/a1","status":"ok","detail":"","data":{},"t":1001.5,\
+"duration_s":0.9,"attempts":1}
+"""
+
+
+def test_a_journal_written_by_the_previous_version_resumes(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    store.journal_path("20261127T035000Z-3f9a").write_text(EARLIER_JOURNAL.replace("BOOT", boot_id()))
+    [run_id] = store.in_flight_runs()
+    assert in_flight(store, RunKind.shutdown) == run_id
+    log = Log(tmp_path / "calls")
+    record = asyncio.run(executor(tmp_path, log).resume(run_id))
+    assert log.calls() == ["a2"]  # flux and a1 finished before the process died
+    assert record.result is RunResult.success
+    assert record.trigger == {"source": "ups", "ups": "pyr", "reason": "low_battery", "resumed": True}
+    assert record.changes["flux_suspended"] == ["Kustomization/flux-system/apps"]  # the journaled step's data
+    assert [(s.name, s.detail) for s in record.stages] == [("flux-suspend", "flux: suspended 1, already suspended 0"),
+                                                           ("stop-agents", "")]
+    assert record.stages[0].duration_s == 0.4  # its journaled start and end
     assert store.in_flight_runs() == []
 
 
