@@ -168,3 +168,12 @@ def test_foundation_refs_are_validated() -> None:
         startup_config(startup={"foundation": ["kube-system/service/coredns"]})
     with pytest.raises(pydantic.ValidationError, match="namespace/kind/name"):
         startup_config(startup={"foundation": ["coredns"]})
+
+
+def test_the_plan_is_the_one_source_of_parallelism() -> None:
+    """The run's SSH connections are sized from the stages that run node commands, never from a second setting."""
+    assert shutdown_plan(config(parallelism=4)).node_parallelism == 4
+    assert shutdown_plan(HecateConfig()).node_parallelism == 1  # no nodes: only the coordinator
+    plan = startup_plan(startup_config(startup={"parallelism": 3}))
+    assert {s.name: s.parallelism for s in plan.stages}["nodes-ready"] == 5  # waits for every node at once...
+    assert plan.node_parallelism == 3  # ...but starts k3s on at most 3 at a time

@@ -110,6 +110,9 @@ class OnError(StrEnum):
     abort = "abort"  # stop the run
 
 
+NODE_COMMANDS = frozenset({Action.stop_service, Action.killall, Action.poweroff, Action.start_service})
+"""Actions that run a command on a node over SSH."""
+
 PARAMS: dict[Action, type[StepParams]] = {
     Action.flux_suspend: NoParams, Action.scale_down: ScaleParams, Action.wait_volumes: WaitParams,
     Action.host_hook: HostCommandParams, Action.drain: DrainParams, Action.stop_service: StopServiceParams,
@@ -164,6 +167,16 @@ class Stage:
 class Plan:
     kind: str
     stages: tuple[Stage, ...]
+
+    @property
+    def node_parallelism(self) -> int:
+        """The most node commands one stage runs at once: how many SSH connections the run works at once.
+
+        The stages' parallelism is the one source (the builders set it from ``shutdown.parallelism``
+        or ``startup.parallelism``); the run's connections are sized from it.
+        """
+        return max((s.parallelism for s in self.stages if any(st.action in NODE_COMMANDS for st in s.steps)),
+                   default=1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "stages": [

@@ -71,6 +71,7 @@ class Remote:
 @contextlib.asynccontextmanager
 async def connected(config: HecateConfig, width: int, *, kube_cooldown: float = kube_mod.COOLDOWN_S,
                     preconnect: bool = True) -> AsyncIterator[Remote]:
+    """``width``: the most node commands at once (the plan's ``node_parallelism``)."""
     # One thread per node a stage may touch at once: each command holds its thread while it runs.
     width = max(1, min(width, len(config.cluster.nodes)))
     pool = ssh.SshPool(config.ssh, config.cluster.nodes, max_workers=width)

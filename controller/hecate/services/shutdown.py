@@ -1,7 +1,8 @@
 """Shutdown: the plan's actions wired to SSH, Kubernetes, NUT and the local host.
 
-``capabilities(config)`` returns the action map the executor runs, built on one SSH pool
-(connections reused for the whole run), one Kubernetes client, and the host. A
+``capabilities(config, plan)`` returns the action map the executor runs, built on one SSH
+pool (connections reused for the whole run, as many at work as the plan's stages run node
+commands at once), one Kubernetes client, and the host. A
 Kubernetes step that cannot reach the API is *skipped* with a warning -- shutdown never
 depends on the cluster being healthy -- while node steps proceed over SSH.
 
@@ -33,7 +34,7 @@ from hecate.domain.params import (
     StopServiceParams,
     WaitParams,
 )
-from hecate.domain.plan import Action, Step, shutdown_plan
+from hecate.domain.plan import Action, Plan, Step, shutdown_plan
 from hecate.domain.results import Done, Drained, FluxSuspended, PowerCycled, ScaledDown, StepResult, VolumesWaited
 from hecate.domain.runs import RunKind, RunRecord
 from hecate.services import remote
@@ -56,8 +57,8 @@ class Capabilities:
 
 
 @contextlib.asynccontextmanager
-async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
-    async with remote.connected(config, config.shutdown.parallelism) as conn:
+async def capabilities(config: HecateConfig, plan: Plan) -> AsyncIterator[Capabilities]:
+    async with remote.connected(config, plan.node_parallelism) as conn:
         yield _capabilities(config, conn)
 
 
@@ -157,6 +158,6 @@ async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress,
               power_restored: Callable[[], bool] | None = None) -> RunRecord:
     """Execute the shutdown (or resume the one in the journal). Raises ``RunInProgress``."""
     plan = shutdown_plan(config)  # from the host's configuration, also when resuming
-    async with capabilities(config) as caps:
+    async with capabilities(config, plan) as caps:
         executor = Executor(StateStore(config.state_dir), caps.actions, progress, undo=caps.undo)
         return await executor.run_or_resume(plan, trigger, power_restored=power_restored)

@@ -399,6 +399,6 @@ async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress,
         on_battery = [s.ups for s in snapshots if s.on_battery]
         return f"UPS {', '.join(on_battery)} on battery again" if on_battery else None
 
-    async with remote.connected(config, config.startup.parallelism, kube_cooldown=KUBE_COOLDOWN_S) as conn:
+    async with remote.connected(config, plan.node_parallelism, kube_cooldown=KUBE_COOLDOWN_S) as conn:
         executor = Executor(StateStore(config.state_dir), actions(config, conn), progress)
         return await executor.run_or_resume(plan, trigger, interrupt=power_failed_again if protecting else None)
