@@ -10,11 +10,11 @@ unfinished steps are cancelled and recorded as failed. A failed step with
 It holds the state dir's run lock for the whole run, and journals every step's start and
 end (typed events, ``hecate.domain.journal``, in ``journal/<run-id>.jsonl``, fsync'd). A
 process killed mid-run is resumed by ``resume``: the journal says which steps finished
-(and what they changed), and those are not repeated. The journal is read once, then;
-during a run the executor keeps what it needs in memory.
-The run record (per-stage durations, result, what was changed) is written to
-``runs.json`` at the end -- and *before* the coordinator powers itself off, which is the
-last stage and the one step that cannot report back.
+(and what they changed), and those are not repeated. The journal file is read only to
+resume; during a run the executor keeps what it needs in memory. The run record
+(per-stage durations, result, what was changed) is written to ``runs.json`` at the end --
+and *before* the coordinator powers itself off, which is the last stage and the one step
+that cannot report back.
 
 Before each non-disruptive stage the caller's ``power_restored()`` is asked; if mains is
 back before the first disruptive stage starts, the run aborts cleanly and undoes what
@@ -58,7 +58,7 @@ class Skipped(Exception):
 
     def __init__(self, message: str, *, result: StepResult | None = None) -> None:
         super().__init__(message)
-        self.result = result or NOTHING
+        self.result = NOTHING if result is None else result
 
 
 class StepFailed(Exception):
@@ -67,7 +67,7 @@ class StepFailed(Exception):
     def __init__(self, message: str, *, transient: bool = False, result: StepResult | None = None) -> None:
         super().__init__(message)
         self.transient = transient
-        self.result = result or NOTHING
+        self.result = NOTHING if result is None else result
 
 
 ActionFn = Callable[[Step], Awaitable[StepResult]]
