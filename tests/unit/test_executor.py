@@ -7,15 +7,18 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hecate.adapters.store import RunInProgress, StateStore
+from hecate.adapters.store import RunInProgress, StateStore, boot_id
+from hecate.domain.journal import RunStarted
 from hecate.domain.plan import Action, OnError, Plan, Stage, Step
-from hecate.domain.runs import RunRecord, RunResult, StageRecord
-from hecate.services.executor import Executor, Skipped, StepFailed, StepOutcome
+from hecate.domain.results import Done, StepResult
+from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
+from hecate.services.executor import Executor, Skipped, StepFailed, StepOutcome, in_flight
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,6 +28,16 @@ class Quiet:
     def step_finished(self, outcome: StepOutcome) -> None: ...
     def stage_finished(self, record: StageRecord) -> None: ...
     def run_finished(self, record: RunRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class Touched(StepResult):
+    """What the fake capabilities return: the target they were called for."""
+
+    target: str = ""
+
+    def to_data(self) -> dict[str, Any]:
+        return {"target": self.target}
 
 
 class Log:
@@ -39,7 +52,7 @@ class Log:
     def calls(self) -> list[str]:
         return self.path.read_text().split() if self.path.exists() else []
 
-    async def __call__(self, step: Step) -> dict[str, Any]:
+    async def __call__(self, step: Step) -> StepResult:
         with open(self.path, "a") as fh:
             fh.write(f"{step.target}\n")
         self.active += 1
@@ -49,7 +62,7 @@ class Log:
             if callable(what):
                 return await what(step)
             await asyncio.sleep(what if isinstance(what, float) else 0.01)
-            return {"target": step.target}
+            return Touched(step.target)
         finally:
             self.active -= 1
 
@@ -88,16 +101,16 @@ def test_stages_in_order_waves_in_order_parallelism_bounded(tmp_path: Path) -> N
 def test_transient_errors_are_retried_permanent_ones_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     attempts: dict[str, int] = {}
 
-    async def flaky(step: Step) -> dict[str, Any]:
+    async def flaky(step: Step) -> StepResult:
         attempts[step.target] = attempts.get(step.target, 0) + 1
         if attempts[step.target] < 2:
             raise StepFailed("connection refused", transient=True)
-        return {}
+        return Done()
 
-    async def broken(step: Step) -> dict[str, Any]:
+    async def broken(step: Step) -> StepResult:
         raise StepFailed("exit code 5")
 
-    async def skipped(step: Step) -> dict[str, Any]:
+    async def skipped(step: Step) -> StepResult:
         raise Skipped("API unreachable")
 
     log = Log(tmp_path / "calls", {"flaky": flaky, "broken": broken, "skip": skipped})
@@ -113,7 +126,7 @@ def test_transient_errors_are_retried_permanent_ones_recorded_and_the_run_goes_o
 
 
 def test_on_error_abort_stops_the_run(tmp_path: Path) -> None:
-    async def broken(step: Step) -> dict[str, Any]:
+    async def broken(step: Step) -> StepResult:
         raise StepFailed("no")
 
     log = Log(tmp_path / "calls", {"x": broken})
@@ -137,10 +150,10 @@ def test_step_timeout_and_stage_deadline_bound_everything(tmp_path: Path) -> Non
 
 
 def test_power_back_before_the_first_disruptive_stage_aborts_and_undoes(tmp_path: Path) -> None:
-    undone: list[dict[str, Any]] = []
+    undone: list[StepResult] = []
 
-    async def undo(data: dict[str, Any]) -> None:
-        undone.append(data)
+    async def undo(result: StepResult) -> None:
+        undone.append(result)
 
     log = Log(tmp_path / "calls")
     safe = Stage("flux-suspend", (Step(Action.flux_suspend, "flux", timeout_s=5),), 1, 30, disruptive=False)
@@ -150,7 +163,7 @@ def test_power_back_before_the_first_disruptive_stage_aborts_and_undoes(tmp_path
         p, {}, power_restored=lambda: next(polls)))
     assert record.result is RunResult.aborted
     assert log.calls() == ["flux"]
-    assert undone == [{"target": "flux"}]
+    assert undone == [Touched("flux")]
 
 
 def test_power_back_after_the_point_of_no_return_completes(tmp_path: Path) -> None:
@@ -166,10 +179,10 @@ def test_the_record_is_written_before_the_coordinator_powers_off(tmp_path: Path)
     seen: list[list[str]] = []
     store = StateStore(tmp_path / "state")
 
-    async def local_off(step: Step) -> dict[str, Any]:
+    async def local_off(step: Step) -> StepResult:
         seen.append([r.id for r in store.load_runs()])
         seen.append(store.in_flight_runs())
-        return {}
+        return Done()
 
     log = Log(tmp_path / "calls", {"local": local_off})
     off = Stage("local-poweroff", (Step(Action.local_poweroff, "local", timeout_s=5),), 1, 30)
@@ -226,11 +239,48 @@ def test_sigkill_mid_run_then_resume_does_not_repeat_finished_steps(tmp_path: Pa
 def test_a_journal_from_another_boot_is_recorded_not_resumed(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state")
     p = plan(stage("one", ["n1"]))
-    store.journal_append("old", {"event": "run", "plan": p.to_dict(), "trigger": {}, "t": 1.0, "boot_id": "other"})
+    store.journal_append("old", RunStarted(p, {}, 1.0, "other"))
     log = Log(tmp_path / "calls")
     record = asyncio.run(executor(tmp_path, log).resume("old"))
     assert record.result is RunResult.failed
     assert log.calls() == []
+    assert store.in_flight_runs() == []
+
+
+# A run killed mid-way, journaled by the version before the journal's events were typed: it must still resume.
+EARLIER_JOURNAL = """\
+{"event":"run","plan":{"kind":"shutdown","stages":[{"name":"flux-suspend","parallelism":1,"deadline_s":300.0,\
+"disruptive":false,"steps":[{"action":"flux-suspend","target":"flux","timeout_s":40.0,"retries":0,\
+"on_error":"continue","wave":0,"params":{}}]},{"name":"stop-agents","parallelism":16,"deadline_s":300.0,\
+"disruptive":true,"steps":[{"action":"stop-service","target":"a1","timeout_s":121.0,"retries":2,\
+"on_error":"continue","wave":0,"params":{"unit":"k3s-agent","command_timeout_s":30.0}},{"action":"stop-service",\
+"target":"a2","timeout_s":121.0,"retries":2,"on_error":"continue","wave":0,"params":{"unit":"k3s-agent",\
+"command_timeout_s":30.0}}]}]},"trigger":{"source":"ups","ups":"pyr","reason":"low_battery"},"t":1000.0,\
+"boot_id":"BOOT"}
+{"event":"step-start","step":"flux-suspend/flux-suspend/flux","t":1000.1}
+{"event":"step-end","step":"flux-suspend/flux-suspend/flux","status":"ok","detail":"suspended 1, already suspended 0",\
+"data":{"suspended":["Kustomization/flux-system/apps"],"already_suspended":[]},"t":1000.5,"duration_s":0.4,"attempts":1}
+{"event":"step-start","step":"stop-agents/stop-service/a1","t":1000.6}
+{"event":"step-start","step":"stop-agents/stop-service/a2","t":1000.6}
+{"event":"step-end","step":"stop-agents/stop-service/a1","status":"ok","detail":"","data":{},"t":1001.5,\
+"duration_s":0.9,"attempts":1}
+"""
+
+
+def test_a_journal_written_by_the_previous_version_resumes(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    store.journal_path("20261127T035000Z-3f9a").write_text(EARLIER_JOURNAL.replace("BOOT", boot_id()))
+    [run_id] = store.in_flight_runs()
+    assert in_flight(store, RunKind.shutdown) == run_id
+    log = Log(tmp_path / "calls")
+    record = asyncio.run(executor(tmp_path, log).resume(run_id))
+    assert log.calls() == ["a2"]  # flux and a1 finished before the process died
+    assert record.result is RunResult.success
+    assert record.trigger == {"source": "ups", "ups": "pyr", "reason": "low_battery", "resumed": True}
+    assert record.changes["flux_suspended"] == ["Kustomization/flux-system/apps"]  # the journaled step's data
+    assert [(s.name, s.detail) for s in record.stages] == [("flux-suspend", "flux: suspended 1, already suspended 0"),
+                                                           ("stop-agents", "")]
+    assert record.stages[0].duration_s == 0.4  # its journaled start and end
     assert store.in_flight_runs() == []
 
 

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from hecate.domain.config import HecateConfig
-from hecate.domain.plan import Action, Plan, first_disruptive, shutdown_plan, startup_plan
+from hecate.domain.params import (
+    DrainParams,
+    FluxBootstrapParams,
+    FluxResumeParams,
+    HostCommandParams,
+    StartServiceParams,
+    WakeParams,
+)
+from hecate.domain.plan import Action, OnError, Plan, first_disruptive, shutdown_plan, startup_plan
 
 
 def config(**shutdown: object) -> HecateConfig:
@@ -39,7 +47,7 @@ def test_all_optional_stages() -> None:
     assert [(s.target, s.wave) for s in tiers.steps] == [("apps", 0), ("data", 1)]  # tier by tier
     assert [s.target for s in plan.stages[-2].steps] == ["pyr"]  # only protecting UPSes power-cycle
     hook = plan.stages[2].steps[1]
-    assert (hook.action, hook.params["argv"]) == (Action.host_hook, ["ceph", "osd", "set", "noout"])
+    assert (hook.action, hook.params_as(HostCommandParams).argv) == (Action.host_hook, ("ceph", "osd", "set", "noout"))
 
 
 def waves(plan: Plan, stage: str) -> list[list[str]]:
@@ -65,10 +73,30 @@ def test_plan_round_trips_through_the_journal_form() -> None:
     assert Plan.from_dict(plan.to_dict()) == plan
 
 
+def test_the_journal_form_keeps_the_keys_earlier_versions_wrote() -> None:
+    """A journal written before the parameters were typed still resumes: the same JSON objects, read back typed."""
+    plan = shutdown_plan(config(scale_down=[{"name": "apps", "selector": "tier=apps"}]))
+    written = {(s["name"], st["target"]): st["params"] for s in plan.to_dict()["stages"] for st in s["steps"]}
+    assert written[("drain", "a1")] == {"drain_timeout_s": 120.0}
+    assert written[("stop-agents", "a1")] == {"unit": "k3s-agent", "command_timeout_s": 120.0}
+    assert written[("killall", "s1")] == {"command_timeout_s": 120.0}
+    assert written[("poweroff", "s1")] == {"command": "systemctl poweroff", "command_timeout_s": 120.0}
+    assert written[("scale-down", "apps")] == {"selector": "tier=apps", "namespace": None}
+    assert written[("local-poweroff", "local")] == {"argv": ["systemctl", "poweroff"]}
+    assert written[("flux-suspend", "flux")] == {}
+    earlier = {"kind": "shutdown", "stages": [{"name": "drain", "parallelism": 16, "deadline_s": 420.0,
+                                               "disruptive": True, "steps": [
+        {"action": "drain", "target": "a1", "timeout_s": 140, "retries": 0, "on_error": "continue", "wave": 0,
+         "params": {"drain_timeout_s": 120}}]}]}
+    step = Plan.from_dict(earlier).stages[0].steps[0]
+    assert step.params == DrainParams(timeout_s=120.0)
+    assert step.on_error is OnError.continue_
+
+
 def test_no_nodes_still_powers_the_coordinator_off_last() -> None:
     plan = shutdown_plan(HecateConfig())
     assert [s.name for s in plan.stages] == ["flux-suspend", "local-poweroff"]
-    assert plan.stages[-1].steps[0].params["argv"] == ["systemctl", "poweroff"]
+    assert plan.stages[-1].steps[0].params_as(HostCommandParams).argv == ("systemctl", "poweroff")
 
 
 # -- startup ---------------------------------------------------------------------------------
@@ -92,8 +120,8 @@ def test_startup_stage_order_and_targets() -> None:
     assert by_name["preflight"].steps[0].on_error.value == "abort"
     # The last server powered off (highest order) starts first, the other servers together after it.
     assert [(s.target, s.wave) for s in by_name["start-servers"].steps] == [("s1", 0), ("s2", 1)]
-    assert {s.params["unit"] for s in by_name["start-servers"].steps} == {"k3s"}
-    assert {s.params["unit"] for s in by_name["start-agents"].steps} == {"k3s-agent"}
+    assert {s.params_as(StartServiceParams).unit for s in by_name["start-servers"].steps} == {"k3s"}
+    assert {s.params_as(StartServiceParams).unit for s in by_name["start-agents"].steps} == {"k3s-agent"}
     assert {s.wave for s in by_name["start-agents"].steps} == {0}  # agents in parallel
     assert {s.target for s in by_name["nodes-ready"].steps} == {"s1", "s2", "a1", "a2", "a3"}
     # Tiers come back in reverse: data before apps, then anything else Hecate scaled.
@@ -107,7 +135,7 @@ def test_startup_optional_stages() -> None:
     assert "foundation" not in names
     assert names[:2] == ["preflight", "wake"]
     wake = plan.stages[1]
-    assert wake.steps[0].params["argv"] == ["ipmitool", "-H", f"{wake.steps[0].target}-bmc"]
+    assert wake.steps[0].params_as(WakeParams).argv == ("ipmitool", "-H", f"{wake.steps[0].target}-bmc")
     no_ups = HecateConfig.model_validate({**startup_config().model_dump(mode="json"), "ups": []})
     assert startup_plan(no_ups).stages[0].name == "start-servers"
 
@@ -115,13 +143,13 @@ def test_startup_optional_stages() -> None:
 def test_startup_force_branch_and_fallback_params() -> None:
     cfg = startup_config(flux={"fallback_branch": "bootstrap", "detection_window_s": 7, "bootstrap_fallback": False})
     default = {s.name: s for s in startup_plan(cfg).stages}
-    assert default["flux-resume"].steps[0].params["force_branch"] is None
-    assert default["flux-bootstrap"].steps[0].params["branch"] == "bootstrap"
-    assert default["flux-bootstrap"].steps[0].params["fallback"] is False
-    assert default["flux-bootstrap"].steps[0].params["detection_window_s"] == 7
+    assert default["flux-resume"].steps[0].params_as(FluxResumeParams).force_branch is None
+    assert default["flux-bootstrap"].steps[0].params_as(FluxBootstrapParams).branch == "bootstrap"
+    assert default["flux-bootstrap"].steps[0].params_as(FluxBootstrapParams).fallback is False
+    assert default["flux-bootstrap"].steps[0].params_as(FluxBootstrapParams).detection_window_s == 7
     forced = {s.name: s for s in startup_plan(cfg, force_branch="main").stages}
-    assert forced["flux-resume"].steps[0].params["force_branch"] == "main"
-    assert forced["flux-bootstrap"].steps[0].params["branch"] == "main"  # the operator's word wins
+    assert forced["flux-resume"].steps[0].params_as(FluxResumeParams).force_branch == "main"
+    assert forced["flux-bootstrap"].steps[0].params_as(FluxBootstrapParams).branch == "main"  # the operator's word wins
 
 
 def test_startup_plan_round_trips_and_deadlines_cover_steps() -> None:
@@ -140,3 +168,12 @@ def test_foundation_refs_are_validated() -> None:
         startup_config(startup={"foundation": ["kube-system/service/coredns"]})
     with pytest.raises(pydantic.ValidationError, match="namespace/kind/name"):
         startup_config(startup={"foundation": ["coredns"]})
+
+
+def test_the_plan_is_the_one_source_of_parallelism() -> None:
+    """The run's SSH connections are sized from the stages that run node commands, never from a second setting."""
+    assert shutdown_plan(config(parallelism=4)).node_parallelism == 4
+    assert shutdown_plan(HecateConfig()).node_parallelism == 1  # no nodes: only the coordinator
+    plan = startup_plan(startup_config(startup={"parallelism": 3}))
+    assert {s.name: s.parallelism for s in plan.stages}["nodes-ready"] == 5  # waits for every node at once...
+    assert plan.node_parallelism == 3  # ...but starts k3s on at most 3 at a time

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from hecate.adapters.store import RunInProgress, StateStore, atomic_write
+from hecate.domain.journal import StepFinished, StepStarted, StepStatus
+from hecate.domain.results import Done, Drained
 from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
 
 
@@ -90,15 +92,32 @@ def test_run_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
 
 def test_journal_survives_a_torn_last_line(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    store.journal_append("r1", {"step": "stop-agents", "event": "start"})
-    store.journal_append("r1", {"step": "stop-agents", "event": "end", "ok": True})
+    store.journal_append("r1", StepStarted("stop-agents/stop-service/a1", 1.0))
+    store.journal_append("r1", StepFinished("stop-agents/stop-service/a1", StepStatus.ok, "", Done(), 2.0, 1.0, 1))
     with open(store.journal_path("r1"), "a") as fh:
         fh.write('{"step": "stop-serv')
     assert store.in_flight_runs() == ["r1"]
-    assert [e["event"] for e in store.journal_read("r1")] == ["start", "end"]
+    assert [type(e) for e in store.journal_read("r1")] == [StepStarted, StepFinished]
     store.journal_finish("r1")
     assert store.in_flight_runs() == []
     assert store.journal_read("r1") == []
+
+
+def test_journal_events_are_written_as_before_and_read_back_typed(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path)
+    end = StepFinished("drain/drain/a1", StepStatus.failed, "drain: API refused", Drained(cordoned=True), 2.5, 1.5, 1)
+    store.journal_append("r1", end)
+    assert json.loads(store.journal_path("r1").read_text()) == {
+        "event": "step-end", "step": "drain/drain/a1", "status": "failed", "detail": "drain: API refused",
+        "data": {"cordoned": True}, "t": 2.5, "duration_s": 1.5, "attempts": 1}
+    with open(store.journal_path("r1"), "a") as fh:
+        fh.write('{"event": "step-end", "status": "ok"}\n')  # no step: reported, skipped
+        fh.write('{"event": "from-a-later-version", "t": 3}\n')  # not an event this version knows: skipped
+        fh.write('["not", "an", "object"]\n')
+    with caplog.at_level(logging.WARNING):
+        assert store.journal_read("r1") == [end]
+    assert "line 2: not a journal event this version can read (KeyError" in caplog.text
 
 
 def _writer(state_dir: Path) -> None:

@@ -11,7 +11,7 @@ Layout (default ``/var/lib/hecate``)::
 
     runs.json            list of run records (``hecate.domain.runs.RunRecord``), oldest first
     policy-cache.yaml    last PowerPolicy that validated, for when the API is gone
-    journal/<run>.jsonl  one line per step event of an in-flight run
+    journal/<run>.jsonl  one line per event of an in-flight run (``hecate.domain.journal``)
     lock                 fcntl lock: one startup/shutdown at a time
 """
 
@@ -27,10 +27,10 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from hecate.domain import journal
 from hecate.domain.runs import RunHistory, RunRecord
 
 log = logging.getLogger(__name__)
@@ -215,9 +215,9 @@ class StateStore:
     def journal_path(self, run_id: str) -> Path:
         return self.dir / JOURNAL_DIR / f"{run_id}.jsonl"
 
-    def journal_append(self, run_id: str, event: dict[str, Any]) -> None:
+    def journal_append(self, run_id: str, event: journal.Event) -> None:
         """Append one event durably (O_APPEND + fsync); a torn last line is ignored on read."""
-        line = json.dumps(event, separators=(",", ":"), default=str) + "\n"
+        line = json.dumps(journal.to_json(event), separators=(",", ":"), default=str) + "\n"
         fd = os.open(self.journal_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, line.encode())
@@ -225,18 +225,28 @@ class StateStore:
         finally:
             os.close(fd)
 
-    def journal_read(self, run_id: str) -> list[dict[str, Any]]:
+    def journal_read(self, run_id: str) -> list[journal.Event]:
+        """The run's events in order; lines that are not one (a torn last line) are skipped."""
+        path = self.journal_path(run_id)
         try:
-            lines = self.journal_path(run_id).read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
         events = []
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             try:
-                event = json.loads(line)
+                raw = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the power went while this line was written
-            if isinstance(event, dict):
+            if not isinstance(raw, dict):
+                continue
+            try:
+                event = journal.from_json(raw)
+            except (KeyError, TypeError, ValueError) as err:
+                log.warning("%s line %d: not a journal event this version can read (%s: %s); skipped",
+                            path, number, type(err).__name__, err)
+                continue
+            if event is not None:
                 events.append(event)
         return events
 

@@ -2,8 +2,9 @@
 
 A plan is printed as-is by a dry-run and applied by the one executor
 (``hecate.services.executor``), which journals it, so a killed run resumes with exactly
-the steps it started with. Purely computational: the builder takes the configuration
-(and later the effective policy) and returns values.
+the steps it started with. Purely computational: the builder takes the (effective)
+configuration and returns values; each step carries its action's typed parameters
+(``hecate.domain.params``).
 
 Each step acts on one target (a node, a workload tier, a UPS, "flux", "local") so that
 the journal records progress per node. Steps of a stage run in *waves*: every step of
@@ -53,9 +54,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
+from hecate.domain import params as params_mod
 from hecate.domain.config import HecateConfig, Node, NodeRole, Wake
+from hecate.domain.params import (
+    DrainParams,
+    FluxBootstrapParams,
+    FluxResumeParams,
+    HostCommandParams,
+    NodeCommandParams,
+    NoParams,
+    PoweroffParams,
+    PreflightParams,
+    ScaleParams,
+    StartServiceParams,
+    StepParams,
+    StopServiceParams,
+    VerifyParams,
+    WaitParams,
+    WakeParams,
+    WorkloadParams,
+)
+
+P = TypeVar("P", bound=StepParams)
 
 
 class Action(StrEnum):
@@ -84,8 +106,24 @@ class Action(StrEnum):
 
 
 class OnError(StrEnum):
-    proceed = "continue"  # record the failure, go on (the default: shutdown must reach power-off)
+    continue_ = "continue"  # record the failure, go on (the default: shutdown must reach power-off)
     abort = "abort"  # stop the run
+
+
+NODE_COMMANDS = frozenset({Action.stop_service, Action.killall, Action.poweroff, Action.start_service})
+"""Actions that run a command on a node over SSH."""
+
+PARAMS: dict[Action, type[StepParams]] = {
+    Action.flux_suspend: NoParams, Action.scale_down: ScaleParams, Action.wait_volumes: WaitParams,
+    Action.host_hook: HostCommandParams, Action.drain: DrainParams, Action.stop_service: StopServiceParams,
+    Action.killall: NodeCommandParams, Action.poweroff: PoweroffParams, Action.ups_power_cycle: NoParams,
+    Action.local_poweroff: HostCommandParams,
+    Action.preflight: PreflightParams, Action.wake: WakeParams, Action.start_service: StartServiceParams,
+    Action.wait_api: WaitParams, Action.wait_node: WaitParams, Action.uncordon: NoParams,
+    Action.wait_workload: WorkloadParams, Action.flux_resume: FluxResumeParams,
+    Action.flux_bootstrap: FluxBootstrapParams, Action.restore: ScaleParams, Action.verify: VerifyParams,
+}
+"""The parameters each action's steps carry (``hecate.domain.params``)."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +132,20 @@ class Step:
     target: str
     timeout_s: float
     retries: int = 0
-    on_error: OnError = OnError.proceed
+    on_error: OnError = OnError.continue_
     wave: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
+    params: StepParams = field(default_factory=NoParams)
 
     def key(self, stage: str) -> str:
         """Stable identity of the step within a plan (journal key)."""
         return f"{stage}/{self.action.value}/{self.target}"
+
+    def params_as(self, kind: type[P]) -> P:
+        """The step's parameters, which the plan builds as ``kind`` for this action."""
+        if not isinstance(self.params, kind):
+            raise TypeError(f"{self.action.value} {self.target}: parameters are {type(self.params).__name__}, "
+                            f"not {kind.__name__}")
+        return self.params
 
 
 @dataclass(frozen=True)
@@ -123,12 +168,22 @@ class Plan:
     kind: str
     stages: tuple[Stage, ...]
 
+    @property
+    def node_parallelism(self) -> int:
+        """The most node commands one stage runs at once: how many SSH connections the run works at once.
+
+        The stages' parallelism is the one source (the builders set it from ``shutdown.parallelism``
+        or ``startup.parallelism``); the run's connections are sized from it.
+        """
+        return max((s.parallelism for s in self.stages if any(st.action in NODE_COMMANDS for st in s.steps)),
+                   default=1)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "stages": [
             {"name": s.name, "parallelism": s.parallelism, "deadline_s": s.deadline_s, "disruptive": s.disruptive,
              "steps": [{"action": st.action.value, "target": st.target, "timeout_s": st.timeout_s,
                         "retries": st.retries, "on_error": st.on_error.value, "wave": st.wave,
-                        "params": st.params} for st in s.steps]}
+                        "params": params_mod.to_dict(st.params)} for st in s.steps]}
             for s in self.stages]}
 
     @classmethod
@@ -138,7 +193,8 @@ class Plan:
                   disruptive=s["disruptive"], steps=tuple(
                       Step(action=Action(st["action"]), target=st["target"], timeout_s=st["timeout_s"],
                            retries=st["retries"], on_error=OnError(st["on_error"]), wave=st["wave"],
-                           params=st["params"]) for st in s["steps"]))
+                           params=params_mod.from_dict(PARAMS[Action(st["action"])], st["params"]))
+                      for st in s["steps"]))
             for s in data["stages"]))
 
 
@@ -163,7 +219,6 @@ def shutdown_plan(config: HecateConfig) -> Plan:
     # An SSH step may first connect (TCP, banner, auth: each bounded by the connect timeout),
     # then run its command (bounded by the command timeout): the step's own bound covers both.
     node_timeout = command_timeout + 3 * ssh.connect_timeout_s + 1
-    remote = {"command_timeout_s": command_timeout}
     stage_deadline = sd.stage_timeout_s
     stages: list[Stage] = []
 
@@ -173,41 +228,42 @@ def shutdown_plan(config: HecateConfig) -> Plan:
     if sd.scale_down:
         stages.append(Stage("scale-down", tuple(
             Step(Action.scale_down, tier.name, timeout_s=4 * api_timeout, wave=i,
-                 params={"selector": tier.selector, "namespace": tier.namespace})
+                 params=ScaleParams(tier.selector, tier.namespace))
             for i, tier in enumerate(sd.scale_down)), parallelism=1, deadline_s=stage_deadline))
     if sd.storage_quiesce.enabled:
         quiesce = [Step(Action.wait_volumes, "volume-attachments", timeout_s=sd.storage_quiesce.timeout_s + api_timeout,
-                        params={"timeout_s": sd.storage_quiesce.timeout_s})]
+                        params=WaitParams(sd.storage_quiesce.timeout_s))]
         quiesce += [Step(Action.host_hook, f"hook-{i + 1}", timeout_s=command_timeout, wave=1 + i,
-                         params={"argv": list(argv)}) for i, argv in enumerate(sd.storage_quiesce.hooks)]
+                         params=HostCommandParams(tuple(argv))) for i, argv in enumerate(sd.storage_quiesce.hooks)]
         stages.append(Stage("storage-quiesce", tuple(quiesce), parallelism=1,
                             deadline_s=sd.storage_quiesce.timeout_s + stage_deadline))
     if agents:
         stages.append(Stage("drain", tuple(
             Step(Action.drain, n.name, timeout_s=sd.drain_timeout_s + 2 * api_timeout,
-                 params={"drain_timeout_s": sd.drain_timeout_s}) for n in agents),
+                 params=DrainParams(sd.drain_timeout_s)) for n in agents),
             parallelism=width, deadline_s=sd.drain_timeout_s + stage_deadline))
         stages.append(Stage("stop-agents", tuple(
             Step(Action.stop_service, n.name, timeout_s=node_timeout, retries=2,
-                 params={"unit": "k3s-agent", **remote}) for n in agents),
+                 params=StopServiceParams("k3s-agent", command_timeout)) for n in agents),
             parallelism=width, deadline_s=stage_deadline))
     if servers:
         # One at a time in power-off order (even when orders tie: embedded etcd), or all at once.
         server_waves = {n.name: i if sd.stop_servers_one_by_one else 0 for i, n in enumerate(servers)}
         stages.append(Stage("stop-servers", tuple(
             Step(Action.stop_service, n.name, timeout_s=node_timeout, retries=2, wave=server_waves[n.name],
-                 params={"unit": "k3s", **remote}) for n in servers),
+                 params=StopServiceParams("k3s", command_timeout)) for n in servers),
             parallelism=width, deadline_s=stage_deadline))
     if every:
         stages.append(Stage("killall", tuple(
-            Step(Action.killall, n.name, timeout_s=node_timeout, retries=1, params=remote) for n in every),
+            Step(Action.killall, n.name, timeout_s=node_timeout, retries=1,
+                 params=NodeCommandParams(command_timeout)) for n in every),
             parallelism=width, deadline_s=stage_deadline))
         agent_waves = _waves_by_order(agents)
         server_wave_map = _waves_by_order(servers, start=len(set(agent_waves.values())))
         stages.append(Stage("poweroff", tuple(
             Step(Action.poweroff, n.name, timeout_s=node_timeout, retries=2,
                  wave={**agent_waves, **server_wave_map}[n.name],
-                 params={"command": sd.remote_poweroff_command, **remote}) for n in every),
+                 params=PoweroffParams(sd.remote_poweroff_command, command_timeout)) for n in every),
             parallelism=width, deadline_s=stage_deadline))
     if sd.ups_power_cycle:
         stages.append(Stage("ups-power-cycle", tuple(
@@ -215,7 +271,8 @@ def shutdown_plan(config: HecateConfig) -> Plan:
             parallelism=width, deadline_s=stage_deadline))
     stages.append(Stage("local-poweroff", (
         Step(Action.local_poweroff, "local", timeout_s=command_timeout,
-             params={"argv": list(sd.local_poweroff_command)}),), parallelism=1, deadline_s=stage_deadline))
+             params=HostCommandParams(tuple(sd.local_poweroff_command))),), parallelism=1,
+        deadline_s=stage_deadline))
     return Plan("shutdown", tuple(s for s in stages if s.steps))
 
 
@@ -236,7 +293,6 @@ def startup_plan(config: HecateConfig, *, force_branch: str | None = None) -> Pl
     every = servers + agents
     width = st.parallelism
     pad = 30.0  # a stage's deadline over its longest step: scheduling, journaling
-    command = {"command_timeout_s": ssh.command_timeout_s}
     node_timeout = ssh.command_timeout_s + 3 * ssh.connect_timeout_s + 1
     start_timeout = st.boot_timeout_s + 2 * node_timeout
     stages: list[Stage] = []
@@ -245,65 +301,63 @@ def startup_plan(config: HecateConfig, *, force_branch: str | None = None) -> Pl
     if protecting:
         stages.append(Stage("preflight", tuple(
             Step(Action.preflight, u.name, timeout_s=st.preflight_timeout_s + 10, on_error=OnError.abort,
-                 params={"min_charge_percent": st.min_charge_percent, "timeout_s": st.preflight_timeout_s})
+                 params=PreflightParams(st.min_charge_percent, st.preflight_timeout_s))
             for u in protecting), parallelism=len(protecting), deadline_s=st.preflight_timeout_s + pad))
     if st.wake is not Wake.none and every:
         stages.append(Stage("wake", tuple(
             Step(Action.wake, n.name, timeout_s=ssh.connect_timeout_s + ssh.command_timeout_s + 1,
-                 params={"method": st.wake.value, "mac": n.wake_mac,
-                         "argv": [a.replace("{node}", n.name) for a in st.wake_command]}) for n in every),
+                 params=WakeParams(st.wake, n.wake_mac, tuple(a.replace("{node}", n.name) for a in st.wake_command)))
+            for n in every),
             parallelism=width, deadline_s=ssh.connect_timeout_s + ssh.command_timeout_s + pad))
     if servers:
         stages.append(Stage("start-servers", tuple(
             Step(Action.start_service, n.name, timeout_s=start_timeout, wave=0 if i == 0 else 1,
-                 params={"unit": "k3s", "boot_timeout_s": st.boot_timeout_s, **command})
+                 params=StartServiceParams("k3s", st.boot_timeout_s, ssh.command_timeout_s))
             for i, n in enumerate(servers)), parallelism=width, deadline_s=start_timeout + pad))
     stages.append(Stage("wait-api", (
         Step(Action.wait_api, "api", timeout_s=st.api_timeout_s + api_timeout,
-             params={"timeout_s": st.api_timeout_s}),), parallelism=1, deadline_s=st.api_timeout_s + pad))
+             params=WaitParams(st.api_timeout_s)),), parallelism=1, deadline_s=st.api_timeout_s + pad))
     if agents:
         stages.append(Stage("start-agents", tuple(
             Step(Action.start_service, n.name, timeout_s=start_timeout,
-                 params={"unit": "k3s-agent", "boot_timeout_s": st.boot_timeout_s, **command})
+                 params=StartServiceParams("k3s-agent", st.boot_timeout_s, ssh.command_timeout_s))
             for n in agents), parallelism=width, deadline_s=start_timeout + pad))
     if every:
         stages.append(Stage("nodes-ready", tuple(
             Step(Action.wait_node, n.name, timeout_s=st.node_ready_timeout_s + api_timeout,
-                 params={"timeout_s": st.node_ready_timeout_s}) for n in every),
+                 params=WaitParams(st.node_ready_timeout_s)) for n in every),
             parallelism=max(1, len(every)), deadline_s=st.node_ready_timeout_s + pad))
     stages.append(Stage("uncordon", (Step(Action.uncordon, "nodes", timeout_s=4 * api_timeout),),
                         parallelism=1, deadline_s=4 * api_timeout + pad))
     if st.foundation:
         stages.append(Stage("foundation", tuple(
             Step(Action.wait_workload, ref, timeout_s=st.foundation_timeout_s + api_timeout,
-                 params={"timeout_s": st.foundation_timeout_s, "recovery_after_s": st.recovery_after_s,
-                         "manifests_dir": str(flux.fallback_manifests_dir)})
+                 params=WorkloadParams(st.foundation_timeout_s, st.recovery_after_s, str(flux.fallback_manifests_dir)))
             for ref in st.foundation), parallelism=max(1, len(st.foundation)),
             deadline_s=st.foundation_timeout_s + pad))
     stages.append(Stage("flux-resume", (
-        Step(Action.flux_resume, "flux", timeout_s=4 * api_timeout, params={"force_branch": force_branch}),),
+        Step(Action.flux_resume, "flux", timeout_s=4 * api_timeout, params=FluxResumeParams(force_branch)),),
         parallelism=1, deadline_s=4 * api_timeout + pad))
     # Detection, then up to ready_timeout before and again after breaking the deadlock.
     bootstrap_timeout = flux.detection_window_s + 2 * flux.ready_timeout_s
     stages.append(Stage("flux-bootstrap", (
         Step(Action.flux_bootstrap, f"{flux.namespace}/{flux.git_repository}",
              timeout_s=bootstrap_timeout + api_timeout,
-             params={"fallback": flux.bootstrap_fallback, "detection_window_s": flux.detection_window_s,
-                     "ready_timeout_s": flux.ready_timeout_s, "gitea_workload": flux.gitea_workload,
-                     "branch": force_branch or flux.fallback_branch,
-                     "manifests_dir": str(flux.fallback_manifests_dir)}),),
+             params=FluxBootstrapParams(
+                 fallback=flux.bootstrap_fallback, detection_window_s=flux.detection_window_s,
+                 ready_timeout_s=flux.ready_timeout_s, gitea_workload=flux.gitea_workload,
+                 branch=force_branch or flux.fallback_branch, manifests_dir=str(flux.fallback_manifests_dir))),),
         parallelism=1, deadline_s=bootstrap_timeout + pad))
     tiers = list(reversed(config.shutdown.scale_down))
     restore = [Step(Action.restore, t.name, timeout_s=4 * api_timeout, wave=i,
-                    params={"selector": t.selector, "namespace": t.namespace}) for i, t in enumerate(tiers)]
+                    params=ScaleParams(t.selector, t.namespace)) for i, t in enumerate(tiers)]
     # Anything else Hecate scaled down (a tier since removed from the config): recorded on the object.
     restore.append(Step(Action.restore, "others", timeout_s=4 * api_timeout, wave=len(tiers),
-                        params={"selector": "", "namespace": None}))
+                        params=ScaleParams("", None)))
     stages.append(Stage("restore", tuple(restore), parallelism=1, deadline_s=4 * api_timeout * len(restore) + pad))
     stages.append(Stage("verify", (
         Step(Action.verify, "cluster", timeout_s=st.verify_timeout_s + api_timeout,
-             params={"timeout_s": st.verify_timeout_s, "nodes": [n.name for n in every],
-                     "foundation": list(st.foundation),
-                     "git_repository": f"{flux.namespace}/{flux.git_repository}"}),),
+             params=VerifyParams(st.verify_timeout_s, tuple(n.name for n in every), tuple(st.foundation),
+                                 f"{flux.namespace}/{flux.git_repository}")),),
         parallelism=1, deadline_s=st.verify_timeout_s + pad))
     return Plan("startup", tuple(s for s in stages if s.steps))

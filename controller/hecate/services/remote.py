@@ -17,7 +17,11 @@ from typing import Any
 from hecate.adapters import kube as kube_mod
 from hecate.adapters import ssh
 from hecate.domain.config import HecateConfig
+from hecate.domain.results import StepResult
 from hecate.services.executor import Skipped, StepFailed
+
+Partial = Callable[[dict[str, Any]], StepResult]
+"""Builds a failed Kubernetes step's result from what the call had done (``{}`` when it says nothing)."""
 
 
 class Remote:
@@ -25,15 +29,18 @@ class Remote:
         self.pool = pool
         self.kube = kube
 
-    async def k8s(self, what: str, call: Callable[[], Any]) -> Any:
-        """Await one Kubernetes call: unreachable API -> Skipped, refusal -> StepFailed."""
+    async def k8s(self, what: str, call: Callable[[], Any], partial: Partial | None = None) -> Any:
+        """Await one Kubernetes call: unreachable API -> Skipped, refusal -> StepFailed.
+
+        ``partial`` turns what the call had changed before it stopped into the step's result.
+        """
         try:
             return await call()
         except kube_mod.ApiUnavailable as err:
             raise Skipped(f"Kubernetes API unreachable, {what} skipped: {err}",
-                          data=_partial(what, err.partial)) from err
+                          result=_partial(partial, err.partial)) from err
         except kube_mod.KubeError as err:
-            raise StepFailed(f"{what}: {err}", data=_partial(what, err.partial)) from err
+            raise StepFailed(f"{what}: {err}", result=_partial(partial, err.partial)) from err
 
     async def command(self, node: str, command: str, timeout: float) -> ssh.CommandResult:
         """Run one command on a node; a non-zero exit is returned, an SSH error raises StepFailed."""
@@ -64,6 +71,7 @@ class Remote:
 @contextlib.asynccontextmanager
 async def connected(config: HecateConfig, width: int, *, kube_cooldown: float = kube_mod.COOLDOWN_S,
                     preconnect: bool = True) -> AsyncIterator[Remote]:
+    """``width``: the most node commands at once (the plan's ``node_parallelism``)."""
     # One thread per node a stage may touch at once: each command holds its thread while it runs.
     width = max(1, min(width, len(config.cluster.nodes)))
     pool = ssh.SshPool(config.ssh, config.cluster.nodes, max_workers=width)
@@ -80,8 +88,5 @@ async def connected(config: HecateConfig, width: int, *, kube_cooldown: float = 
         kube.close()
 
 
-def _partial(what: str, partial: Any) -> dict[str, Any]:
-    """A failed Kubernetes step's partial result, in the shape its success would have had."""
-    if not isinstance(partial, dict):
-        return {}
-    return {"scaled": partial} if what == "scale-down" else partial
+def _partial(build: Partial | None, done: Any) -> StepResult | None:
+    return build(done if isinstance(done, dict) else {}) if build is not None else None

@@ -1,7 +1,8 @@
 """Shutdown: the plan's actions wired to SSH, Kubernetes, NUT and the local host.
 
-``capabilities(config)`` returns the action map the executor runs, built on one SSH pool
-(connections reused for the whole run), one Kubernetes client, and the host. A
+``capabilities(config, plan)`` returns the action map the executor runs, built on one SSH
+pool (connections reused for the whole run, as many at work as the plan's stages run node
+commands at once), one Kubernetes client, and the host. A
 Kubernetes step that cannot reach the API is *skipped* with a warning -- shutdown never
 depends on the cluster being healthy -- while node steps proceed over SSH.
 
@@ -24,10 +25,20 @@ from hecate.adapters import kube as kube_mod
 from hecate.adapters import nut, ssh
 from hecate.adapters.store import StateStore
 from hecate.domain.config import HecateConfig
-from hecate.domain.plan import Action, Step, shutdown_plan
+from hecate.domain.params import (
+    DrainParams,
+    HostCommandParams,
+    NodeCommandParams,
+    PoweroffParams,
+    ScaleParams,
+    StopServiceParams,
+    WaitParams,
+)
+from hecate.domain.plan import Action, Plan, Step, shutdown_plan
+from hecate.domain.results import Done, Drained, FluxSuspended, PowerCycled, ScaledDown, StepResult, VolumesWaited
 from hecate.domain.runs import RunKind, RunRecord
 from hecate.services import remote
-from hecate.services.executor import ActionFn, Executor, Progress, Skipped, StepFailed, UndoFn, in_flight
+from hecate.services.executor import ActionFn, Executor, Progress, StepFailed, UndoFn, in_flight
 
 log = logging.getLogger(__name__)
 
@@ -46,63 +57,57 @@ class Capabilities:
 
 
 @contextlib.asynccontextmanager
-async def capabilities(config: HecateConfig) -> AsyncIterator[Capabilities]:
-    async with remote.connected(config, config.shutdown.parallelism) as conn:
+async def capabilities(config: HecateConfig, plan: Plan) -> AsyncIterator[Capabilities]:
+    async with remote.connected(config, plan.node_parallelism) as conn:
         yield _capabilities(config, conn)
 
 
 def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
     kube, k8s = conn.kube, conn.k8s
 
-    async def node_command(step: Step, command: str, *, lost_is_success: bool = False) -> dict[str, Any]:
-        detail = await conn.checked(step.target, command, step.params["command_timeout_s"],
-                                    lost_is_success=lost_is_success)
-        return {"detail": detail} if detail else {}
+    async def node_command(step: Step, command: str, timeout: float, *, lost_is_success: bool = False) -> Done:
+        return Done(await conn.checked(step.target, command, timeout, lost_is_success=lost_is_success))
 
-    async def flux_suspend(step: Step) -> dict[str, Any]:
-        data: dict[str, Any] = await k8s("flux-suspend", kube.flux_suspend)
-        data["detail"] = f"suspended {len(data['suspended'])}, already suspended {len(data['already_suspended'])}"
-        return data
+    async def flux_suspend(step: Step) -> FluxSuspended:
+        return FluxSuspended.from_data(await k8s("flux-suspend", kube.flux_suspend, FluxSuspended.from_data))
 
-    async def flux_unsuspend(data: dict[str, Any]) -> None:
-        await kube.flux_resume(list(data.get("suspended", [])))
+    async def flux_unsuspend(result: StepResult) -> None:
+        if isinstance(result, FluxSuspended):
+            await kube.flux_resume(list(result.suspended))
 
-    async def scale_down(step: Step) -> dict[str, Any]:
-        scaled = await k8s("scale-down", lambda: kube.scale_down(step.params["selector"], step.params["namespace"]))
-        return {"scaled": scaled, "detail": f"{len(scaled)} workloads to 0"}
+    async def scale_down(step: Step) -> ScaledDown:
+        tier = step.params_as(ScaleParams)
+        return ScaledDown(await k8s("scale-down", lambda: kube.scale_down(tier.selector, tier.namespace), ScaledDown))
 
-    async def wait_volumes(step: Step) -> dict[str, Any]:
-        deadline = time.monotonic() + float(step.params["timeout_s"])
+    async def wait_volumes(step: Step) -> VolumesWaited:
+        deadline = time.monotonic() + step.params_as(WaitParams).timeout_s
         while True:
             remaining = await k8s("wait-volumes", kube.volume_attachments)
             if not remaining or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(2)
-        return {"remaining": remaining, "detail": f"{len(remaining)} volume attachments remain" if remaining else ""}
+        return VolumesWaited(tuple(remaining))
 
-    async def drain(step: Step) -> dict[str, Any]:
+    async def drain(step: Step) -> Drained:
+        timeout = step.params_as(DrainParams).timeout_s
         cordoned = await k8s("cordon", lambda: kube.cordon(step.target))
-        try:
-            result: dict[str, Any] = await k8s(
-                "drain", lambda: kube.drain(step.target, step.params["drain_timeout_s"]))
-        except (StepFailed, Skipped) as err:
-            err.data["cordoned"] = cordoned  # startup must still undo our cordon
-            raise
-        result["cordoned"] = cordoned
-        if result.get("timed_out"):
-            result["detail"] = f"drain timeout: {len(result.get('blocked', []))} pods left (PodDisruptionBudget)"
-        return result
+        # A drain that fails or is skipped still records the cordon: startup must undo it.
+        report = await k8s("drain", lambda: kube.drain(step.target, timeout),
+                           lambda done: Drained(cordoned, done))
+        return Drained(cordoned, report)
 
-    async def stop_service(step: Step) -> dict[str, Any]:
-        return await node_command(step, f"systemctl stop {step.params['unit']}")
+    async def stop_service(step: Step) -> Done:
+        params = step.params_as(StopServiceParams)
+        return await node_command(step, f"systemctl stop {params.unit}", params.command_timeout_s)
 
-    async def killall(step: Step) -> dict[str, Any]:
-        return await node_command(step, KILLALL)
+    async def killall(step: Step) -> Done:
+        return await node_command(step, KILLALL, step.params_as(NodeCommandParams).command_timeout_s)
 
-    async def poweroff(step: Step) -> dict[str, Any]:
-        return await node_command(step, step.params["command"], lost_is_success=True)
+    async def poweroff(step: Step) -> Done:
+        params = step.params_as(PoweroffParams)
+        return await node_command(step, params.command, params.command_timeout_s, lost_is_success=True)
 
-    async def ups_power_cycle(step: Step) -> dict[str, Any]:
+    async def ups_power_cycle(step: Step) -> PowerCycled:
         ups = next(u for u in config.ups if u.name == step.target)
         if ups.credentials_file is None:
             raise StepFailed(f"ups {ups.name} has no credentials_file: upsd needs a login for instant commands")
@@ -116,8 +121,7 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
                         if err.code == "CMD-NOT-SUPPORTED":
                             continue
                         raise
-                    return {"command": command,
-                            "detail": f"{command} sent: the UPS cuts its outputs and restores them when mains returns"}
+                    return PowerCycled(command)
         except (OSError, ValueError) as err:
             raise StepFailed(str(err)) from err
         except nut.NutError as err:
@@ -125,8 +129,8 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
         raise StepFailed(f"UPS {ups.name} does not support {', '.join(POWER_CYCLE_COMMANDS)}: it cannot "
                          "power-cycle its outputs, so hosts may stay off when mains returns")
 
-    async def host_command(step: Step) -> dict[str, Any]:
-        argv = [str(a) for a in step.params["argv"]]
+    async def host_command(step: Step) -> Done:
+        argv = list(step.params_as(HostCommandParams).argv)
         try:
             done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True,
                                            timeout=step.timeout_s, check=False)
@@ -134,7 +138,7 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
             raise StepFailed(f"{argv[0]}: {err}") from err
         if done.returncode != 0:
             raise StepFailed(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-200:]}")
-        return {}
+        return Done()
 
     actions: dict[Action, ActionFn] = {
         Action.flux_suspend: flux_suspend, Action.scale_down: scale_down, Action.wait_volumes: wait_volumes,
@@ -154,6 +158,6 @@ async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress,
               power_restored: Callable[[], bool] | None = None) -> RunRecord:
     """Execute the shutdown (or resume the one in the journal). Raises ``RunInProgress``."""
     plan = shutdown_plan(config)  # from the host's configuration, also when resuming
-    async with capabilities(config) as caps:
+    async with capabilities(config, plan) as caps:
         executor = Executor(StateStore(config.state_dir), caps.actions, progress, undo=caps.undo)
         return await executor.run_or_resume(plan, trigger, power_restored=power_restored)

@@ -27,14 +27,38 @@ import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from hecate.adapters import kube as kube_mod
 from hecate.adapters import nut, wol
 from hecate.adapters.store import StateStore
-from hecate.domain.config import HecateConfig
+from hecate.domain.config import HecateConfig, Wake
+from hecate.domain.params import (
+    FluxBootstrapParams,
+    FluxResumeParams,
+    PreflightParams,
+    ScaleParams,
+    StartServiceParams,
+    VerifyParams,
+    WaitParams,
+    WakeParams,
+    WorkloadParams,
+)
 from hecate.domain.plan import Action, Step, startup_plan
+from hecate.domain.results import (
+    BranchChange,
+    Done,
+    FluxBootstrapped,
+    FluxResumed,
+    Restored,
+    ServiceStarted,
+    StepResult,
+    Uncordoned,
+    Woken,
+    WorkloadRecovery,
+)
 from hecate.domain.runs import RunRecord
 from hecate.services import bootstrap_cache, remote
 from hecate.services.executor import ActionFn, Executor, Progress, StepFailed
@@ -63,12 +87,12 @@ async def _until(deadline: float, probe: Callable[[], Awaitable[Any]], *, what: 
         await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
 
-async def _api(step: Step, what: str, call: Callable[[], Awaitable[Any]], data: dict[str, Any] | None = None) -> Any:
+async def _api(step: Step, what: str, call: Callable[[], Awaitable[Any]], so_far: StepResult | None = None) -> Any:
     """One Kubernetes call that retries an unreachable API until the step's own deadline.
 
     A startup talks to an API that is just coming up (503s during etcd elections): unlike
-    shutdown, an unreachable API must never let a startup step pass as skipped. ``data``
-    (what the step changed so far) goes with the failure.
+    shutdown, an unreachable API must never let a startup step pass as skipped. ``so_far``
+    (what the step changed before this call) goes with the failure.
     """
     deadline = time.monotonic() + max(1.0, step.timeout_s - 2.0)
     while True:
@@ -76,9 +100,9 @@ async def _api(step: Step, what: str, call: Callable[[], Awaitable[Any]], data: 
             return await call()
         except kube_mod.ApiUnavailable as err:
             if time.monotonic() >= deadline:
-                raise StepFailed(f"{what}: the API stayed unreachable: {err}", data=data) from err
+                raise StepFailed(f"{what}: the API stayed unreachable: {err}", result=so_far) from err
         except kube_mod.KubeError as err:
-            raise StepFailed(f"{what}: {err}", data=data) from err
+            raise StepFailed(f"{what}: {err}", result=so_far) from err
         await asyncio.sleep(POLL_S)
 
 
@@ -87,9 +111,10 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
     flux = config.flux
     reader = nut.NutReader(timeout=2.0)
 
-    async def preflight(step: Step) -> dict[str, Any]:
+    async def preflight(step: Step) -> Done:
         ups = next(u for u in config.ups if u.name == step.target)
-        minimum = float(step.params["min_charge_percent"])
+        params = step.params_as(PreflightParams)
+        minimum = params.min_charge_percent
         seen: dict[str, Any] = {}
 
         async def ok() -> bool:
@@ -100,11 +125,11 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             return snap.on_mains and (snap.charge_pct is None or snap.charge_pct >= minimum)
 
         started = time.monotonic()
-        await _until(started + float(step.params["timeout_s"]), ok,
+        await _until(started + params.timeout_s, ok,
                      what=f"UPS {ups.name} not on mains with charge >= {minimum:g} % within "
-                          f"{step.params['timeout_s']:g} s (last: {seen})")
+                          f"{params.timeout_s:g} s (last: {seen})")
         waited = time.monotonic() - started
-        return {"detail": f"on mains, charge {seen['charge']}%" + (f" after {waited:.0f} s" if waited > 1 else "")}
+        return Done(f"on mains, charge {seen['charge']}%" + (f" after {waited:.0f} s" if waited > 1 else ""))
 
     def _ssh_answers(node: str) -> bool:
         n = next(x for x in config.cluster.nodes if x.name == node)
@@ -114,15 +139,16 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         except OSError:
             return False
 
-    async def wake(step: Step) -> dict[str, Any]:
+    async def wake(step: Step) -> Woken:
         if await asyncio.to_thread(_ssh_answers, step.target):
-            return {"detail": "already up"}
-        if step.params["method"] == "wol":
-            if not step.params.get("mac"):
+            return Woken(False, "already up")
+        params = step.params_as(WakeParams)
+        if params.method is Wake.wol:
+            if not params.mac:
                 raise StepFailed(f"{step.target} has no wake_mac: cannot send Wake-on-LAN")
-            await asyncio.to_thread(wol.send_magic_packet, step.params["mac"])
-            return {"woken": True, "detail": f"Wake-on-LAN to {step.params['mac']}"}
-        argv = [str(a) for a in step.params["argv"]]
+            await asyncio.to_thread(wol.send_magic_packet, params.mac)
+            return Woken(True, f"Wake-on-LAN to {params.mac}")
+        argv = list(params.argv)
         if not argv:
             raise StepFailed("startup.wake is 'command' but startup.wake_command is empty")
         try:
@@ -132,49 +158,51 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             raise StepFailed(f"{argv[0]}: {err}") from err
         if done.returncode != 0:
             raise StepFailed(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-200:]}")
-        return {"woken": True, "detail": f"ran {argv[0]}"}
+        return Woken(True, f"ran {argv[0]}")
 
-    async def start_service(step: Step) -> dict[str, Any]:
-        unit, timeout = step.params["unit"], float(step.params["command_timeout_s"])
-        deadline = time.monotonic() + float(step.params["boot_timeout_s"])
+    async def start_service(step: Step) -> ServiceStarted:
+        params = step.params_as(StartServiceParams)
+        unit, timeout = params.unit, params.command_timeout_s
+        deadline = time.monotonic() + params.boot_timeout_s
         while True:  # the node may still be booting: its sshd answers when it is up
             try:
                 active = await conn.command(step.target, f"systemctl is-active {unit}", timeout)
                 if active.exit_code == 0:
-                    return {"detail": f"{unit} already running"}
+                    return ServiceStarted(unit, started=False)
                 # --no-block: a k3s server with embedded etcd reports started only once etcd has a quorum,
                 # which needs the other servers: waiting here would deadlock the first one. wait-api waits.
                 await conn.checked(step.target, f"systemctl start --no-block {unit}", timeout)
-                return {"started": True, "detail": f"started {unit}"}
+                return ServiceStarted(unit, started=True)
             except StepFailed as err:
                 if not err.transient or time.monotonic() >= deadline:
-                    raise StepFailed(f"{err} (node not reachable within {step.params['boot_timeout_s']:g} s)"
+                    raise StepFailed(f"{err} (node not reachable within {params.boot_timeout_s:g} s)"
                                      if err.transient else str(err)) from err
             await asyncio.sleep(POLL_S)
 
-    async def wait_api(step: Step) -> dict[str, Any]:
+    async def wait_api(step: Step) -> Done:
         started = time.monotonic()
-        version = await _until(started + float(step.params["timeout_s"]), kube.server_version,
-                               what=f"the API did not answer within {step.params['timeout_s']:g} s")
-        return {"detail": f"{version} after {time.monotonic() - started:.1f} s"}
+        timeout = step.params_as(WaitParams).timeout_s
+        version = await _until(started + timeout, kube.server_version,
+                               what=f"the API did not answer within {timeout:g} s")
+        return Done(f"{version} after {time.monotonic() - started:.1f} s")
 
-    async def wait_node(step: Step) -> dict[str, Any]:
+    async def wait_node(step: Step) -> Done:
         started = time.monotonic()
 
         async def ready() -> bool:
             return (await kube.nodes_ready()).get(step.target, False)
 
-        await _until(started + float(step.params["timeout_s"]), ready,
-                     what=f"not Ready after {step.params['timeout_s']:g} s")
-        return {"detail": f"Ready after {time.monotonic() - started:.1f} s"}
+        timeout = step.params_as(WaitParams).timeout_s
+        await _until(started + timeout, ready, what=f"not Ready after {timeout:g} s")
+        return Done(f"Ready after {time.monotonic() - started:.1f} s")
 
-    async def uncordon(step: Step) -> dict[str, Any]:
+    async def uncordon(step: Step) -> Uncordoned:
         nodes: list[str] = await _api(step, "uncordon", kube.cordoned_by_hecate)
-        data: dict[str, Any] = {"uncordoned": []}
+        done: list[str] = []
         for node in nodes:
-            await _api(step, f"uncordon {node}", functools.partial(kube.uncordon, node), data)
-            data["uncordoned"].append(node)
-        return {**data, "detail": f"uncordoned {', '.join(nodes)}" if nodes else ""}
+            await _api(step, f"uncordon {node}", functools.partial(kube.uncordon, node), Uncordoned(tuple(done)))
+            done.append(node)
+        return Uncordoned(tuple(done))
 
     async def apply_cache(manifests_dir: str) -> dict[str, Any]:
         try:
@@ -186,71 +214,75 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         result: dict[str, Any] = await kube.apply_missing(objects)
         return result
 
-    async def wait_workload(step: Step) -> dict[str, Any]:
+    async def wait_workload(step: Step) -> WorkloadRecovery:
         ref = kube_mod.config_ref(step.target)
+        params = step.params_as(WorkloadParams)
         started = time.monotonic()
-        deadline = started + float(step.params["timeout_s"])
-        recover_at = started + float(step.params["recovery_after_s"])
-        data: dict[str, Any] = {"restarted": [], "applied": []}
+        deadline = started + params.timeout_s
+        recover_at = started + params.recovery_after_s
+        restarted: list[str] = []
+        applied: list[str] = []
         state: dict[str, Any] = {}
         while True:
             try:
                 state = await kube.workload(ref)
                 if state["available"]:
-                    waited = time.monotonic() - started
-                    notes = [f"available after {waited:.1f} s"] if waited > 1 else []
-                    if data["restarted"]:
-                        notes.append(f"restarted {', '.join(data['restarted'])}")
-                    if data["applied"]:
-                        notes.append(f"created from the cache: {', '.join(data['applied'])}")
-                    return {**data, "detail": "; ".join(notes)}
+                    return WorkloadRecovery(tuple(restarted), tuple(applied), time.monotonic() - started)
                 if not state["exists"] or time.monotonic() >= recover_at:
-                    applied = await apply_cache(step.params.get("manifests_dir", ""))
-                    data["applied"] += applied["created"]
+                    applied += (await apply_cache(params.manifests_dir))["created"]
                     if state["exists"]:
-                        data["restarted"] += await kube.restart_unready_pods(ref)
-                    recover_at = time.monotonic() + float(step.params["recovery_after_s"])
+                        restarted += await kube.restart_unready_pods(ref)
+                    recover_at = time.monotonic() + params.recovery_after_s
             except kube_mod.ApiUnavailable:
                 pass
             except kube_mod.KubeError as err:
-                raise StepFailed(str(err), data=data) from err
+                raise StepFailed(str(err), result=WorkloadRecovery(tuple(restarted), tuple(applied))) from err
             if time.monotonic() >= deadline:
-                raise StepFailed(f"not available after {step.params['timeout_s']:g} s "
-                                 f"({state.get('detail', 'API unreachable')})", data=data)
+                raise StepFailed(f"not available after {params.timeout_s:g} s "
+                                 f"({state.get('detail', 'API unreachable')})",
+                                 result=WorkloadRecovery(tuple(restarted), tuple(applied)))
             await asyncio.sleep(POLL_S)
 
-    async def flux_resume(step: Step) -> dict[str, Any]:
+    async def flux_resume(step: Step) -> FluxResumed:
         status = await _api(step, "flux-resume", kube.flux_status)
         ours = sorted(ref for ref, s in status.items() if s["suspended"] and s["ours"])
-        data: dict[str, Any] = {"resumed": []}
+        resumed: list[str] = []
         for ref in ours:
-            data["resumed"] += await _api(step, f"resume {ref}", functools.partial(kube.flux_resume, [ref],
-                                                                                   reconcile=True), data)
-        resumed = data["resumed"]
-        data["cleared_marks"] = await _api(step, "clear stale marks", kube.clear_stale_marks, data)
-        branch = step.params.get("force_branch")
-        if branch:
-            previous = await _api(step, "force branch",
-                                  functools.partial(kube.set_git_branch, flux.namespace, flux.git_repository, branch),
-                                  data)
-            data["branch"] = {"from": previous, "to": branch}
-        notes = [f"resumed {len(resumed)}"] + ([f"GitRepository branch {data['branch']['from']} -> {branch}"]
-                                                if branch and data["branch"]["from"] != branch else [])
-        if data["cleared_marks"]:
-            notes.append(f"cleared Hecate's stale marks on {', '.join(data['cleared_marks'])}")
-        return {**data, "detail": ", ".join(notes)}
+            resumed += await _api(step, f"resume {ref}", functools.partial(kube.flux_resume, [ref], reconcile=True),
+                                  FluxResumed(tuple(resumed)))
+        cleared = tuple(await _api(step, "clear stale marks", kube.clear_stale_marks, FluxResumed(tuple(resumed))))
+        branch = step.params_as(FluxResumeParams).force_branch
+        if not branch:
+            return FluxResumed(tuple(resumed), cleared)
+        previous = await _api(step, "force branch",
+                              functools.partial(kube.set_git_branch, flux.namespace, flux.git_repository, branch),
+                              FluxResumed(tuple(resumed), cleared))
+        return FluxResumed(tuple(resumed), cleared, BranchChange(previous, branch))
 
-    async def flux_bootstrap(step: Step) -> dict[str, Any]:
+    async def flux_bootstrap(step: Step) -> FluxBootstrapped:
         namespace, name = step.target.split("/", 1)
         repo_ref = f"GitRepository/{namespace}/{name}"
-        gitea = kube_mod.config_ref(step.params["gitea_workload"])
-        window, ready_timeout = float(step.params["detection_window_s"]), float(step.params["ready_timeout_s"])
+        params = step.params_as(FluxBootstrapParams)
+        gitea = kube_mod.config_ref(params.gitea_workload)
+        window, ready_timeout = params.detection_window_s, params.ready_timeout_s
         started = time.monotonic()
         deadline = started + window + ready_timeout
         stuck_since: float | None = None
         requested = False
-        data: dict[str, Any] = {"deadlock": False, "fallback": False, "applied": []}
+        so_far = FluxBootstrapped()
         last = "API unreachable"
+
+        async def break_deadlock() -> None:
+            nonlocal so_far
+            cached = await apply_cache(params.manifests_dir)
+            so_far = replace(so_far, fallback=True, applied=tuple(cached["created"]), apply_failed=cached["failed"])
+            if cached.get("empty"):
+                log.warning("the bootstrap cache %s is empty: nothing to apply", flux.fallback_manifests_dir)
+            if params.branch:
+                previous = await kube.set_git_branch(namespace, name, params.branch)
+                so_far = replace(so_far, branch=BranchChange(previous, params.branch))
+            await _request_reconcile(repo_ref)
+
         while True:
             now = time.monotonic()
             try:
@@ -266,10 +298,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                     waiting = sorted(r for r, s in status.items() if r.startswith("Kustomization/")
                                      and not s["suspended"] and not (s["ready"] and s["fresh"]))
                     if not waiting:
-                        notes = [f"Flux Ready after {now - started:.1f} s"]
-                        if data["fallback"]:
-                            notes.append(f"deadlock broken: created {', '.join(data['applied']) or 'nothing'}")
-                        return {**data, "detail": "; ".join(notes)}
+                        return replace(so_far, ready_after_s=now - started)
                     last = f"waiting for {', '.join(waiting)}"
                     stuck_since = None
                 else:
@@ -281,55 +310,46 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                         stuck_since = None
                     else:
                         stuck_since = stuck_since if stuck_since is not None else now
-                        if now - stuck_since >= window and not data["deadlock"]:
-                            data["deadlock"] = True
+                        if now - stuck_since >= window and not so_far.deadlock:
+                            so_far = replace(so_far, deadlock=True)
                             log.warning("Flux/Gitea deadlock: %s for %.0f s", last, now - stuck_since)
-                            if step.params["fallback"]:
-                                await _break(data, namespace, name, step.params.get("branch"),
-                                             step.params.get("manifests_dir", ""))
+                            if params.fallback:
+                                await break_deadlock()
                                 # the plan gives this step window + 2 x ready_timeout: this fits in it
                                 deadline = max(deadline, time.monotonic() + ready_timeout)
             except kube_mod.ApiUnavailable as err:
                 last = f"API unreachable: {err}"
             except kube_mod.KubeError as err:
-                raise StepFailed(str(err), data=data) from err
+                raise StepFailed(str(err), result=so_far) from err
             if time.monotonic() >= deadline:
                 why = ("deadlocked and the fallback is off (flux.bootstrap_fallback: false)"
-                       if data["deadlock"] and not step.params["fallback"] else "not Ready")
-                if data["fallback"] and not data["applied"]:
-                    why += (f"; the fallback created nothing (the cache in {step.params.get('manifests_dir')} "
+                       if so_far.deadlock and not params.fallback else "not Ready")
+                if so_far.fallback and not so_far.applied:
+                    why += (f"; the fallback created nothing (the cache in {params.manifests_dir} "
                             "is empty or everything in it exists)")
-                raise StepFailed(f"Flux {why} after {time.monotonic() - started:.0f} s: {last}", data=data)
+                raise StepFailed(f"Flux {why} after {time.monotonic() - started:.0f} s: {last}", result=so_far)
             await asyncio.sleep(POLL_S)
 
     async def _request_reconcile(repo_ref: str) -> None:
         status = await kube.flux_status()
         await kube.request_reconcile([repo_ref, *sorted(r for r, s in status.items() if not s["suspended"])])
 
-    async def _break(data: dict[str, Any], namespace: str, name: str, branch: str | None, manifests_dir: str) -> None:
-        applied = await apply_cache(manifests_dir)
-        data.update(fallback=True, applied=applied["created"], apply_failed=applied["failed"])
-        if applied.get("empty"):
-            log.warning("the bootstrap cache %s is empty: nothing to apply", flux.fallback_manifests_dir)
-        if branch:
-            data["branch"] = {"from": await kube.set_git_branch(namespace, name, branch), "to": branch}
-        await _request_reconcile(f"GitRepository/{namespace}/{name}")
+    async def restore(step: Step) -> Restored:
+        tier = step.params_as(ScaleParams)
+        restored = await _api(step, "restore", functools.partial(kube.restore_replicas, tier.selector,
+                                                                 tier.namespace))
+        return Restored(restored)
 
-    async def restore(step: Step) -> dict[str, Any]:
-        restored = await _api(step, "restore", functools.partial(kube.restore_replicas, step.params["selector"],
-                                                                 step.params["namespace"]))
-        return {"restored": restored,
-                "detail": ", ".join(f"{r} -> {n}" for r, n in sorted(restored.items()))}
-
-    async def verify(step: Step) -> dict[str, Any]:
-        namespace, name = step.params["git_repository"].split("/", 1)
+    async def verify(step: Step) -> Done:
+        params = step.params_as(VerifyParams)
+        namespace, name = params.git_repository.split("/", 1)
         problems: list[str] = []
 
         async def converged() -> bool:
             problems.clear()
             ready = await kube.nodes_ready()
-            problems.extend(f"node {n} not Ready" for n in step.params["nodes"] if not ready.get(n))
-            for ref in step.params["foundation"]:
+            problems.extend(f"node {n} not Ready" for n in params.nodes if not ready.get(n))
+            for ref in params.foundation:
                 state = await kube.workload(kube_mod.config_ref(ref))
                 if not state["available"]:
                     problems.append(f"{ref} {state['detail']}")
@@ -350,13 +370,13 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             return not problems
 
         try:
-            await _until(time.monotonic() + float(step.params["timeout_s"]), converged,
-                         what=f"not converged after {step.params['timeout_s']:g} s")
+            await _until(time.monotonic() + params.timeout_s, converged,
+                         what=f"not converged after {params.timeout_s:g} s")
         except StepFailed as err:
             raise StepFailed(f"{err}: {'; '.join(problems)}") from err
         except kube_mod.KubeError as err:
             raise StepFailed(str(err)) from err
-        return {"detail": "nodes Ready, Flux Ready, foundation available"}
+        return Done("nodes Ready, Flux Ready, foundation available")
 
     return {
         Action.preflight: preflight, Action.wake: wake, Action.start_service: start_service,
@@ -379,6 +399,6 @@ async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress,
         on_battery = [s.ups for s in snapshots if s.on_battery]
         return f"UPS {', '.join(on_battery)} on battery again" if on_battery else None
 
-    async with remote.connected(config, config.startup.parallelism, kube_cooldown=KUBE_COOLDOWN_S) as conn:
+    async with remote.connected(config, plan.node_parallelism, kube_cooldown=KUBE_COOLDOWN_S) as conn:
         executor = Executor(StateStore(config.state_dir), actions(config, conn), progress)
         return await executor.run_or_resume(plan, trigger, interrupt=power_failed_again if protecting else None)
