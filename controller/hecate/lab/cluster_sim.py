@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hecate.domain.kubeobjects import WORKLOAD_KINDS, format_ref
+
 # -- annotations the rules read ---------------------------------------------------------------
 
 LOST_ON_COLD_START = "lab.hecate.io/lost-on-cold-start"
@@ -52,7 +54,6 @@ RENDERS = "lab.hecate.io/renders"
 REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 """Flux's "reconcile now" annotation; a handled request is echoed in ``status.lastHandledReconcileAt``."""
 
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 _KIND_BY_LOWER = {k.lower(): k for k in WORKLOAD_KINDS}
 
 ObjRef = tuple[str, str | None, str]
@@ -155,9 +156,9 @@ def ref_of(obj: Mapping[str, Any]) -> ObjRef:
 
 
 def ref_text(ref: ObjRef) -> str:
-    """``Kind/namespace/name`` (``Kind/name`` for cluster objects), as Hecate's refs read."""
+    """``namespace/kind/name`` (``/kind/name`` for cluster objects), as Hecate's refs read."""
     kind, namespace, name = ref
-    return f"{kind}/{namespace}/{name}" if namespace else f"{kind}/{name}"
+    return format_ref(namespace, kind, name)
 
 
 def is_true(value: object) -> bool:

@@ -42,6 +42,7 @@ from typing import Any
 
 from hecate.adapters import kube as kube_mod
 from hecate.adapters.store import StateStore, new_run_id
+from hecate.domain import kubeobjects
 from hecate.domain.config import WORKLOAD_KINDS, HecateConfig, NodeRole
 from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
 from hecate.services import bootstrap_cache
@@ -80,7 +81,7 @@ class Drill:
 
 
 def deletes(config: HecateConfig, name: str) -> list[str]:
-    """The workloads a drill deletes (``Kind/namespace/name``).
+    """The workloads a drill deletes (``namespace/kind/name``).
 
     ``flux-gitea-deadlock``: the workloads of ``flux.bootstrap_objects`` that are not foundation
     workloads (those are ``foundation-recovery``'s: the foundation stage would re-create them
@@ -88,9 +89,9 @@ def deletes(config: HecateConfig, name: str) -> list[str]:
     """
     cached = [r for r in config.flux.bootstrap_objects if r.split("/")[1].lower() in WORKLOAD_KINDS]
     if name == "flux-gitea-deadlock":
-        return [kube_mod.config_ref(r) for r in cached if r not in config.startup.foundation]
+        return [kubeobjects.canonical_ref(r) for r in cached if r not in config.startup.foundation]
     if name == "foundation-recovery":
-        return [kube_mod.config_ref(r) for r in config.startup.foundation if r in cached]
+        return [kubeobjects.canonical_ref(r) for r in config.startup.foundation if r in cached]
     return []
 
 
@@ -208,7 +209,7 @@ async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]
         raise DrillRefused(f"GitRepository {flux.namespace}/{flux.git_repository} is not Ready before the drill: "
                            f"{repo['message']} -- drills start from a healthy cluster")
     refreshed = await bootstrap_cache.refresh(config, kube)
-    cached = {kube_mod.object_ref(o) for o in bootstrap_cache.load(flux.fallback_manifests_dir)}
+    cached = {kubeobjects.object_ref(o) for o in bootstrap_cache.load(flux.fallback_manifests_dir)}
     status = await kube.flux_status()
     replicas: dict[str, int] = {}
     for tier in config.shutdown.scale_down:
@@ -287,7 +288,7 @@ async def _checks(config: HecateConfig, kube: kube_mod.Kube, name: str, before: 
     if name == "flux-gitea-deadlock":
         checks.append(Check("startup detected and broke the deadlock", bool(record.changes.get("deadlock")),
                             f"created {record.changes.get('created')}"))
-        gitea = await kube.workload(kube_mod.config_ref(flux.gitea_workload))
+        gitea = await kube.workload(kubeobjects.canonical_ref(flux.gitea_workload))
         checks.append(Check(f"{flux.gitea_workload} available", gitea["available"], gitea["detail"]))
     for ref in deletes(config, name):
         state = await kube.workload(ref)

@@ -33,6 +33,7 @@ from typing import Any
 from hecate.adapters import kube as kube_mod
 from hecate.adapters import nut, wol
 from hecate.adapters.store import StateStore
+from hecate.domain import kubeobjects
 from hecate.domain.config import HecateConfig
 from hecate.domain.plan import Action, Step, startup_plan
 from hecate.domain.runs import RunRecord
@@ -187,7 +188,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         return result
 
     async def wait_workload(step: Step) -> dict[str, Any]:
-        ref = kube_mod.config_ref(step.target)
+        ref = kubeobjects.canonical_ref(step.target)
         started = time.monotonic()
         deadline = started + float(step.params["timeout_s"])
         recover_at = started + float(step.params["recovery_after_s"])
@@ -242,8 +243,8 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
 
     async def flux_bootstrap(step: Step) -> dict[str, Any]:
         namespace, name = step.target.split("/", 1)
-        repo_ref = f"GitRepository/{namespace}/{name}"
-        gitea = kube_mod.config_ref(step.params["gitea_workload"])
+        repo_ref = kubeobjects.format_ref(namespace, kubeobjects.GIT_REPOSITORY, name)
+        gitea = kubeobjects.canonical_ref(step.params["gitea_workload"])
         window, ready_timeout = float(step.params["detection_window_s"]), float(step.params["ready_timeout_s"])
         started = time.monotonic()
         deadline = started + window + ready_timeout
@@ -263,7 +264,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                 fresh = repo["handled_at"] is not None and repo["handled_at"] == repo["requested_at"]
                 if repo["ready"] and fresh:
                     status = await kube.flux_status()
-                    waiting = sorted(r for r, s in status.items() if r.startswith("Kustomization/")
+                    waiting = sorted(r for r, s in status.items() if kubeobjects.parse_ref(r)[1] == "Kustomization"
                                      and not s["suspended"] and not (s["ready"] and s["fresh"]))
                     if not waiting:
                         notes = [f"Flux Ready after {now - started:.1f} s"]
@@ -313,7 +314,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             log.warning("the bootstrap cache %s is empty: nothing to apply", flux.fallback_manifests_dir)
         if branch:
             data["branch"] = {"from": await kube.set_git_branch(namespace, name, branch), "to": branch}
-        await _request_reconcile(f"GitRepository/{namespace}/{name}")
+        await _request_reconcile(kubeobjects.format_ref(namespace, kubeobjects.GIT_REPOSITORY, name))
 
     async def restore(step: Step) -> dict[str, Any]:
         restored = await _api(step, "restore", functools.partial(kube.restore_replicas, step.params["selector"],
@@ -330,7 +331,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             ready = await kube.nodes_ready()
             problems.extend(f"node {n} not Ready" for n in step.params["nodes"] if not ready.get(n))
             for ref in step.params["foundation"]:
-                state = await kube.workload(kube_mod.config_ref(ref))
+                state = await kube.workload(kubeobjects.canonical_ref(ref))
                 if not state["available"]:
                     problems.append(f"{ref} {state['detail']}")
             try:
