@@ -27,6 +27,7 @@ from hecate.adapters import kube as kube_mod
 from hecate.adapters.store import atomic_write
 from hecate.domain import kubeobjects
 from hecate.domain.config import HecateConfig
+from hecate.services import ports
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def load(directory: Path) -> list[dict[str, Any]]:
     return sorted(objects, key=lambda o: o["kind"] != "Namespace")
 
 
-async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
+async def refresh(config: HecateConfig, kube: ports.CacheSource) -> dict[str, Any]:
     """Export ``flux.bootstrap_objects`` into the snapshot file if the GitRepository is Ready.
 
     Returns ``{"written": bool, "objects": n, "missing": [refs not found], "reason": str}``;

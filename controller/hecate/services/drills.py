@@ -45,7 +45,7 @@ from hecate.adapters.store import StateStore, new_run_id
 from hecate.domain import kubeobjects
 from hecate.domain.config import WORKLOAD_KINDS, HecateConfig, NodeRole
 from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
-from hecate.services import bootstrap_cache
+from hecate.services import bootstrap_cache, ports
 from hecate.services import startup as startup_mod
 from hecate.services.executor import Progress
 
@@ -174,7 +174,7 @@ class _Undo:
     scaled: dict[str, int] = field(default_factory=dict)
     cordoned: list[str] = field(default_factory=list)
 
-    async def run(self, kube: kube_mod.Kube) -> list[str]:
+    async def run(self, kube: ports.Cluster) -> list[str]:
         """Best effort: every part is tried; what failed is reported, not raised."""
         done: list[str] = []
 
@@ -201,7 +201,7 @@ class _Undo:
 # -- before, break, after -------------------------------------------------------------------
 
 
-async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
+async def _snapshot(config: HecateConfig, kube: ports.Cluster) -> dict[str, Any]:
     """What the drill compares against after the startup; refuses an unhealthy starting point."""
     flux = config.flux
     repo = await kube.git_repository(flux.namespace, flux.git_repository)
@@ -219,7 +219,7 @@ async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]
             "user_suspended": sorted(r for r, s in status.items() if s["suspended"] and not s["ours"])}
 
 
-async def _break(config: HecateConfig, kube: kube_mod.Kube, name: str, before: dict[str, Any],
+async def _break(config: HecateConfig, kube: ports.Cluster, name: str, before: dict[str, Any],
                  undo: _Undo) -> None:
     """Break the cluster, recording in ``undo`` each part as soon as it is broken."""
     if name in ("flux-gitea-deadlock", "foundation-recovery"):
@@ -252,7 +252,7 @@ async def _break(config: HecateConfig, kube: kube_mod.Kube, name: str, before: d
             undo.cordoned.append(node)
 
 
-async def _suspend(kube: kube_mod.Kube) -> list[str]:
+async def _suspend(kube: ports.FluxControl) -> list[str]:
     try:
         return (await kube.flux_suspend())["suspended"]
     except kube_mod.KubeError as err:
@@ -260,7 +260,7 @@ async def _suspend(kube: kube_mod.Kube) -> list[str]:
         raise DrillBroke(partial.get("suspended", []), err) from err
 
 
-async def _until_not_ready(config: HecateConfig, kube: kube_mod.Kube) -> None:
+async def _until_not_ready(config: HecateConfig, kube: ports.FluxControl) -> None:
     deadline = time.monotonic() + BREAK_SETTLE_S
     while time.monotonic() < deadline:
         if not (await kube.git_repository(config.flux.namespace, config.flux.git_repository))["ready"]:
@@ -268,7 +268,7 @@ async def _until_not_ready(config: HecateConfig, kube: kube_mod.Kube) -> None:
         await asyncio.sleep(0.5)
 
 
-async def _checks(config: HecateConfig, kube: kube_mod.Kube, name: str, before: dict[str, Any],
+async def _checks(config: HecateConfig, kube: ports.Cluster, name: str, before: dict[str, Any],
                   record: RunRecord) -> list[Check]:
     flux = config.flux
     not_ok = [f"{s.name}: {s.detail}" for s in record.stages if s.result is not RunResult.success]

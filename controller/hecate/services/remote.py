@@ -17,11 +17,12 @@ from typing import Any
 from hecate.adapters import kube as kube_mod
 from hecate.adapters import ssh
 from hecate.domain.config import HecateConfig
+from hecate.services import ports
 from hecate.services.executor import Skipped, StepFailed
 
 
 class Remote:
-    def __init__(self, pool: ssh.SshPool, kube: kube_mod.Kube) -> None:
+    def __init__(self, pool: ssh.SshPool, kube: ports.Cluster) -> None:
         self.pool = pool
         self.kube = kube
 

@@ -21,7 +21,8 @@ One module per concern, each a class over one shared :class:`~.transport.Transpo
 What an object is, how it is named and what is read off it is pure and lives in
 :mod:`hecate.domain.kubeobjects`: references are ``namespace/kind/name``
 (``apps/deployment/web``, ``flux-system/kustomization/apps``, ``/node/a1``); pods in drain
-results are ``namespace/name``.
+results are ``namespace/name``. The services see this client through the narrow protocols of
+:mod:`hecate.services.ports`.
 
 The operations over many objects (:meth:`Kube.flux_suspend`, :meth:`Kube.scale_down`,
 :meth:`Kube.drain`) are best effort: one object's refusal does not stop the others, and
