@@ -16,7 +16,8 @@ One module per concern, each a class over one shared :class:`~.transport.Transpo
 - ``flux``: suspend, resume, status, the GitRepository, reconcile requests;
 - ``workloads``: scale down and back, availability, restarting stuck pods;
 - ``nodes``: readiness, cordon, drain, uncordon, volume attachments;
-- ``objects``: get, export, create-if-missing and delete by reference (the bootstrap cache).
+- ``objects``: get, export, create-if-missing and delete by reference (the bootstrap cache);
+- ``powerpolicy``: the operator's PowerPolicy calls and kopf's credentials.
 
 What an object is, how it is named and what is read off it is pure and lives in
 :mod:`hecate.domain.kubeobjects`: references are ``namespace/kind/name``
