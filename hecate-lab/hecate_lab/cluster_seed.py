@@ -55,7 +55,7 @@ Gitea, and the HelmRelease that would re-create valkey needs that GitRepository 
 Flux/Gitea bootstrap deadlock.
 
 The returned :class:`Seeded` names them in the refs Hecate's kube adapter uses
-(``Kind/namespace/name`` for workloads and Flux objects, ``namespace/name`` for pods).
+(``namespace/kind/name`` for workloads and Flux objects, ``namespace/name`` for pods).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hecate.domain.kubeobjects import FLUX_KINDS, KINDS, SCALABLE_KINDS, format_ref
 from hecate_lab.cluster_sim import BRANCHES, DEPENDS_ON, LOST_ON_COLD_START, RENDERS, SERVED_BY
 from hecate_lab.kubeapi import LabKubeApiError, api_url
 
@@ -90,7 +91,7 @@ class Workload:
 
     @property
     def ref(self) -> str:
-        return f"{self.kind}/{self.namespace}/{self.name}"
+        return format_ref(self.namespace, self.kind, self.name)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -116,8 +117,8 @@ NAMESPACES = ("apps", "data", "gitea", "flux-system", "kube-system")
 DAEMONSET = ("kube-system", "svclb-traefik")
 BLOCKING_PDB = ("gitea", "gitea-postgresql")
 BLOCKED_POD = "gitea/gitea-postgresql-0"
-GIT_REPOSITORY = "GitRepository/flux-system/flux-system"
-VALKEY_RELEASE = "HelmRelease/gitea/gitea-valkey"
+GIT_REPOSITORY = format_ref("flux-system", "GitRepository", "flux-system")
+VALKEY_RELEASE = format_ref("gitea", "HelmRelease", "gitea-valkey")
 GITEA_URL = "http://gitea-http.gitea.svc.cluster.local:3000/ops/fleet.git"
 WAIT_S = 30.0
 """How long :func:`seed_workloads` waits for the cluster to become healthy."""
@@ -127,7 +128,7 @@ WAIT_S = 30.0
 class Seeded:
     """What :func:`seed_workloads` put in the cluster, by ref."""
 
-    workloads: dict[str, int] = field(default_factory=dict)  # "Deployment/apps/web" -> replicas
+    workloads: dict[str, int] = field(default_factory=dict)  # "apps/deployment/web" -> replicas
     pods_by_node: dict[str, list[str]] = field(default_factory=dict)  # node -> ["apps/web-...", ...], sorted
     daemonset_pods: dict[str, str] = field(default_factory=dict)  # node -> "kube-system/svclb-traefik-..."
     blocked_pod: str = BLOCKED_POD  # the pod the PDB protects
@@ -137,7 +138,7 @@ class Seeded:
     foundation: list[str] = field(default_factory=list)  # the foundation tier's workloads (never scaled down)
     git_repository: str = GIT_REPOSITORY  # what Flux clones from Gitea
     gitea: str = GITEA.ref  # the workload serving it
-    helm_rendered: dict[str, str] = field(default_factory=dict)  # "Deployment/gitea/gitea-valkey" -> its HelmRelease
+    helm_rendered: dict[str, str] = field(default_factory=dict)  # "gitea/deployment/gitea-valkey" -> its HelmRelease
     lost_on_cold_start: list[str] = field(default_factory=list)  # what a cold start deletes
 
     def workloads_with_tier(self, tier: str) -> dict[str, int]:
@@ -288,21 +289,19 @@ def _unhealthy(api: LabApi, nodes: list[str], flux: list[str]) -> list[str]:
     """What is not healthy yet: seeded workloads not available, Flux objects not Ready, DaemonSet pods missing."""
     waiting: list[str] = []
     found: dict[str, dict[str, Any]] = {}
-    for plural, kind in (("deployments", "Deployment"), ("statefulsets", "StatefulSet")):
-        for obj in api.items(f"/apis/apps/v1/{plural}"):
-            found[f"{kind}/{obj['metadata']['namespace']}/{obj['metadata']['name']}"] = obj
+    for kind in SCALABLE_KINDS:
+        for obj in api.items(f"/apis/{KINDS[kind].api_version}/{KINDS[kind].plural}"):
+            found[format_ref(obj["metadata"]["namespace"], kind, obj["metadata"]["name"])] = obj
     waiting += [w.ref for w in WORKLOADS if w.ref not in found or not _available(found[w.ref])]
-    for api_version, plural, kind in (("source.toolkit.fluxcd.io/v1", "gitrepositories", "GitRepository"),
-                                      ("kustomize.toolkit.fluxcd.io/v1", "kustomizations", "Kustomization"),
-                                      ("helm.toolkit.fluxcd.io/v2", "helmreleases", "HelmRelease")):
-        for obj in api.items(f"/apis/{api_version}/{plural}"):
-            ref = f"{kind}/{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+    for kind in ("GitRepository", *FLUX_KINDS):
+        for obj in api.items(f"/apis/{KINDS[kind].api_version}/{KINDS[kind].plural}"):
+            ref = format_ref(obj["metadata"]["namespace"], kind, obj["metadata"]["name"])
             if ref in flux and not _ready(obj):
                 waiting.append(ref)
     ds_ns, ds_name = DAEMONSET
     placed = {p.get("spec", {}).get("nodeName") for p in api.items(f"/api/v1/namespaces/{ds_ns}/pods")
               if p["metadata"]["name"].startswith(f"{ds_name}-")}
-    waiting += [f"DaemonSet/{ds_ns}/{ds_name} on {n}" for n in nodes if n not in placed]
+    waiting += [f"{format_ref(ds_ns, 'DaemonSet', ds_name)} on {n}" for n in nodes if n not in placed]
     return waiting
 
 
@@ -345,8 +344,8 @@ def seed_workloads(kubeconfig: str | os.PathLike[str] | None = None, *, url: str
         api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
     for w in WORKLOADS:
-        plural = "deployments" if w.kind == "Deployment" else "statefulsets"
-        api.create(_collection("apps/v1", plural, w.namespace), workload_object(w, pin_to))
+        kind = KINDS[w.kind]
+        api.create(_collection(kind.api_version, kind.plural, w.namespace), workload_object(w, pin_to))
         seeded.workloads[w.ref] = w.replicas
         if w.tier == "foundation":
             seeded.foundation.append(w.ref)
@@ -383,7 +382,7 @@ def seed_workloads(kubeconfig: str | os.PathLike[str] | None = None, *, url: str
     healthy_flux: list[str] = []
     for api_version, plural, obj in _flux_objects():
         meta = obj["metadata"]
-        ref = f"{obj['kind']}/{meta['namespace']}/{meta['name']}"
+        ref = format_ref(meta["namespace"], obj["kind"], meta["name"])
         user_suspended = (meta["namespace"], meta["name"]) == USER_SUSPENDED
         if user_suspended and wait is None:
             obj = {**obj, "spec": {**obj["spec"], "suspend": True}}

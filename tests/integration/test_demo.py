@@ -40,7 +40,7 @@ def test_demo_script_runs_the_lab_and_tears_it_down(tmp_path: Path) -> None:
     assert set(units[:3]) == {"k3s"}
     assert set(units[3:]) == {"k3s-agent"}
     assert any(who == "cold-start" and "gitea-valkey" in what for _, who, what in after)
-    assert "deadlock broken: created Deployment/gitea/gitea-valkey" in out
+    assert "deadlock broken: created gitea/deployment/gitea-valkey" in out
     assert "startup recorded: success" in out
     assert "is down" in proc.stdout
     assert not (directory / MANIFEST).exists()

@@ -37,8 +37,8 @@ def test_drills_on_the_lab(bare_lab: Lab) -> None:
         # Dry-run: names what it would break, touches nothing, records nothing.
         dry = run(drills.run(config, "flux-gitea-deadlock", JsonLines(), execute=False))
         assert not dry.executed
-        assert "delete Deployment/gitea/gitea-valkey" in dry.breaks
-        assert run(kube.get_object("Deployment/gitea/gitea-valkey")) is not None
+        assert "delete gitea/deployment/gitea-valkey" in dry.breaks
+        assert run(kube.get_object("gitea/deployment/gitea-valkey")) is not None
         assert not (lab.state_dir / "runs.json").exists()
 
         for name in ("flux-gitea-deadlock", "reconciliation-resume"):
@@ -60,8 +60,8 @@ def test_drills_on_the_lab(bare_lab: Lab) -> None:
         assert not failed.passed
         assert not next(c for c in failed.checks if c.name == "startup detected and broke the deadlock").ok or \
             not next(c for c in failed.checks if c.name.startswith("GitRepository")).ok
-        assert "created Deployment/gitea/gitea-valkey" in failed.restored
-        assert run(kube.get_object("Deployment/gitea/gitea-valkey")) is not None
+        assert "created gitea/deployment/gitea-valkey" in failed.restored
+        assert run(kube.get_object("gitea/deployment/gitea-valkey")) is not None
         assert json.loads((lab.state_dir / "runs.json").read_text())[-1]["result"] == "failed"
         deadline = time.monotonic() + 20
         while not run(kube.git_repository("flux-system", "flux-system"))["ready"]:  # the restore heals it
@@ -70,7 +70,7 @@ def test_drills_on_the_lab(bare_lab: Lab) -> None:
 
         # A drill that would delete what the cache does not hold refuses before breaking anything.
         data["flux"] = {**data["flux"], "bootstrap_objects": ["gitea/deployment/absent"]}
-        with pytest.raises(drills.DrillRefused, match="lacks Deployment/gitea/absent"):
+        with pytest.raises(drills.DrillRefused, match="lacks gitea/deployment/absent"):
             run(drills.run(HecateConfig.model_validate(data), "flux-gitea-deadlock", JsonLines(), execute=True))
         status = run(kube.flux_status())
         assert not any(s["ours"] for s in status.values())  # Flux was not suspended

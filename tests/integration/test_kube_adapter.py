@@ -1,10 +1,11 @@
 """hecate.adapters.kube against the lab's emulated API (seeded by hecate_lab.cluster_seed).
 
-The pure pieces -- the lab's PodDisruptionBudget rule and the adapter's drain filter --
-are tested first, without a server. The rest runs the real adapter (the official
-client, in threads) against a whole lab (``Lab.up``: real sshd nodes, emulated API)
-filled with ``seed_workloads``: Flux objects, tiered workloads, a DaemonSet pod per
-node and a PDB that blocks evicting ``gitea/gitea-postgresql-0``.
+The lab's pure PodDisruptionBudget rule is tested first, without a server (the adapter's
+pure pieces live in ``hecate.domain.kubeobjects``, tested in tests/unit/test_kubeobjects.py).
+The rest runs the real adapter (the official client, in threads) against a whole lab
+(``Lab.up``: real sshd nodes, emulated API) filled with ``seed_workloads``: Flux objects,
+tiered workloads, a DaemonSet pod per node and a PDB that blocks evicting
+``gitea/gitea-postgresql-0``.
 """
 
 from __future__ import annotations
@@ -24,14 +25,8 @@ import pytest
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
-from hecate.adapters.kube import (
-    ApiUnavailable,
-    Kube,
-    KubeError,
-    KubeNotFound,
-    drain_skip_reason,
-    parse_ref,
-)
+from hecate.adapters.kube import ApiUnavailable, Kube, KubeError, KubeNotFound
+from hecate.domain.kubeobjects import parse_ref
 from hecate_lab.cluster_seed import BLOCKED_POD, Seeded, seed_workloads
 from hecate_lab.cluster_sim import Delays, match_selector_object
 from hecate_lab.kubeapi import api_url, start_kubeapi, stop_kubeapi, write_kubeconfig
@@ -135,26 +130,6 @@ def test_scaled_value(value: int | str, total: int, expected: int) -> None:
     assert scaled_value(value, total) == expected
 
 
-@pytest.mark.parametrize(
-    ("meta", "expected"),
-    [
-        ({"ownerReferences": [{"kind": "ReplicaSet", "name": "web-1"}]}, None),
-        ({"ownerReferences": [{"kind": "DaemonSet", "name": "svclb"}]}, "DaemonSet pod"),
-        ({"annotations": {"kubernetes.io/config.mirror": "abc"}}, "mirror pod"),
-        ({}, None),
-    ],
-)
-def test_drain_skip_reason(meta: dict[str, Any], expected: str | None) -> None:
-    assert drain_skip_reason({"metadata": {"name": "p", "namespace": "n", **meta}}) == expected
-
-
-def test_parse_ref() -> None:
-    assert parse_ref("Deployment/apps/web") == ("Deployment", "apps", "web")
-    for bad in ("Deployment/web", "Deployment//web", "a/b/c/d"):
-        with pytest.raises(ValueError, match="Kind/namespace/name"):
-            parse_ref(bad)
-
-
 # -- against the lab -------------------------------------------------------------------------
 
 
@@ -191,7 +166,7 @@ def api(lab: Lab) -> Iterator[kclient.ApiClient]:
 
 
 def flux_suspend_field(api: kclient.ApiClient, ref: str) -> Any:
-    kind, namespace, name = parse_ref(ref)
+    namespace, kind, name = parse_ref(ref)
     group, version, plural = {
         "Kustomization": ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations"),
         "HelmRelease": ("helm.toolkit.fluxcd.io", "v2", "helmreleases"),
@@ -201,7 +176,7 @@ def flux_suspend_field(api: kclient.ApiClient, ref: str) -> Any:
 
 
 def replicas_of(api: kclient.ApiClient, ref: str) -> int:
-    kind, namespace, name = parse_ref(ref)
+    namespace, kind, name = parse_ref(ref)
     apps = kclient.AppsV1Api(api)
     read = apps.read_namespaced_deployment if kind == "Deployment" else apps.read_namespaced_stateful_set
     return int(read(name, namespace).spec.replicas)
@@ -221,9 +196,9 @@ async def test_reads_make_no_writes(kube: Kube, seeded: Seeded) -> None:
 
 async def test_flux_suspend_then_resume_only_what_hecate_suspended(kube: Kube, seeded: Seeded,
                                                                    api: kclient.ApiClient) -> None:
-    assert seeded.flux_active == ["Kustomization/flux-system/flux-system", "HelmRelease/gitea/gitea",
-                                  "HelmRelease/gitea/gitea-valkey"]
-    assert seeded.flux_user_suspended == ["Kustomization/flux-system/experiments"]
+    assert seeded.flux_active == ["flux-system/kustomization/flux-system", "gitea/helmrelease/gitea",
+                                  "gitea/helmrelease/gitea-valkey"]
+    assert seeded.flux_user_suspended == ["flux-system/kustomization/experiments"]
 
     result = await kube.flux_suspend()
     assert result == {"suspended": seeded.flux_active, "already_suspended": seeded.flux_user_suspended}
@@ -235,13 +210,13 @@ async def test_flux_suspend_then_resume_only_what_hecate_suspended(kube: Kube, s
     assert again == result
     assert kube.writes == 3
 
-    resumed = await kube.flux_resume([*result["suspended"], "Kustomization/flux-system/deleted-meanwhile"],
+    resumed = await kube.flux_resume([*result["suspended"], "flux-system/kustomization/deleted-meanwhile"],
                                      reconcile=True)
     assert resumed == seeded.flux_active  # the missing one is ignored
     assert kube.writes == 7
     for ref in seeded.flux_active:
         assert flux_suspend_field(api, ref) is False
-    assert flux_suspend_field(api, "Kustomization/flux-system/experiments") is True  # the user's stays
+    assert flux_suspend_field(api, "flux-system/kustomization/experiments") is True  # the user's stays
     ks = kclient.CustomObjectsApi(api).get_namespaced_custom_object(
         "kustomize.toolkit.fluxcd.io", "v1", "flux-system", "kustomizations", "flux-system")
     assert "reconcile.fluxcd.io/requestedAt" in ks["metadata"]["annotations"]
@@ -250,16 +225,16 @@ async def test_flux_suspend_then_resume_only_what_hecate_suspended(kube: Kube, s
 async def test_scale_down_records_replicas_and_scale_restores(kube: Kube, seeded: Seeded,
                                                               api: kclient.ApiClient) -> None:
     apps_tier = await kube.scale_down("hecate.io/tier=apps", None)
-    assert apps_tier == {"Deployment/apps/web": 2, "Deployment/apps/api": 1}
-    assert {ref: replicas_of(api, ref) for ref in apps_tier} == {"Deployment/apps/web": 0, "Deployment/apps/api": 0}
-    assert replicas_of(api, "Deployment/data/redis") == 1  # another tier: untouched
+    assert apps_tier == {"apps/deployment/web": 2, "apps/deployment/api": 1}
+    assert {ref: replicas_of(api, ref) for ref in apps_tier} == {"apps/deployment/web": 0, "apps/deployment/api": 0}
+    assert replicas_of(api, "data/deployment/redis") == 1  # another tier: untouched
     assert kube.writes == 2
     assert await kube.scale_down("hecate.io/tier=apps", None) == apps_tier  # originals come from the objects
     assert kube.writes == 2
 
     data_tier = await kube.scale_down("hecate.io/tier=data", "data")
-    assert data_tier == {"Deployment/data/redis": 1, "StatefulSet/data/postgres": 1}
-    assert replicas_of(api, "StatefulSet/data/postgres") == 0
+    assert data_tier == {"data/deployment/redis": 1, "data/statefulset/postgres": 1}
+    assert replicas_of(api, "data/statefulset/postgres") == 0
     assert await kube.scale_down("hecate.io/tier=foundation", "apps") == {}  # wrong namespace: nothing
 
     for ref, replicas in {**apps_tier, **data_tier}.items():
@@ -267,9 +242,9 @@ async def test_scale_down_records_replicas_and_scale_restores(kube: Kube, seeded
         assert replicas_of(api, ref) == replicas
     assert kube.writes == 8
 
-    not_found = r'scale Deployment/apps/nope to 1: 404 NotFound: deployments.apps "nope" not found'
+    not_found = r'scale apps/deployment/nope to 1: 404 NotFound: deployments.apps "nope" not found'
     with pytest.raises(KubeNotFound, match=not_found):
-        await kube.scale("Deployment/apps/nope", 1)
+        await kube.scale("apps/deployment/nope", 1)
     with pytest.raises(KubeError, match="400") as bad:
         await kube.scale_down("not a selector", None)
     assert not isinstance(bad.value, ApiUnavailable)
@@ -287,7 +262,7 @@ async def test_cordon_reports_whether_hecate_changed_it(kube: Kube, api: kclient
     await kube.uncordon("titan-a1")
     assert not core.read_node("titan-a1").spec.unschedulable
     assert await kube.cordon("titan-a1") is True
-    with pytest.raises(KubeNotFound, match="Node/titan-x9"):
+    with pytest.raises(KubeNotFound, match="/node/titan-x9"):
         await kube.cordon("titan-x9")
 
 
@@ -381,7 +356,7 @@ async def test_api_down_fails_fast_and_cools_down(lab: Lab, seeded: Seeded) -> N
     assert first.value.status is None
 
     start = time.monotonic()
-    for call in (kube.flux_suspend(), kube.drain("titan-a1", 10), kube.scale("Deployment/apps/web", 0)):
+    for call in (kube.flux_suspend(), kube.drain("titan-a1", 10), kube.scale("apps/deployment/web", 0)):
         with pytest.raises(ApiUnavailable, match="not retried for another"):
             await call
     assert time.monotonic() - start < 0.2  # the cool-down: no network, no timeout
@@ -459,7 +434,7 @@ async def test_without_flux_crds_flux_steps_are_empty(tmp_path: Path) -> None:
     try:
         kube = Kube(tmp_path / "kubeconfig", API_TIMEOUT)
         assert await kube.flux_suspend() == {"suspended": [], "already_suspended": []}
-        assert await kube.flux_resume(["Kustomization/flux-system/flux-system"]) == []
+        assert await kube.flux_resume(["flux-system/kustomization/flux-system"]) == []
         assert kube.writes == 0
         kube.close()
     finally:
@@ -481,7 +456,7 @@ async def test_repeated_shutdown_steps_still_know_what_hecate_changed(tmp_path: 
             first = await kube.flux_suspend()
             again = await kube.flux_suspend()
             assert sorted(again["suspended"]) == sorted(first["suspended"])
-            assert again["already_suspended"] == ["Kustomization/flux-system/experiments"]
+            assert again["already_suspended"] == ["flux-system/kustomization/experiments"]
             scaled = await kube.scale_down("hecate.io/tier=apps", None)
             assert await kube.scale_down("hecate.io/tier=apps", None) == scaled  # originals, not zeros
             assert await kube.cordon("titan-a1") is True

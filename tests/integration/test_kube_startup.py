@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from hecate.adapters.kube import RECONCILE_ANNOTATION, Kube, KubeNotFound
+from hecate.adapters.kube import Kube, KubeNotFound
+from hecate.domain.kubeobjects import RECONCILE_ANNOTATION
 from hecate_lab.cluster_seed import seed_workloads
 from hecate_lab.testbed import Lab, LabSpec
 
@@ -45,7 +46,7 @@ def run(coro: Any) -> Any:
 
 
 def test_export_then_apply_recreates_only_what_is_missing(kube: Kube) -> None:
-    refs = ["Deployment/gitea/gitea", "Namespace//gitea"]
+    refs = ["gitea/deployment/gitea", "/namespace/gitea"]
     manifests = run(kube.export(refs))
     assert [m["kind"] for m in manifests] == ["Deployment", "Namespace"]
     assert "status" not in manifests[0]
@@ -57,18 +58,18 @@ def test_export_then_apply_recreates_only_what_is_missing(kube: Kube) -> None:
     assert kube.writes == before  # nothing missing: nothing written
 
     run(kube._raw("delete gitea", "DELETE", "/apis/apps/v1/namespaces/gitea/deployments/gitea"))
-    assert run(kube.get_object("Deployment/gitea/gitea")) is None
+    assert run(kube.get_object("gitea/deployment/gitea")) is None
     result = run(kube.apply_missing(manifests))
-    assert result["created"] == ["Deployment/gitea/gitea"]
-    assert result["present"] == ["Namespace//gitea"]
-    again = run(kube.get_object("Deployment/gitea/gitea"))
+    assert result["created"] == ["gitea/deployment/gitea"]
+    assert result["present"] == ["/namespace/gitea"]
+    again = run(kube.get_object("gitea/deployment/gitea"))
     assert again is not None
     assert again["spec"]["replicas"] == 1
 
-    with pytest.raises(KubeNotFound, match="Deployment/gitea/nope"):
-        run(kube.export(["Deployment/gitea/nope"]))
+    with pytest.raises(KubeNotFound, match="gitea/deployment/nope"):
+        run(kube.export(["gitea/deployment/nope"]))
     bad = run(kube.apply_missing([{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "x"}}]))
-    assert bad["failed"] == {"Pod/x/p": "kind Pod cannot be applied from the cache"}
+    assert bad["failed"] == {"x/pod/p": "kind Pod cannot be applied from the cache"}
 
 
 def test_git_repository_branch_and_reconcile(kube: Kube) -> None:
@@ -82,10 +83,10 @@ def test_git_repository_branch_and_reconcile(kube: Kube) -> None:
     with pytest.raises(KubeNotFound):
         run(kube.git_repository("flux-system", "absent"))
 
-    done = run(kube.request_reconcile(["GitRepository/flux-system/flux-system", "Kustomization/flux-system/gone",
-                                       "HelmRelease/gitea/gitea"]))
-    assert done == ["GitRepository/flux-system/flux-system", "HelmRelease/gitea/gitea"]
-    obj = run(kube.get_object("HelmRelease/gitea/gitea"))
+    done = run(kube.request_reconcile(["flux-system/gitrepository/flux-system", "flux-system/kustomization/gone",
+                                       "gitea/helmrelease/gitea"]))
+    assert done == ["flux-system/gitrepository/flux-system", "gitea/helmrelease/gitea"]
+    obj = run(kube.get_object("gitea/helmrelease/gitea"))
     assert RECONCILE_ANNOTATION in obj["metadata"]["annotations"]
 
 
@@ -94,7 +95,7 @@ def test_flux_status_cordons_and_restore_follow_the_ownership_annotations(kube: 
     status = run(kube.flux_status())
     ours = sorted(ref for ref, s in status.items() if s["suspended"] and s["ours"])
     assert ours == sorted(suspended["suspended"])
-    assert "Kustomization/flux-system/experiments" not in ours  # a user's suspension is never ours
+    assert "flux-system/kustomization/experiments" not in ours  # a user's suspension is never ours
 
     agents = [n.name for n in lab.nodes if n.role == "agent"]
     assert run(kube.cordon(agents[0])) is True
@@ -103,10 +104,10 @@ def test_flux_status_cordons_and_restore_follow_the_ownership_annotations(kube: 
     assert run(kube.cordoned_by_hecate()) == [agents[0]]
 
     scaled = run(kube.scale_down("hecate.io/tier=apps"))
-    assert scaled == {"Deployment/apps/web": 2, "Deployment/apps/api": 1}
-    run(kube.scale("Deployment/apps/api", 0))  # someone else scaled it to 0 later and dropped our record
-    assert run(kube.restore_replicas("", None)) == {"Deployment/apps/web": 2}
-    web = run(kube.get_object("Deployment/apps/web"))
+    assert scaled == {"apps/deployment/web": 2, "apps/deployment/api": 1}
+    run(kube.scale("apps/deployment/api", 0))  # someone else scaled it to 0 later and dropped our record
+    assert run(kube.restore_replicas("", None)) == {"apps/deployment/web": 2}
+    web = run(kube.get_object("apps/deployment/web"))
     assert web["spec"]["replicas"] == 2
     assert "hecate.io/original-replicas" not in (web["metadata"].get("annotations") or {})
     assert run(kube.restore_replicas("", None)) == {}  # idempotent
@@ -123,9 +124,9 @@ def test_stale_marks_are_cleared_so_a_later_manual_cordon_is_not_taken_for_hecat
     run(kube._raw("resume", "PATCH", "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations/"
                   "flux-system", {"spec": {"suspend": False}}, write=True, content_type=merge))
     cleared = run(kube.clear_stale_marks())
-    assert f"Node//{agent}" in cleared
-    assert "Kustomization/flux-system/flux-system" in cleared
-    assert "HelmRelease/gitea/gitea" not in cleared  # still suspended by Hecate: its mark stays
+    assert f"/node/{agent}" in cleared
+    assert "flux-system/kustomization/flux-system" in cleared
+    assert "gitea/helmrelease/gitea" not in cleared  # still suspended by Hecate: its mark stays
     # Later the person cordons the node on purpose: it is theirs, not Hecate's.
     run(kube._raw("cordon", "PATCH", f"/api/v1/nodes/{agent}", {"spec": {"unschedulable": True}},
                   write=True, content_type=merge))

@@ -182,7 +182,7 @@ def test_a_cold_start_after_a_full_power_off_deadlocks_flux_and_gitea(tmp_path: 
     try:
         seeded = cluster_seed.seed_workloads(lab.kubeconfig)
         assert condition_of(get(lab, GIT))[0] == "True"  # healthy: the seed waited for it
-        assert seeded.lost_on_cold_start == ["Deployment/gitea/gitea-valkey"]
+        assert seeded.lost_on_cold_start == ["gitea/deployment/gitea-valkey"]
         valkey_pods = get(lab, "/api/v1/namespaces/gitea/pods?labelSelector=app%3Dgitea-valkey")["items"]
         assert len(valkey_pods) == 1
 
@@ -204,8 +204,8 @@ def test_a_cold_start_after_a_full_power_off_deadlocks_flux_and_gitea(tmp_path: 
         assert gitea["status"]["readyReplicas"] == 0
         assert gitea["metadata"]["annotations"]["lab.hecate.io/depends-on"] == "gitea/deployment/gitea-valkey"
         for ref in seeded.flux_active:  # nothing is suspended: Flux simply cannot get out
-            kind, namespace, name = ref.split("/")
-            path = KS if kind == "Kustomization" else f"/apis/helm.toolkit.fluxcd.io/v2/namespaces/{namespace}/" \
+            namespace, kind, name = ref.split("/")
+            path = KS if kind == "kustomization" else f"/apis/helm.toolkit.fluxcd.io/v2/namespaces/{namespace}/" \
                 f"helmreleases/{name}"
             assert not get(lab, path)["spec"].get("suspend")
         until = time.monotonic() + 3  # 15 simulator steps, 15 pod delays: it stays so
@@ -227,13 +227,13 @@ def test_a_cold_start_after_a_full_power_off_deadlocks_flux_and_gitea(tmp_path: 
 
         rows = [(who, what) for _, who, what in timeline(lab)]
         assert ("kube-api", "lab API down: 1 of 3 k3s servers running (quorum needs 2)") in rows
-        assert ("cold-start", "Deployment/gitea/gitea-valkey: lost in the outage (annotated "
+        assert ("cold-start", "gitea/deployment/gitea-valkey: lost in the outage (annotated "
                 "lab.hecate.io/lost-on-cold-start): deleted") in rows
         lost_with = next(what for who, what in rows if what.startswith("deleted with what it belongs to: "))
-        assert "ReplicaSet/gitea/gitea-valkey-" in lost_with
-        assert "Pod/gitea/gitea-valkey-" in lost_with
+        assert "gitea/replicaset/gitea-valkey-" in lost_with
+        assert "gitea/pod/gitea-valkey-" in lost_with
         assert ("kube-api", "lab API serving: 3 of 3 k3s servers running") in rows
-        assert ("flux", f"GitRepository/flux-system/flux-system: Ready=False (GitOperationFailed): {CLONE_ERROR}") \
+        assert ("flux", f"flux-system/gitrepository/flux-system: Ready=False (GitOperationFailed): {CLONE_ERROR}") \
             in rows
         assert any(who == "titan-s1" and what.startswith("systemctl stop k3s") for who, what in rows)
         down = next(i for i, row in enumerate(rows) if row[1].startswith("lab API down"))

@@ -616,18 +616,18 @@ def test_seed_makes_a_healthy_cluster_and_is_idempotent(lab: Lab, core: client.C
     seeded = seed_workloads(lab.kubeconfig)  # the default delays: the simulator writes every status
     again = seed_workloads(lab.kubeconfig)  # everything exists already: no error, same answer
     assert again == seeded
-    assert seeded.workloads == {"Deployment/apps/web": 2, "Deployment/apps/api": 1, "Deployment/data/redis": 1,
-                                "StatefulSet/data/postgres": 1, "Deployment/kube-system/coredns": 1,
-                                "StatefulSet/gitea/gitea-postgresql": 1, "Deployment/gitea/gitea-valkey": 1,
-                                "Deployment/gitea/gitea": 1}
-    assert seeded.foundation == ["Deployment/kube-system/coredns", "StatefulSet/gitea/gitea-postgresql",
-                                 "Deployment/gitea/gitea-valkey", "Deployment/gitea/gitea"]
-    assert seeded.helm_rendered == {"Deployment/gitea/gitea-valkey": "HelmRelease/gitea/gitea-valkey"}
-    assert seeded.lost_on_cold_start == ["Deployment/gitea/gitea-valkey"]
-    assert (seeded.git_repository, seeded.gitea) == ("GitRepository/flux-system/flux-system", "Deployment/gitea/gitea")
-    assert seeded.flux_active == ["Kustomization/flux-system/flux-system", "HelmRelease/gitea/gitea",
-                                  "HelmRelease/gitea/gitea-valkey"]
-    assert seeded.flux_user_suspended == ["Kustomization/flux-system/experiments"]
+    assert seeded.workloads == {"apps/deployment/web": 2, "apps/deployment/api": 1, "data/deployment/redis": 1,
+                                "data/statefulset/postgres": 1, "kube-system/deployment/coredns": 1,
+                                "gitea/statefulset/gitea-postgresql": 1, "gitea/deployment/gitea-valkey": 1,
+                                "gitea/deployment/gitea": 1}
+    assert seeded.foundation == ["kube-system/deployment/coredns", "gitea/statefulset/gitea-postgresql",
+                                 "gitea/deployment/gitea-valkey", "gitea/deployment/gitea"]
+    assert seeded.helm_rendered == {"gitea/deployment/gitea-valkey": "gitea/helmrelease/gitea-valkey"}
+    assert seeded.lost_on_cold_start == ["gitea/deployment/gitea-valkey"]
+    assert (seeded.git_repository, seeded.gitea) == ("flux-system/gitrepository/flux-system", "gitea/deployment/gitea")
+    assert seeded.flux_active == ["flux-system/kustomization/flux-system", "gitea/helmrelease/gitea",
+                                  "gitea/helmrelease/gitea-valkey"]
+    assert seeded.flux_user_suspended == ["flux-system/kustomization/experiments"]
     assert set(seeded.daemonset_pods) == set(NODES)
     assert seeded.blocked_pod in seeded.pods_by_node[seeded.blocked_node]
     for node in NODES:
@@ -881,4 +881,4 @@ def test_a_reconciling_release_recreates_what_it_renders_and_never_overwrites(fa
     time.sleep(0.3)
     assert http_request(lab, "GET", "/api/v1/namespaces/apps/configmaps/conf")[0] == 404  # suspended: no reconcile
     created = [e for e in read_events(lab.events) if "re-created" in e["message"]]
-    assert [e["object"] for e in created] == ["HelmRelease/apps/cache"] * 3
+    assert [e["object"] for e in created] == ["apps/helmrelease/cache"] * 3

@@ -106,10 +106,10 @@ def test_full_shutdown_in_order_coordinator_last(cluster: Lab) -> None:
     assert [s.name for s in record.stages] == [
         "flux-suspend", "scale-down", "drain", "stop-agents", "stop-servers", "killall", "poweroff", "local-poweroff"]
     assert sorted(record.changes["flux_suspended"]) == [
-        "HelmRelease/gitea/gitea", "HelmRelease/gitea/gitea-valkey", "Kustomization/flux-system/flux-system"]
-    assert record.changes["flux_already_suspended"] == ["Kustomization/flux-system/experiments"]
-    assert record.changes["scaled"] == {"Deployment/apps/web": 2, "Deployment/apps/api": 1,
-                                        "Deployment/data/redis": 1, "StatefulSet/data/postgres": 1}
+        "flux-system/kustomization/flux-system", "gitea/helmrelease/gitea", "gitea/helmrelease/gitea-valkey"]
+    assert record.changes["flux_already_suspended"] == ["flux-system/kustomization/experiments"]
+    assert record.changes["scaled"] == {"apps/deployment/web": 2, "apps/deployment/api": 1,
+                                        "data/deployment/redis": 1, "data/statefulset/postgres": 1}
     assert sorted(record.changes["cordoned"]) == agents
     drain = next(s for s in record.stages if s.name == "drain")
     assert drain.duration_s >= 2  # the PDB-blocked gitea-postgresql-0 held the drain until its timeout, then went on

@@ -29,7 +29,7 @@ from hecate_lab.testbed import Lab, LabSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
-VALKEY = "Deployment/gitea/gitea-valkey"
+VALKEY = "gitea/deployment/gitea-valkey"
 
 
 def lab_config(lab: Lab, **sections: dict[str, Any]) -> HecateConfig:
@@ -131,7 +131,7 @@ def test_cold_start_stays_deadlocked_without_the_fallback_and_recovers_with_it(l
     assert VALKEY in record.changes["created"]
     assert run(k.git_repository("flux-system", "flux-system"))["ready"]
     status = run(k.flux_status())
-    assert status["Kustomization/flux-system/experiments"]["suspended"]  # a user's suspension stays
+    assert status["flux-system/kustomization/experiments"]["suspended"]  # a user's suspension stays
     assert not any(s["ours"] for s in status.values())
     assert all(s["ready"] for s in status.values() if not s["suspended"])
     assert run(k.unschedulable_nodes()) == [agents[1]]  # only Hecate's cordon was undone
@@ -175,10 +175,10 @@ def test_startup_on_a_healthy_cluster_changes_nothing_and_force_branch_repoints_
     k = kube(lab)
     config = lab_config(lab)
     healthy(lab, k)
-    workloads = ["Deployment/apps/web", "Deployment/apps/api", "Deployment/data/redis", "StatefulSet/data/postgres",
-                 "Deployment/gitea/gitea", "Deployment/kube-system/coredns"]
-    flux = ["GitRepository/flux-system/flux-system", "Kustomization/flux-system/flux-system",
-            "Kustomization/flux-system/experiments", "HelmRelease/gitea/gitea"]
+    workloads = ["apps/deployment/web", "apps/deployment/api", "data/deployment/redis", "data/statefulset/postgres",
+                 "gitea/deployment/gitea", "kube-system/deployment/coredns"]
+    flux = ["flux-system/gitrepository/flux-system", "flux-system/kustomization/flux-system",
+            "flux-system/kustomization/experiments", "gitea/helmrelease/gitea"]
 
     def snapshot() -> dict[str, Any]:
         objects = {ref: run(k.get_object(ref)) for ref in workloads + flux}
@@ -211,12 +211,12 @@ def test_startup_on_a_healthy_cluster_changes_nothing_and_force_branch_repoints_
     run(k._raw("stick", "PATCH", f"/api/v1/namespaces/kube-system/pods/{stuck}",
                {"metadata": {"annotations": {"lab.hecate.io/stuck": "true"}}}, write=True,
                content_type="application/merge-patch+json"))
-    assert until(lambda: _unavailable(k, "Deployment/kube-system/coredns"))
+    assert until(lambda: _unavailable(k, "kube-system/deployment/coredns"))
     recovered = run(startup.run(config, {"source": "manual"}, JsonLines()))
     assert recovered.result is RunResult.success, [(s.name, s.detail) for s in recovered.stages]
     assert recovered.changes["restarted_pods"] == [f"kube-system/{stuck}"]
     assert recovered.changes["created"] == []  # nothing was missing: the cache was not needed
-    assert run(k.workload("Deployment/kube-system/coredns"))["available"]
+    assert run(k.workload("kube-system/deployment/coredns"))["available"]
 
 
 async def _unavailable(k: Kube, ref: str) -> bool:

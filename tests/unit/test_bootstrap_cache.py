@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hecate.adapters.kube import clean_manifest, config_ref, object_ref, workload_available
+from hecate.domain.kubeobjects import canonical_ref, clean_manifest, object_ref, workload_available
 from hecate.services.bootstrap_cache import CacheError, load
 
 DEPLOYMENT = """\
@@ -26,8 +26,8 @@ def test_load_reads_every_yaml_file_in_name_order(tmp_path: Path) -> None:
     (tmp_path / "a.yml").write_text("kind: Namespace\napiVersion: v1\nmetadata: {name: gitea}\n---\n")
     (tmp_path / "notes.txt").write_text("not a manifest")
     objects = load(tmp_path)
-    assert [object_ref(o) for o in objects] == ["Namespace//gitea", "Deployment/gitea/gitea-valkey",
-                                                "Service/gitea/gitea-http"]
+    assert [object_ref(o) for o in objects] == ["/namespace/gitea", "gitea/deployment/gitea-valkey",
+                                                "gitea/service/gitea-http"]
 
 
 def test_missing_directory_is_an_empty_cache(tmp_path: Path) -> None:
@@ -62,10 +62,10 @@ def test_clean_manifest_drops_what_the_server_owns_and_undoes_our_scale_down() -
 
 
 def test_refs_and_availability() -> None:
-    assert config_ref("gitea/deployment/gitea") == "Deployment/gitea/gitea"
-    assert config_ref("longhorn-system/daemonset/longhorn-manager") == "DaemonSet/longhorn-system/longhorn-manager"
+    assert canonical_ref("gitea/Deployment/gitea") == "gitea/deployment/gitea"
+    assert canonical_ref("longhorn-system/daemonset/longhorn-manager") == "longhorn-system/daemonset/longhorn-manager"
     with pytest.raises(ValueError, match="kind 'pod'"):
-        config_ref("ns/pod/x")
+        canonical_ref("ns/pod/x")
     ready = {"spec": {"replicas": 2}, "status": {"readyReplicas": 2}}
     assert workload_available("Deployment", ready) == (True, "2/2 ready")
     assert workload_available("Deployment", {"spec": {"replicas": 2}, "status": {}}) == (False, "0/2 ready")
@@ -86,10 +86,10 @@ def test_namespaced_objects_need_a_namespace_and_namespaces_come_first(tmp_path:
 def test_the_config_accepts_exactly_the_kinds_the_adapter_can_cache() -> None:
     import pydantic
 
-    from hecate.adapters.kube import OBJECT_KINDS
+    from hecate.domain import kubeobjects
     from hecate.domain.config import CACHEABLE_KINDS, HecateConfig
 
-    assert sorted(CACHEABLE_KINDS) == sorted(k.lower() for k in OBJECT_KINDS)
+    assert sorted(CACHEABLE_KINDS) == sorted(k.lower() for k in kubeobjects.CACHEABLE_KINDS)
     ok = HecateConfig.model_validate({"flux": {"bootstrap_objects": ["gitea/deployment/gitea", "/namespace/gitea"]}})
     assert ok.flux.bootstrap_objects == ["gitea/deployment/gitea", "/namespace/gitea"]
     for bad, why in (("gitea/secret/admin", "kind must be one of"), ("/deployment/gitea", "needs its namespace"),

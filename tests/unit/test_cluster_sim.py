@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hecate.adapters.kube import crash_looping
+from hecate.domain.kubeobjects import crash_looping
 from hecate_lab import cluster_sim as sim
 from hecate_lab.cluster_sim import ApiState, Delays, Source
 
@@ -441,7 +441,7 @@ def test_kustomization_follows_its_source_unless_suspended() -> None:
     assert ready_of(failing) == ("False", "ArtifactFailed", "Source artifact not found, retrying in 30s")
     gone = sim.flux_status(ks, sim.source_view(sim.source_ref(ks), {}), T0)
     assert gone is not None
-    assert ready_of(gone) == ("False", "ArtifactFailed", "GitRepository/flux-system/flux-system not found")
+    assert ready_of(gone) == ("False", "ArtifactFailed", "flux-system/gitrepository/flux-system not found")
 
     stale = {"conditions": [{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded"}]}
     assert sim.flux_status(kustomization(suspend=True, status=stale), Source(ready=False), T0) is None  # stays

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from hecate.adapters.kube import DEFAULT_API_VERSION, OBJECT_KINDS
 from hecate.domain import policy
+from hecate.domain.kubeobjects import CACHEABLE_KINDS, KINDS
 from hecate.domain.policy import PowerPolicySpec, parse_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,8 +187,7 @@ def test_the_crd_is_a_valid_customresourcedefinition() -> None:
 
 
 def _group(kind: str) -> str:
-    api_version = DEFAULT_API_VERSION[kind]
-    return api_version.rpartition("/")[0]
+    return KINDS[kind].group
 
 
 def test_rbac_is_valid_and_grants_only_what_the_steps_need() -> None:
@@ -212,7 +211,7 @@ def test_rbac_is_valid_and_grants_only_what_the_steps_need() -> None:
         ("hecate.io", "powerpolicies/status", "patch"),
         ("", "events", "create"),
         # The bootstrap cache: get + create on exactly the kinds the kube adapter can cache.
-        *((_group(kind), plural, v) for kind, (plural, _) in OBJECT_KINDS.items() for v in ("get", "create")),
+        *((_group(kind), KINDS[kind].plural, v) for kind in CACHEABLE_KINDS for v in ("get", "create")),
         # Drills delete the workloads they expect startup to re-create.
         *(("apps", r, "delete") for r in ("deployments", "statefulsets", "daemonsets")),
     }

@@ -19,6 +19,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hecate.domain import kubeobjects
+
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
 
@@ -42,26 +44,17 @@ def _unique(names: list[str], what: str) -> None:
         raise ValueError(f"{what} must be unique; repeated: {', '.join(dupes)}")
 
 
-WORKLOAD_KINDS = ("deployment", "statefulset", "daemonset")
-CACHEABLE_KINDS = (*WORKLOAD_KINDS, "namespace", "configmap", "service", "serviceaccount", "persistentvolumeclaim",
-                   "gitrepository", "helmrepository", "kustomization", "helmrelease")
-"""Kinds the bootstrap cache can hold (no Secrets: they survive an outage in etcd)."""
+WORKLOAD_KINDS = tuple(k.lower() for k in kubeobjects.WORKLOAD_KINDS)
+"""Kinds ``startup.foundation`` and ``flux.gitea_workload`` may name, as the configuration writes them."""
+CACHEABLE_KINDS = tuple(k.lower() for k in kubeobjects.CACHEABLE_KINDS)
+"""Kinds ``flux.bootstrap_objects`` may name (no Secrets: they survive an outage in etcd)."""
 
 
-def _object_ref(ref: str) -> tuple[str, str, str]:
-    """``namespace/kind/name`` (e.g. ``gitea/deployment/gitea``; ``/namespace/gitea`` when cluster-scoped)."""
-    parts = ref.split("/")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise ValueError(f"{ref!r} is not namespace/kind/name")
-    namespace, kind, name = parts
-    return namespace, kind.lower(), name
-
-
-def _workload_ref(ref: str) -> tuple[str, str, str]:
-    namespace, kind, name = _object_ref(ref)
-    if kind not in WORKLOAD_KINDS:
+def _workload_ref(ref: str) -> None:
+    """``namespace/kind/name`` of a workload (e.g. ``gitea/deployment/gitea``), the kind in any case."""
+    _, kind, _ = kubeobjects.split_ref(ref)
+    if kind.lower() not in WORKLOAD_KINDS:
         raise ValueError(f"{ref!r}: kind must be one of {', '.join(WORKLOAD_KINDS)}")
-    return namespace, kind, name
 
 
 class _Section(BaseModel):
@@ -280,12 +273,7 @@ class Flux(_Section):
     @classmethod
     def _object_refs(cls, value: list[str]) -> list[str]:
         for ref in value:
-            namespace, kind, _ = _object_ref(ref)
-            if kind not in CACHEABLE_KINDS:
-                raise ValueError(f"{ref!r}: kind must be one of {', '.join(CACHEABLE_KINDS)}")
-            if bool(namespace) == (kind == "namespace"):
-                raise ValueError(f"{ref!r}: " + ("a Namespace is written /namespace/NAME" if kind == "namespace"
-                                                 else "needs its namespace"))
+            kubeobjects.parse_ref(ref, kubeobjects.CACHEABLE_KINDS)
         _unique(value, "bootstrap objects")
         return value
 

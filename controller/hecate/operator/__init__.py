@@ -62,9 +62,9 @@ from typing import Any
 import kopf
 
 from hecate.adapters.kube import ApiUnavailable, KubeError, KubeNotFound
+from hecate.adapters.kube.powerpolicy import CrdMissing, PolicyApi
 from hecate.domain import policy as policy_mod
 from hecate.domain.config import HecateConfig
-from hecate.operator.api import CrdMissing, PolicyApi
 from hecate.operator.status import Snapshot, status_body
 from hecate.services.policy import ClusterObject, PolicyRejected, PolicyState
 from hecate.services.policy import Operator as Link

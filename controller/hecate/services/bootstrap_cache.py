@@ -25,7 +25,9 @@ import yaml
 
 from hecate.adapters import kube as kube_mod
 from hecate.adapters.store import atomic_write
+from hecate.domain import kubeobjects
 from hecate.domain.config import HecateConfig
+from hecate.services import ports
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,10 @@ def load(directory: Path) -> list[dict[str, Any]]:
                 continue
             if not isinstance(doc, dict) or not doc.get("kind") or not (doc.get("metadata") or {}).get("name"):
                 raise CacheError(f"{path}: document {index + 1} is not a Kubernetes object (kind, metadata.name)")
-            if doc["kind"] not in kube_mod.OBJECT_KINDS:
+            if doc["kind"] not in kubeobjects.CACHEABLE_KINDS:
                 raise CacheError(f"{path}: document {index + 1}: kind {doc['kind']} cannot be applied from the cache "
-                                 f"(one of {', '.join(sorted(kube_mod.OBJECT_KINDS))})")
-            if kube_mod.OBJECT_KINDS[doc["kind"]][1] and not doc["metadata"].get("namespace"):
+                                 f"(one of {', '.join(sorted(kubeobjects.CACHEABLE_KINDS))})")
+            if kubeobjects.KINDS[doc["kind"]].namespaced and not doc["metadata"].get("namespace"):
                 raise CacheError(f"{path}: document {index + 1}: {doc['kind']} {doc['metadata']['name']} has no "
                                  "metadata.namespace (`flux build` output may omit it: add it)")
             objects.append(doc)
@@ -62,7 +64,7 @@ def load(directory: Path) -> list[dict[str, Any]]:
     return sorted(objects, key=lambda o: o["kind"] != "Namespace")
 
 
-async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
+async def refresh(config: HecateConfig, kube: ports.CacheSource) -> dict[str, Any]:
     """Export ``flux.bootstrap_objects`` into the snapshot file if the GitRepository is Ready.
 
     Returns ``{"written": bool, "objects": n, "missing": [refs not found], "reason": str}``;
@@ -79,7 +81,7 @@ async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
     missing: list[str] = []
     for ref in flux.bootstrap_objects:  # one that is gone (deleted in Git) drops out of the snapshot
         try:
-            manifests += await kube.export([kube_mod.config_ref(ref)])
+            manifests += await kube.export([kubeobjects.canonical_ref(ref)])
         except kube_mod.KubeNotFound:
             missing.append(ref)
     if missing:

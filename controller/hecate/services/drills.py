@@ -42,9 +42,10 @@ from typing import Any
 
 from hecate.adapters import kube as kube_mod
 from hecate.adapters.store import StateStore, new_run_id
+from hecate.domain import kubeobjects
 from hecate.domain.config import WORKLOAD_KINDS, HecateConfig, NodeRole
 from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
-from hecate.services import bootstrap_cache
+from hecate.services import bootstrap_cache, ports
 from hecate.services import startup as startup_mod
 from hecate.services.executor import Progress
 
@@ -80,7 +81,7 @@ class Drill:
 
 
 def deletes(config: HecateConfig, name: str) -> list[str]:
-    """The workloads a drill deletes (``Kind/namespace/name``).
+    """The workloads a drill deletes (``namespace/kind/name``).
 
     ``flux-gitea-deadlock``: the workloads of ``flux.bootstrap_objects`` that are not foundation
     workloads (those are ``foundation-recovery``'s: the foundation stage would re-create them
@@ -88,9 +89,9 @@ def deletes(config: HecateConfig, name: str) -> list[str]:
     """
     cached = [r for r in config.flux.bootstrap_objects if r.split("/")[1].lower() in WORKLOAD_KINDS]
     if name == "flux-gitea-deadlock":
-        return [kube_mod.config_ref(r) for r in cached if r not in config.startup.foundation]
+        return [kubeobjects.canonical_ref(r) for r in cached if r not in config.startup.foundation]
     if name == "foundation-recovery":
-        return [kube_mod.config_ref(r) for r in config.startup.foundation if r in cached]
+        return [kubeobjects.canonical_ref(r) for r in config.startup.foundation if r in cached]
     return []
 
 
@@ -173,7 +174,7 @@ class _Undo:
     scaled: dict[str, int] = field(default_factory=dict)
     cordoned: list[str] = field(default_factory=list)
 
-    async def run(self, kube: kube_mod.Kube) -> list[str]:
+    async def run(self, kube: ports.Cluster) -> list[str]:
         """Best effort: every part is tried; what failed is reported, not raised."""
         done: list[str] = []
 
@@ -200,7 +201,7 @@ class _Undo:
 # -- before, break, after -------------------------------------------------------------------
 
 
-async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
+async def _snapshot(config: HecateConfig, kube: ports.Cluster) -> dict[str, Any]:
     """What the drill compares against after the startup; refuses an unhealthy starting point."""
     flux = config.flux
     repo = await kube.git_repository(flux.namespace, flux.git_repository)
@@ -208,7 +209,7 @@ async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]
         raise DrillRefused(f"GitRepository {flux.namespace}/{flux.git_repository} is not Ready before the drill: "
                            f"{repo['message']} -- drills start from a healthy cluster")
     refreshed = await bootstrap_cache.refresh(config, kube)
-    cached = {kube_mod.object_ref(o) for o in bootstrap_cache.load(flux.fallback_manifests_dir)}
+    cached = {kubeobjects.object_ref(o) for o in bootstrap_cache.load(flux.fallback_manifests_dir)}
     status = await kube.flux_status()
     replicas: dict[str, int] = {}
     for tier in config.shutdown.scale_down:
@@ -218,7 +219,7 @@ async def _snapshot(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]
             "user_suspended": sorted(r for r, s in status.items() if s["suspended"] and not s["ours"])}
 
 
-async def _break(config: HecateConfig, kube: kube_mod.Kube, name: str, before: dict[str, Any],
+async def _break(config: HecateConfig, kube: ports.Cluster, name: str, before: dict[str, Any],
                  undo: _Undo) -> None:
     """Break the cluster, recording in ``undo`` each part as soon as it is broken."""
     if name in ("flux-gitea-deadlock", "foundation-recovery"):
@@ -251,7 +252,7 @@ async def _break(config: HecateConfig, kube: kube_mod.Kube, name: str, before: d
             undo.cordoned.append(node)
 
 
-async def _suspend(kube: kube_mod.Kube) -> list[str]:
+async def _suspend(kube: ports.FluxControl) -> list[str]:
     try:
         return (await kube.flux_suspend())["suspended"]
     except kube_mod.KubeError as err:
@@ -259,7 +260,7 @@ async def _suspend(kube: kube_mod.Kube) -> list[str]:
         raise DrillBroke(partial.get("suspended", []), err) from err
 
 
-async def _until_not_ready(config: HecateConfig, kube: kube_mod.Kube) -> None:
+async def _until_not_ready(config: HecateConfig, kube: ports.FluxControl) -> None:
     deadline = time.monotonic() + BREAK_SETTLE_S
     while time.monotonic() < deadline:
         if not (await kube.git_repository(config.flux.namespace, config.flux.git_repository))["ready"]:
@@ -267,7 +268,7 @@ async def _until_not_ready(config: HecateConfig, kube: kube_mod.Kube) -> None:
         await asyncio.sleep(0.5)
 
 
-async def _checks(config: HecateConfig, kube: kube_mod.Kube, name: str, before: dict[str, Any],
+async def _checks(config: HecateConfig, kube: ports.Cluster, name: str, before: dict[str, Any],
                   record: RunRecord) -> list[Check]:
     flux = config.flux
     not_ok = [f"{s.name}: {s.detail}" for s in record.stages if s.result is not RunResult.success]
@@ -287,7 +288,7 @@ async def _checks(config: HecateConfig, kube: kube_mod.Kube, name: str, before: 
     if name == "flux-gitea-deadlock":
         checks.append(Check("startup detected and broke the deadlock", bool(record.changes.get("deadlock")),
                             f"created {record.changes.get('created')}"))
-        gitea = await kube.workload(kube_mod.config_ref(flux.gitea_workload))
+        gitea = await kube.workload(kubeobjects.canonical_ref(flux.gitea_workload))
         checks.append(Check(f"{flux.gitea_workload} available", gitea["available"], gitea["detail"]))
     for ref in deletes(config, name):
         state = await kube.workload(ref)

@@ -18,6 +18,7 @@ from hecate.adapters import kube as kube_mod
 from hecate.adapters import ssh
 from hecate.domain.config import HecateConfig
 from hecate.domain.results import StepResult
+from hecate.services import ports
 from hecate.services.executor import Skipped, StepFailed
 
 Partial = Callable[[dict[str, Any]], StepResult]
@@ -25,7 +26,7 @@ Partial = Callable[[dict[str, Any]], StepResult]
 
 
 class Remote:
-    def __init__(self, pool: ssh.SshPool, kube: kube_mod.Kube) -> None:
+    def __init__(self, pool: ssh.SshPool, kube: ports.Cluster) -> None:
         self.pool = pool
         self.kube = kube
 

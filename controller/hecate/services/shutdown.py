@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hecate.adapters import kube as kube_mod
 from hecate.adapters import nut, ssh
 from hecate.adapters.store import StateStore
 from hecate.domain.config import HecateConfig
@@ -37,7 +36,7 @@ from hecate.domain.params import (
 from hecate.domain.plan import Action, Plan, Step, shutdown_plan
 from hecate.domain.results import Done, Drained, FluxSuspended, PowerCycled, ScaledDown, StepResult, VolumesWaited
 from hecate.domain.runs import RunKind, RunRecord
-from hecate.services import remote
+from hecate.services import ports, remote
 from hecate.services.executor import ActionFn, Executor, Progress, StepFailed, UndoFn, in_flight
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class Capabilities:
     actions: dict[Action, ActionFn]
     undo: dict[Action, UndoFn]
     pool: ssh.SshPool
-    kube: kube_mod.Kube
+    kube: ports.Cluster
 
 
 @contextlib.asynccontextmanager

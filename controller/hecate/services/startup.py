@@ -34,6 +34,7 @@ from typing import Any
 from hecate.adapters import kube as kube_mod
 from hecate.adapters import nut, wol
 from hecate.adapters.store import StateStore
+from hecate.domain import kubeobjects
 from hecate.domain.config import HecateConfig, Wake
 from hecate.domain.params import (
     FluxBootstrapParams,
@@ -215,7 +216,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         return result
 
     async def wait_workload(step: Step) -> WorkloadRecovery:
-        ref = kube_mod.config_ref(step.target)
+        ref = kubeobjects.canonical_ref(step.target)
         params = step.params_as(WorkloadParams)
         started = time.monotonic()
         deadline = started + params.timeout_s
@@ -261,9 +262,9 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
 
     async def flux_bootstrap(step: Step) -> FluxBootstrapped:
         namespace, name = step.target.split("/", 1)
-        repo_ref = f"GitRepository/{namespace}/{name}"
+        repo_ref = kubeobjects.format_ref(namespace, kubeobjects.GIT_REPOSITORY, name)
         params = step.params_as(FluxBootstrapParams)
-        gitea = kube_mod.config_ref(params.gitea_workload)
+        gitea = kubeobjects.canonical_ref(params.gitea_workload)
         window, ready_timeout = params.detection_window_s, params.ready_timeout_s
         started = time.monotonic()
         deadline = started + window + ready_timeout
@@ -295,7 +296,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                 fresh = repo["handled_at"] is not None and repo["handled_at"] == repo["requested_at"]
                 if repo["ready"] and fresh:
                     status = await kube.flux_status()
-                    waiting = sorted(r for r, s in status.items() if r.startswith("Kustomization/")
+                    waiting = sorted(r for r, s in status.items() if kubeobjects.parse_ref(r)[1] == "Kustomization"
                                      and not s["suspended"] and not (s["ready"] and s["fresh"]))
                     if not waiting:
                         return replace(so_far, ready_after_s=now - started)
@@ -350,7 +351,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
             ready = await kube.nodes_ready()
             problems.extend(f"node {n} not Ready" for n in params.nodes if not ready.get(n))
             for ref in params.foundation:
-                state = await kube.workload(kube_mod.config_ref(ref))
+                state = await kube.workload(kubeobjects.canonical_ref(ref))
                 if not state["available"]:
                     problems.append(f"{ref} {state['detail']}")
             try:

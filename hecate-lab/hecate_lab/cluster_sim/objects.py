@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hecate.domain.kubeobjects import WORKLOAD_KINDS, format_ref
 from hecate_lab.cluster_sim.timing import format_time
 
 LOST_ON_COLD_START = "lab.hecate.io/lost-on-cold-start"
@@ -26,7 +27,6 @@ RENDERS = "lab.hecate.io/renders"
 REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 """Flux's "reconcile now" annotation; a handled request is echoed in ``status.lastHandledReconcileAt``."""
 
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 KIND_BY_LOWER = {k.lower(): k for k in WORKLOAD_KINDS}
 """A workload kind from its lower-case spelling in ``ns/kind/name`` references."""
 
@@ -65,9 +65,9 @@ def ref_of(obj: Mapping[str, Any]) -> ObjRef:
 
 
 def ref_text(ref: ObjRef) -> str:
-    """``Kind/namespace/name`` (``Kind/name`` for cluster objects), as Hecate's refs read."""
+    """``namespace/kind/name`` (``/kind/name`` for cluster objects), as Hecate's refs read."""
     kind, namespace, name = ref
-    return f"{kind}/{namespace}/{name}" if namespace else f"{kind}/{name}"
+    return format_ref(namespace, kind, name)
 
 
 def is_true(value: object) -> bool:

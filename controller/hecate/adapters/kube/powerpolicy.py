@@ -1,10 +1,11 @@
 """The operator's own calls to the API: is it there, is the CRD there, write the status.
 
-Built on :class:`hecate.adapters.kube.Kube` (the same kubeconfig, timeouts and error
-translation as the shutdown's Kubernetes steps: :class:`~hecate.adapters.kube.ApiUnavailable`
-for "the API is gone", :class:`~hecate.adapters.kube.KubeNotFound` for a 404). kopf reads
-the cluster through its own client; :meth:`PolicyApi.connection_info` gives it the same
-kubeconfig (``cluster.kubeconfig``), never in-cluster config or ``~/.kube``.
+Why this module exists: the operator (``hecate.operator``) watches the PowerPolicy
+through kopf but must not speak to Kubernetes itself. :class:`PolicyApi` has the same
+kubeconfig, timeouts and error translation as the shutdown's Kubernetes steps
+(``ApiUnavailable`` for "the API is gone", ``KubeNotFound`` for a 404), and
+:meth:`PolicyApi.connection_info` gives kopf the same kubeconfig (``cluster.kubeconfig``),
+never in-cluster config or ``~/.kube``.
 """
 
 from __future__ import annotations
@@ -13,15 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-import yaml
-from kubernetes import client as kclient
-from kubernetes import config as kconfig
-from kubernetes.config.config_exception import ConfigException
 
-from hecate.adapters.kube import ApiUnavailable, Kube, KubeNotFound
+from hecate.adapters.kube.errors import ApiUnavailable, KubeNotFound
+from hecate.adapters.kube.transport import MERGE_PATCH, Transport
 from hecate.domain import policy as policy_mod
 
-MERGE_PATCH = "application/merge-patch+json"
 ROOT = f"/apis/{policy_mod.GROUP}/{policy_mod.VERSION}"
 
 
@@ -29,7 +26,7 @@ class CrdMissing(Exception):
     """The API serves no ``powerpolicies.hecate.io``."""
 
 
-class PolicyApi(Kube):
+class PolicyApi(Transport):
     def __init__(self, kubeconfig: Path, timeout: float) -> None:
         # A short cool-down: the supervisor paces its own retries.
         super().__init__(kubeconfig, timeout, cooldown=0.5)
@@ -58,15 +55,7 @@ class PolicyApi(Kube):
 
     def connection_info(self) -> kopf.ConnectionInfo:
         """kopf's credentials from ``cluster.kubeconfig``, read now (raises ApiUnavailable if it is unusable)."""
-        if not self.kubeconfig.is_file():
-            raise ApiUnavailable(f"kubeconfig {self.kubeconfig} does not exist")
-        cfg = kclient.Configuration()
-        try:
-            kconfig.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(self.kubeconfig), context=self.context, client_configuration=cfg,
-                persist_config=False)
-        except (ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as err:
-            raise ApiUnavailable(f"cannot use kubeconfig {self.kubeconfig}: {err}") from err
+        cfg = self._configuration()
         header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
         scheme: str | None = None
         token: str | None = None
