@@ -44,6 +44,15 @@ def test_parse_ref() -> None:
             parse_ref(bad)
 
 
+def test_the_earlier_written_form_is_still_read() -> None:
+    # journals and run records written before one syntax: Kind/namespace/name, Kind//name
+    assert parse_ref("Deployment/apps/web") == ("apps", "Deployment", "web")
+    assert parse_ref("Kustomization/flux-system/apps", FLUX_KINDS) == ("flux-system", "Kustomization", "apps")
+    assert parse_ref("Node//a1") == ("", "Node", "a1")
+    with pytest.raises(ValueError, match="namespace/kind/name"):
+        parse_ref("Deployment/web")  # never a form Hecate wrote
+
+
 @pytest.mark.parametrize(
     ("ref", "kinds", "error"),
     [

@@ -101,9 +101,14 @@ def format_ref(namespace: str | None, kind: str, name: str) -> str:
 def split_ref(ref: str) -> tuple[str, str, str]:
     """``(namespace, kind, name)`` of ``namespace/kind/name``, the kind as written; the syntax alone.
 
-    ValueError unless there are three parts and the kind and name are not empty.
+    ValueError unless there are three parts and the kind and name are not empty. The form
+    earlier versions wrote into journals and run records, ``Kind/namespace/name`` (``Kind//name``
+    when cluster-scoped), is read too, so a run journaled before an upgrade still resumes: its
+    first part is a kind as the API spells it, which a namespace (lower case) never is.
     """
     parts = ref.split("/")
+    if len(parts) == 3 and parts[0] in KINDS:
+        parts = [parts[1], parts[0], parts[2]]
     if len(parts) != 3 or not parts[1] or not parts[2]:
         raise ValueError(f"{ref!r} is not namespace/kind/name")
     return parts[0], parts[1], parts[2]

@@ -29,6 +29,7 @@ The package offers every rule's public names, so the simulator and the tests rea
 ``sim.plan_pods`` whichever file holds it.
 """
 
+from hecate.domain.kubeobjects import WORKLOAD_KINDS
 from hecate_lab.cluster_sim.control_plane import (
     ApiState,
     api_state,
@@ -58,7 +59,6 @@ from hecate_lab.cluster_sim.objects import (
     REQUESTED_AT,
     SERVED_BY,
     STUCK,
-    WORKLOAD_KINDS,
     ObjRef,
     annotations_of,
     condition,

@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hecate.domain.kubeobjects import WORKLOAD_KINDS
 from hecate_lab.cluster_sim.objects import (
     LOST_ON_COLD_START,
-    WORKLOAD_KINDS,
     ObjRef,
     annotations_of,
     condition_true,
