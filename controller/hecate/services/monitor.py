@@ -79,7 +79,7 @@ class Monitor:
             config.trigger.default_budget_s, budget_mod.BudgetSource.default, (), config.trigger.safety_factor)
         self.refresh_budget()
 
-    # -- budget and policy ---------------------------------------------------------------
+    # -- budget and thresholds ---------------------------------------------------------------
 
     def refresh_budget(self) -> None:
         """Re-read the run history (a corrupt file reads as empty) and re-estimate the budget."""
@@ -95,9 +95,9 @@ class Monitor:
         except OSError:
             return None
 
-    def policy(self) -> trigger.Policy:
+    def thresholds(self) -> trigger.Thresholds:
         t = self.config.trigger
-        return trigger.Policy(
+        return trigger.Thresholds(
             threshold_s=self.budget.threshold_s,
             debounce_polls=t.debounce_polls,
             deadtime_s=t.deadtime_s,
@@ -124,7 +124,7 @@ class Monitor:
             self.refresh_budget()
         snapshots: Sequence[Snapshot] = await asyncio.gather(*(self.reader.read(u) for u in self.config.ups))
         now = self.clock()
-        state, outcome = trigger.decide(self.view.state, snapshots, self.policy(), now)
+        state, outcome = trigger.decide(self.view.state, snapshots, self.thresholds(), now)
         self.view.snapshots = {s.ups: s for s in snapshots}
         self.view.state, self.view.outcome = state, outcome
         self.view.polls += 1
