@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import yaml
 
 from hecate.adapters import kube as kube_mod
 from hecate.adapters.store import atomic_write
+from hecate.domain import timestamps
 from hecate.domain.config import HecateConfig
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ async def refresh(config: HecateConfig, kube: kube_mod.Kube) -> dict[str, Any]:
         log.warning("bootstrap cache: %s not found in the cluster; left out of the snapshot", ", ".join(missing))
     directory = flux.fallback_manifests_dir
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    header = (f"# Written by hecate at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} from the live cluster "
+    header = (f"# Written by hecate at {timestamps.rfc3339(datetime.now(UTC))} from the live cluster "
               "(flux.bootstrap_objects).\n# Applied (missing objects only) when Flux and Gitea deadlock.\n")
     body = yaml.safe_dump_all(manifests, sort_keys=False)
     atomic_write(directory / SNAPSHOT, (header + body).encode(), mode=0o600)  # configuration may be sensitive

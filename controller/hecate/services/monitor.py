@@ -23,7 +23,7 @@ from typing import Protocol
 
 from hecate.adapters.store import StateStore, new_run_id
 from hecate.domain import budget as budget_mod
-from hecate.domain import trigger
+from hecate.domain import timestamps, trigger
 from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.runs import RunKind, RunRecord, RunResult
 from hecate.domain.ups import Flag, Snapshot
@@ -187,14 +187,14 @@ def trigger_info(decision: trigger.Decision, budget: budget_mod.Budget) -> dict[
         "source": "ups", "ups": decision.ups, "reason": decision.reason.value, "detail": decision.detail,
         "runtime_s": decision.runtime_s, "threshold_s": decision.threshold_s, "budget_s": budget.seconds,
         "budget_source": budget.source.value,
-        "decided_at": datetime.fromtimestamp(to_wall(decision.at), UTC).isoformat(),
+        "decided_at": timestamps.rfc3339(wall_time(decision.at), fraction=True),
     }
 
 
-def to_wall(monotonic_ts: float) -> float:
-    """A ``time.monotonic()`` instant as wall-clock epoch seconds (decisions use the monotonic
-    clock so an NTP step cannot fire or stall deadtime; people read wall-clock times)."""
-    return time.time() - (time.monotonic() - monotonic_ts)
+def wall_time(monotonic_ts: float) -> datetime:
+    """A ``time.monotonic()`` instant as a wall-clock time (decisions use the monotonic clock
+    so an NTP step cannot fire or stall deadtime; people read wall-clock times)."""
+    return datetime.fromtimestamp(time.time() - (time.monotonic() - monotonic_ts), UTC)
 
 
 def dry_run_recorder(store: StateStore, clock: Callable[[], float] = time.time) -> ShutdownHandler:

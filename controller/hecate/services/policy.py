@@ -46,6 +46,7 @@ from pydantic import ValidationError
 
 from hecate.adapters.store import StateStore
 from hecate.domain import policy as policy_mod
+from hecate.domain import timestamps
 from hecate.domain.config import HecateConfig
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def iso(when: datetime | None) -> str | None:
-    """RFC 3339 in UTC, whole seconds (``metav1.Time``)."""
-    return None if when is None else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass(frozen=True)
 class CachedPolicy:
     """One PowerPolicy object as Hecate keeps it (in the cache, or as last accepted)."""
@@ -132,7 +128,7 @@ class CachedPolicy:
         if self.generation is not None:
             meta["generation"] = self.generation
         return {"apiVersion": policy_mod.API_VERSION, "kind": policy_mod.KIND, "metadata": meta,
-                "cachedAt": iso(self.cached_at), "spec": self.spec}
+                "cachedAt": timestamps.rfc3339(self.cached_at), "spec": self.spec}
 
     def text(self) -> str:
         return ("# Hecate's cache of the last valid PowerPolicy: in force while the cluster's cannot be.\n"
@@ -159,11 +155,9 @@ def parse_cache(text: str) -> CachedPolicy:
         raise CacheCorrupt("metadata.name is missing")
     cached_at = data.get("cachedAt")
     try:
-        when = datetime.fromisoformat(str(cached_at).replace("Z", "+00:00"))
+        when = timestamps.parse(str(cached_at))
     except ValueError:
         raise CacheCorrupt(f"cachedAt is not a time: {cached_at!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
     return replace(CachedPolicy.from_object(data, when), cached_at=when)
 
 
@@ -205,14 +199,14 @@ class PolicyView:
             "name": self.name,
             "source": self.source.value,
             "detail": self.detail,
-            "since": iso(self.since),
+            "since": timestamps.rfc3339(self.since),
             "age_s": None if force is None else round(max(0.0, (now - force.cached_at).total_seconds()), 1),
-            "cached_at": iso(force.cached_at) if force else None,
+            "cached_at": timestamps.rfc3339(force.cached_at) if force else None,
             "generation": force.generation if force else None,
             "resource_version": force.resource_version if force else None,
             "cache": None if self.cached is None else {
                 "generation": self.cached.generation, "resource_version": self.cached.resource_version,
-                "cached_at": iso(self.cached.cached_at)},
+                "cached_at": timestamps.rfc3339(self.cached.cached_at)},
             "cluster_object": self.cluster.value,
             "observed_generation": self.observed_generation,
             "rejected": self.rejected,
@@ -300,7 +294,7 @@ class PolicyState:
                 return self._view
             self._cached, self._cached_config = cached, config
             log.info("policy cache: PowerPolicy %s generation %s (cached %s) is in force until the cluster's is read",
-                     cached.name, cached.generation, iso(cached.cached_at))
+                     cached.name, cached.generation, timestamps.rfc3339(cached.cached_at))
             return self._update()
 
     def _warn(self, message: str, *, error: bool = False) -> None:

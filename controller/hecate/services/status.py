@@ -10,18 +10,19 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from hecate.domain import timestamps
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
 from hecate.domain.runs import RunRecord
 from hecate.domain.trigger import AlertKind, Decision, UpsState
-from hecate.services.monitor import Monitor, to_wall
+from hecate.services.monitor import Monitor, wall_time
 from hecate.services.policy import PolicyView, baseline_view
 
 RECENT_RUNS = 5
 
 
 def _iso(monotonic_ts: float | None) -> str | None:
-    return None if monotonic_ts is None else datetime.fromtimestamp(to_wall(monotonic_ts), UTC).isoformat()
+    return None if monotonic_ts is None else timestamps.rfc3339(wall_time(monotonic_ts), fraction=True)
 
 
 def _decision(d: Decision | None) -> dict[str, Any] | None:
@@ -39,7 +40,7 @@ def _budget(b: Budget, config: HecateConfig) -> dict[str, Any]:
 
 def _run(r: RunRecord) -> dict[str, Any]:
     return {"id": r.id, "kind": r.kind.value, "dry_run": r.dry_run, "result": r.result and r.result.value,
-            "started_at": r.started_at.isoformat(), "duration_s": r.duration_s,
+            "started_at": timestamps.rfc3339(r.started_at, fraction=True), "duration_s": r.duration_s,
             "trigger": r.trigger}
 
 
@@ -101,7 +102,7 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None) ->
         "host": config.host_name,
         "role": config.role.value,
         "source": source,
-        "generated_at": datetime.now(UTC).isoformat(),
+        "generated_at": timestamps.rfc3339(datetime.now(UTC), fraction=True),
         "polls": view.polls,
         "last_poll_at": _iso(view.last_poll_at),
         "ups": ups,
