@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hecate.domain import validation
 from hecate.domain.runs import RunHistory, RunRecord
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class StateStore:
         try:
             return RunHistory.validate_json(raw)
         except ValidationError as err:
-            self._quarantine(self.runs_path, _first_error(err))
+            self._quarantine(self.runs_path, validation.problems(err, RunRecord)[0].text)
             return []
 
     def _quarantine(self, path: Path, why: str) -> Path:
@@ -247,9 +248,3 @@ class StateStore:
     def journal_finish(self, run_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.journal_path(run_id).unlink()
-
-
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {first['msg']}" if where else first["msg"]

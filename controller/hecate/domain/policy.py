@@ -46,6 +46,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hecate.domain import config as cfg
+from hecate.domain import validation
 from hecate.domain.reference import model_in
 from hecate.domain.runs import RunResult
 from hecate.domain.trigger import Phase as UpsPhase
@@ -305,46 +306,12 @@ def effective_config(config: cfg.HecateConfig, spec: PowerPolicySpec) -> cfg.Hec
 # -- messages ---------------------------------------------------------------------------------
 
 
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    current: type[BaseModel] | None = _Document
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if current is not None else None
-        if field is None:
-            return []
-        current = model_in(field.annotation)
-    if current is None:
-        return []
-    return sorted(n for n, f in current.model_fields.items() if not f.exclude)
-
-
 def describe_error(err: Exception) -> str:
     """One line for a status condition: ``spec.trigger.safety_factor = 11: Input should be ...``,
     problems joined with ``; ``."""
     if not isinstance(err, ValidationError):
         return str(err)
-    parts = []
-    for problem in err.errors(include_url=False):
-        where = _dotted(problem["loc"]) or "(top level)"
-        if problem["type"] == "extra_forbidden":
-            allowed = _allowed_keys(problem["loc"][:-1])
-            parts.append(f"{where}: unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else ""))
-            continue
-        if problem["type"] == "missing":
-            parts.append(f"{where}: required field is missing")
-            continue
-        value = problem.get("input")
-        shown = "" if isinstance(value, (dict, list)) or problem["type"].startswith("policy_") else f" = {value!r}"
-        parts.append(f"{where}{shown}: {problem['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
+    return "; ".join(p.text for p in validation.problems(err, _Document))
 
 
 # -- the CRD ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from hecate.adapters import kube as kube_mod
+from hecate.adapters import yamlfile
 from hecate.adapters.store import atomic_write
 from hecate.domain import timestamps
 from hecate.domain.config import HecateConfig
@@ -44,9 +45,11 @@ def load(directory: Path) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         try:
-            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            documents = yamlfile.load_all(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as err:
             raise CacheError(f"{path}: cannot read: {err}") from err
+        except yamlfile.YamlSyntaxError as err:
+            raise CacheError(f"cannot read {err}") from err
         for index, doc in enumerate(documents):
             if doc is None:
                 continue

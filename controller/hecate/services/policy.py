@@ -44,7 +44,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from hecate.adapters.store import StateStore
+from hecate.adapters import yamlfile
+from hecate.adapters.store import POLICY_CACHE_FILE, StateStore
 from hecate.domain import policy as policy_mod
 from hecate.domain import timestamps
 from hecate.domain.config import HecateConfig
@@ -139,11 +140,9 @@ class CachedPolicy:
 def parse_cache(text: str) -> CachedPolicy:
     """The cache file's policy; :class:`CacheCorrupt` says what is wrong with it."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise CacheCorrupt(f"{where}YAML syntax error: {getattr(err, 'problem', None) or err}") from None
+        data = yamlfile.load(text, POLICY_CACHE_FILE)
+    except yamlfile.YamlSyntaxError as err:
+        raise CacheCorrupt(str(err)) from None
     if not isinstance(data, dict):
         raise CacheCorrupt("not a PowerPolicy document (the top level is not a mapping)")
     try:
