@@ -3,8 +3,8 @@
 Heavy libraries (kopf, kubernetes, paramiko) are imported inside the commands that need
 them, so ``hecate --help`` and ``hecate status`` start fast.
 
-Exit codes: 0 success, 1 the command failed or is not implemented yet, 2 bad usage or
-an unusable configuration (one readable message, never a traceback).
+Exit codes: 0 success, 1 the command failed, 2 bad usage or an unusable configuration
+(one readable message, never a traceback).
 """
 
 from __future__ import annotations
@@ -69,10 +69,6 @@ def effective_config(config: HecateConfig) -> HecateConfig:
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"hecate: {message}", err=True)
     sys.exit(code)
-
-
-def not_implemented(what: str, issue: int) -> NoReturn:
-    fail(f"{what} is not implemented yet (tracked in issue #{issue}); nothing was done.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

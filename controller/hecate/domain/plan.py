@@ -3,7 +3,7 @@
 A plan is printed as-is by a dry-run and applied by the one executor
 (``hecate.services.executor``), which journals it, so a killed run resumes with exactly
 the steps it started with. Purely computational: the builder takes the configuration
-(and later the effective policy) and returns values.
+in force (hecate.yaml with the PowerPolicy laid over it) and returns values.
 
 Each step acts on one target (a node, a workload tier, a UPS, "flux", "local") so that
 the journal records progress per node. Steps of a stage run in *waves*: every step of

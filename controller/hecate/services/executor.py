@@ -1,6 +1,6 @@
 """The plan executor: runs a plan's stages in order, journaled, resumable, bounded in time.
 
-One executor applies every plan (shutdown now, startup later). Per stage it runs the
+One executor applies every plan (shutdown and startup). Per stage it runs the
 steps wave by wave, up to the stage's parallelism at once; each step has its own timeout
 and retries transient errors with backoff; the stage has a deadline after which its
 unfinished steps are cancelled and recorded as failed. A failed step with
