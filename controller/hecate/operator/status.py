@@ -4,7 +4,7 @@ Pure: :func:`status_body` takes what the daemon knows (:class:`Snapshot`) and th
 conditions last written (for ``lastTransitionTime``, which only moves when a condition's
 ``status`` changes, as ``metav1.Condition`` wants) and returns the whole ``status`` object
 -- every key, ``None`` for "remove" (it is sent as a JSON merge patch) -- matching the
-CRD's status schema (:func:`hecate.domain.policy.status_schema`).
+CRD's status schema (:func:`hecate.domain.crd.status_schema`).
 
 Conditions:
 

@@ -46,8 +46,8 @@ from pydantic import ValidationError
 
 from hecate.adapters import yamlfile
 from hecate.adapters.store import POLICY_CACHE_FILE, StateStore
+from hecate.domain import crd, timestamps
 from hecate.domain import policy as policy_mod
-from hecate.domain import timestamps
 from hecate.domain.config import HecateConfig
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Source(StrEnum):
     host = "host"
 
 
-assert {s.value for s in Source} == set(policy_mod.SOURCES), "Source must match the CRD's status.source enum"
+assert {s.value for s in Source} == set(crd.SOURCES), "Source must match the CRD's status.source enum"
 
 
 class ClusterObject(StrEnum):
