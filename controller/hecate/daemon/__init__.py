@@ -57,7 +57,7 @@ class Daemon:
         self.store = StateStore(config.state_dir)
         self.loop: asyncio.AbstractEventLoop | None = None
         """The daemon's loop, once running: policy changes from the operator's thread are applied on it."""
-        self.policy = policy_mod.PolicyState(config, self.store, on_change=self._policy_changed)
+        self.policy = policy_mod.PolicyInForce(config, self.store, on_change=self._policy_changed)
         self.policy.load()  # the cache (if any) is in force from the first poll
         config = self.config = self.policy.config
         self.operator: Operator | None = None

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from hecate.domain import policy
+from hecate.domain import policy, policy_source
 from hecate.domain.runs import RunResult
 from hecate.domain.trigger import Phase as UpsPhase
 
@@ -113,7 +113,6 @@ def _has_path(raw: Mapping[str, Any], path: str) -> bool:
 PHASES: Final = ("Pending", "Active", "Invalid", "ShuttingDown", "StartingUp")
 """``status.phase``: not yet seen by Hecate, in force, rejected (the last valid policy or the
 host's baseline stays in force), a shutdown or a startup in progress."""
-SOURCES: Final = ("cluster", "cache", "host")
 
 _TIME: Final = {"type": "string", "format": "date-time"}
 
@@ -182,7 +181,7 @@ def status_schema() -> dict[str, Any]:
         }),
         "source": _str("Where the policy in force comes from: this object (`cluster`), Hecate's cache of the last "
                        "valid one (`cache`, e.g. while this one is invalid or the API was unreachable), or "
-                       "hecate.yaml alone (`host`).", enum=list(SOURCES)),
+                       "hecate.yaml alone (`host`).", enum=[s.value for s in policy_source.Source]),
         "cachedAt": {**_TIME, "description": "When the policy in force was written to Hecate's cache."},
     })
 

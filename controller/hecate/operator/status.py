@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hecate.domain import timestamps
+from hecate.domain.policy_source import ClusterObject, PolicyView
 from hecate.domain.trigger import Phase as UpsPhase
-from hecate.services.policy import ClusterObject, PolicyView
 
 CONDITION_TYPES = ("Accepted", "Cached", "Armed", "ShutdownInProgress")
 

@@ -13,10 +13,10 @@ from typing import Any
 from hecate.domain import timestamps
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
+from hecate.domain.policy_source import PolicyView, baseline_view
 from hecate.domain.runs import RunRecord
 from hecate.domain.trigger import AlertKind, Decision, UpsState
 from hecate.services.monitor import Monitor, wall_time
-from hecate.services.policy import PolicyView, baseline_view
 
 RECENT_RUNS = 5
 
@@ -66,9 +66,10 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None) ->
     values are hecate.yaml's (``hecate status`` polling directly).
     """
     config, view = monitor.config, monitor.view
+    now = datetime.now(UTC)
     if policy is None:
         policy = baseline_view(config, "polled directly: hecate.yaml's values (a running daemon would also apply "
-                                       "the cached or cluster PowerPolicy)")
+                                       "the cached or cluster PowerPolicy)", now)
     outcome = view.outcome
     ups = []
     for u in config.ups:
@@ -102,7 +103,7 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None) ->
         "host": config.host_name,
         "role": config.role.value,
         "source": source,
-        "generated_at": timestamps.rfc3339(datetime.now(UTC), fraction=True),
+        "generated_at": timestamps.rfc3339(now, fraction=True),
         "polls": view.polls,
         "last_poll_at": _iso(view.last_poll_at),
         "ups": ups,
@@ -116,6 +117,6 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None) ->
         "alerts": [{"ups": a.ups, "kind": a.kind.value, "message": a.message}
                    for a in (outcome.alerts if outcome else ())],
         "runs": _runs(runs),
-        "policy": policy.as_dict(),
+        "policy": policy.as_dict(now),
         "warnings": list(monitor.store.warnings),
     }
