@@ -153,7 +153,7 @@ class FakeReader:
     def __init__(self) -> None:
         self.variables = {"ups.status": "OL", "battery.runtime": "900", "battery.charge": "100"}
 
-    async def read(self, ups: Ups) -> Snapshot:
+    async def read(self, ups: Ups, timeout: float) -> Snapshot:
         return from_variables(ups.name, dict(self.variables), time.monotonic())
 
 

@@ -192,7 +192,7 @@ def _status_document(cfg: HecateConfig) -> dict[str, Any]:
     except StoreError as err:
         fail(str(err))
     view = policy.load_effective(cfg, store) if cfg.policy.name else None  # as a daemon starting now would
-    mon = monitor.Monitor(view.config if view else cfg, nut.NutReader(timeout=1.0), store, _no_action)
+    mon = monitor.Monitor(view.config if view else cfg, nut.NutReader(), store, _no_action)
     asyncio.run(mon.poll_once())
     return status.document(mon, "direct", view)
 

@@ -6,6 +6,12 @@ shutdown handler once. It polls faster while any UPS is on battery or silent aft
 on battery. The budget is re-read from the run history when the monitor starts and
 after every run, so a new measured shutdown changes the threshold at once.
 
+The monitor owns the configuration it works with: :attr:`Monitor.config` is the one
+getter for the poll intervals, the read timeout, the watchdog's staleness and the trigger
+thresholds, and :meth:`Monitor.apply` puts a new one in force (a PowerPolicy applied at
+runtime). Applying wakes a sleeping loop at once, which plans its next poll again from the
+new interval -- a policy that shortens the interval does not wait out the old one.
+
 The monitor keeps the latest snapshots, decision and alerts for ``/v1/status``,
 ``/metrics`` and ``hecate status``; it never raises out of a poll.
 """
@@ -13,7 +19,6 @@ The monitor keeps the latest snapshots, decision and alerts for ``/v1/status``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,9 +37,9 @@ log = logging.getLogger(__name__)
 
 
 class UpsReader(Protocol):
-    """Reads one UPS; never raises -- a failed read is a snapshot with ``ok`` False."""
+    """Reads one UPS within ``timeout`` seconds; never raises -- a failed read is a snapshot with ``ok`` False."""
 
-    async def read(self, ups: Ups) -> Snapshot: ...
+    async def read(self, ups: Ups, timeout: float) -> Snapshot: ...
 
 
 ShutdownHandler = Callable[[trigger.Decision, budget_mod.Budget], Awaitable[None]]
@@ -63,7 +68,8 @@ class Monitor:
         *,
         unlatch_on_mains: bool = False,
     ) -> None:
-        self.config = config
+        self._config = config
+        self._wake = asyncio.Event()  # set by apply(): the sleeping loop plans its next poll again
         self.reader = reader
         self.store = store
         self.on_shutdown = on_shutdown
@@ -78,6 +84,39 @@ class Monitor:
         self.budget = budget_mod.Budget(
             config.trigger.default_budget_s, budget_mod.BudgetSource.default, (), config.trigger.safety_factor)
         self.refresh_budget()
+
+    # -- the configuration in force -----------------------------------------------------
+
+    @property
+    def config(self) -> HecateConfig:
+        """The configuration the monitor works with; everything that depends on it reads it here."""
+        return self._config
+
+    def apply(self, config: HecateConfig) -> None:
+        """Put ``config`` in force: the next poll decides with it (the budget is re-estimated with
+        its trigger settings now), and a sleeping loop wakes to plan its next poll from its interval.
+
+        Call it on the monitor's loop.
+        """
+        self._config = config
+        self.refresh_budget()
+        self._wake.set()
+
+    def read_timeout(self) -> float:
+        """How long one UPS read may take: bounded by the fast (on-battery) poll interval, so one
+        silent upsd cannot slow down the polls of the others (reads run concurrently; a poll lasts
+        as long as its slowest)."""
+        return max(0.5, min(2.0, self.config.trigger.poll_interval_on_battery_s))
+
+    def stale_after(self) -> float:
+        """How long without a poll means the monitor is wedged (the watchdog stops its keep-alives)."""
+        t = self.config.trigger
+        return max(10.0, 5 * max(t.poll_interval_s, t.poll_interval_on_battery_s))
+
+    def polling(self) -> bool:
+        """Polls keep happening: the last one is more recent than :meth:`stale_after`."""
+        last = self.view.last_poll_at
+        return last is not None and self.clock() - last < self.stale_after()
 
     # -- budget and thresholds ---------------------------------------------------------------
 
@@ -122,7 +161,8 @@ class Monitor:
     async def poll_once(self) -> trigger.Outcome:
         if self._mtime() != self._runs_mtime:  # another process (hecate shutdown --execute) recorded a run
             self.refresh_budget()
-        snapshots: Sequence[Snapshot] = await asyncio.gather(*(self.reader.read(u) for u in self.config.ups))
+        timeout = self.read_timeout()
+        snapshots: Sequence[Snapshot] = await asyncio.gather(*(self.reader.read(u, timeout) for u in self.config.ups))
         now = self.clock()
         state, outcome = trigger.decide(self.view.state, snapshots, self.thresholds(), now)
         self.view.snapshots = {s.ups: s for s in snapshots}
@@ -176,9 +216,24 @@ class Monitor:
                 await self.poll_once()
             except Exception:  # the monitor must outlive any single bad poll
                 log.exception("poll failed")
-            delay = max(0.0, self.interval() - (time.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await self._sleep(started, stop)
+
+    async def _sleep(self, started: float, stop: asyncio.Event) -> None:
+        """Until the interval in force has passed since ``started``, or ``stop``; :meth:`apply`
+        wakes it to measure again with the new configuration's interval."""
+        while not stop.is_set():
+            self._wake.clear()  # a configuration applied before this point is already in interval()
+            delay = self.interval() - (time.monotonic() - started)
+            if delay <= 0:
+                return
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if not self._wake.is_set():
+                return  # the interval has passed, or stop
 
 
 def trigger_info(decision: trigger.Decision, budget: budget_mod.Budget) -> dict[str, object]:
