@@ -4,8 +4,10 @@ the configuration it owns (a policy applied at runtime wakes it and reaches ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -113,48 +115,50 @@ class PollCounter(FakeReader):
         return await super().read(ups, timeout)
 
 
-async def test_applying_a_config_wakes_a_monitor_sleeping_on_a_long_interval(tmp_path: Path) -> None:
-    reader = PollCounter()
-    daily = _with_trigger(config(tmp_path), poll_interval_s=86400)
-    monitor = Monitor(daily, reader, StateStore(tmp_path), dry_run_recorder(StateStore(tmp_path)))
+@contextlib.asynccontextmanager
+async def running(monitor: Monitor, reader: PollCounter) -> AsyncIterator[None]:
+    """The monitor's loop, past its first poll; stopped (within 5 s) on leaving."""
     stop = asyncio.Event()
     task = asyncio.create_task(monitor.run(stop))
     try:
         await asyncio.wait_for(reader.polled.wait(), 5)
         reader.polled.clear()
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+def daily_monitor(tmp_path: Path) -> tuple[Monitor, PollCounter]:
+    """A monitor that polls once a day."""
+    reader = PollCounter()
+    daily = _with_trigger(config(tmp_path), poll_interval_s=86400)
+    return Monitor(daily, reader, StateStore(tmp_path), dry_run_recorder(StateStore(tmp_path))), reader
+
+
+async def test_applying_a_config_wakes_a_monitor_sleeping_on_a_long_interval(tmp_path: Path) -> None:
+    monitor, reader = daily_monitor(tmp_path)
+    async with running(monitor, reader):
         await asyncio.sleep(0.05)  # asleep for a day now
         assert monitor.view.polls == 1
         started = time.monotonic()
-        monitor.apply(_with_trigger(daily, poll_interval_s=0.1))
+        monitor.apply(_with_trigger(monitor.config, poll_interval_s=0.1))
         await asyncio.wait_for(reader.polled.wait(), 5)
         assert time.monotonic() - started < 1.0  # the new interval, not the rest of the day
         assert monitor.config.trigger.poll_interval_s == 0.1
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
 
 async def test_a_wake_plans_again_from_the_last_poll_it_does_not_poll_at_every_apply(tmp_path: Path) -> None:
-    reader = PollCounter()
-    daily = _with_trigger(config(tmp_path), poll_interval_s=86400)
-    monitor = Monitor(daily, reader, StateStore(tmp_path), dry_run_recorder(StateStore(tmp_path)))
-    stop = asyncio.Event()
-    task = asyncio.create_task(monitor.run(stop))
-    try:
-        await asyncio.wait_for(reader.polled.wait(), 5)
-        monitor.apply(_with_trigger(daily, poll_interval_s=3600, safety_factor=2.0))
+    monitor, reader = daily_monitor(tmp_path)
+    async with running(monitor, reader):
+        monitor.apply(_with_trigger(monitor.config, poll_interval_s=3600, safety_factor=2.0))
         await asyncio.sleep(0.2)
         assert monitor.view.polls == 1  # an hour since the last poll has not passed yet
         assert monitor.budget.safety_factor == 2.0  # but the thresholds are the new ones already
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
 
 async def test_stop_still_ends_a_sleeping_monitor_at_once(tmp_path: Path) -> None:
-    reader = PollCounter()
-    monitor = Monitor(_with_trigger(config(tmp_path), poll_interval_s=86400), reader, StateStore(tmp_path),
-                      dry_run_recorder(StateStore(tmp_path)))
+    monitor, reader = daily_monitor(tmp_path)
     stop = asyncio.Event()
     task = asyncio.create_task(monitor.run(stop))
     await asyncio.wait_for(reader.polled.wait(), 5)
@@ -198,11 +202,7 @@ async def test_a_policy_from_the_operators_thread_reaches_the_daemons_monitor_at
     reader = PollCounter()
     daemon = Daemon(baseline, reader)
     daemon.loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.monitor.run(stop))
-    try:
-        await asyncio.wait_for(reader.polled.wait(), 5)
-        reader.polled.clear()
+    async with running(daemon.monitor, reader):
         daemon.policy.connected()
         obj = {"apiVersion": "hecate.io/v1alpha1", "kind": "PowerPolicy",
                "metadata": {"name": "t", "uid": "u1", "generation": 1, "resourceVersion": "1"},
@@ -215,6 +215,3 @@ async def test_a_policy_from_the_operators_thread_reaches_the_daemons_monitor_at
         assert daemon.config.trigger.poll_interval_s == 0.1
         assert reader.timeouts[-1] == 0.7
         assert daemon.monitor.stale_after() == 10.0
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
