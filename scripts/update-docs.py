@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from hecate.domain import policy
+from hecate.domain import crd
 from hecate.domain.config import HecateConfig
 from hecate.domain.reference import markdown_table
 from hecate.domain.runs import RunRecord
@@ -64,7 +64,7 @@ _Dumper.add_representer(str, _str)
 
 
 def render_crd() -> str:
-    body = yaml.dump(policy.crd(), Dumper=_Dumper, sort_keys=False, width=1 << 20, allow_unicode=True)
+    body = yaml.dump(crd.definition(), Dumper=_Dumper, sort_keys=False, width=1 << 20, allow_unicode=True)
     return CRD_HEADER + body
 
 

@@ -34,6 +34,7 @@ from hecate import daemon as daemon_mod
 from hecate.adapters import metrics
 from hecate.adapters.store import StateStore
 from hecate.cli import render
+from hecate.domain import policy_source
 from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.ups import Snapshot, from_variables
 from hecate.operator import OperatorOptions
@@ -152,7 +153,7 @@ class FakeReader:
     def __init__(self) -> None:
         self.variables = {"ups.status": "OL", "battery.runtime": "900", "battery.charge": "100"}
 
-    async def read(self, ups: Ups) -> Snapshot:
+    async def read(self, ups: Ups, timeout: float) -> Snapshot:
         return from_variables(ups.name, dict(self.variables), time.monotonic())
 
 
@@ -357,9 +358,9 @@ async def test_api_unreachable_at_start_decides_from_cache_then_connects(tmp_pat
     kube.dir.mkdir()
     config = make_config(tmp_path, kube.kubeconfig, ups=ups)  # the kubeconfig does not exist yet
     store = StateStore(config.state_dir)
-    cached = policy_mod.CachedPolicy(name="titan", uid="u-1", resource_version="7", generation=4,
+    cached = policy_source.CachedPolicy(name="titan", uid="u-1", resource_version="7", generation=4,
                                      spec={"trigger": {"safety_factor": 2.0}}, cached_at=datetime.now(UTC))
-    store.write_policy_cache(cached.text())
+    store.write_policy_cache(cached)
     try:
         async with running(config) as daemon:
             doc = await until(lambda: _operator(daemon, "unavailable"), 10, "the operator to find no API")
@@ -523,8 +524,8 @@ def test_a_corrupt_cache_is_moved_aside_and_hecate_yaml_is_in_force(tmp_path: Pa
     config = _baseline(tmp_path)
     store = StateStore(config.state_dir)
     store.policy_cache_path.write_text(content)
-    view = policy_mod.PolicyState(config, store).load()
-    assert view.source is policy_mod.Source.host
+    view = policy_mod.PolicyInForce(config, store).load()
+    assert view.source is policy_source.Source.host
     assert view.config == config
     assert not store.policy_cache_path.exists()
     [aside] = list(config.state_dir.glob("policy-cache.yaml.corrupt-*"))
@@ -536,10 +537,9 @@ def test_a_corrupt_cache_is_moved_aside_and_hecate_yaml_is_in_force(tmp_path: Pa
 def test_a_cache_that_no_longer_fits_hecate_yaml_is_kept_but_not_used(tmp_path: Path) -> None:
     config = _baseline(tmp_path)
     store = StateStore(config.state_dir)
-    store.write_policy_cache(policy_mod.CachedPolicy.from_object(_spec_doc({"ups": ["ghost"]}), datetime.now(UTC))
-                             .text())
-    view = policy_mod.PolicyState(config, store).load()
-    assert view.source is policy_mod.Source.host
+    store.write_policy_cache(policy_source.CachedPolicy.from_object(_spec_doc({"ups": ["ghost"]}), datetime.now(UTC)))
+    view = policy_mod.PolicyInForce(config, store).load()
+    assert view.source is policy_source.Source.host
     assert store.policy_cache_path.exists()
     assert any("does not fit hecate.yaml" in w and "spec.ups" in w for w in store.warnings)
 
@@ -548,35 +548,35 @@ def test_precedence_cluster_over_cache_over_hecate_yaml(tmp_path: Path) -> None:
     config = _baseline(tmp_path)
     store = StateStore(config.state_dir)
     changes: list[HecateConfig] = []
-    state = policy_mod.PolicyState(config, store, on_change=changes.append)
-    assert state.load().source is policy_mod.Source.host
+    state = policy_mod.PolicyInForce(config, store, on_change=changes.append)
+    assert state.load().source is policy_source.Source.host
     state.connected()
     view = state.accept(_spec_doc({"trigger": {"safety_factor": 2.0}}))
-    assert (view.source, view.config.trigger.safety_factor) == (policy_mod.Source.cluster, 2.0)
+    assert (view.source, view.config.trigger.safety_factor) == (policy_source.Source.cluster, 2.0)
     assert changes[-1].trigger.safety_factor == 2.0
     first_cached_at = view.policy.cached_at if view.policy else None
     assert state.accept(_spec_doc({"trigger": {"safety_factor": 2.0}})).policy.cached_at == first_cached_at  # type: ignore[union-attr]
     with pytest.raises(policy_mod.PolicyRejected, match=r"spec\.trigger\.safety_factor"):
         state.accept(_spec_doc({"trigger": {"safety_factor": 11}}, generation=2))
     view = state.view
-    assert (view.source, view.config.trigger.safety_factor) == (policy_mod.Source.cache, 2.0)
+    assert (view.source, view.config.trigger.safety_factor) == (policy_source.Source.cache, 2.0)
     assert view.detail.startswith("cluster object generation 2 rejected (spec.trigger.safety_factor = 11")
     state.unavailable("connection refused")
     state.accept(_spec_doc({"trigger": {"safety_factor": 2.5}}, generation=3))
-    assert state.view.source is policy_mod.Source.cache  # valid, but the API is gone: the cache (now gen 3)
+    assert state.view.source is policy_source.Source.cache  # valid, but the API is gone: the cache (now gen 3)
     assert state.view.config.trigger.safety_factor == 2.5
     state.connected()
-    assert state.view.source is policy_mod.Source.cluster
+    assert state.view.source is policy_source.Source.cluster
     assert state.deleted().detail == "cluster object deleted; cache in force"
     assert state.view.config.trigger.safety_factor == 2.5
     # a restarted daemon starts from that cache
-    again = policy_mod.PolicyState(config, store).load()
+    again = policy_mod.PolicyInForce(config, store).load()
     assert (again.source, again.config.trigger.safety_factor, again.policy.generation) == (  # type: ignore[union-attr]
-        policy_mod.Source.cache, 2.5, 3)
+        policy_source.Source.cache, 2.5, 3)
     assert again.detail == "not connected to the cluster yet; cache in force"
     # no policy.name: hecate.yaml alone, the cache is not read
     plain = _baseline(tmp_path, policy={})
-    assert policy_mod.PolicyState(plain, store).load().source is policy_mod.Source.host
+    assert policy_mod.PolicyInForce(plain, store).load().source is policy_source.Source.host
 
 
 async def test_daemon_apply_puts_a_policy_in_force_for_the_next_poll(tmp_path: Path) -> None:
@@ -631,7 +631,7 @@ async def test_a_policy_arriving_during_a_shutdown_waits_for_its_end(tmp_path: P
 def test_conditions_keep_their_transition_time_and_the_status_fits_the_crd(tmp_path: Path) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     config = _baseline(tmp_path)
-    state = policy_mod.PolicyState(config, StateStore(config.state_dir))
+    state = policy_mod.PolicyInForce(config, StateStore(config.state_dir))
     state.connected()
     state.accept(_spec_doc({"trigger": {"safety_factor": 2.0}}))
     doc = {"ups": [{"name": "pyrphoros", "protects_cluster": True, "phase": "on_battery", "reachable": True,

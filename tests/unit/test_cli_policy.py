@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from hecate.adapters.store import StateStore
 from hecate.cli import cli, effective_config
 from hecate.domain.config import HecateConfig
-from hecate.services.policy import CachedPolicy
+from hecate.domain.policy_source import CachedPolicy
 
 CONFIG = """\
 state_dir: {state}
@@ -34,7 +34,7 @@ def _setup(tmp_path: Path) -> tuple[Path, HecateConfig]:
                                                     "generation": 2},
                                        "spec": {"shutdown": {"drain_timeout_s": 77},
                                                 "flux": {"detection_window_s": 9}}}, datetime.now(UTC))
-    StateStore(config.state_dir).write_policy_cache(cached.text())
+    StateStore(config.state_dir).write_policy_cache(cached)
     return path, config
 
 

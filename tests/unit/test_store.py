@@ -1,4 +1,4 @@
-"""The state dir: atomic writes, corrupt history, run lock, journal."""
+"""The state dir: atomic writes, corrupt history and policy cache, run lock, journal."""
 
 from __future__ import annotations
 
@@ -13,8 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from hecate.adapters.store import RunInProgress, StateStore, atomic_write
+from hecate.adapters.store import (
+    PolicyCacheCorrupt,
+    RunInProgress,
+    StateStore,
+    atomic_write,
+    parse_policy_cache,
+    policy_cache_text,
+)
 from hecate.domain.journal import StepFinished, StepStarted, StepStatus
+from hecate.domain.policy_source import CachedPolicy
 from hecate.domain.results import Done, Drained
 from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
 
@@ -161,8 +169,41 @@ def test_sigkill_during_writes_never_leaves_an_unloadable_file(tmp_path: Path) -
 def test_policy_cache_round_trips_atomically_and_privately(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     assert store.read_policy_cache() is None
-    store.write_policy_cache("apiVersion: hecate.io/v1alpha1\nkind: PowerPolicy\n")
-    store.write_policy_cache("apiVersion: hecate.io/v1alpha1\nkind: PowerPolicy\nmetadata: {name: titan}\n")
-    assert store.read_policy_cache() == "apiVersion: hecate.io/v1alpha1\nkind: PowerPolicy\nmetadata: {name: titan}\n"
+    when = datetime(2026, 11, 27, 3, 50, tzinfo=UTC)
+    first = CachedPolicy(name="titan", uid="u1", resource_version="4", generation=1, spec={}, cached_at=when)
+    second = CachedPolicy(name="titan", uid="u1", resource_version="7", generation=2,
+                          spec={"trigger": {"safety_factor": 2.0}}, cached_at=when)
+    store.write_policy_cache(first)
+    store.write_policy_cache(second)
+    assert store.read_policy_cache() == second
     assert store.policy_cache_path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".policy")] == []  # no temp files left
+
+
+def test_the_policy_cache_is_a_powerpolicy_document_with_cached_at() -> None:
+    when = datetime(2026, 11, 27, 3, 50, tzinfo=UTC)
+    cached = CachedPolicy(name="titan", uid="u1", resource_version="7", generation=2,
+                          spec={"trigger": {"safety_factor": 2.0}}, cached_at=when)
+    text = policy_cache_text(cached)
+    assert text.startswith("# Hecate's cache of the last valid PowerPolicy")
+    assert "apiVersion: hecate.io/v1alpha1\nkind: PowerPolicy\n" in text
+    assert "cachedAt: '2026-11-27T03:50:00Z'" in text
+    assert parse_policy_cache(text) == cached
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    ("{ not: yaml", "policy-cache.yaml:1:12: YAML syntax error"),
+    ("- a list\n", "the top level is not a mapping"),
+    ("apiVersion: hecate.io/v1alpha1\nkind: PowerPolicy\nspec: {}\n", "metadata.name is missing"),
+    ("apiVersion: hecate.io/v1alpha1\nkind: PowerPolicy\nmetadata: {name: t}\ncachedAt: soon\n",
+     "cachedAt is not a time: 'soon'"),
+])
+def test_a_corrupt_policy_cache_is_moved_aside_like_runs_json(tmp_path: Path, content: str, why: str) -> None:
+    store = StateStore(tmp_path)
+    store.policy_cache_path.write_text(content)
+    with pytest.raises(PolicyCacheCorrupt, match=why) as info:
+        store.read_policy_cache()
+    [aside] = list(tmp_path.glob("policy-cache.yaml.corrupt-*"))
+    assert info.value.aside == aside
+    assert aside.read_text() == content  # nothing lost
+    assert store.read_policy_cache() is None

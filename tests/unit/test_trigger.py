@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hecate.domain import trigger
-from hecate.domain.trigger import AlertKind, Phase, Policy, Reason, State
+from hecate.domain.trigger import AlertKind, Phase, Reason, State, Thresholds
 from hecate.domain.ups import MAX_RUNTIME_S, Snapshot, failed, from_variables, parse_number
 
-POLICY = Policy(threshold_s=330.0, debounce_polls=3, deadtime_s=15.0, protecting=frozenset({"pyr", "sta"}))
+THRESHOLDS = Thresholds(threshold_s=330.0, debounce_polls=3, deadtime_s=15.0, protecting=frozenset({"pyr", "sta"}))
 
 
 def snap(status: str = "OL", runtime: str | None = "1800", charge: str = "100", ups: str = "pyr",
@@ -22,13 +22,13 @@ def snap(status: str = "OL", runtime: str | None = "1800", charge: str = "100", 
     return from_variables(ups, variables, at)
 
 
-def run(readings: Iterable[Snapshot | Sequence[Snapshot]], policy: Policy = POLICY,
+def run(readings: Iterable[Snapshot | Sequence[Snapshot]], thresholds: Thresholds = THRESHOLDS,
         dt: float = 1.0) -> list[trigger.Outcome]:
     """Feed one poll per item (a snapshot or several), ``dt`` seconds apart."""
     state, outcomes = State(), []
     for i, item in enumerate(readings):
         polls = [item] if isinstance(item, Snapshot) else list(item)
-        state, outcome = trigger.decide(state, polls, policy, now=i * dt)
+        state, outcome = trigger.decide(state, polls, thresholds, now=i * dt)
         outcomes.append(outcome)
     return outcomes
 
@@ -141,8 +141,8 @@ def test_two_ups_only_the_falling_one_is_named() -> None:
 
 
 def test_a_ups_that_does_not_protect_the_cluster_never_triggers() -> None:
-    policy = Policy(threshold_s=330, protecting=frozenset({"pyr"}))
-    outcomes = run([[snap(ups="pyr"), snap("OB LB FSD", "1", ups="other")]] * 5, policy)
+    thresholds = Thresholds(threshold_s=330, protecting=frozenset({"pyr"}))
+    outcomes = run([[snap(ups="pyr"), snap("OB LB FSD", "1", ups="other")]] * 5, thresholds)
     assert first_shutdown(outcomes) is None
 
 
@@ -163,11 +163,11 @@ def test_transitions_are_edges() -> None:
 
 
 def test_reset_clears_the_latch() -> None:
-    state, outcome = trigger.decide(State(), [snap("OB LB")], POLICY, 0)
+    state, outcome = trigger.decide(State(), [snap("OB LB")], THRESHOLDS, 0)
     assert outcome.shutdown is not None
     state = trigger.reset(state)
     assert state.latched is None
-    state, outcome = trigger.decide(state, [snap("OL")], POLICY, 1)
+    state, outcome = trigger.decide(state, [snap("OL")], THRESHOLDS, 1)
     assert outcome.shutdown is None
 
 
@@ -209,10 +209,10 @@ def test_property_garbage_values_never_trigger(readings: list[tuple[str, str, st
 def test_property_sustained_crossing_triggers_within_debounce_polls(
     before: list[tuple[str, int]], runtimes: list[int], debounce: int
 ) -> None:
-    policy = Policy(threshold_s=330, debounce_polls=debounce, protecting=frozenset({"pyr"}))
+    thresholds = Thresholds(threshold_s=330, debounce_polls=debounce, protecting=frozenset({"pyr"}))
     prefix = [snap(status, str(rt)) for status, rt in before]
     crossing = [snap("OB DISCHRG", str(rt)) for rt in runtimes + [0] * debounce]
-    outcomes = run(prefix + crossing, policy)
+    outcomes = run(prefix + crossing, thresholds)
     index = first_shutdown(outcomes)
     assert index is not None
     # Never later than debounce polls into the sustained crossing (earlier only if the prefix

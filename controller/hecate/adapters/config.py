@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from hecate.domain import reference
+from hecate.adapters import yamlfile
+from hecate.domain import validation
 from hecate.domain.config import HecateConfig, deep_merge
 
 ENV_PREFIX = "HECATE_"
@@ -60,12 +60,9 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+        data = yamlfile.load(text, str(path))
+    except yamlfile.YamlSyntaxError as err:
+        raise ConfigError(str(err)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -106,50 +103,14 @@ def _env_paths(env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
 
 
 def _describe(err: ValidationError, path: Path, overridden: Mapping[tuple[str, ...], str]) -> str:
+    """One line per problem, each naming where the bad value came from: the file or a variable."""
     lines = []
-    for problem in err.errors():
-        loc = tuple(str(p) for p in problem["loc"])
-        dotted = _dotted(problem["loc"]) or "(top level)"
-        source = str(path)
-        for env_path, var in overridden.items():
-            if loc[: len(env_path)] == env_path:
-                source = f"environment {var}"
-                break
-        if problem["type"] == "extra_forbidden":
-            allowed = _allowed_keys(HecateConfig, problem["loc"][:-1])
-            hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
-            lines.append(f"{source}: {dotted}: unknown key{hint}")
-            continue
-        if problem["type"] == "missing":
-            lines.append(f"{source}: {dotted}: required field is missing")
-            continue
-        value = problem.get("input")
-        shown = f" = {value!r}" if not isinstance(value, (dict, list)) else ""
-        lines.append(f"{source}: {dotted}{shown}: {problem['msg']}")
+    for problem in validation.problems(err, HecateConfig):
+        loc = tuple(str(p) for p in problem.loc)
+        source = next((f"environment {var}" for env_path, var in overridden.items()
+                       if loc[: len(env_path)] == env_path), str(path))
+        lines.append(f"{source}: {problem.text}")
     return "\n".join(lines)
-
-
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """Field names valid at ``loc`` (list indexes are skipped); empty when unknown."""
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if current is not None else None
-        if field is None:
-            return []
-        current = reference.model_in(field.annotation)
-    return sorted(current.model_fields) if current is not None else []
 
 
 def _yaml_kind(value: object) -> str:

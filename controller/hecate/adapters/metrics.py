@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hecate.domain import policy_source
 from hecate.domain.ups import Flag
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -86,16 +87,13 @@ def _run_metrics(runs: dict[str, Any]) -> Iterator[Metric]:
                  [([kind], seconds) for kind, seconds in sorted(runs["last_duration_s"].items())], ("kind",))
 
 
-POLICY_SOURCES = ("cluster", "cache", "host")
-
-
 def _policy_metrics(policy: dict[str, Any] | None) -> Iterator[Metric]:
     if not policy:
         return
     yield _gauge("hecate_policy_source",
                  "1 for where the policy in force comes from: the cluster's PowerPolicy, the cache of the last "
                  "valid one, or hecate.yaml alone (host).",
-                 [([s], 1.0 if policy["source"] == s else 0.0) for s in POLICY_SOURCES], ("source",))
+                 [([s.value], 1.0 if policy["source"] == s.value else 0.0) for s in policy_source.Source], ("source",))
     if policy.get("age_s") is not None:
         yield _gauge("hecate_policy_age_seconds", "Time since the PowerPolicy in force was taken (cached) by Hecate.",
                      [([], policy["age_s"])])

@@ -487,16 +487,18 @@ class NutReader:
     message: ``stale`` (upsd answers, no current data) for data stale / driver not
     connected, unreachable for everything else (upsd gone, timeout, unknown UPS, garbage).
     Reading needs no login, so ``credentials_file`` is not used here. ``timeout`` bounds
-    the connect and the reply each.
+    the connect and the reply each: the one given to :meth:`read` (the monitor's, from the
+    configuration in force), else the reader's own.
     """
 
     def __init__(self, *, timeout: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout = timeout
         self.clock = clock
 
-    async def read(self, ups: Ups) -> Snapshot:
+    async def read(self, ups: Ups, timeout: float | None = None) -> Snapshot:
         try:
-            variables = await read_ups(ups.host, ups.port, ups.name, timeout=self.timeout)
+            variables = await read_ups(ups.host, ups.port, ups.name,
+                                       timeout=self.timeout if timeout is None else timeout)
         except NutError as err:
             return failed(ups.name, self.clock(), str(err), stale=err.stale)
         except Exception as err:  # a bug here must not stop the monitor: report it as no data

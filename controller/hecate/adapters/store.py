@@ -2,10 +2,16 @@
 
 The power can go at any instant, including halfway through writing a file, and a torn
 file must never stop the next boot. So every write here is *atomic*: a temp file in
-the same directory, fsync, rename over the target, fsync the directory. A ``runs.json``
-that still fails to parse (a disk error, a human with an editor) is moved aside as
-``runs.json.corrupt-<timestamp>``, reported once, and treated as empty history -- the
-budget then falls back to the configured default instead of crashing the daemon.
+the same directory, fsync, rename over the target, fsync the directory. A file that still
+fails to parse (a disk error, a human with an editor) is moved aside by :func:`move_aside`
+as ``<name>.corrupt-<timestamp>`` and reported once: a corrupt ``runs.json`` reads as
+empty history (the budget falls back to the configured default instead of crashing the
+daemon), a corrupt ``policy-cache.yaml`` as no cache (hecate.yaml's policy is in force).
+
+The policy cache is a PowerPolicy document (``apiVersion``, ``kind``, ``metadata.name``,
+``uid``, ``resourceVersion``, ``generation``, ``spec``) plus ``cachedAt``, so
+:func:`~hecate.domain.policy.parse_policy` reads it back unchanged. It is written mode
+0600 (:func:`policy_cache_text`) and read back by :func:`parse_policy_cache`.
 
 Layout (default ``/var/lib/hecate``)::
 
@@ -27,10 +33,14 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
-from hecate.domain import journal
+from hecate.adapters import yamlfile
+from hecate.domain import journal, policy, timestamps, validation
+from hecate.domain.policy_source import CachedPolicy
 from hecate.domain.runs import RunHistory, RunRecord
 
 log = logging.getLogger(__name__)
@@ -54,6 +64,17 @@ class RunInProgress(StoreError):
         self.holder = holder
 
 
+class PolicyCacheCorrupt(Exception):
+    """``policy-cache.yaml`` cannot be read back as a PowerPolicy; ``str(err)`` says why.
+
+    ``aside``: where :meth:`StateStore.read_policy_cache` moved it (None: it could not be moved).
+    """
+
+    def __init__(self, why: str, aside: Path | None = None) -> None:
+        super().__init__(why)
+        self.aside = aside
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -73,6 +94,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a corrupt file to ``<name>.corrupt-<time>``, kept for a human to look at; raises ``OSError``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, aside)
+    return aside
 
 
 def boot_id() -> str:
@@ -133,32 +162,26 @@ class StateStore:
         except FileNotFoundError:
             return []
         except OSError as err:  # a directory, permissions, I/O error: report, do not crash, move nothing
-            message = f"{self.runs_path} cannot be read ({err}); using an empty history"
-            if message not in self.warnings:
-                log.warning("%s", message)
-                self.warnings.append(message)
+            self._report(f"{self.runs_path} cannot be read ({err}); using an empty history")
             return []
         try:
             return RunHistory.validate_json(raw)
         except ValidationError as err:
-            self._quarantine(self.runs_path, _first_error(err))
-            return []
-
-    def _quarantine(self, path: Path, why: str) -> Path:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+            why = validation.problems(err, RunRecord)[0].text
         try:
-            os.replace(path, aside)
+            aside = move_aside(self.runs_path)
         except OSError as err:  # read-only file system: leave it, report it
-            message = f"{path} is corrupt ({why}) and could not be moved aside ({err}); using an empty history"
-            if message not in self.warnings:
-                log.warning("%s", message)
-                self.warnings.append(message)
-            return path
-        message = f"{path} is corrupt ({why}); moved it to {aside} and started an empty history"
-        log.warning("%s", message)
-        self.warnings.append(message)
-        return aside
+            self._report(f"{self.runs_path} is corrupt ({why}) and could not be moved aside ({err}); "
+                         "using an empty history")
+        else:
+            self._report(f"{self.runs_path} is corrupt ({why}); moved it to {aside} and started an empty history")
+        return []
+
+    def _report(self, message: str) -> None:
+        """Log a problem of the state dir and keep it for status, once."""
+        if message not in self.warnings:
+            log.warning("%s", message)
+            self.warnings.append(message)
 
     @contextlib.contextmanager
     def _runs_lock(self) -> Iterator[None]:
@@ -179,14 +202,25 @@ class StateStore:
 
     # -- policy cache ----------------------------------------------------------------
 
-    def write_policy_cache(self, text: str) -> None:
-        atomic_write(self.policy_cache_path, text.encode(), mode=0o600)
+    def write_policy_cache(self, cached: CachedPolicy) -> None:
+        atomic_write(self.policy_cache_path, policy_cache_text(cached).encode(), mode=0o600)
 
-    def read_policy_cache(self) -> str | None:
+    def read_policy_cache(self) -> CachedPolicy | None:
+        """The cached policy; None when there is no cache yet.
+
+        A cache that cannot be read (``OSError``, ``UnicodeDecodeError``) is left where it is;
+        a corrupt one is moved aside and raised as :class:`PolicyCacheCorrupt`.
+        """
         try:
-            return self.policy_cache_path.read_text(encoding="utf-8")
+            text = self.policy_cache_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        try:
+            return parse_policy_cache(text)
+        except PolicyCacheCorrupt as err:
+            with contextlib.suppress(OSError):  # read-only file system: leave it (err.aside stays None)
+                err.aside = move_aside(self.policy_cache_path)
+            raise
 
     # -- run lock --------------------------------------------------------------------
 
@@ -259,7 +293,46 @@ class StateStore:
             self.journal_path(run_id).unlink()
 
 
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {first['msg']}" if where else first["msg"]
+# -- the policy cache's file format ------------------------------------------------------
+
+
+def policy_cache_document(cached: CachedPolicy) -> dict[str, Any]:
+    """The cache as a PowerPolicy document (plus ``cachedAt``)."""
+    meta: dict[str, Any] = {"name": cached.name}
+    if cached.uid is not None:
+        meta["uid"] = cached.uid
+    if cached.resource_version is not None:
+        meta["resourceVersion"] = cached.resource_version
+    if cached.generation is not None:
+        meta["generation"] = cached.generation
+    return {"apiVersion": policy.API_VERSION, "kind": policy.KIND, "metadata": meta,
+            "cachedAt": timestamps.rfc3339(cached.cached_at), "spec": cached.spec}
+
+
+def policy_cache_text(cached: CachedPolicy) -> str:
+    return ("# Hecate's cache of the last valid PowerPolicy: in force while the cluster's cannot be.\n"
+            "# Written by the daemon; edit the PowerPolicy in the cluster, not this file.\n"
+            + yaml.safe_dump(policy_cache_document(cached), sort_keys=False))
+
+
+def parse_policy_cache(text: str) -> CachedPolicy:
+    """The cache file's policy; :class:`PolicyCacheCorrupt` says what is wrong with it."""
+    try:
+        data = yamlfile.load(text, POLICY_CACHE_FILE)
+    except yamlfile.YamlSyntaxError as err:
+        raise PolicyCacheCorrupt(str(err)) from None
+    if not isinstance(data, dict):
+        raise PolicyCacheCorrupt("not a PowerPolicy document (the top level is not a mapping)")
+    try:
+        policy.parse_policy(data)
+    except ValidationError as err:
+        raise PolicyCacheCorrupt(policy.describe_error(err)) from None
+    meta = data.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise PolicyCacheCorrupt("metadata.name is missing")
+    cached_at = data.get("cachedAt")
+    try:
+        when = timestamps.parse(str(cached_at))
+    except ValueError:
+        raise PolicyCacheCorrupt(f"cachedAt is not a time: {cached_at!r}") from None
+    return CachedPolicy.from_object(data, when)

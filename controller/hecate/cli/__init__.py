@@ -4,8 +4,8 @@ Heavy libraries (kopf, kubernetes, paramiko) are imported inside the commands th
 them, so ``hecate --help`` and ``hecate status`` start fast. Commands of other installed
 distributions (the lab's ``hecate lab``) join by entry point: :mod:`hecate.cli.plugins`.
 
-Exit codes: 0 success, 1 the command failed or is not implemented yet, 2 bad usage or
-an unusable configuration (one readable message, never a traceback).
+Exit codes: 0 success, 1 the command failed, 2 bad usage or an unusable configuration
+(one readable message, never a traceback).
 """
 
 from __future__ import annotations
@@ -71,10 +71,6 @@ def effective_config(config: HecateConfig) -> HecateConfig:
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"hecate: {message}", err=True)
     sys.exit(code)
-
-
-def not_implemented(what: str, issue: int) -> NoReturn:
-    fail(f"{what} is not implemented yet (tracked in issue #{issue}); nothing was done.")
 
 
 @click.group(cls=plugins.PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -198,7 +194,7 @@ def _status_document(cfg: HecateConfig) -> dict[str, Any]:
     except StoreError as err:
         fail(str(err))
     view = policy.load_effective(cfg, store) if cfg.policy.name else None  # as a daemon starting now would
-    mon = monitor.Monitor(view.config if view else cfg, nut.NutReader(timeout=1.0), store, _no_action)
+    mon = monitor.Monitor(view.config if view else cfg, nut.NutReader(), store, _no_action)
     asyncio.run(mon.poll_once())
     return status.document(mon, "direct", view)
 

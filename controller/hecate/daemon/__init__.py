@@ -17,9 +17,12 @@ The policy in force (:mod:`hecate.services.policy`): at start, hecate.yaml with 
 cached PowerPolicy laid over it (if any); with ``policy.name`` set, the embedded operator
 (:mod:`hecate.operator`, kopf in its own thread, started after the monitor and the HTTP
 server) puts the cluster's PowerPolicy in force while the API is up. Every change of
-the effective configuration goes through :meth:`Daemon.apply` on the daemon's loop: the
-monitor's next poll decides with it and the next shutdown plans with it (a running
-shutdown keeps the plan it started with). The operator stops after the shutdown, last.
+the effective configuration goes through :meth:`Daemon.apply` on the daemon's loop into
+the monitor, which owns it (:meth:`Monitor.apply <hecate.services.monitor.Monitor.apply>`):
+the poll interval, the UPS read timeout, the watchdog's staleness and the thresholds all
+follow it at once (a sleeping monitor wakes), and the next shutdown plans with it (a
+running shutdown keeps the plan it started with). The operator stops after the shutdown,
+last.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -57,18 +59,19 @@ class Daemon:
         self.store = StateStore(config.state_dir)
         self.loop: asyncio.AbstractEventLoop | None = None
         """The daemon's loop, once running: policy changes from the operator's thread are applied on it."""
-        self.policy = policy_mod.PolicyState(config, self.store, on_change=self._policy_changed)
+        self.policy = policy_mod.PolicyInForce(config, self.store, on_change=self._policy_changed)
         self.policy.load()  # the cache (if any) is in force from the first poll
-        config = self.config = self.policy.config
         self.operator: Operator | None = None
         self.shutdown_task: asyncio.Task[None] | None = None
         self.dry_run = monitor_mod.dry_run_recorder(self.store)
-        # Each read is bounded by the fast (on-battery) poll interval, so one silent upsd cannot
-        # slow down the polls of the others (reads run concurrently; a poll lasts as long as its slowest).
-        timeout = max(0.5, min(2.0, config.trigger.poll_interval_on_battery_s))
-        self.monitor = monitor_mod.Monitor(config, reader or nut.NutReader(timeout=timeout), self.store,
+        self.monitor = monitor_mod.Monitor(self.policy.config, reader or nut.NutReader(), self.store,
                                            self.on_shutdown, unlatch_on_mains=True)
         self.monitor.busy = self.shutting_down
+
+    @property
+    def config(self) -> HecateConfig:
+        """The configuration in force (the monitor's)."""
+        return self.monitor.config
 
     def shutting_down(self) -> bool:
         return self.shutdown_task is not None and not self.shutdown_task.done()
@@ -80,9 +83,9 @@ class Daemon:
 
         The monitor decides with it from its next poll (thresholds, debounce, deadtime,
         which UPSes protect the cluster; the budget is re-estimated with its trigger
-        settings) and the next shutdown plans with it. A shutdown already running keeps
-        its plan. The UPS list and ``shutdown.execute`` never change this way (a policy
-        cannot set them).
+        settings), polls and reads at its intervals and timeout from now on, and the next
+        shutdown plans with it. A shutdown already running keeps its plan. The UPS list
+        and ``shutdown.execute`` never change this way (a policy cannot set them).
         """
         if config == self.config:
             return
@@ -91,9 +94,7 @@ class Daemon:
             # mains is back and abort it. The newest policy is applied when the run ends.
             log.warning("policy change received during a shutdown: applied when the shutdown ends")
             return
-        self.config = config
-        self.monitor.config = config
-        self.monitor.refresh_budget()
+        self.monitor.apply(config)
         log.info("policy applied: threshold %.0f s (budget %g s x %g), debounce %d polls, protecting %s",
                  self.monitor.budget.threshold_s, self.monitor.budget.seconds, config.trigger.safety_factor,
                  config.trigger.debounce_polls, ", ".join(u.name for u in config.ups if u.protects_cluster) or "none")
@@ -191,15 +192,9 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
         systemd.notify("READY=1\nSTATUS=monitoring " + ", ".join(u.name for u in config.ups))
         interval = systemd.watchdog_interval()
         if interval:
-            # Keep-alives only while polls happen: a wedged monitor must let systemd restart us.
-            def polling() -> bool:
-                # From the policy in force now: a PowerPolicy may poll more slowly than hecate.yaml.
-                trig = daemon.monitor.config.trigger
-                stale_after = max(10.0, 5 * max(trig.poll_interval_s, trig.poll_interval_on_battery_s))
-                last = daemon.monitor.view.last_poll_at
-                return last is not None and time.monotonic() - last < stale_after
-
-            tasks.append(asyncio.create_task(_watchdog(interval, halt, polling), name="watchdog"))
+            # Keep-alives only while polls happen: a wedged monitor must let systemd restart us. How
+            # long counts as wedged follows the policy in force (a PowerPolicy may poll more slowly).
+            tasks.append(asyncio.create_task(_watchdog(interval, halt, daemon.monitor.polling), name="watchdog"))
         await stop.wait()
         if daemon.shutting_down():
             log.warning("stop requested during a shutdown: finishing the shutdown first")

@@ -2,9 +2,9 @@
 
 A plan is printed as-is by a dry-run and applied by the one executor
 (``hecate.services.executor``), which journals it, so a killed run resumes with exactly
-the steps it started with. Purely computational: the builder takes the (effective)
-configuration and returns values; each step carries its action's typed parameters
-(``hecate.domain.params``).
+the steps it started with. Purely computational: the builder takes the configuration
+in force (hecate.yaml with the PowerPolicy laid over it) and returns values; each step
+carries its action's typed parameters (``hecate.domain.params``).
 
 Each step acts on one target (a node, a workload tier, a UPS, "flux", "local") so that
 the journal records progress per node. Steps of a stage run in *waves*: every step of

@@ -1,4 +1,4 @@
-"""The ``PowerPolicy`` custom resource: its spec, how it overlays ``hecate.yaml``, its CRD.
+"""The ``PowerPolicy`` custom resource: its spec and how it overlays ``hecate.yaml``.
 
 A cluster-scoped ``PowerPolicy`` (``hecate.io/v1alpha1``, short name ``pp``) lets the
 cluster's operators tune *when* and *how* Hecate shuts the cluster down and brings it
@@ -17,16 +17,13 @@ descriptions cannot drift from the file's. Two deliberate differences:
   as the API server validates them against the CRD.
 
 A field the policy leaves out keeps the host's value: :func:`effective_config` overlays
-only what the policy *set*. The CRD (:func:`crd`) is generated from :class:`PowerPolicySpec`
-by ``scripts/update-docs.py``; its schema carries no ``default`` keywords, because the API
-server would write every default into the stored object and the host's values would never
-show through. Unknown keys are pruned by the API server (structural schemas cannot forbid
-them); Hecate's own validation is the one that rejects them.
+only what the policy *set*. The CRD is generated from :class:`PowerPolicySpec` by
+:mod:`hecate.domain.crd`. Unknown keys are pruned by the API server (structural schemas
+cannot forbid them); Hecate's own validation is the one that rejects them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from enum import Enum
 from types import MappingProxyType
@@ -46,9 +43,8 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hecate.domain import config as cfg
+from hecate.domain import validation
 from hecate.domain.reference import model_in
-from hecate.domain.runs import RunResult
-from hecate.domain.trigger import Phase as UpsPhase
 
 GROUP: Final = "hecate.io"
 VERSION: Final = "v1alpha1"
@@ -112,16 +108,6 @@ OBJECT_REF_PATTERN: Final = (
 )
 """``namespace/kind/name`` of an object the bootstrap cache can hold (``/namespace/name`` for a
 Namespace), as the configuration's validator accepts it (for the CRD)."""
-
-_CRD_EXTRAS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType({
-    # What the models check in validators, said in the schema's own words so that
-    # `kubectl apply` and Flux refuse it too (tests/unit/test_policy.py checks both agree).
-    "ups": {"x-kubernetes-list-type": "set"},
-    "shutdown.scale_down": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
-    "startup.foundation": {"x-kubernetes-list-type": "set", "items": {"pattern": WORKLOAD_REF_PATTERN}},
-    "flux.gitea_workload": {"pattern": WORKLOAD_REF_PATTERN},
-    "flux.bootstrap_objects": {"x-kubernetes-list-type": "set", "items": {"pattern": OBJECT_REF_PATTERN}},
-})
 
 
 # -- the spec model ---------------------------------------------------------------------------
@@ -305,254 +291,9 @@ def effective_config(config: cfg.HecateConfig, spec: PowerPolicySpec) -> cfg.Hec
 # -- messages ---------------------------------------------------------------------------------
 
 
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    current: type[BaseModel] | None = _Document
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if current is not None else None
-        if field is None:
-            return []
-        current = model_in(field.annotation)
-    if current is None:
-        return []
-    return sorted(n for n, f in current.model_fields.items() if not f.exclude)
-
-
 def describe_error(err: Exception) -> str:
     """One line for a status condition: ``spec.trigger.safety_factor = 11: Input should be ...``,
     problems joined with ``; ``."""
     if not isinstance(err, ValidationError):
         return str(err)
-    parts = []
-    for problem in err.errors(include_url=False):
-        where = _dotted(problem["loc"]) or "(top level)"
-        if problem["type"] == "extra_forbidden":
-            allowed = _allowed_keys(problem["loc"][:-1])
-            parts.append(f"{where}: unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else ""))
-            continue
-        if problem["type"] == "missing":
-            parts.append(f"{where}: required field is missing")
-            continue
-        value = problem.get("input")
-        shown = "" if isinstance(value, (dict, list)) or problem["type"].startswith("policy_") else f" = {value!r}"
-        parts.append(f"{where}{shown}: {problem['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
-# -- the CRD ----------------------------------------------------------------------------------
-
-_KEY_ORDER = ("type", "format", "nullable", "description", "enum", "minimum", "exclusiveMinimum", "maximum",
-              "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "required",
-              "properties", "items")
-_DROPPED = frozenset({"title", "default", "additionalProperties", "$defs", "uniqueItems"})
-_K8S_FORMATS = frozenset({"int32", "int64", "float", "double", "byte", "date", "date-time", "password"})
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return json.dumps(value)
-
-
-def _structural(node: Mapping[str, Any], defs: Mapping[str, Any], path: str) -> dict[str, Any]:
-    """A pydantic JSON schema node as a Kubernetes structural schema node."""
-    node = dict(node)
-    if "$ref" in node:
-        node = {**defs[node.pop("$ref").rsplit("/", 1)[-1]], **node}
-    if "anyOf" in node:
-        options = node.pop("anyOf")
-        solid = [o for o in options if o.get("type") != "null"]
-        if len(solid) != 1:
-            raise TypeError(f"{path}: only `X | None` unions have a structural schema")
-        node = {**_structural(solid[0], defs, path), **node}
-        if len(solid) < len(options):
-            node["nullable"] = True
-            if "enum" in node:  # the API server checks a null against the enum too
-                node["enum"] = [*node["enum"], None]
-    out: dict[str, Any] = {}
-    if "default" in node:
-        default = f"hecate.yaml default: {_show(node['default'])}."
-        node["description"] = f"{node['description']} {default}" if node.get("description") else default
-    for key in ("exclusiveMinimum", "exclusiveMaximum"):
-        if key in node and not isinstance(node[key], bool):
-            node[key.replace("exclusiveM", "m")] = node.pop(key)
-            node[key] = True
-    if node.get("format") not in _K8S_FORMATS:
-        node.pop("format", None)
-    if "properties" in node:
-        node["properties"] = {name: _structural(sub, defs, f"{path}.{name}".lstrip("."))
-                              for name, sub in node["properties"].items()}
-    if "items" in node:
-        node["items"] = _structural(node["items"], defs, f"{path}[]")
-    for key, value in _CRD_EXTRAS.get(path, {}).items():
-        node[key] = {**node[key], **value} if isinstance(value, Mapping) else value
-    if "type" not in node:
-        raise TypeError(f"{path or 'spec'}: no type in {node}")
-    for key in _KEY_ORDER:
-        if key in node:
-            out[key] = node[key]
-    for key, value in node.items():
-        if key not in out and key not in _DROPPED:
-            if not key.startswith("x-kubernetes-"):
-                raise TypeError(f"{path or 'spec'}: {key} has no structural form")
-            out[key] = value
-    return out
-
-
-def spec_schema() -> dict[str, Any]:
-    """The structural OpenAPI v3 schema of ``spec``, generated from :class:`PowerPolicySpec`."""
-    raw = PowerPolicySpec.model_json_schema(mode="validation")
-    missing = [p for p in _CRD_EXTRAS if not _has_path(raw, p)]
-    if missing:
-        raise TypeError(f"_CRD_EXTRAS names fields the spec does not have: {missing}")
-    return _structural(raw, raw.get("$defs", {}), "")
-
-
-def _has_path(raw: Mapping[str, Any], path: str) -> bool:
-    node: Any = raw
-    defs = raw.get("$defs", {})
-    for part in path.split("."):
-        if "$ref" in node:
-            node = defs[node["$ref"].rsplit("/", 1)[-1]]
-        node = node.get("properties", {}).get(part)
-        if node is None:
-            return False
-    return True
-
-
-PHASES: Final = ("Pending", "Active", "Invalid", "ShuttingDown", "StartingUp")
-"""``status.phase``: not yet seen by Hecate, in force, rejected (the last valid policy or the
-host's baseline stays in force), a shutdown or a startup in progress."""
-SOURCES: Final = ("cluster", "cache", "host")
-
-_TIME: Final = {"type": "string", "format": "date-time"}
-
-
-def _obj(description: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"type": "object", "description": description, **extra, "properties": properties}
-
-
-def _num(description: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "number", "description": description, **extra}
-
-
-def _str(description: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "string", "description": description, **extra}
-
-
-def status_schema() -> dict[str, Any]:
-    """``status``, written by Hecate only (through the status subresource)."""
-    ups_states = [p.value for p in UpsPhase]
-    member = _obj("One UPS from hecate.yaml.", {
-        "name": _str("UPS name."),
-        "state": _str("Its trigger state.", enum=ups_states),
-        "protectsCluster": {"type": "boolean", "description": "Whether it protects the cluster (can trigger)."},
-        "reachable": {"type": "boolean", "description": "Whether upsd answered with current data."},
-        "onBattery": {"type": "boolean", "description": "Whether it reports `OB`."},
-        "runtimeSeconds": _num("Battery runtime it reports; null when not known.", nullable=True),
-        "chargePercent": _num("Battery charge; null when not known.", nullable=True),
-    }, required=["name", "state"])
-    condition = _obj("A metav1.Condition.", {
-        "type": _str("Condition type: `Accepted` (the spec is valid), `Cached` (saved on the host for when the API "
-                     "is gone), `Armed` (the host's shutdown.execute), `ShutdownInProgress`.", maxLength=316),
-        "status": _str("True, False or Unknown.", enum=["True", "False", "Unknown"]),
-        "reason": _str("CamelCase reason.", maxLength=1024),
-        "message": _str("Human-readable detail, e.g. the field a rejected policy got wrong.", maxLength=32768),
-        "lastTransitionTime": {**_TIME, "description": "When the status last changed."},
-        "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0,
-                               "description": "metadata.generation the condition was set for."},
-    }, required=["type", "status", "reason", "message", "lastTransitionTime"])
-    return _obj("What Hecate made of this policy and the state of the power, written by Hecate.", {
-        "phase": _str("Pending, Active, Invalid, ShuttingDown or StartingUp.", enum=list(PHASES)),
-        "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0,
-                               "description": "metadata.generation Hecate last processed."},
-        "conditions": {"type": "array", "description": "Standard conditions.", "items": condition,
-                       "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        "ups": _obj("The UPSes that protect the cluster, summarised by the one closest to a shutdown.", {
-            "state": _str("Worst trigger state among the protecting UPSes.", enum=ups_states),
-            "name": _str("The UPS the summary is about."),
-            "runtimeSeconds": _num("Its battery runtime; null when not known.", nullable=True),
-            "chargePercent": _num("Its battery charge; null when not known.", nullable=True),
-            "onBattery": {"type": "boolean", "description": "Whether any protecting UPS is on battery."},
-            "members": {"type": "array", "description": "Every UPS in hecate.yaml.", "items": member,
-                        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
-        }),
-        "budgetSeconds": _num("The shutdown budget in force.", minimum=0),
-        "budgetSource": _str("`measured` from recent shutdowns, or the `default`.", enum=["measured", "default"]),
-        "thresholdSeconds": _num("Runtime at or below which a protecting UPS on battery triggers a shutdown.",
-                                 minimum=0),
-        "lastRun": _obj("The last run in runs.json.", {
-            "id": _str("Run id."),
-            "kind": _str("shutdown, startup or drill.", enum=["shutdown", "startup", "drill"]),
-            "result": _str("Outcome; absent while in flight.", enum=[r.value for r in RunResult]),
-            "dryRun": {"type": "boolean", "description": "True when nothing was touched."},
-            "startedAt": {**_TIME, "description": "Start."},
-            "finishedAt": {**_TIME, "nullable": True, "description": "End; null while in flight."},
-            "durationSeconds": _num("How long it took.", minimum=0, nullable=True),
-        }),
-        "source": _str("Where the policy in force comes from: this object (`cluster`), Hecate's cache of the last "
-                       "valid one (`cache`, e.g. while this one is invalid or the API was unreachable), or "
-                       "hecate.yaml alone (`host`).", enum=list(SOURCES)),
-        "cachedAt": {**_TIME, "description": "When the policy in force was written to Hecate's cache."},
-    })
-
-
-def _column(name: str, type_: str, path: str, description: str, priority: int = 0) -> dict[str, Any]:
-    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path, "description": description}
-    if priority:
-        column["priority"] = priority
-    return column
-
-
-def crd() -> dict[str, Any]:
-    """The PowerPolicy CustomResourceDefinition (``crds/powerpolicy.yaml``)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/name": "hecate"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Cluster",
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
-                      "shortNames": list(SHORT_NAMES), "categories": ["hecate"]},
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    _column("Phase", "string", ".status.phase", "Pending, Active, Invalid, ShuttingDown, StartingUp"),
-                    _column("UPS", "string", ".status.ups.state", "Worst state among the protecting UPSes"),
-                    _column("Runtime", "number", ".status.ups.runtimeSeconds", "Battery runtime (s)"),
-                    _column("Threshold", "number", ".status.thresholdSeconds", "Shutdown threshold (s)"),
-                    _column("Budget", "number", ".status.budgetSeconds", "Shutdown budget (s)"),
-                    _column("Last run", "date", ".status.lastRun.finishedAt", "When the last run ended"),
-                    _column("Result", "string", ".status.lastRun.result", "How the last run ended", priority=1),
-                    _column("Source", "string", ".status.source", "Where the policy in force comes from",
-                            priority=1),
-                    _column("Age", "date", ".metadata.creationTimestamp", "Age"),
-                ],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": ("The cluster's power policy for Hecate: when and how to shut the cluster down "
-                                    "and bring it back. Hecate validates it again with the models of hecate.yaml; "
-                                    "keys this schema does not know are pruned by the API server (ignored)."),
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema(),
-                        "status": status_schema(),
-                    },
-                }},
-            }],
-        },
-    }
+    return "; ".join(p.text for p in validation.problems(err, _Document))

@@ -1,4 +1,4 @@
-"""The shutdown decision: ``decide(previous, snapshots, policy, now) -> (state, decision)``.
+"""The shutdown decision: ``decide(previous, snapshots, thresholds, now) -> (state, decision)``.
 
 This is a purely computational function with no side-effects; the monitor loop feeds it
 one snapshot per UPS per poll and acts on what it returns. Each UPS runs a small state
@@ -65,7 +65,7 @@ class AlertKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class Policy:
+class Thresholds:
     """What the decision needs to know, already resolved from config and the budget."""
 
     threshold_s: float
@@ -138,31 +138,31 @@ def reset(state: State) -> State:
     )
 
 
-def decide(previous: State, snapshots: Iterable[Snapshot], policy: Policy, now: float) -> tuple[State, Outcome]:
+def decide(previous: State, snapshots: Iterable[Snapshot], thresholds: Thresholds, now: float) -> tuple[State, Outcome]:
     states = dict(previous.ups)
     alerts: list[Alert] = []
     transitions: list[Transition] = []
     criticals: list[Decision] = []
     for snap in snapshots:
         before = states.get(snap.ups, UpsState())
-        after, decision = _step(before, snap, policy, now)
+        after, decision = _step(before, snap, thresholds, now)
         states[snap.ups] = after
-        alerts.extend(_alerts(snap, after, policy))
+        alerts.extend(_alerts(snap, after, thresholds))
         if after.phase is not before.phase:
             transitions.append(Transition(snap.ups, before.phase, after.phase, now))
-        if decision is not None and snap.ups in policy.protecting:
+        if decision is not None and snap.ups in thresholds.protecting:
             criticals.append(decision)
     latched = previous.latched or (criticals[0] if criticals else None)
     fresh = previous.latched is None and latched is not None
     return State(states, latched), Outcome(latched, fresh, tuple(alerts), tuple(transitions))
 
 
-def _step(state: UpsState, snap: Snapshot, policy: Policy, now: float) -> tuple[UpsState, Decision | None]:
+def _step(state: UpsState, snap: Snapshot, thresholds: Thresholds, now: float) -> tuple[UpsState, Decision | None]:
     if not snap.ok:
         silent_for = None if state.last_seen_at is None else now - state.last_seen_at
-        if state.last_on_battery and silent_for is not None and silent_for > policy.deadtime_s:
+        if state.last_on_battery and silent_for is not None and silent_for > thresholds.deadtime_s:
             detail = (f"last seen on battery {silent_for:.1f} s ago, longer than deadtime "
-                      f"{policy.deadtime_s:g} s ({snap.error})")
+                      f"{thresholds.deadtime_s:g} s ({snap.error})")
             return replace(state, phase=Phase.critical), Decision(snap.ups, Reason.deadtime, now, detail)
         if state.phase is Phase.critical:
             return state, None
@@ -182,21 +182,21 @@ def _step(state: UpsState, snap: Snapshot, policy: Policy, now: float) -> tuple[
     if Flag.LB in snap.flags:
         return replace(seen, phase=Phase.critical), Decision(
             snap.ups, Reason.low_battery, now, f"UPS on battery reports low battery ({snap.status})",
-            snap.runtime_s, policy.threshold_s)
+            snap.runtime_s, thresholds.threshold_s)
     if snap.runtime_s is None:  # not known: neither counts nor resets
         return replace(seen, phase=state.phase if state.phase is Phase.below_threshold else Phase.on_battery), None
-    if snap.runtime_s > policy.threshold_s:
+    if snap.runtime_s > thresholds.threshold_s:
         return replace(seen, phase=Phase.on_battery, below_polls=0), None
     below = state.below_polls + 1
-    if below >= policy.debounce_polls:
-        detail = (f"runtime {snap.runtime_s:g} s <= threshold {policy.threshold_s:g} s "
+    if below >= thresholds.debounce_polls:
+        detail = (f"runtime {snap.runtime_s:g} s <= threshold {thresholds.threshold_s:g} s "
                   f"for {below} consecutive polls")
         return replace(seen, phase=Phase.critical, below_polls=below), Decision(
-            snap.ups, Reason.runtime, now, detail, snap.runtime_s, policy.threshold_s)
+            snap.ups, Reason.runtime, now, detail, snap.runtime_s, thresholds.threshold_s)
     return replace(seen, phase=Phase.below_threshold, below_polls=below), None
 
 
-def _alerts(snap: Snapshot, state: UpsState, policy: Policy) -> list[Alert]:
+def _alerts(snap: Snapshot, state: UpsState, thresholds: Thresholds) -> list[Alert]:
     out: list[Alert] = []
     if not snap.reachable:
         out.append(Alert(snap.ups, AlertKind.unreachable, f"upsd unreachable: {snap.error}"))
@@ -205,10 +205,10 @@ def _alerts(snap: Snapshot, state: UpsState, policy: Policy) -> list[Alert]:
     if not snap.ok:
         return out
     if (snap.on_mains and snap.charge_pct is not None and snap.charge_pct >= FULL_CHARGE_PCT
-            and snap.runtime_s is not None and snap.runtime_s < policy.threshold_s):
+            and snap.runtime_s is not None and snap.runtime_s < thresholds.threshold_s):
         out.append(Alert(snap.ups, AlertKind.runtime_short, (
             f"on mains at {snap.charge_pct:g} % charge the runtime is {snap.runtime_s:g} s, below the "
-            f"shutdown threshold {policy.threshold_s:g} s: the batteries cannot carry a full shutdown")))
+            f"shutdown threshold {thresholds.threshold_s:g} s: the batteries cannot carry a full shutdown")))
     if Flag.CAL in snap.flags and snap.on_battery:
         out.append(Alert(snap.ups, AlertKind.calibrating,
                          "runtime calibration (a deliberate discharge): runtime and LB do not trigger, FSD still does"))

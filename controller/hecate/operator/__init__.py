@@ -3,7 +3,7 @@
 What it does. It watches that one cluster-scoped PowerPolicy (a field selector on
 ``metadata.name``, so no other object is ever touched). On create, update and on every
 (re)connection (kopf's resume) it validates the object with the models of hecate.yaml
-(:meth:`hecate.services.policy.PolicyState.accept`): a valid one is cached atomically and
+(:meth:`hecate.services.policy.PolicyInForce.accept`): a valid one is cached atomically and
 put in force at once (the daemon's monitor and its next shutdown plan use it); an invalid
 one is reported (``Accepted=False`` naming the field, and one Kubernetes Event, reason
 ``PolicyRejected``) while the last valid policy stays in force from the cache. A deleted
@@ -65,9 +65,9 @@ from hecate.adapters.kube import ApiUnavailable, KubeError, KubeNotFound
 from hecate.adapters.kube.powerpolicy import CrdMissing, PolicyApi
 from hecate.domain import policy as policy_mod
 from hecate.domain.config import HecateConfig
+from hecate.domain.policy_source import ClusterObject, OperatorLink
 from hecate.operator.status import Snapshot, status_body
-from hecate.services.policy import ClusterObject, PolicyRejected, PolicyState
-from hecate.services.policy import Operator as Link
+from hecate.services.policy import PolicyInForce, PolicyRejected
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Operator:
     from) whenever the status is written.
     """
 
-    def __init__(self, config: HecateConfig, state: PolicyState, snapshot: Callable[[], Snapshot],
+    def __init__(self, config: HecateConfig, state: PolicyInForce, snapshot: Callable[[], Snapshot],
                  options: OperatorOptions | None = None) -> None:
         if config.policy.name is None:
             raise ValueError("the operator needs policy.name")
@@ -378,6 +378,6 @@ class Operator:
             log.warning("operator: cannot write the status of PowerPolicy %s: %s", self.name, err)
             return
         self._conditions = {c["type"]: c for c in body["conditions"]}
-        if self.state.view.operator is not Link.connected:  # the API is back: say so in the status at once
+        if self.state.view.operator is not OperatorLink.connected:  # the API is back: say so in the status at once
             self.state.connected()
             self._poked.set()

@@ -4,7 +4,7 @@ Pure: :func:`status_body` takes what the daemon knows (:class:`Snapshot`) and th
 conditions last written (for ``lastTransitionTime``, which only moves when a condition's
 ``status`` changes, as ``metav1.Condition`` wants) and returns the whole ``status`` object
 -- every key, ``None`` for "remove" (it is sent as a JSON merge patch) -- matching the
-CRD's status schema (:func:`hecate.domain.policy.status_schema`).
+CRD's status schema (:func:`hecate.domain.crd.status_schema`).
 
 Conditions:
 
@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from hecate.domain import timestamps
+from hecate.domain.policy_source import ClusterObject, PolicyView
 from hecate.domain.trigger import Phase as UpsPhase
-from hecate.services.policy import ClusterObject, PolicyView, iso
 
 CONDITION_TYPES = ("Accepted", "Cached", "Armed", "ShutdownInProgress")
 
@@ -54,7 +55,7 @@ def _condition(type_: str, ok: bool, reason: str, message: str, generation: int 
     before = previous.get(type_) or {}
     since = before.get("lastTransitionTime") if before.get("status") == status else None
     condition = {"type": type_, "status": status, "reason": reason, "message": message,
-                 "lastTransitionTime": since or iso(now)}
+                 "lastTransitionTime": since or timestamps.rfc3339(now)}
     if generation is not None:
         condition["observedGeneration"] = generation
     return condition
@@ -70,17 +71,18 @@ def conditions(snap: Snapshot, previous: Mapping[str, Mapping[str, Any]], now: d
     else:
         rows.append(_condition("Accepted", True, "Valid", "the policy is valid for this host", gen, previous, now))
     cached = view.cached
+    cached_at = timestamps.rfc3339(cached.cached_at) if cached is not None else None
     if view.cluster is ClusterObject.valid and view.cache_error is None and cached is not None \
             and cached.generation == gen:
         rows.append(_condition("Cached", True, "Cached",
-                               f"generation {cached.generation} cached in {cache_path} at {iso(cached.cached_at)}",
+                               f"generation {cached.generation} cached in {cache_path} at {cached_at}",
                                gen, previous, now))
     elif view.cache_error is not None:
         rows.append(_condition("Cached", False, "WriteFailed", view.cache_error, gen, previous, now))
     elif cached is not None:
         rows.append(_condition("Cached", False, "PreviousGenerationCached",
                                f"this generation is not cached; generation {cached.generation} (cached "
-                               f"{iso(cached.cached_at)}) is in force from the cache", gen, previous, now))
+                               f"{cached_at}) is in force from the cache", gen, previous, now))
     else:
         rows.append(_condition("Cached", False, "NothingCached",
                                "no valid PowerPolicy is cached: hecate.yaml's policy is in force", gen, previous, now))
@@ -124,10 +126,7 @@ def ups_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    when = datetime.fromisoformat(value)
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return timestamps.parse(value) if value else None
 
 
 def last_run(document: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -140,7 +139,7 @@ def last_run(document: Mapping[str, Any]) -> dict[str, Any] | None:
     finished = started + timedelta(seconds=duration) if started is not None and duration is not None \
         and run.get("result") else None
     return {"id": run["id"], "kind": run["kind"], "result": run.get("result"), "dryRun": bool(run.get("dry_run")),
-            "startedAt": iso(started), "finishedAt": iso(finished),
+            "startedAt": timestamps.rfc3339(started), "finishedAt": timestamps.rfc3339(finished),
             "durationSeconds": None if duration is None else max(0.0, float(duration))}
 
 
@@ -159,5 +158,5 @@ def status_body(snap: Snapshot, previous: Mapping[str, Mapping[str, Any]], now: 
         "thresholdSeconds": budget.get("threshold_s"),
         "lastRun": last_run(doc),
         "source": view.source.value,
-        "cachedAt": iso(view.policy.cached_at) if view.policy is not None else None,
+        "cachedAt": timestamps.rfc3339(view.policy.cached_at) if view.policy is not None else None,
     }

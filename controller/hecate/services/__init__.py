@@ -1,1 +1,1 @@
-"""Orchestration: the monitor loop, status, and (later) the plan executor."""
+"""Orchestration: the monitor loop, the policy in force, status, and the plan executor with its runs."""

@@ -16,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hecate.adapters import kube as kube_mod
+from hecate.adapters import yamlfile
 from hecate.adapters.store import atomic_write
-from hecate.domain import kubeobjects
+from hecate.domain import kubeobjects, timestamps
 from hecate.domain.config import HecateConfig
 from hecate.services import ports
 
@@ -45,9 +46,11 @@ def load(directory: Path) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         try:
-            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            documents = yamlfile.load_all(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as err:
             raise CacheError(f"{path}: cannot read: {err}") from err
+        except yamlfile.YamlSyntaxError as err:
+            raise CacheError(f"cannot read {err}") from err
         for index, doc in enumerate(documents):
             if doc is None:
                 continue
@@ -88,7 +91,7 @@ async def refresh(config: HecateConfig, kube: ports.CacheSource) -> dict[str, An
         log.warning("bootstrap cache: %s not found in the cluster; left out of the snapshot", ", ".join(missing))
     directory = flux.fallback_manifests_dir
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    header = (f"# Written by hecate at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} from the live cluster "
+    header = (f"# Written by hecate at {timestamps.rfc3339(datetime.now(UTC))} from the live cluster "
               "(flux.bootstrap_objects).\n# Applied (missing objects only) when Flux and Gitea deadlock.\n")
     body = yaml.safe_dump_all(manifests, sort_keys=False)
     atomic_write(directory / SNAPSHOT, (header + body).encode(), mode=0o600)  # configuration may be sensitive

@@ -6,6 +6,12 @@ shutdown handler once. It polls faster while any UPS is on battery or silent aft
 on battery. The budget is re-read from the run history when the monitor starts and
 after every run, so a new measured shutdown changes the threshold at once.
 
+The monitor owns the configuration it works with: :attr:`Monitor.config` is the one
+getter for the poll intervals, the read timeout, the watchdog's staleness and the trigger
+thresholds, and :meth:`Monitor.apply` puts a new one in force (a PowerPolicy applied at
+runtime). Applying wakes a sleeping loop at once, which plans its next poll again from the
+new interval -- a policy that shortens the interval does not wait out the old one.
+
 The monitor keeps the latest snapshots, decision and alerts for ``/v1/status``,
 ``/metrics`` and ``hecate status``; it never raises out of a poll.
 """
@@ -13,7 +19,6 @@ The monitor keeps the latest snapshots, decision and alerts for ``/v1/status``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +28,7 @@ from typing import Protocol
 
 from hecate.adapters.store import StateStore, new_run_id
 from hecate.domain import budget as budget_mod
-from hecate.domain import trigger
+from hecate.domain import timestamps, trigger
 from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.runs import RunKind, RunRecord, RunResult
 from hecate.domain.ups import Flag, Snapshot
@@ -32,9 +37,9 @@ log = logging.getLogger(__name__)
 
 
 class UpsReader(Protocol):
-    """Reads one UPS; never raises -- a failed read is a snapshot with ``ok`` False."""
+    """Reads one UPS within ``timeout`` seconds; never raises -- a failed read is a snapshot with ``ok`` False."""
 
-    async def read(self, ups: Ups) -> Snapshot: ...
+    async def read(self, ups: Ups, timeout: float) -> Snapshot: ...
 
 
 ShutdownHandler = Callable[[trigger.Decision, budget_mod.Budget], Awaitable[None]]
@@ -63,7 +68,8 @@ class Monitor:
         *,
         unlatch_on_mains: bool = False,
     ) -> None:
-        self.config = config
+        self._config = config
+        self._wake = asyncio.Event()  # set by apply(): the sleeping loop plans its next poll again
         self.reader = reader
         self.store = store
         self.on_shutdown = on_shutdown
@@ -79,7 +85,40 @@ class Monitor:
             config.trigger.default_budget_s, budget_mod.BudgetSource.default, (), config.trigger.safety_factor)
         self.refresh_budget()
 
-    # -- budget and policy ---------------------------------------------------------------
+    # -- the configuration in force -----------------------------------------------------
+
+    @property
+    def config(self) -> HecateConfig:
+        """The configuration the monitor works with; everything that depends on it reads it here."""
+        return self._config
+
+    def apply(self, config: HecateConfig) -> None:
+        """Put ``config`` in force: the next poll decides with it (the budget is re-estimated with
+        its trigger settings now), and a sleeping loop wakes to plan its next poll from its interval.
+
+        Call it on the monitor's loop.
+        """
+        self._config = config
+        self.refresh_budget()
+        self._wake.set()
+
+    def read_timeout(self) -> float:
+        """How long one UPS read may take: bounded by the fast (on-battery) poll interval, so one
+        silent upsd cannot slow down the polls of the others (reads run concurrently; a poll lasts
+        as long as its slowest)."""
+        return max(0.5, min(2.0, self.config.trigger.poll_interval_on_battery_s))
+
+    def stale_after(self) -> float:
+        """How long without a poll means the monitor is wedged (the watchdog stops its keep-alives)."""
+        t = self.config.trigger
+        return max(10.0, 5 * max(t.poll_interval_s, t.poll_interval_on_battery_s))
+
+    def polling(self) -> bool:
+        """Polls keep happening: the last one is more recent than :meth:`stale_after`."""
+        last = self.view.last_poll_at
+        return last is not None and self.clock() - last < self.stale_after()
+
+    # -- budget and thresholds ---------------------------------------------------------------
 
     def refresh_budget(self) -> None:
         """Re-read the run history (a corrupt file reads as empty) and re-estimate the budget."""
@@ -95,9 +134,9 @@ class Monitor:
         except OSError:
             return None
 
-    def policy(self) -> trigger.Policy:
+    def thresholds(self) -> trigger.Thresholds:
         t = self.config.trigger
-        return trigger.Policy(
+        return trigger.Thresholds(
             threshold_s=self.budget.threshold_s,
             debounce_polls=t.debounce_polls,
             deadtime_s=t.deadtime_s,
@@ -122,9 +161,10 @@ class Monitor:
     async def poll_once(self) -> trigger.Outcome:
         if self._mtime() != self._runs_mtime:  # another process (hecate shutdown --execute) recorded a run
             self.refresh_budget()
-        snapshots: Sequence[Snapshot] = await asyncio.gather(*(self.reader.read(u) for u in self.config.ups))
+        timeout = self.read_timeout()
+        snapshots: Sequence[Snapshot] = await asyncio.gather(*(self.reader.read(u, timeout) for u in self.config.ups))
         now = self.clock()
-        state, outcome = trigger.decide(self.view.state, snapshots, self.policy(), now)
+        state, outcome = trigger.decide(self.view.state, snapshots, self.thresholds(), now)
         self.view.snapshots = {s.ups: s for s in snapshots}
         self.view.state, self.view.outcome = state, outcome
         self.view.polls += 1
@@ -176,9 +216,24 @@ class Monitor:
                 await self.poll_once()
             except Exception:  # the monitor must outlive any single bad poll
                 log.exception("poll failed")
-            delay = max(0.0, self.interval() - (time.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await self._sleep(started, stop)
+
+    async def _sleep(self, started: float, stop: asyncio.Event) -> None:
+        """Until the interval in force has passed since ``started``, or ``stop``; :meth:`apply`
+        wakes it to measure again with the new configuration's interval."""
+        while not stop.is_set():
+            self._wake.clear()  # a configuration applied before this point is already in interval()
+            delay = self.interval() - (time.monotonic() - started)
+            if delay <= 0:
+                return
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if not self._wake.is_set():
+                return  # the interval has passed, or stop
 
 
 def trigger_info(decision: trigger.Decision, budget: budget_mod.Budget) -> dict[str, object]:
@@ -187,14 +242,14 @@ def trigger_info(decision: trigger.Decision, budget: budget_mod.Budget) -> dict[
         "source": "ups", "ups": decision.ups, "reason": decision.reason.value, "detail": decision.detail,
         "runtime_s": decision.runtime_s, "threshold_s": decision.threshold_s, "budget_s": budget.seconds,
         "budget_source": budget.source.value,
-        "decided_at": datetime.fromtimestamp(to_wall(decision.at), UTC).isoformat(),
+        "decided_at": timestamps.rfc3339(wall_time(decision.at), fraction=True),
     }
 
 
-def to_wall(monotonic_ts: float) -> float:
-    """A ``time.monotonic()`` instant as wall-clock epoch seconds (decisions use the monotonic
-    clock so an NTP step cannot fire or stall deadtime; people read wall-clock times)."""
-    return time.time() - (time.monotonic() - monotonic_ts)
+def wall_time(monotonic_ts: float) -> datetime:
+    """A ``time.monotonic()`` instant as a wall-clock time (decisions use the monotonic clock
+    so an NTP step cannot fire or stall deadtime; people read wall-clock times)."""
+    return datetime.fromtimestamp(time.time() - (time.monotonic() - monotonic_ts), UTC)
 
 
 def dry_run_recorder(store: StateStore, clock: Callable[[], float] = time.time) -> ShutdownHandler:

@@ -10,18 +10,19 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from hecate.domain import timestamps
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
+from hecate.domain.policy_source import PolicyView, baseline_view
 from hecate.domain.runs import RunRecord
 from hecate.domain.trigger import AlertKind, Decision, UpsState
-from hecate.services.monitor import Monitor, to_wall
-from hecate.services.policy import PolicyView, baseline_view
+from hecate.services.monitor import Monitor, wall_time
 
 RECENT_RUNS = 5
 
 
 def _iso(monotonic_ts: float | None) -> str | None:
-    return None if monotonic_ts is None else datetime.fromtimestamp(to_wall(monotonic_ts), UTC).isoformat()
+    return None if monotonic_ts is None else timestamps.rfc3339(wall_time(monotonic_ts), fraction=True)
 
 
 def _decision(d: Decision | None) -> dict[str, Any] | None:
@@ -39,7 +40,7 @@ def _budget(b: Budget, config: HecateConfig) -> dict[str, Any]:
 
 def _run(r: RunRecord) -> dict[str, Any]:
     return {"id": r.id, "kind": r.kind.value, "dry_run": r.dry_run, "result": r.result and r.result.value,
-            "started_at": r.started_at.isoformat(), "duration_s": r.duration_s,
+            "started_at": timestamps.rfc3339(r.started_at, fraction=True), "duration_s": r.duration_s,
             "trigger": r.trigger}
 
 
@@ -65,9 +66,10 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None) ->
     values are hecate.yaml's (``hecate status`` polling directly).
     """
     config, view = monitor.config, monitor.view
+    now = datetime.now(UTC)
     if policy is None:
         policy = baseline_view(config, "polled directly: hecate.yaml's values (a running daemon would also apply "
-                                       "the cached or cluster PowerPolicy)")
+                                       "the cached or cluster PowerPolicy)", now)
     outcome = view.outcome
     ups = []
     for u in config.ups:
@@ -101,7 +103,7 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None) ->
         "host": config.host_name,
         "role": config.role.value,
         "source": source,
-        "generated_at": datetime.now(UTC).isoformat(),
+        "generated_at": timestamps.rfc3339(now, fraction=True),
         "polls": view.polls,
         "last_poll_at": _iso(view.last_poll_at),
         "ups": ups,
@@ -115,6 +117,6 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None) ->
         "alerts": [{"ups": a.ups, "kind": a.kind.value, "message": a.message}
                    for a in (outcome.alerts if outcome else ())],
         "runs": _runs(runs),
-        "policy": policy.as_dict(),
+        "policy": policy.as_dict(now),
         "warnings": list(monitor.store.warnings),
     }

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hecate.domain import timestamps
+
 
 @dataclass(frozen=True)
 class Delays:
@@ -69,4 +71,4 @@ def due_in(since: float | None, now: float, delay: float) -> float | None:
 
 def format_time(now: float) -> str:
     """RFC 3339 with whole seconds, as the Kubernetes API writes timestamps."""
-    return dt.datetime.fromtimestamp(now, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timestamps.rfc3339(dt.datetime.fromtimestamp(now, tz=dt.UTC))

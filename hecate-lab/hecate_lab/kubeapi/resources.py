@@ -13,6 +13,8 @@ from typing import Any
 
 import kmock
 
+from hecate.domain import timestamps
+
 NODES = kmock.resource("", "v1", "nodes")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 PODS = kmock.resource("", "v1", "pods")
@@ -35,17 +37,16 @@ def utcnow() -> dt.datetime:
 
 def format_time(when: dt.datetime) -> str:
     """RFC 3339 with whole seconds, as the Kubernetes API writes timestamps."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timestamps.rfc3339(when)
 
 
 def parse_time(value: object) -> dt.datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        return timestamps.parse(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
 def status_body(code: int, message: str, reason: str, *, details: Mapping[str, Any] | None = None,

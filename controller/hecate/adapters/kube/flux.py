@@ -17,6 +17,7 @@ from kubernetes import client as kclient
 
 from hecate.adapters.kube.errors import ApiUnavailable, KubeError, KubeNotFound
 from hecate.adapters.kube.transport import Transport
+from hecate.domain import timestamps
 from hecate.domain.kubeobjects import (
     FLUX_KINDS,
     GIT_REPOSITORY,
@@ -35,8 +36,8 @@ from hecate.domain.kubeobjects import (
 )
 
 
-def _now(timespec: str) -> str:
-    return dt.datetime.now(tz=dt.UTC).isoformat(timespec=timespec)
+def _now(*, fraction: bool = False) -> str:
+    return timestamps.rfc3339(dt.datetime.now(tz=dt.UTC), fraction=fraction)
 
 
 class FluxOps(Transport):
@@ -127,7 +128,7 @@ class FluxOps(Transport):
                 continue
             body: dict[str, Any] = {"spec": {"suspend": False}, "metadata": {"annotations": {SUSPENDED_BY: None}}}
             if reconcile:
-                body["metadata"]["annotations"][RECONCILE_ANNOTATION] = _now("seconds")
+                body["metadata"]["annotations"][RECONCILE_ANNOTATION] = _now()
             try:
                 await self._flux_patch(f"resume {ref}", KINDS[kind], version, namespace, name, body)
             except KubeNotFound:
@@ -170,13 +171,13 @@ class FluxOps(Transport):
                                # tag, semver, name and commit take precedence over branch in Flux: clear them
                                {"spec": {"ref": {"branch": branch, "tag": None, "semver": None, "name": None,
                                                  "commit": None}},
-                                "metadata": {"annotations": {RECONCILE_ANNOTATION: _now("seconds")}}})
+                                "metadata": {"annotations": {RECONCILE_ANNOTATION: _now()}}})
         previous: str | None = current["branch"]
         return previous
 
     async def request_reconcile(self, refs: Iterable[str]) -> list[str]:
         """Set ``reconcile.fluxcd.io/requestedAt`` on these Flux objects (GitRepository included)."""
-        now = _now("milliseconds")
+        now = _now(fraction=True)
         done: list[str] = []
         for ref in refs:
             namespace, kind, name = parse_ref(ref, (*FLUX_KINDS, GIT_REPOSITORY))
