@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -39,3 +41,15 @@ def ups(tmp_path: Path) -> Iterator[LabUps]:
         yield lab_ups
     finally:
         lab_ups.stop()
+
+
+@pytest.fixture(scope="session")
+def update_docs() -> ModuleType:
+    """scripts/update-docs.py (a script, not a module of a package), loaded once."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "update-docs.py"
+    spec = importlib.util.spec_from_file_location("update_docs", script)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
@@ -21,17 +20,8 @@ FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 YAML_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.S | re.M)
 
 
-def update_docs() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("update_docs", REPO / "scripts" / "update-docs.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_reference_tables_match_the_models() -> None:
-    module = update_docs()
+def test_reference_tables_match_the_models(update_docs: ModuleType) -> None:
+    module = update_docs
     wanted = module.pages()
     assert set(wanted) == {REPO / "docs" / "configuration.md", REPO / "docs" / "runs.md"}
     for page, text in wanted.items():

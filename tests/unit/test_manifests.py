@@ -4,10 +4,10 @@ and a CRD schema that accepts and rejects exactly what PowerPolicySpec does."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -38,20 +38,11 @@ SPEC_SCHEMA = ROOT_SCHEMA["properties"]["spec"]
 EXAMPLE = load_all(MANIFESTS / "powerpolicy-example.yaml")[0]
 
 
-def update_docs() -> Any:
-    spec = importlib.util.spec_from_file_location("update_docs", REPO / "scripts" / "update-docs.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # -- the CRD -------------------------------------------------------------------------------------
 
 
-def test_the_crd_file_is_generated_from_the_model() -> None:
-    assert CRD_FILE.read_text() == update_docs().render_crd(), "crds/powerpolicy.yaml is stale: run `make docs`"
+def test_the_crd_file_is_generated_from_the_model(update_docs: ModuleType) -> None:
+    assert CRD_FILE.read_text() == update_docs.render_crd(), "crds/powerpolicy.yaml is stale: run `make docs`"
     assert crd.definition() == CRD
 
 
