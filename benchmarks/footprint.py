@@ -8,8 +8,8 @@ settles for a few seconds, then for 60 s we read its CPU time (utime + stime fro
 In the same run, so readers see the floor: the RSS of an idle ``python`` (the same
 interpreter) and of one that has only imported ``hecate.daemon``, and the wall time of
 ``hecate --version`` (interpreter start + the CLI import). ``hecate status`` is timed
-against the running daemon and, after it stopped, with no daemon (``metrics.listen``
-on an unused port, so it polls the 4 UPSes itself).
+against the running daemon (over its unix socket) and, after it stopped, with no daemon
+(``metrics.socket`` where no socket is, so it polls the 4 UPSes itself).
 
 The embedded operator's cost (``daemon_operator_rss``): the same daemon (1 lab UPS) run
 twice against the lab's emulated API holding the PowerPolicy CRD and the example

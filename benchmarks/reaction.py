@@ -103,7 +103,7 @@ def write_daemon_config(path: Path, state_dir: Path, ups: list[LabUps], http_por
         "host_name": "bench",
         "state_dir": str(state_dir),
         "ups": [{"name": u.name, "host": u.host, "port": u.port} for u in ups],
-        "metrics": {"listen": f"127.0.0.1:{http_port}"},
+        "metrics": {"listen": f"127.0.0.1:{http_port}", "socket": str(path.with_suffix(".sock"))},
     }
     if trigger:
         doc["trigger"] = trigger

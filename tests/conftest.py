@@ -1,8 +1,12 @@
-"""Shared fixtures: a whole lab (real upsd, real sshd nodes, emulated API), always torn down."""
+"""Shared fixtures: a whole lab (real upsd, real sshd nodes, emulated API), always torn down; a fake daemon socket."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -53,3 +57,81 @@ def update_docs() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+class FakeDaemon:
+    """Something on a unix socket that answers ``hecate status`` badly (real sockets, a thread per client).
+
+    ``serve(behaviour)`` listens on ``path`` (its directory 0700) and treats every client so:
+    ``endless`` (a body that never ends), ``stall`` (never a word), ``drip`` (one byte every
+    0.2 s: each read is quick, the answer never complete), or ``answer`` (a complete HTTP
+    answer: ``body`` and ``status``).
+    """
+
+    HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.listener: socket.socket | None = None
+
+    def serve(self, behaviour: str, body: bytes = b"", status: str = "200 OK") -> Path:
+        def respond(conn: socket.socket) -> None:
+            if behaviour == "endless":
+                conn.sendall(self.HEADERS + b'{"ups": [')
+                while not self.stop.is_set():
+                    conn.sendall(b'"x",' * 16384)
+            elif behaviour == "stall":
+                self.stop.wait()
+            elif behaviour == "drip":
+                for byte in self.HEADERS + b'{"ups": []}' * 1000:
+                    if self.stop.wait(0.2):
+                        return
+                    conn.sendall(bytes([byte]))
+            else:
+                conn.sendall(f"HTTP/1.0 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+
+        def handle(conn: socket.socket) -> None:
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(10)
+                conn.recv(4096)  # the request
+                respond(conn)
+
+        def accept(listener: socket.socket) -> None:
+            while not self.stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                thread = threading.Thread(target=handle, args=(conn,), daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.path))
+        self.listener.listen()
+        self.listener.settimeout(0.1)
+        thread = threading.Thread(target=accept, args=(self.listener,), daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return self.path
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(5)
+        if self.listener is not None:
+            self.listener.close()
+
+
+@pytest.fixture
+def fake_daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
+    """A :class:`FakeDaemon` on ``tmp_path/run/hecate.sock``, stopped (every thread joined) after the test."""
+    fake = FakeDaemon(tmp_path / "run" / "hecate.sock")
+    try:
+        yield fake
+    finally:
+        fake.close()

@@ -244,7 +244,9 @@ class Lab:
                      "fallback_manifests_dir": str(self.state_dir / "bootstrap"),
                      "bootstrap_objects": ["gitea/deployment/gitea-valkey", "gitea/deployment/gitea",
                                            "kube-system/deployment/coredns"]},
-            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
+            # `hecate status` asks the daemon on this socket (root-only, never over TCP).
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}",
+                        "socket": str((self.dir / "hecate.sock").absolute())},
         }
 
     def write_hecate_config(self) -> None:

@@ -89,7 +89,7 @@ def test_the_daemon_reports_conditions_on_a_real_cluster(tmp_path: Path, api: An
         "host_name": "e2e", "state_dir": str(tmp_path / "state"),
         "cluster": {"kubeconfig": str(cluster_kubeconfig)},
         "ups": [{"name": ups.name, "host": ups.host, "port": ups.port}],
-        "metrics": {"listen": f"127.0.0.1:{port}"},
+        "metrics": {"listen": f"127.0.0.1:{port}", "socket": str(tmp_path / "hecate.sock")},
         "policy": {"name": name},
     }))
     proc = subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)],

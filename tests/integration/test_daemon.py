@@ -1,17 +1,23 @@
-"""`hecate daemon` as a process on the real lab upsd: HTTP endpoints, metrics, sd_notify, signals."""
+"""`hecate daemon` as a process on the real lab upsd: HTTP endpoints, metrics, sd_notify, signals,
+the root-only status socket, and a metrics port another process holds."""
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -29,9 +35,39 @@ def write_config(tmp_path: Path, ups: LabUps, port: int) -> Path:
         "state_dir": str(tmp_path / "state"),
         "ups": [{"name": ups.name, "host": ups.host, "port": ups.port}],
         "trigger": {"poll_interval_s": 0.5, "poll_interval_on_battery_s": 0.2, "debounce_polls": 2},
-        "metrics": {"listen": f"127.0.0.1:{port}"},
+        "metrics": {"listen": f"127.0.0.1:{port}", "socket": str(socket_path(tmp_path))},
     }))
     return path
+
+
+def socket_path(tmp_path: Path) -> Path:
+    return tmp_path / "run" / "hecate.sock"  # the daemon creates run/
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=2)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(2)
+        self.sock.connect(str(self.unix_path))
+
+
+def get_unix(path: Path, url: str) -> tuple[int, bytes]:
+    conn = _UnixConnection(path)
+    try:
+        conn.request("GET", url)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def hecate_status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=30, check=False)
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -40,6 +76,14 @@ def get(port: int, path: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def answers(port: int, path: str) -> int | None:
+    """The HTTP status on ``port``, or None while nothing listens there."""
+    try:
+        return get(port, path)[0]
+    except OSError:
+        return None
 
 
 @pytest.fixture
@@ -106,13 +150,21 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
                                   timeout=30, check=False)
         assert promtool.returncode == 0, promtool.stdout + promtool.stderr
 
-        # hecate status asks the daemon
-        cli = subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config), "--json"],
-                             capture_output=True, text=True, timeout=30, check=True)
-        assert json.loads(cli.stdout)["source"] == "daemon"
+        # hecate status asks the daemon, on its root-only socket
+        sock = socket_path(tmp_path)
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert stat.S_ISSOCK(sock.stat().st_mode)
+        cli = hecate_status(config, "--json")
+        assert cli.returncode == 0, cli.stderr
+        doc = json.loads(cli.stdout)
+        assert doc["source"] == "daemon"
+        assert [(lst["kind"], lst["listening"]) for lst in doc["listeners"]] == [("tcp", True), ("unix", True)]
+        assert get_unix(sock, "/readyz") == (200, b"ready\n")
     finally:
         output = stop(proc)
     assert proc.returncode == 0, output
+    assert not socket_path(tmp_path).exists()  # removed on the way out
     assert "shutdown decided: UPS pyrphoros, low_battery" in output
     assert "dry-run: recorded shutdown run" in output
     runs = json.loads((tmp_path / "state" / "runs.json").read_text())
@@ -137,16 +189,82 @@ def test_status_without_a_daemon_polls_directly(tmp_path: Path, ups: LabUps) -> 
     assert doc["trigger"]["shutdown_triggered"] is False  # one poll never decides a runtime trigger
 
 
-def test_daemon_reports_a_taken_port_clearly(tmp_path: Path, ups: LabUps) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        config = write_config(tmp_path, ups, taken.getsockname()[1])
-        proc = start_daemon(config)
-        try:
-            proc.wait(timeout=30)
-        finally:
-            output = stop(proc)
-    assert proc.returncode == 1
-    assert "daemon cannot start" in output
-    assert "Traceback" not in output
+FORGED = {"host": "forged", "source": "daemon", "ups": [{"name": "pyrphoros", "status": "OL", "on_battery": False}]}
+
+
+class _ForgedStatus(http.server.BaseHTTPRequestHandler):
+    """What a local user squatting the metrics port could serve: "all on mains"."""
+
+    def do_GET(self) -> None:
+        body = json.dumps(FORGED).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def squatter() -> Iterator[http.server.HTTPServer]:
+    """Another process's server on a port before the daemon starts (a thread here: the daemon cannot tell)."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _ForgedStatus)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_squatted_port_neither_stops_the_daemon_nor_fools_hecate_status(
+    tmp_path: Path, ups: LabUps, notify_socket: socket.socket, squatter: http.server.HTTPServer
+) -> None:
+    port = squatter.server_address[1]
+    address = f"127.0.0.1:{port}"
+    config = write_config(tmp_path, ups, port)
+    sock = socket_path(tmp_path)
+    proc = start_daemon(config, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    try:
+        # The monitor runs without the port: READY=1 does not wait for it.
+        assert notify_socket.recv(4096).startswith(b"READY=1")
+        code, body = get_unix(sock, "/readyz")
+        assert code == 503
+        assert f"not listening on {address} (tcp): address already in use (EADDRINUSE)".encode() in body
+
+        ups.set(ups_status="OB LB DISCHRG", battery_runtime=42, battery_charge=12)
+        wait_for(lambda: (lambda d: d["trigger"]["shutdown_triggered"] and d["runs"]["count"] >= 1)(
+            json.loads(get_unix(sock, "/v1/status")[1])), 10, "the daemon to decide and record the dry-run")
+
+        cli = hecate_status(config, "--json")
+        assert cli.returncode == 0, cli.stderr
+        doc = json.loads(cli.stdout)
+        assert doc["host"] == "titan-db"  # not the squatter's forged "on mains"
+        assert doc["source"] == "daemon"
+        assert doc["ups"][0]["status"] == "OB LB DISCHRG"
+        assert doc["trigger"]["decision"]["reason"] == "low_battery"
+        tcp = doc["listeners"][0]
+        assert (tcp["kind"], tcp["address"], tcp["listening"]) == ("tcp", address, False)
+        assert tcp["bind_failures"] >= 1
+        assert [a["kind"] for a in doc["alerts"]] == ["not_listening"]
+        text = hecate_status(config).stdout
+        assert f"Alert:     not listening on {address} (tcp): address already in use" in text
+        metrics = get_unix(sock, "/metrics")[1].decode()
+        assert f'hecate_http_listening{{address="{address}",listener="tcp"}} 0.0' in metrics
+
+        squatter.shutdown()
+        squatter.server_close()  # the squatter goes: the daemon takes the port at its next retry (<= 30 s)
+        wait_for(lambda: answers(port, "/readyz") == 200, 40, "the daemon to bind the freed port")
+        metrics = get(port, "/metrics")[1].decode()
+        assert f'hecate_http_listening{{address="{address}",listener="tcp"}} 1.0' in metrics
+        assert f'hecate_http_bind_failures_total{{address="{address}",listener="tcp"}}' in metrics
+    finally:
+        output = stop(proc)
+    assert proc.returncode == 0, output
+    assert output.count(f"cannot listen on {address}") == 1  # logged once, not at every retry
+    assert f"now listening on {address} (tcp), after" in output
+    assert "dry-run: recorded shutdown run" in output

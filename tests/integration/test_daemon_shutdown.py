@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hecate.adapters import daemon_client
 from hecate_lab import nodes
 from hecate_lab.procs import wait_for
 from hecate_lab.testbed import Lab, LabSpec
@@ -95,6 +97,48 @@ def test_decision_executes_the_shutdown_and_sigterm_does_not_cut_it_short(lab: L
     assert record["result"] == "success"
     assert record["trigger"]["reason"] == "low_battery"
     assert '"event":"stage-end","stage":"poweroff"' in output  # JSON lines for journald
+
+
+def status_over_socket(config: Path) -> dict[str, Any] | None:
+    try:
+        return daemon_client.fetch_status(Path(yaml.safe_load(config.read_text())["metrics"]["socket"]))
+    except daemon_client.NoDaemon:
+        return None
+
+
+def test_a_squatted_metrics_port_does_not_stop_the_armed_shutdown(lab: Lab) -> None:
+    """A local user holds the metrics port before the daemon starts: the power-off happens all the same."""
+    config = write_config(lab)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", lab.metrics_port))
+        squatter.listen()
+        proc = daemon(config)
+        try:
+            wait_for(lambda: (status_over_socket(config) or {}).get("polls"), 20, "the daemon to poll")
+            assert not ready(lab)  # nobody answers on the squatted port
+            lab.ups["pyrphoros"].set(ups_status="OB LB DISCHRG", battery_runtime=60)
+            wait_for(lambda: executed_runs(lab), 60, "the shutdown to be recorded")
+            doc = json.loads(subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config),
+                                             "--json"], capture_output=True, text=True, timeout=30,
+                                            check=True).stdout)
+            assert doc["source"] == "daemon"
+            assert doc["trigger"]["decision"]["reason"] == "low_battery"
+            assert doc["listeners"][0]["listening"] is False
+        except BaseException:
+            finish(proc)
+            raise
+    try:  # the squatter is gone: the daemon takes the port at its next retry
+        wait_for(lambda: ready(lab), 40, "the daemon to bind the freed port")
+    finally:
+        output = finish(proc)
+    assert proc.returncode == 0, output
+    assert all_off(lab)
+    assert (lab.dir / "coordinator-poweroff").exists()
+    [record] = executed_runs(lab)
+    assert record["result"] == "success"
+    assert record["stages"][-1]["name"] == "local-poweroff"
+    assert f"cannot listen on 127.0.0.1:{lab.metrics_port} (tcp): address already in use" in output
 
 
 def journal_started(lab: Lab, step: str) -> bool:

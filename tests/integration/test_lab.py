@@ -52,6 +52,7 @@ def test_generated_config_points_hecate_at_the_lab(lab: Lab) -> None:
         (n.name, n.address, n.port) for n in lab.nodes
     ]
     assert cfg.state_dir == lab.state_dir
+    assert cfg.metrics.socket == (lab.dir / "hecate.sock").absolute()  # never the host's /run/hecate
     assert cfg.ssh.known_hosts.read_text().count("ssh-ed25519") == 3
 
 

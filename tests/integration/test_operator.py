@@ -165,7 +165,7 @@ def make_config(tmp_path: Path, kubeconfig: Path, *, ups: LabUps | None = None, 
         "ups": [{"name": "pyrphoros", "host": ups.host if ups else "127.0.0.1", "port": ups.port if ups else 1},
                 {"name": "statera", "host": "127.0.0.1", "port": 1, "protects_cluster": False}],
         "trigger": {"poll_interval_s": 0.2, "poll_interval_on_battery_s": 0.2, "debounce_polls": 1},
-        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}", "socket": str(tmp_path / "hecate.sock")},
         "policy": {"name": "titan"},
     }
     data.update(extra)

@@ -39,7 +39,8 @@ def test_example_config_is_valid_and_complete() -> None:
 def test_empty_file_means_all_defaults(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, ""), {})
     assert cfg == HecateConfig(host_name=socket.gethostname())  # the one default read from the machine
-    assert cfg.metrics.listen == ":9560"
+    assert cfg.metrics.listen == "127.0.0.1:9560"  # this host only: scraping from the network is a choice
+    assert cfg.metrics.socket == Path("/run/hecate/hecate.sock")
     assert cfg.state_dir == Path("/var/lib/hecate")
     assert cfg.trigger.debounce_polls == 3
 
@@ -107,6 +108,8 @@ def test_unknown_key_inside_a_list_item(tmp_path: Path) -> None:
          "cluster.nodes[0].role = 'worker'", "'server' or 'agent'"),
         ("metrics:\n  listen: nowhere\n", "metrics.listen = 'nowhere'", "match pattern"),
         ("metrics:\n  listen: ':99999'\n", "metrics.listen = ':99999'", "port must be 1-65535"),
+        ("metrics:\n  socket: hecate.sock\n", "metrics.socket = 'hecate.sock'", "must be an absolute path"),
+        (f"metrics:\n  socket: /{'x' * 120}\n", f"metrics.socket = '/{'x' * 120}'", "at most 107 bytes"),
         ("ups:\n  - {name: p}\n  - {name: p, host: h}\n", "ups", "UPS names must be unique; repeated: p"),
         ("role: boss\n", "role = 'boss'", "'coordinator' or 'peer'"),
     ],

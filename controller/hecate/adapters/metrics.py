@@ -44,6 +44,7 @@ class StatusCollector(Collector):
                      [([], trig["debounce_polls"])])
         yield from _run_metrics(doc["runs"])
         yield from _policy_metrics(doc.get("policy"))
+        yield from _listener_metrics(doc.get("listeners") or [])
 
 
 def _gauge(name: str, doc: str, samples: list[tuple[list[str], float]], labels: tuple[str, ...] = ()) -> Metric:
@@ -97,6 +98,21 @@ def _policy_metrics(policy: dict[str, Any] | None) -> Iterator[Metric]:
     if policy.get("age_s") is not None:
         yield _gauge("hecate_policy_age_seconds", "Time since the PowerPolicy in force was taken (cached) by Hecate.",
                      [([], policy["age_s"])])
+
+
+def _listener_metrics(listeners: list[dict[str, Any]]) -> Iterator[Metric]:
+    if not listeners:
+        return
+    yield _gauge("hecate_http_listening",
+                 "1 while the HTTP server listens on this address (tcp: metrics.listen, unix: metrics.socket).",
+                 [([lst["kind"], lst["address"]], 1.0 if lst["listening"] else 0.0) for lst in listeners],
+                 ("listener", "address"))
+    failures = CounterMetricFamily("hecate_http_bind_failures",
+                                   "Failed attempts to bind the HTTP server's address since the daemon started.",
+                                   labels=["listener", "address"])
+    for lst in listeners:
+        failures.add_metric([lst["kind"], lst["address"]], lst["bind_failures"])
+    yield failures
 
 
 def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:

@@ -156,7 +156,7 @@ def daemon(config_path: Path) -> None:
         logging.getLogger("hecate").warning("no UPS has protects_cluster: true: nothing can trigger a shutdown")
     try:
         asyncio.run(daemon_mod.run(cfg))
-    except OSError as err:  # e.g. the metrics port is taken
+    except OSError as err:  # not the HTTP server: a taken port or socket is retried in the background
         fail(f"daemon cannot start: {err}")
     except StoreError as err:
         fail(str(err))
@@ -168,21 +168,35 @@ def daemon(config_path: Path) -> None:
 def status(config_path: Path, as_json: bool) -> None:
     """Show UPS state, budget, threshold and recent runs.
 
-    Asks the running daemon (on metrics.listen) and otherwise polls the UPSes once itself.
+    Asks the running daemon on its unix socket (metrics.socket, never a TCP port) and
+    otherwise polls the UPSes once itself. Exit 1 when the socket answered but not usably
+    (too big, too slow, untrusted): then the status shown was polled directly.
     """
+    from hecate.adapters import daemon_client
     from hecate.cli import render
 
     cfg = load_config(config_path)
-    doc = _status_document(cfg)
+    problem = None
+    try:
+        doc = daemon_client.fetch_status(cfg.metrics.socket)
+    except daemon_client.NoDaemon as err:
+        if isinstance(err, daemon_client.NotAllowed):
+            click.echo(f"hecate: {err}: polling the UPSes directly", err=True)
+        doc = None
+    except daemon_client.DaemonError as err:
+        problem = f"daemon status unusable: {err}"
+        click.echo(f"hecate: {problem}; polling the UPSes directly", err=True)
+        doc = None
+    if doc is None:
+        doc = _poll_directly(cfg)
+        if problem:
+            doc["warnings"].append(problem)
     click.echo(json.dumps(doc, indent=2) if as_json else render.status_text(doc))
+    if problem:
+        sys.exit(1)
 
 
-def _status_document(cfg: HecateConfig) -> dict[str, Any]:
-    from hecate.adapters import daemon_client
-
-    doc = daemon_client.fetch_status(cfg.metrics.local_url("/v1/status"))
-    if doc is not None:
-        return doc
+def _poll_directly(cfg: HecateConfig) -> dict[str, Any]:
     import asyncio
 
     from hecate.adapters import nut

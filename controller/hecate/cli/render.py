@@ -58,8 +58,11 @@ def status_text(doc: dict[str, Any]) -> str:
         lines.append(f"Trigger:   SHUTDOWN decided — UPS {decision['ups']}, {decision['reason']}: {decision['detail']}")
     else:
         lines.append(f"Trigger:   armed (debounce {trig['debounce_polls']} polls, deadtime {trig['deadtime_s']:g} s)")
+    listening = [f"{lst['address']} ({lst['kind']})" for lst in doc.get("listeners", []) if lst["listening"]]
+    if listening:
+        lines.append(f"Serving:   {', '.join(listening)}")
     for alert in doc["alerts"]:
-        lines.append(f"Alert:     {alert['ups']}: {alert['message']}")
+        lines.append(f"Alert:     {alert['ups'] + ': ' if alert['ups'] else ''}{alert['message']}")
     for warning in doc["warnings"]:
         lines.append(f"Warning:   {warning}")
     runs = doc["runs"]["recent"]

@@ -1,9 +1,12 @@
 """``hecate daemon``: one asyncio loop with the UPS monitor, the HTTP server and the shutdown.
 
 Start order matters for what comes later (the embedded kopf operator cancels tasks
-created after it starts): the HTTP server and the monitor start first. systemd is told
-``READY=1`` once the server listens and every UPS has been polled once, and gets
-watchdog keep-alives while polls keep happening.
+created after it starts): the HTTP server and the monitor start first. The HTTP server
+(TCP for Prometheus, a root-only unix socket for ``hecate status``) binds in the
+background: a port or socket another process holds is retried with an alert, never a
+reason to stop watching the UPSes (:mod:`hecate.adapters.http`). systemd is told
+``READY=1`` once every UPS has been polled once, whether or not the server listens yet,
+and gets watchdog keep-alives while polls keep happening.
 
 On a shutdown decision with ``shutdown.execute: true`` the shutdown runs as its own task
 while the monitor keeps polling (it tells the run when mains is back); otherwise the
@@ -63,6 +66,8 @@ class Daemon:
         self.policy.load()  # the cache (if any) is in force from the first poll
         self.operator: Operator | None = None
         self.shutdown_task: asyncio.Task[None] | None = None
+        self.http: http.Server | None = None
+        """The HTTP server, once started: where it listens is part of the status."""
         self.dry_run = monitor_mod.dry_run_recorder(self.store)
         self.monitor = monitor_mod.Monitor(self.policy.config, reader or nut.NutReader(), self.store,
                                            self.on_shutdown, unlatch_on_mains=True)
@@ -108,7 +113,8 @@ class Daemon:
             loop.call_soon_threadsafe(lambda: self.apply(self.policy.config))
 
     def status_document(self) -> dict[str, Any]:
-        return status.document(self.monitor, "daemon", self.policy.view)
+        listeners = [lst.as_dict() for lst in self.http.listeners] if self.http else None
+        return status.document(self.monitor, "daemon", self.policy.view, listeners)
 
     def operator_snapshot(self) -> Snapshot:
         """What the operator writes into the PowerPolicy's status (called on the daemon's loop)."""
@@ -164,11 +170,10 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
     daemon.loop = loop
     if not config.shutdown.execute:
         log.warning("shutdown.execute is false: shutdown decisions are recorded as dry-runs only")
-    app = http.make_app(daemon.status_document, lambda: daemon.monitor.ready)
-    runner = await http.start(app, config.metrics.bind)
+    server = daemon.http = http.Server(daemon.status_document, lambda: daemon.monitor.ready, config.metrics)
+    await server.start()  # binds in the background: returns at once, even when the port is taken
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("serving /metrics, /healthz, /readyz and /v1/status on %s", config.metrics.listen)
     # The monitor and watchdog stop on `halt`, which follows `stop` only once no shutdown is running:
     # the run needs the monitor (is mains back?) and systemd must keep seeing keep-alives.
     halt = asyncio.Event()
@@ -213,7 +218,7 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
         if daemon.operator is not None:  # last: it reports the shutdown until it is over
             await daemon.operator.stop()
         daemon.loop = None
-        await runner.cleanup()
+        await server.stop()
 
 
 async def _watchdog(interval: float, stop: asyncio.Event, healthy: Callable[[], bool]) -> None:

@@ -289,15 +289,30 @@ class Peer(_Section):
     """Accepted clock skew and nonce memory for signed requests."""
 
 
+UNIX_SOCKET_PATH_MAX = 107
+"""Bytes a unix socket path may have on Linux (``sun_path`` is 108 with its NUL)."""
+
+
 class Metrics(_Section):
-    listen: str = Field(default=":9560", pattern=r"^[^\s]*:\d{1,5}$")
-    """Address of the HTTP server (/metrics, /healthz, /readyz, /v1/status)."""
+    listen: str = Field(default="127.0.0.1:9560", pattern=r"^[^\s]*:\d{1,5}$")
+    """HTTP server (/metrics, /healthz, /readyz, /v1/status); `":9560"` or a LAN address opens it to the network."""
+    socket: Path = Path("/run/hecate/hecate.sock")
+    """Root-only unix socket (dir 0700, socket 0600), same endpoints; `hecate status` asks the daemon here."""
 
     @field_validator("listen")
     @classmethod
     def _port_in_range(cls, value: str) -> str:
         if not 1 <= int(value.rpartition(":")[2]) <= 65535:
             raise ValueError("port must be 1-65535")
+        return value
+
+    @field_validator("socket")
+    @classmethod
+    def _socket_path(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        if len(str(value).encode()) > UNIX_SOCKET_PATH_MAX:
+            raise ValueError(f"a unix socket path has at most {UNIX_SOCKET_PATH_MAX} bytes")
         return value
 
     @property

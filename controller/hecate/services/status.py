@@ -59,11 +59,21 @@ def _runs(runs: list[RunRecord]) -> dict[str, Any]:
     }
 
 
-def document(monitor: Monitor, source: str, policy: PolicyView | None = None) -> dict[str, Any]:
+def _listener_alerts(listeners: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"ups": None, "kind": "not_listening",
+             "message": f"not listening on {lst['address']} ({lst['kind']}): {lst['error'] or 'not bound yet'}; "
+                        f"retrying ({lst['bind_failures']} failed binds)"}
+            for lst in listeners if not lst["listening"]]
+
+
+def document(monitor: Monitor, source: str, policy: PolicyView | None = None,
+             listeners: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The status of everything the monitor knows. ``source``: ``daemon`` or ``direct``.
 
     ``policy``: which policy is in force (the daemon's); without it the document says the
-    values are hecate.yaml's (``hecate status`` polling directly).
+    values are hecate.yaml's (``hecate status`` polling directly). ``listeners``: where the
+    daemon's HTTP server listens (:meth:`hecate.adapters.http.Listener.as_dict`); one that
+    is not listening is also an alert.
     """
     config, view = monitor.config, monitor.view
     now = datetime.now(UTC)
@@ -115,7 +125,8 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None) ->
             "decision": _decision(view.state.latched),
         },
         "alerts": [{"ups": a.ups, "kind": a.kind.value, "message": a.message}
-                   for a in (outcome.alerts if outcome else ())],
+                   for a in (outcome.alerts if outcome else ())] + _listener_alerts(listeners or []),
+        "listeners": listeners or [],
         "runs": _runs(runs),
         "policy": policy.as_dict(now),
         "warnings": list(monitor.store.warnings),

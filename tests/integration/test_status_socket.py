@@ -1,0 +1,97 @@
+"""`hecate status` (the real command) against a daemon socket that answers badly: it fails fast, in bounded memory.
+
+Nothing listens on the UPS port of these configs, so the direct poll that follows the
+error is quick too; what is measured is the command as a whole (wall time, peak RSS).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FakeDaemon
+from hecate_lab.procs import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+MAX_RSS_MIB = 150  # the interpreter, click and the status code take ~40 MiB; an unbounded read takes GBs
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+    wall_s: float
+    max_rss_mib: float
+
+
+def write_config(tmp_path: Path, socket_path: Path) -> Path:
+    path = tmp_path / "hecate.yaml"
+    path.write_text(yaml.safe_dump({
+        "host_name": "titan-db",
+        "state_dir": str(tmp_path / "state"),
+        "ups": [{"name": "pyrphoros", "host": "127.0.0.1", "port": free_port()}],  # nothing there: a quick poll
+        "metrics": {"listen": f"127.0.0.1:{free_port()}", "socket": str(socket_path)},
+    }))
+    return path
+
+
+def hecate_status(config: Path, tmp_path: Path) -> Ran:
+    """``hecate status --config CONFIG``, reaped here with wait4 to read its peak RSS."""
+    out_path, err_path = tmp_path / "status.out", tmp_path / "status.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "hecate", "status", "--config", str(config)],
+                                stdout=out, stderr=err)
+    pid = 0
+    try:
+        while not pid:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if not pid and time.monotonic() - started > 30:
+                raise AssertionError("hecate status hangs")
+            time.sleep(0.01)
+    finally:
+        if not pid:
+            proc.kill()
+            proc.wait()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Ran(proc.returncode, out_path.read_text(), err_path.read_text(), time.monotonic() - started,
+               usage.ru_maxrss / 1024)
+
+
+def test_an_endless_answer_fails_fast_in_bounded_memory(tmp_path: Path, fake_daemon: FakeDaemon) -> None:
+    config = write_config(tmp_path, fake_daemon.serve("endless"))
+    ran = hecate_status(config, tmp_path)
+    assert ran.code == 1, ran.err
+    assert (f"hecate: daemon status unusable: {fake_daemon.path}: the answer is larger than 1 MiB: refused; "
+            "polling the UPSes directly") in ran.err
+    assert "polled directly" in ran.out
+    assert f"Warning:   daemon status unusable: {fake_daemon.path}: the answer is larger than 1 MiB" in ran.out
+    assert ran.max_rss_mib < MAX_RSS_MIB, ran
+    assert ran.wall_s < 10, ran
+
+
+@pytest.mark.parametrize("behaviour", ["stall", "drip"])
+def test_a_stalled_answer_fails_after_the_time_cap(tmp_path: Path, fake_daemon: FakeDaemon, behaviour: str) -> None:
+    config = write_config(tmp_path, fake_daemon.serve(behaviour))
+    ran = hecate_status(config, tmp_path)
+    assert ran.code == 1, ran.err
+    assert f"daemon status unusable: {fake_daemon.path}: no complete answer within 3 s" in ran.err
+    assert "polled directly" in ran.out
+    assert 3 <= ran.wall_s < 10, ran
+    assert ran.max_rss_mib < MAX_RSS_MIB, ran
+
+
+def test_no_socket_means_a_direct_poll_and_exit_0(tmp_path: Path) -> None:
+    ran = hecate_status(write_config(tmp_path, tmp_path / "run" / "hecate.sock"), tmp_path)
+    assert ran.code == 0, ran.err
+    assert "hecate:" not in ran.err  # nothing about the daemon (only the poll of the absent UPS)
+    assert "polled directly" in ran.out
