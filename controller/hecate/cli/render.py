@@ -60,6 +60,10 @@ def status_text(doc: dict[str, Any]) -> str:
         lines.append(f"Trigger:   armed (debounce {trig['debounce_polls']} polls, deadtime {trig['deadtime_s']:g} s)")
     for alert in doc["alerts"]:
         lines.append(f"Alert:     {alert['ups']}: {alert['message']}")
+    for failure in doc.get("state_writes", []):
+        if failure["active"]:
+            lines.append(f"Alert:     bookkeeping: {failure['what']} writes fail since {failure['since'][:19]} "
+                         f"({failure['errors']} failed; {failure['error']}): {failure['consequence']}")
     for warning in doc["warnings"]:
         lines.append(f"Warning:   {warning}")
     runs = doc["runs"]["recent"]
