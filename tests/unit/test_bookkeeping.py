@@ -285,7 +285,7 @@ def test_a_symlinked_journal_is_refused_moved_aside_and_its_target_never_written
     state.journal_path("r1").symlink_to(target)
     assert not state.journal_append("r1", StepStarted("s/a/t", 1.0))  # refused: never appended through the link
     assert target.read_text() == "keep me\n"
-    assert "is a symbolic link: refused" in state.write_failures_doc()[0]["error"]
+    assert f"{state.journal_path('r1')} is a symbolic link: refused" in state.write_failures_doc()[0]["error"]
     assert state.journal_read("r1") == []
     assert "moved it to" in state.warnings[0]
     [aside] = list((state_dir / "journal").glob("r1.jsonl.corrupt-*"))
@@ -305,7 +305,9 @@ def test_a_symlinked_journal_dir_is_refused(tmp_path: Path) -> None:
     assert not state.journal_append("r1", StepStarted("s/a/t", 1.0))
     assert sorted(p.name for p in elsewhere.iterdir()) == ["r0.jsonl"]
     state.journal_finish("r0")
-    assert (elsewhere / "r0.jsonl").exists()  # not removed through the link either
+    assert state.journal_read("r0") == []
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["r0.jsonl"]  # not removed nor moved through the link
+    assert "journal is a symbolic link: refused" in state.warnings[-1]
 
 
 def test_a_symlinked_policy_cache_is_refused(tmp_path: Path) -> None:

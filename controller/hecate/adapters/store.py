@@ -183,13 +183,15 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
         os.close(dir_fd)
 
 
-def open_nofollow(path: Path | str, flags: int, mode: int = FILE_MODE, *, dir_fd: int | None = None) -> int:
-    """``os.open`` that refuses a symbolic link as the last component (:class:`SymlinkRefused`)."""
+def open_nofollow(path: Path | str, flags: int, mode: int = FILE_MODE, *, dir_fd: int | None = None,
+                  shown: Path | None = None) -> int:
+    """``os.open`` that refuses a symbolic link as the last component (:class:`SymlinkRefused`,
+    naming ``shown`` when ``path`` is relative to ``dir_fd``)."""
     try:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     except OSError as err:
         if err.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(path, dir_fd):
-            raise SymlinkRefused(path) from None
+            raise SymlinkRefused(shown or path) from None
         raise
 
 
@@ -200,12 +202,12 @@ def _is_link(path: Path | str, dir_fd: int | None) -> bool:
         return False
 
 
-def read_nofollow(path: Path | str, *, dir_fd: int | None = None) -> bytes:
+def read_nofollow(path: Path | str, *, dir_fd: int | None = None, shown: Path | None = None) -> bytes:
     """A regular state file's bytes; a symbolic link or anything but a regular file is refused."""
-    fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)  # a FIFO must not block
+    fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd, shown=shown)  # a FIFO must not block
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise NotAFile(path)
+            raise NotAFile(shown or path)
         return fh.read()
 
 
@@ -488,7 +490,7 @@ class StateStore:
         path = self.journal_path(run_id)
         try:
             with self._journal_dir(create=True) as dir_fd:
-                fd = open_nofollow(path.name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, dir_fd=dir_fd)
+                fd = open_nofollow(path.name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, dir_fd=dir_fd, shown=path)
                 try:
                     _append_whole(fd, line.encode())
                 finally:
@@ -509,11 +511,14 @@ class StateStore:
         path = self.journal_path(run_id)
         try:
             with self._journal_dir() as dir_fd:
-                data = read_nofollow(path.name, dir_fd=dir_fd)
+                data = read_nofollow(path.name, dir_fd=dir_fd, shown=path)
         except FileNotFoundError:
             return []
         except SymlinkRefused as err:
-            self._set_aside(path, str(err))
+            if err.path != path:  # the journal dir itself is a link: not followed, nothing moved
+                self._report(f"{err}; no journal is read")
+                return []
+            self._set_aside(path, str(err))  # renames the link itself, never what it points at
             return []
         except OSError as err:
             self._report(f"{path} cannot be read ({err}); its run is not resumed")
