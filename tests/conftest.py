@@ -1,4 +1,5 @@
-"""Shared fixtures: a whole lab (real upsd, real sshd nodes, emulated API), always torn down; a fake daemon socket."""
+"""Shared fixtures: a whole lab (real upsd, real sshd nodes, emulated API), always torn down; a fake daemon
+socket; a small tmpfs to fill up or remount read-only, always unmounted."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import importlib.util
 import os
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,8 @@ def update_docs() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
 class FakeDaemon:
     """Something on a unix socket that answers ``hecate status`` badly (real sockets, a thread per client).
 
@@ -135,3 +139,38 @@ def fake_daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
         yield fake
     finally:
         fake.close()
+
+
+class SmallFs:
+    """A real, small tmpfs: ``fill()`` it (or run :meth:`fill_argv` as a command), ``read_only()`` it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fill_argv(self) -> list[str]:
+        """A command that uses up every byte and then every inode (no file can be created or grown)."""
+        return ["sh", "-c", f"dd if=/dev/zero of={self.path}/.fill bs=4k 2>/dev/null; i=0; "
+                            f"while touch {self.path}/.fill-$i 2>/dev/null; do i=$((i+1)); done; exit 0"]
+
+    def fill(self) -> None:
+        subprocess.run(self.fill_argv(), check=True, capture_output=True, timeout=30)
+
+    def read_only(self) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[SmallFs]:
+    """A 512 KiB tmpfs with 64 inodes (skipped where tmpfs cannot be mounted); unmounted after the test."""
+    path = tmp_path / "smallfs"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,nr_inodes=64,mode=0700", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up or make read-only (needs root and a kernel that allows it): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        yield SmallFs(path)
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)  # still busy: detach it

@@ -111,8 +111,7 @@ def test_journal_survives_a_torn_last_line(tmp_path: Path) -> None:
     assert store.journal_read("r1") == []
 
 
-def test_journal_events_are_written_as_before_and_read_back_typed(tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_journal_events_are_written_as_before_and_read_back_typed(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     end = StepFinished("drain/drain/a1", StepStatus.failed, "drain: API refused", Drained(cordoned=True), 2.5, 1.5, 1)
     store.journal_append("r1", end)
@@ -120,12 +119,35 @@ def test_journal_events_are_written_as_before_and_read_back_typed(tmp_path: Path
         "event": "step-end", "step": "drain/drain/a1", "status": "failed", "detail": "drain: API refused",
         "data": {"cordoned": True}, "t": 2.5, "duration_s": 1.5, "attempts": 1}
     with open(store.journal_path("r1"), "a") as fh:
-        fh.write('{"event": "step-end", "status": "ok"}\n')  # no step: reported, skipped
         fh.write('{"event": "from-a-later-version", "t": 3}\n')  # not an event this version knows: skipped
-        fh.write('["not", "an", "object"]\n')
-    with caplog.at_level(logging.WARNING):
-        assert store.journal_read("r1") == [end]
-    assert "line 2: not a journal event this version can read (KeyError" in caplog.text
+    assert store.journal_read("r1") == [end]
+    assert store.journal_path("r1").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(("line", "why"), [
+    (b'{"event": "step-end", "status": "ok"}', "line 2: not a journal event this version can read (KeyError"),
+    (b'["not", "an", "object"]', "line 2: not a JSON object"),
+    (b'{"event": "step-st', "line 2: not JSON"),  # torn, yet not the last line: something else wrote here
+    (b"\xff\xfe", "line 2: not JSON (UnicodeDecodeError"),
+    (b"[" * 100_000, "line 2: not JSON (RecursionError"),
+    (b'{"event": "run", "plan": {"kind": "shutdown", "stages": 7}, "trigger": {}, "t": 1}',
+     "line 2: not a journal event"),
+], ids=["missing-field", "not-an-object", "torn-in-the-middle", "binary", "deeply-nested", "bad-plan"])
+def test_a_journal_with_a_malformed_line_is_moved_aside_and_reads_as_empty(
+        tmp_path: Path, line: bytes, why: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path)
+    store.journal_append("r1", StepStarted("stop-agents/stop-service/a1", 1.0))
+    with open(store.journal_path("r1"), "ab") as fh:
+        fh.write(line + b"\n")
+        fh.write(b'{"event": "step-start", "step": "stop-agents/stop-service/a2", "t": 2}\n')
+    content = store.journal_path("r1").read_bytes()
+    with caplog.at_level(logging.WARNING, logger="hecate.adapters.store"):
+        assert store.journal_read("r1") == []
+    [aside] = list((tmp_path / "journal").glob("r1.jsonl.corrupt-*"))
+    assert aside.read_bytes() == content  # nothing lost
+    assert store.in_flight_runs() == []  # nothing to resume: the next run starts from the plan
+    assert why in caplog.text
+    assert "its run starts from the plan" in store.warnings[0]
 
 
 def _writer(state_dir: Path) -> None:

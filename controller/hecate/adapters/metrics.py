@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hecate.adapters import store
 from hecate.domain import policy_source
 from hecate.domain.ups import Flag
 
@@ -45,6 +46,7 @@ class StatusCollector(Collector):
         yield from _run_metrics(doc["runs"])
         yield from _policy_metrics(doc.get("policy"))
         yield from _listener_metrics(doc.get("listeners") or [])
+        yield from _bookkeeping_metrics(doc.get("state_writes", []), doc.get("shutdown_task"))
 
 
 def _gauge(name: str, doc: str, samples: list[tuple[list[str], float]], labels: tuple[str, ...] = ()) -> Metric:
@@ -113,6 +115,24 @@ def _listener_metrics(listeners: list[dict[str, Any]]) -> Iterator[Metric]:
     for lst in listeners:
         failures.add_metric([lst["kind"], lst["address"]], lst["bind_failures"])
     yield failures
+
+
+def _bookkeeping_metrics(failures: list[dict[str, Any]], task: dict[str, Any] | None) -> Iterator[Metric]:
+    by_kind = {f["what"]: f for f in failures}
+    errors = CounterMetricFamily("hecate_state_write_errors",
+                                 "State dir writes that failed (full or read-only disk, I/O error, permissions), by "
+                                 "kind; the runs went on in memory.", labels=["what"])
+    for what in store.WRITE_KINDS:
+        errors.add_metric([what], by_kind[what]["errors"] if what in by_kind else 0)
+    yield errors
+    yield _gauge("hecate_state_write_failing", "1 while writes of this kind fail (the last one failed).",
+                 [([what], 1.0 if by_kind.get(what, {}).get("active") else 0.0) for what in store.WRITE_KINDS],
+                 ("what",))
+    if task is not None:  # the daemon's
+        restarts = CounterMetricFamily("hecate_shutdown_restarts",
+                                       "Shutdown runs started again from the plan after they crashed.")
+        restarts.add_metric([], task["restarts"])
+        yield restarts
 
 
 def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:

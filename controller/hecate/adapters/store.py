@@ -6,7 +6,21 @@ the same directory, fsync, rename over the target, fsync the directory. A file t
 fails to parse (a disk error, a human with an editor) is moved aside by :func:`move_aside`
 as ``<name>.corrupt-<timestamp>`` and reported once: a corrupt ``runs.json`` reads as
 empty history (the budget falls back to the configured default instead of crashing the
-daemon), a corrupt ``policy-cache.yaml`` as no cache (hecate.yaml's policy is in force).
+daemon), a corrupt ``policy-cache.yaml`` as no cache (hecate.yaml's policy is in force), a
+journal with a line that is not an event as no journal (its run starts from the plan).
+
+Bookkeeping never stops a power-off. A run's writes here -- the run lock's holder note, the
+journal, the run record -- that fail (a full or read-only disk, an I/O error, permissions)
+are counted per kind in :attr:`StateStore.write_failures` (status and
+``hecate_state_write_errors_total``), logged once per kind and error, and swallowed: the run
+goes on in memory. The policy cache and the bootstrap snapshot are counted the same way
+by their writers. Only the run lock can refuse a run: when its file cannot be opened at all,
+``run_lock(..., required=False)`` (the daemon's armed shutdown) goes on without the
+cross-process lock and says so; a lock another process *holds* always refuses.
+
+State files are opened without following a symbolic link as their last component
+(``O_NOFOLLOW``; :class:`SymlinkRefused` names the file) and written mode 0600. The writes
+themselves never follow one: the atomic rename replaces a link planted at the target.
 
 The policy cache is a PowerPolicy document (``apiVersion``, ``kind``, ``metadata.name``,
 ``uid``, ``resourceVersion``, ``generation``, ``spec``) plus ``cachedAt``, so
@@ -24,13 +38,17 @@ Layout (default ``/var/lib/hecate``)::
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import secrets
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +68,25 @@ POLICY_CACHE_FILE = "policy-cache.yaml"
 JOURNAL_DIR = "journal"
 LOCK_FILE = "lock"
 MAX_RUNS_KEPT = 500
+RELOG_AFTER_S = 300.0
+"""A kind of write that fails again after it had worked is logged again only after this long."""
+FILE_MODE = 0o600
+"""Every state file: the run history, the cache and the journal can hold what the cluster runs."""
+
+# What failed to be written, the ``what`` of ``hecate_state_write_errors_total``.
+LOCK = "lock"
+JOURNAL = "journal"
+RUNS = "runs"
+POLICY_CACHE = "policy-cache"
+SNAPSHOT = "snapshot"
+WRITE_KINDS = (LOCK, JOURNAL, RUNS, POLICY_CACHE, SNAPSHOT)
+CONSEQUENCES = {
+    LOCK: "the run goes on (the daemon's armed shutdown without the cross-process lock if it cannot be taken)",
+    JOURNAL: "the run goes on in memory; if Hecate dies now the run restarts from the plan",
+    RUNS: "the run record is kept in memory only (not in the history, the budget does not learn from it)",
+    POLICY_CACHE: "the policy is in force but not cached for when the API is gone",
+    SNAPSHOT: "the last bootstrap snapshot written is kept",
+}
 
 
 class StoreError(Exception):
@@ -64,6 +101,52 @@ class RunInProgress(StoreError):
         self.holder = holder
 
 
+class SymlinkRefused(OSError):
+    """A state file's path is a symbolic link: refused, never followed."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(errno.ELOOP, "is a symbolic link: refused, never followed", str(path))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return f"{self.path} is a symbolic link: refused (Hecate never follows a link in its state dir)"
+
+
+class NotAFile(OSError):
+    """A state file's path is not a regular file (a FIFO would block the reader forever)."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(errno.EINVAL, "is not a regular file", str(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename} is not a regular file: refused"
+
+
+@dataclass
+class WriteFailure:
+    """One kind of state write that fails: counted, logged once, shown in status."""
+
+    what: str
+    path: str
+    error: str
+    code: int | None
+    """The error's errno: a new one is logged again."""
+    count: int
+    since: datetime
+    last_at: datetime
+    active: bool = True
+    """False once a write of the same kind worked again (the count stays)."""
+    logged_at: datetime | None = None
+    """When the failure was last logged (a disk that flaps between full and not is not logged per write)."""
+    recovery_logged: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "path": self.path, "error": self.error, "errors": self.count,
+                "active": self.active, "since": timestamps.rfc3339(self.since, fraction=True),
+                "last_at": timestamps.rfc3339(self.last_at, fraction=True),
+                "consequence": CONSEQUENCES.get(self.what, "")}
+
+
 class PolicyCacheCorrupt(Exception):
     """``policy-cache.yaml`` cannot be read back as a PowerPolicy; ``str(err)`` says why.
 
@@ -75,15 +158,19 @@ class PolicyCacheCorrupt(Exception):
         self.aside = aside
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
+def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
+
+    The temp file is created exclusively (``O_EXCL``) and renamed over ``path``: a symbolic
+    link at ``path`` is replaced, never followed.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -94,6 +181,49 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def open_nofollow(path: Path | str, flags: int, mode: int = FILE_MODE, *, dir_fd: int | None = None,
+                  shown: Path | None = None) -> int:
+    """``os.open`` that refuses a symbolic link as the last component (:class:`SymlinkRefused`,
+    naming ``shown`` when ``path`` is relative to ``dir_fd``)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(path, dir_fd):
+            raise SymlinkRefused(shown or path) from None
+        raise
+
+
+def _is_link(path: Path | str, dir_fd: int | None) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
+def read_nofollow(path: Path | str, *, dir_fd: int | None = None, shown: Path | None = None) -> bytes:
+    """A regular state file's bytes; a symbolic link or anything but a regular file is refused."""
+    fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd, shown=shown)  # a FIFO must not block
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise NotAFile(shown or path)
+        return fh.read()
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append all of ``data`` durably, or none of it: a short write is undone, so a full disk
+    never leaves half a line for the next line to be glued to."""
+    start = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
 
 
 def move_aside(path: Path) -> Path:
@@ -125,10 +255,13 @@ class StateStore:
         self.dir = state_dir
         self.warnings: list[str] = []
         """Problems found in the state dir this process should report (e.g. in status)."""
+        self.write_failures: dict[str, WriteFailure] = {}
+        """Writes that failed, by kind (:data:`JOURNAL`, :data:`RUNS`, ...): status and metrics show them."""
+        self._failures_lock = threading.Lock()
         try:
-            (self.dir / JOURNAL_DIR).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StoreError(f"{self.dir}: cannot create the state dir: {err}") from err
+            (self.dir / JOURNAL_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as err:  # a full or read-only disk: the daemon must still watch and shut down
+            self.write_failed(JOURNAL, self.dir / JOURNAL_DIR, err)
 
     @property
     def runs_path(self) -> Path:
@@ -145,8 +278,10 @@ class StateStore:
         with self._runs_lock():
             return self._load_runs_locked()
 
-    def append_run(self, record: RunRecord) -> None:
-        """Add or replace (same id) one run record, keeping the newest ``MAX_RUNS_KEPT``."""
+    def append_run(self, record: RunRecord) -> bool:
+        """Add or replace (same id) one run record, keeping the newest ``MAX_RUNS_KEPT``.
+
+        False when it could not be written (counted and reported; the caller goes on)."""
         with self._runs_lock():
             self._remove_stale_temps(RUNS_FILE)
             runs = [r for r in self._load_runs_locked() if r.id != record.id]
@@ -154,11 +289,17 @@ class StateStore:
             while len(runs) > MAX_RUNS_KEPT:  # drop dry-runs first: executed runs teach the budget
                 dry = next((i for i, r in enumerate(runs) if r.dry_run), 0)
                 del runs[dry]
-            atomic_write(self.runs_path, RunHistory.dump_json(runs, indent=2) + b"\n")
+            try:
+                atomic_write(self.runs_path, RunHistory.dump_json(runs, indent=2) + b"\n")
+            except OSError as err:
+                self.write_failed(RUNS, self.runs_path, err)
+                return False
+            self.write_ok(RUNS)
+            return True
 
     def _load_runs_locked(self) -> list[RunRecord]:
         try:
-            raw = self.runs_path.read_bytes()
+            raw = read_nofollow(self.runs_path)
         except FileNotFoundError:
             return []
         except OSError as err:  # a directory, permissions, I/O error: report, do not crash, move nothing
@@ -183,36 +324,84 @@ class StateStore:
             log.warning("%s", message)
             self.warnings.append(message)
 
+    # -- writes that fail --------------------------------------------------------------
+
+    def write_failed(self, what: str, path: Path, err: OSError) -> None:
+        """Count a failed write of kind ``what``; log it the first time for this kind and error."""
+        now = datetime.now(UTC)
+        with self._failures_lock:
+            known = self.write_failures.get(what)
+            if known is None:
+                known = self.write_failures[what] = WriteFailure(what, str(path), str(err), err.errno, 0, now, now)
+            elif not known.active:
+                known.since = now
+            first = (known.logged_at is None or known.code != err.errno
+                     or (not known.active and (now - known.logged_at).total_seconds() >= RELOG_AFTER_S))
+            known.path, known.error, known.code, known.active, known.last_at = (
+                str(path), str(err), err.errno, True, now)
+            known.count += 1
+            if first:
+                known.logged_at, known.recovery_logged = now, False
+        if first:
+            log.error("state dir: cannot write %s (%s): %s; %s. Further %s write errors are counted "
+                      "(hecate_state_write_errors_total), not logged", path, what, err, CONSEQUENCES.get(what, ""),
+                      what)
+
+    def write_ok(self, what: str) -> None:
+        """A write of kind ``what`` worked: its failure (if any) is no longer current."""
+        known = self.write_failures.get(what)
+        if known is None or not known.active:
+            return
+        with self._failures_lock:
+            known.active = False
+            tell, known.recovery_logged = not known.recovery_logged, True
+        if tell:  # once per logged failure: a disk that flaps is not logged per write
+            log.warning("state dir: %s writes work again (%d failed so far)", what, known.count)
+
+    def write_failures_doc(self) -> list[dict[str, Any]]:
+        """The failed writes for the status document, by kind."""
+        with self._failures_lock:
+            return [f.as_dict() for _, f in sorted(self.write_failures.items())]
+
     @contextlib.contextmanager
     def _runs_lock(self) -> Iterator[None]:
         try:
-            fh = open(self.dir / f".{RUNS_FILE}.lock", "a")  # noqa: SIM115 - closed below
-        except OSError:  # a read-only state dir (e.g. `hecate status` as a user): read unlocked
+            fd = open_nofollow(self.dir / f".{RUNS_FILE}.lock", os.O_RDWR | os.O_CREAT)
+        except OSError:  # a read-only or full state dir (e.g. `hecate status` as a user): go unlocked
             yield
             return
-        with fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
+        finally:
+            os.close(fd)
 
     def _remove_stale_temps(self, name: str) -> None:
         """Temp files a killed writer left behind; only called while holding the file's lock."""
         for tmp in self.dir.glob(f".{name}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or a read-only disk: the write says so
                 tmp.unlink()
 
     # -- policy cache ----------------------------------------------------------------
 
     def write_policy_cache(self, cached: CachedPolicy) -> None:
-        atomic_write(self.policy_cache_path, policy_cache_text(cached).encode(), mode=0o600)
+        """Write the cache; a failure is counted (:data:`POLICY_CACHE`) and raised as ``OSError``."""
+        try:
+            atomic_write(self.policy_cache_path, policy_cache_text(cached).encode())
+        except OSError as err:
+            self.write_failed(POLICY_CACHE, self.policy_cache_path, err)
+            raise
+        self.write_ok(POLICY_CACHE)
 
     def read_policy_cache(self) -> CachedPolicy | None:
         """The cached policy; None when there is no cache yet.
 
-        A cache that cannot be read (``OSError``, ``UnicodeDecodeError``) is left where it is;
-        a corrupt one is moved aside and raised as :class:`PolicyCacheCorrupt`.
+        A cache that cannot be read (``OSError``, e.g. :class:`SymlinkRefused`;
+        ``UnicodeDecodeError``) is left where it is; a corrupt one is moved aside and raised
+        as :class:`PolicyCacheCorrupt`.
         """
         try:
-            text = self.policy_cache_path.read_text(encoding="utf-8")
+            text = read_nofollow(self.policy_cache_path).decode("utf-8")
         except FileNotFoundError:
             return None
         try:
@@ -225,22 +414,49 @@ class StateStore:
     # -- run lock --------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def run_lock(self, what: str) -> Iterator[None]:
-        """Hold the one run lock for the duration; raise ``RunInProgress`` if it is taken."""
+    def run_lock(self, what: str, *, required: bool = True) -> Iterator[None]:
+        """Hold the one run lock for the duration; raise ``RunInProgress`` if it is taken.
+
+        A lock file that cannot be opened (a full or read-only disk with no lock file yet, a
+        symbolic link in its place) raises :class:`StoreError` -- unless not ``required`` (the
+        daemon's armed shutdown), which goes on without the cross-process lock, logged and
+        counted. Writing the holder's note is best-effort: the flock is what excludes.
+        """
         path = self.dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+        except OSError as err:
+            fd = -1
+            if not isinstance(err, SymlinkRefused):  # read-only: an existing lock file still locks
+                with contextlib.suppress(OSError):
+                    fd = open_nofollow(path, os.O_RDONLY)
+            if fd < 0:
+                self.write_failed(LOCK, path, err)
+                if required:
+                    raise StoreError(f"cannot take the run lock: {err}") from err
+                log.warning("run lock %s cannot be taken (%s): the daemon's armed shutdown goes on without the "
+                            "cross-process lock", path, err)
+                yield
+                return
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown holder"
                 raise RunInProgress(holder) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+            try:
+                os.fchmod(fd, FILE_MODE)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+            except OSError as err:  # the lock holds; only the note of who holds it is missing
+                self.write_failed(LOCK, path, err)
+            else:
+                self.write_ok(LOCK)
             try:
                 yield
             finally:
-                os.ftruncate(fd, 0)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
         finally:
             os.close(fd)  # closing releases the flock
 
@@ -249,48 +465,100 @@ class StateStore:
     def journal_path(self, run_id: str) -> Path:
         return self.dir / JOURNAL_DIR / f"{run_id}.jsonl"
 
-    def journal_append(self, run_id: str, event: journal.Event) -> None:
-        """Append one event durably (O_APPEND + fsync); a torn last line is ignored on read."""
-        line = json.dumps(journal.to_json(event), separators=(",", ":"), default=str) + "\n"
-        fd = os.open(self.journal_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    @contextlib.contextmanager
+    def _journal_dir(self, *, create: bool = False) -> Iterator[int]:
+        """The journal dir, opened without following a link (every journal file is opened in it)."""
+        path = self.dir / JOURNAL_DIR
         try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
+            fd = open_nofollow(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(path, 0o700)  # it could not be created at start (e.g. a full disk): try again
+            fd = open_nofollow(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            yield fd
         finally:
             os.close(fd)
 
-    def journal_read(self, run_id: str) -> list[journal.Event]:
-        """The run's events in order; lines that are not one (a torn last line) are skipped."""
+    def journal_append(self, run_id: str, event: journal.Event) -> bool:
+        """Append one event durably (O_APPEND + fsync), all of the line or none of it.
+
+        False when it could not be written (counted and reported; the run goes on in memory).
+        """
+        line = json.dumps(journal.to_json(event), separators=(",", ":"), default=str) + "\n"
         path = self.journal_path(run_id)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            with self._journal_dir(create=True) as dir_fd:
+                fd = open_nofollow(path.name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, dir_fd=dir_fd, shown=path)
+                try:
+                    _append_whole(fd, line.encode())
+                finally:
+                    os.close(fd)
+        except OSError as err:
+            self.write_failed(JOURNAL, path, err)
+            return False
+        self.write_ok(JOURNAL)
+        return True
+
+    def journal_read(self, run_id: str) -> list[journal.Event]:
+        """The run's events in order (a torn last line is dropped).
+
+        A journal with a line that is not an event, or a symbolic link in its place, is moved
+        aside (reported once) and reads as empty: its run starts from the plan. One that
+        cannot be read is left and reads as empty too.
+        """
+        path = self.journal_path(run_id)
+        try:
+            with self._journal_dir() as dir_fd:
+                data = read_nofollow(path.name, dir_fd=dir_fd, shown=path)
         except FileNotFoundError:
             return []
-        events = []
-        for number, line in enumerate(lines, 1):
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the power went while this line was written
-            if not isinstance(raw, dict):
-                continue
-            try:
-                event = journal.from_json(raw)
-            except (KeyError, TypeError, ValueError) as err:
-                log.warning("%s line %d: not a journal event this version can read (%s: %s); skipped",
-                            path, number, type(err).__name__, err)
-                continue
-            if event is not None:
-                events.append(event)
-        return events
+        except SymlinkRefused as err:
+            if err.path != path:  # the journal dir itself is a link: not followed, nothing moved
+                self._report(f"{err}; no journal is read")
+                return []
+            self._set_aside(path, str(err))  # renames the link itself, never what it points at
+            return []
+        except OSError as err:
+            self._report(f"{path} cannot be read ({err}); its run is not resumed")
+            return []
+        try:
+            return journal.parse(data)
+        except journal.Corrupt as err:
+            self._set_aside(path, f"{path} is corrupt ({err})")
+            return []
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        try:
+            aside = move_aside(path)
+        except OSError as err:  # read-only: leave it; it reads as empty every time
+            self._report(f"{why}; it could not be moved aside ({err}); its run starts from the plan")
+        else:
+            self._report(f"{why}; moved it to {aside}; its run starts from the plan")
 
     def in_flight_runs(self) -> list[str]:
         """Run ids whose journal is still present (the run never finished)."""
-        return sorted(p.stem for p in (self.dir / JOURNAL_DIR).glob("*.jsonl"))
+        try:
+            with self._journal_dir() as dir_fd:
+                names = os.listdir(dir_fd)
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            self._report(f"{self.dir / JOURNAL_DIR} cannot be listed ({err}); no run is resumed")
+            return []
+        return sorted(n.removesuffix(".jsonl") for n in names if n.endswith(".jsonl") and not n.startswith("."))
 
     def journal_finish(self, run_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.journal_path(run_id).unlink()
+        """Remove the run's journal (it is over); a failure is counted and reported, never raised."""
+        path = self.journal_path(run_id)
+        try:
+            with self._journal_dir() as dir_fd:
+                os.unlink(path.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            self.write_failed(JOURNAL, path, err)
 
 
 # -- the policy cache's file format ------------------------------------------------------

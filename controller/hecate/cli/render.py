@@ -63,6 +63,10 @@ def status_text(doc: dict[str, Any]) -> str:
         lines.append(f"Serving:   {', '.join(listening)}")
     for alert in doc["alerts"]:
         lines.append(f"Alert:     {alert['ups'] + ': ' if alert['ups'] else ''}{alert['message']}")
+    for failure in doc.get("state_writes", []):
+        if failure["active"]:
+            lines.append(f"Alert:     bookkeeping: {failure['what']} writes fail since {failure['since'][:19]} "
+                         f"({failure['errors']} failed; {failure['error']}): {failure['consequence']}")
     for warning in doc["warnings"]:
         lines.append(f"Warning:   {warning}")
     runs = doc["runs"]["recent"]

@@ -16,6 +16,13 @@ cache (what startup applies to break the Flux/Gitea deadlock) fresh while Flux i
 SIGTERM/SIGINT only set a flag: the loop stops after its poll, but a
 shutdown in progress is never cut short -- the daemon waits for it to finish.
 
+Bookkeeping never stops the shutdown: the run shares the daemon's state store, whose
+failed writes (journal, run record, lock on a full or read-only disk) are counted and shown
+in status while the run goes on in memory, and it is the *armed* shutdown, which goes on
+without the cross-process run lock if the lock file cannot be opened. A run that crashes
+(any exception) is started again from the plan after a short backoff, for as long as it
+takes: the decision stays latched while the shutdown task lives.
+
 The policy in force (:mod:`hecate.services.policy`): at start, hecate.yaml with the
 cached PowerPolicy laid over it (if any); with ``policy.name`` set, the embedded operator
 (:mod:`hecate.operator`, kopf in its own thread, started after the monitor and the HTTP
@@ -55,6 +62,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+"""Waits before starting a crashed shutdown run again; the last one repeats, never giving up."""
+
 
 class Daemon:
     def __init__(self, config: HecateConfig, reader: monitor_mod.UpsReader | None = None) -> None:
@@ -68,6 +78,8 @@ class Daemon:
         self.shutdown_task: asyncio.Task[None] | None = None
         self.http: http.Server | None = None
         """The HTTP server, once started: where it listens is part of the status."""
+        self.shutdown_restarts = 0
+        """Shutdown runs started again after a crash, since the daemon started (status, metrics)."""
         self.dry_run = monitor_mod.dry_run_recorder(self.store)
         self.monitor = monitor_mod.Monitor(self.policy.config, reader or nut.NutReader(), self.store,
                                            self.on_shutdown, unlatch_on_mains=True)
@@ -114,7 +126,9 @@ class Daemon:
 
     def status_document(self) -> dict[str, Any]:
         listeners = [lst.as_dict() for lst in self.http.listeners] if self.http else None
-        return status.document(self.monitor, "daemon", self.policy.view, listeners)
+        doc = status.document(self.monitor, "daemon", self.policy.view, listeners)
+        doc["shutdown_task"] = {"running": self.shutting_down(), "restarts": self.shutdown_restarts}
+        return doc
 
     def operator_snapshot(self) -> Snapshot:
         """What the operator writes into the PowerPolicy's status (called on the daemon's loop)."""
@@ -141,18 +155,26 @@ class Daemon:
         # Resuming needs to know whether mains is back: wait for the first poll.
         while not self.monitor.ready:
             await asyncio.sleep(0.05)
+        crashes = 0
         try:
             while True:
                 try:
                     record = await shutdown.run(self.config, trigger_info, JsonLines(),
-                                                power_restored=self.monitor.power_restored)
+                                                power_restored=self.monitor.power_restored, store=self.store,
+                                                armed=True)
                     break
                 except RunInProgress as err:  # e.g. a startup or a manual run: the shutdown waits its turn
                     log.warning("shutdown waiting: %s", err)
                     await asyncio.sleep(1)
+                except Exception:  # whatever killed it, the decision stands: run it again from the plan
+                    crashes += 1
+                    self.shutdown_restarts += 1
+                    delay = RESTART_BACKOFF_S[min(crashes, len(RESTART_BACKOFF_S)) - 1]
+                    log.exception("shutdown run crashed (%d time(s)); starting it again from the plan in %g s",
+                                  crashes, delay)
+                    trigger_info = {**trigger_info, "restarted": crashes}  # it never teaches the budget
+                    await asyncio.sleep(delay)
             log.warning("shutdown run %s ended: %s", record.id, record.result)
-        except Exception:
-            log.exception("shutdown run crashed")
         finally:
             self.monitor.refresh_budget()
             self.shutdown_task = None  # not "shutting down" any more: a deferred policy change may apply
@@ -180,7 +202,8 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
     tasks = [asyncio.create_task(daemon.monitor.run(halt), name="monitor")]
     if daemon.config.flux.bootstrap_objects or config.policy.name:  # a policy may add bootstrap objects later
         tasks.append(asyncio.create_task(bootstrap_cache.keep_fresh(lambda: daemon.config, halt,
-                                                                    daemon.shutting_down), name="bootstrap-cache"))
+                                                                    daemon.shutting_down, daemon.store),
+                                         name="bootstrap-cache"))
     if config.policy.name:  # after the monitor and the HTTP server; kopf lives in its own thread and loop
         from hecate.operator import Operator
 

@@ -3,14 +3,15 @@
 The executor writes a :class:`RunStarted` (the plan, the trigger, the boot), then a
 :class:`StepStarted` and a :class:`StepFinished` per step, and a :class:`RunResumed`
 when a new process takes a killed run over. ``hecate.adapters.store`` appends them to
-``journal/<run-id>.jsonl`` (fsync'd) and reads them back; the executor keeps what it needs
-in memory, so the file is read only when a run resumes. The JSON form of each event is
+``journal/<run-id>.jsonl`` (fsync'd) and reads them back with :func:`parse`; the executor
+keeps what it needs in memory, so the file is read only when a run resumes. The JSON form of each event is
 the one earlier versions wrote (``{"event": "step-end", "step": "drain/drain/a1", ...}``),
 so a journal one of them left still resumes. Purely computational.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -99,6 +100,44 @@ def from_json(data: Mapping[str, Any]) -> Event | None:
                                 _result(key, data.get("data") or {}), float(data["t"]),
                                 float(data.get("duration_s", 0.0)), int(data.get("attempts", 1)))
     return None
+
+
+class Corrupt(ValueError):
+    """A journal line that is not an event: the journal cannot be trusted (``str(err)`` says where and why)."""
+
+
+def parse(data: bytes) -> list[Event]:
+    """Every event of a journal file, in order.
+
+    A last line without its newline is a write the power (or a kill, or a full disk) tore:
+    it is dropped. Every other line must be a JSON object; an event this version does not
+    know is skipped (a later version's), anything else raises :class:`Corrupt` -- one bad
+    line makes the whole journal untrustworthy, so its run starts again from the plan.
+    """
+    *lines, tail = data.split(b"\n")
+    events = [event for number, line in enumerate(lines, 1) if (event := _line(number, line)) is not None]
+    if tail:
+        try:
+            event = _line(len(lines) + 1, tail)
+        except Corrupt:  # torn mid-write
+            event = None
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _line(number: int, line: bytes) -> Event | None:
+    try:
+        data = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise Corrupt(f"line {number}: not JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise Corrupt(f"line {number}: not a JSON object")
+    try:
+        return from_json(data)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as err:
+        raise Corrupt(f"line {number}: not a journal event this version can read "
+                      f"({type(err).__name__}: {err})") from None
 
 
 def _result(key: str, data: Mapping[str, Any]) -> StepResult:

@@ -87,4 +87,5 @@ def counts_for_budget(run: RunRecord) -> bool:
         and run.result is RunResult.success
         and run.duration_s is not None
         and not run.trigger.get("resumed")  # its duration includes the time the process was down
+        and not run.trigger.get("restarted")  # a crashed attempt did part of its work
     )

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from hecate.adapters import kube as kube_mod
+from hecate.adapters import store as store_mod
 from hecate.adapters import yamlfile
 from hecate.adapters.store import atomic_write
 from hecate.domain import kubeobjects, timestamps
@@ -99,12 +100,13 @@ async def refresh(config: HecateConfig, kube: ports.CacheSource) -> dict[str, An
 
 
 async def keep_fresh(config_now: Callable[[], HecateConfig], stop: asyncio.Event,
-                     busy: Callable[[], bool] = lambda: False) -> None:
+                     busy: Callable[[], bool] = lambda: False, store: store_mod.StateStore | None = None) -> None:
     """The daemon's loop: refresh the snapshot now and every ``flux.cache_refresh_interval_s``.
 
     ``config_now`` gives the policy in force at each round (a PowerPolicy may change the
     bootstrap objects). Skipped while a run is busy with the cluster or nothing is listed;
-    a failure is logged and retried next time.
+    a failure is logged and retried next time. A snapshot that cannot be written (a full or
+    read-only disk) is counted in ``store``'s write failures and logged once.
     """
     first = config_now()
     kube = kube_mod.Kube(first.cluster.kubeconfig, first.cluster.api_timeout_s)
@@ -116,10 +118,17 @@ async def keep_fresh(config_now: Callable[[], HecateConfig], stop: asyncio.Event
                     result = await refresh(config, kube)
                 except kube_mod.KubeError as err:
                     log.warning("bootstrap cache not refreshed: %s", err)
-                except Exception:  # e.g. a full disk: the loop must go on, the old copy stays
+                except OSError as err:  # e.g. a full disk: the loop goes on, the old copy stays
+                    if store is not None:
+                        store.write_failed(store_mod.SNAPSHOT, config.flux.fallback_manifests_dir / SNAPSHOT, err)
+                    else:
+                        log.warning("bootstrap cache not refreshed: %s", err)
+                except Exception:  # the loop must go on, the old copy stays
                     log.exception("bootstrap cache not refreshed")
                 else:
                     if result["written"]:
+                        if store is not None:
+                            store.write_ok(store_mod.SNAPSHOT)
                         log.info("bootstrap cache refreshed: %d objects", result["objects"])
                     else:
                         log.info("bootstrap cache not refreshed: %s", result["reason"])

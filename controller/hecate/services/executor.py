@@ -16,6 +16,11 @@ resume; during a run the executor keeps what it needs in memory. The run record
 and *before* the coordinator powers itself off, which is the last stage and the one step
 that cannot report back.
 
+Bookkeeping never stops a run: a journal line or the run record that cannot be written
+(a full or read-only disk) is counted and reported by the store, and the run goes on in
+memory. With ``lock_required=False`` (the daemon's armed shutdown) a run lock whose file
+cannot be opened does not stop the run either; a lock another run holds always does.
+
 Before each non-disruptive stage the caller's ``power_restored()`` is asked; if mains is
 back before the first disruptive stage starts, the run aborts cleanly and undoes what
 the finished stages changed (the Flux suspension).
@@ -112,13 +117,16 @@ class _Journal:
         self.run_id = run_id
         self.closed = False
         """The run is recorded already (before the local power-off): nothing more is journaled."""
+        self.headless = False
+        """Its RunStarted could not be written: a journal without its plan could never resume, so none is kept."""
         self._times: dict[str, list[float]] = {}
         for event in earlier:
             self._note(event)
 
     def append(self, event: Event) -> None:
         if not self.closed:
-            self.store.journal_append(self.run_id, event)
+            if not self.headless and not self.store.journal_append(self.run_id, event):
+                self.headless = isinstance(event, RunStarted)
             self._note(event)
 
     def close(self) -> None:
@@ -142,8 +150,10 @@ class Executor:
         *,
         undo: Mapping[Action, UndoFn] | None = None,
         clock: Callable[[], float] = time.time,
+        lock_required: bool = True,
     ) -> None:
         self.store = store
+        self.lock_required = lock_required
         self.actions = actions
         self.undo = undo or {}
         self.progress = progress
@@ -154,7 +164,7 @@ class Executor:
     async def run(self, plan: Plan, trigger: dict[str, Any], *,
                   power_restored: Callable[[], bool] | None = None, interrupt: Interrupt | None = None) -> RunRecord:
         """Run a new plan under the run lock (``RunInProgress`` if another run holds it)."""
-        with self.store.run_lock(f"{plan.kind} run"):
+        with self.store.run_lock(f"{plan.kind} run", required=self.lock_required):
             run_id = new_run_id(datetime.fromtimestamp(self.clock(), UTC))
             started = self.clock()
             journal = _Journal(self.store, run_id)
@@ -190,7 +200,7 @@ class Executor:
         ``plan`` (rebuilt from the host's configuration) is what runs; the journal only says
         which steps are done. Commands are never taken from the journal file.
         """
-        with self.store.run_lock(f"resume {run_id}"):
+        with self.store.run_lock(f"resume {run_id}", required=self.lock_required):
             events = self.store.journal_read(run_id)
             head = _head(events)
             if head is None:

@@ -183,8 +183,8 @@ class Monitor:
                          outcome.shutdown.reason.value, outcome.shutdown.detail)
             self._pending = outcome.shutdown
         if self._pending is not None:
-            # Retried on every poll until the handler succeeds: a full disk or a held lock must
-            # not drop a shutdown decision.
+            # Retried on every poll until the handler succeeds: nothing may drop a shutdown decision
+            # (the handlers themselves never fail on a full or read-only state disk).
             try:
                 await self.on_shutdown(self._pending, self.budget)
                 self._pending = None

@@ -154,9 +154,16 @@ def in_flight_shutdown(store: StateStore) -> str | None:
 
 
 async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress, *,
-              power_restored: Callable[[], bool] | None = None) -> RunRecord:
-    """Execute the shutdown (or resume the one in the journal). Raises ``RunInProgress``."""
+              power_restored: Callable[[], bool] | None = None, store: StateStore | None = None,
+              armed: bool = False) -> RunRecord:
+    """Execute the shutdown (or resume the one in the journal). Raises ``RunInProgress``.
+
+    ``store``: the daemon's (its write failures show in status); ``armed``: the daemon's armed
+    shutdown, which goes on without the cross-process run lock when the lock file cannot be
+    opened (a person's ``hecate shutdown --execute`` is refused then).
+    """
     plan = shutdown_plan(config)  # from the host's configuration, also when resuming
     async with capabilities(config, plan) as caps:
-        executor = Executor(StateStore(config.state_dir), caps.actions, progress, undo=caps.undo)
+        executor = Executor(store or StateStore(config.state_dir), caps.actions, progress, undo=caps.undo,
+                            lock_required=not armed)
         return await executor.run_or_resume(plan, trigger, power_restored=power_restored)

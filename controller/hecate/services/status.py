@@ -130,4 +130,5 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None,
         "runs": _runs(runs),
         "policy": policy.as_dict(now),
         "warnings": list(monitor.store.warnings),
+        "state_writes": monitor.store.write_failures_doc(),
     }
