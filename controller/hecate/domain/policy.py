@@ -43,7 +43,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hecate.domain import config as cfg
-from hecate.domain import validation
+from hecate.domain import envelope, validation
 from hecate.domain.reference import model_in
 
 GROUP: Final = "hecate.io"
@@ -84,12 +84,7 @@ would own the cluster. The others carry commands (argv or a remote command line)
 the host.
 """
 
-SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType({
-    "trigger": cfg.Trigger,
-    "shutdown": cfg.Shutdown,
-    "startup": cfg.Startup,
-    "flux": cfg.Flux,
-})
+SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(dict(cfg.POLICY_SECTIONS))
 """The ``hecate.yaml`` sections a PowerPolicy overlays, with their configuration models."""
 
 
@@ -255,8 +250,8 @@ def parse_policy(obj: Mapping[str, Any]) -> PowerPolicySpec:
 # -- the overlay ------------------------------------------------------------------------------
 
 
-def _error(loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDetails:
-    return {"type": PydanticCustomError("policy_conflict", message), "loc": loc, "input": value}
+def _error(loc: tuple[str | int, ...], message: str, value: Any, kind: str = "policy_conflict") -> InitErrorDetails:
+    return {"type": PydanticCustomError(kind, message), "loc": loc, "input": value}
 
 
 def effective_config(config: cfg.HecateConfig, spec: PowerPolicySpec) -> cfg.HecateConfig:
@@ -265,8 +260,9 @@ def effective_config(config: cfg.HecateConfig, spec: PowerPolicySpec) -> cfg.Hec
     Sections merge field by field (nested sections too), lists are replaced whole; ``ups``
     sets every configured UPS's ``protects_cluster``. Raises
     :class:`pydantic.ValidationError` when the combination is invalid: errors Hecate finds
-    between policy and host are located in the policy (``spec.ups``), errors of the merged
-    configuration's own validators as in hecate.yaml (``startup.wake``).
+    between policy and host -- a field outside the host's envelope
+    (:mod:`hecate.domain.envelope`) among them -- are located in the policy (``spec.ups``),
+    errors of the merged configuration's own validators as in hecate.yaml (``startup.wake``).
     """
     overlay = spec.model_dump(exclude_unset=True, include=set(SECTIONS))
     merged = cfg.deep_merge(config.model_dump(), overlay)
@@ -278,6 +274,8 @@ def effective_config(config: cfg.HecateConfig, spec: PowerPolicySpec) -> cfg.Hec
             errors.append(_error(("spec", "ups"), f"not in hecate.yaml's ups: {', '.join(unknown)} "
                                  f"(known: {', '.join(known) or 'none'})", unknown))
         merged["ups"] = [{**u, "protects_cluster": u["name"] in spec.ups} for u in merged["ups"]]
+    errors.extend(_error(("spec", *v.path), v.message, v.value, "policy_envelope")
+                  for v in envelope.violations(config, spec))
     wake = overlay.get("startup", {}).get("wake")
     if wake == cfg.Wake.command and not config.startup.wake_command:
         errors.append(_error(("spec", "startup", "wake"),
