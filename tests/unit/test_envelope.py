@@ -18,6 +18,7 @@ from hecate.domain.policy import PowerPolicySpec, describe_error, effective_conf
 from hecate.domain.policy_source import CachedPolicy, Source
 from hecate.services.policy import PolicyInForce, PolicyRejected
 
+REPO = Path(__file__).resolve().parents[2]
 HOST = HecateConfig.model_validate({
     "ups": [{"name": "pyrphoros"}, {"name": "statera", "protects_cluster": False}],
     "policy": {"name": "titan"},
@@ -234,6 +235,23 @@ def test_a_field_without_a_rule_cannot_be_set(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(envelope, "RULES", {k: v for k, v in RULES.items() if k != "startup.wake"})
     assert rejection(HOST, {"startup": {"wake": "wol"}}) == (
         "spec.startup.wake: the host's policy envelope has no rule for this field, so a PowerPolicy cannot set it")
+
+
+def test_the_example_policy_fits_a_default_host() -> None:
+    """The e2e test and the footprint benchmark apply the example to a host with hecate.yaml's defaults."""
+    import yaml
+
+    example = yaml.safe_load((REPO / "manifests" / "powerpolicy-example.yaml").read_text())
+    assert envelope.violations(HecateConfig.model_validate({"ups": [{"name": "pyrphoros"}]}),
+                               policy.parse_policy(example)) == []
+
+
+def test_operator_md_documents_every_limit() -> None:
+    page = (REPO / "docs" / "operator.md").read_text()
+    assert [k for k in Envelope.model_fields if f"`{k}`" not in page and f"policy.envelope.{k}`" not in page] == []
+    for path, rule in RULES.items():
+        if not isinstance(rule, HostTimeout):
+            assert path.rsplit(".", 1)[-1] in page, path
 
 
 # -- the envelope in hecate.yaml -------------------------------------------------------------------------------

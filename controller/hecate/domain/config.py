@@ -356,11 +356,11 @@ class Envelope(_Section):
     min_safety_factor: float = Field(default=1.0, ge=1.0, le=10.0)
     """Smallest `trigger.safety_factor` (1.0: the battery must still cover the whole budget)."""
     max_safety_factor: float = Field(default=3.0, ge=1.0, le=10.0)
-    """Largest `trigger.safety_factor`: above 3x the budget a full battery reads as "shut down now"."""
+    """Largest `trigger.safety_factor`: with more, a healthy battery already reads as "shut down now"."""
     min_default_budget_s: Seconds = 60.0
     """Smallest `trigger.default_budget_s`: no cluster drains, stops and powers off in less than a minute."""
     max_default_budget_s: Seconds = 900.0
-    """Largest `trigger.default_budget_s` (x `max_safety_factor`: shut down at 45 min of runtime at most)."""
+    """Largest `trigger.default_budget_s` (x 3, the largest safety factor: a threshold of 45 min of runtime)."""
     min_budget_history: int = Field(default=3, ge=1, le=100)
     """Fewest `trigger.budget_history`: one fast shutdown (nothing to drain) must not set the budget alone."""
     min_timeout_fraction: float = Field(default=0.5, gt=0, le=1)

@@ -17,9 +17,11 @@ descriptions cannot drift from the file's. Two deliberate differences:
   as the API server validates them against the CRD.
 
 A field the policy leaves out keeps the host's value: :func:`effective_config` overlays
-only what the policy *set*. The CRD is generated from :class:`PowerPolicySpec` by
-:mod:`hecate.domain.crd`. Unknown keys are pruned by the API server (structural schemas
-cannot forbid them); Hecate's own validation is the one that rejects them.
+only what the policy *set*, and only within the host's envelope (:mod:`hecate.domain.envelope`:
+``policy.envelope`` in hecate.yaml bounds what a policy may set, beyond what the spec allows).
+The CRD is generated from :class:`PowerPolicySpec` by :mod:`hecate.domain.crd`. Unknown keys
+are pruned by the API server (structural schemas cannot forbid them); Hecate's own validation
+is the one that rejects them.
 """
 
 from __future__ import annotations
@@ -205,7 +207,9 @@ class PowerPolicySpec(BaseModel):
     """The spec of a PowerPolicy: the cluster's power policy, laid over hecate.yaml.
 
     Every section and field is optional; one left out keeps the Hecate host's value.
-    Commands, host paths and arming (`shutdown.execute`) stay in hecate.yaml.
+    Commands, host paths and arming (`shutdown.execute`) stay in hecate.yaml, and what is set
+    must lie within the host's envelope (`policy.envelope` in hecate.yaml), which this schema
+    cannot show.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
