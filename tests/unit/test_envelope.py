@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from hecate.adapters import config as loader
@@ -79,6 +82,35 @@ def test_a_static_limit_accepts_its_value_and_rejects_just_past_it(field: str, a
     assert effective_config(HOST, spec_of(nested(field, at))) != HOST  # it did change something
     shown = envelope.show(float(past)) if isinstance(past, float) else str(past)
     assert rejection(HOST, nested(field, past)) == f"spec.{field}: {shown} is {limit} (policy.envelope.{key})"
+
+
+_SECONDS = st.floats(min_value=0, max_value=86_400, exclude_min=True)
+DOMAINS: dict[str, st.SearchStrategy[Any]] = {  # what the spec itself allows for each field with static limits
+    "trigger.poll_interval_s": _SECONDS, "trigger.poll_interval_on_battery_s": _SECONDS,
+    "trigger.deadtime_s": _SECONDS, "trigger.default_budget_s": _SECONDS, "flux.cache_refresh_interval_s": _SECONDS,
+    "trigger.safety_factor": st.floats(min_value=1, max_value=10),
+    "startup.min_charge_percent": st.floats(min_value=0, max_value=100),
+    "trigger.debounce_polls": st.integers(min_value=1, max_value=100),
+    "trigger.budget_history": st.integers(min_value=1, max_value=100),
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_a_value_is_accepted_exactly_when_it_lies_within_the_limits_or_is_the_hosts(data: st.DataObject) -> None:
+    field = data.draw(st.sampled_from(sorted(DOMAINS)))
+    value = data.draw(DOMAINS[field])
+    rule = RULES[field]
+    assert isinstance(rule, Between)
+    env = HOST.policy.envelope
+    low = getattr(env, rule.low) if rule.low else -math.inf
+    high = getattr(env, rule.high) if rule.high else math.inf
+    inside = low <= value <= high or value == envelope.host_value(HOST, tuple(field.split(".")))
+    message = rejection(HOST, nested(field, value))
+    assert (message == "") == inside, (field, value, message)
+    if not inside:
+        assert message.startswith(f"spec.{field}: {envelope.show(value)} is ")
+        assert f"(policy.envelope.{rule.low if value < low else rule.high})" in message
 
 
 def test_the_limits_are_the_hosts_own_and_it_can_move_them() -> None:

@@ -147,7 +147,7 @@ def show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return str(int(value)) if value.is_integer() else repr(value)
     return str(value)
 
 
@@ -176,12 +176,9 @@ def locked_by(envelope: Envelope, field: str) -> str | None:
     return next((entry for entry in envelope.locked if field == entry or field.startswith(f"{entry}.")), None)
 
 
-def _below(value: float, limit: float) -> bool:
+def _below_product(value: float, limit: float) -> bool:
+    """``value < limit`` for a computed limit (0.3 x 100 is 30.000000000000004: 30 is not below it)."""
     return value < limit and not math.isclose(value, limit, rel_tol=1e-9)
-
-
-def _above(value: float, limit: float) -> bool:
-    return value > limit and not math.isclose(value, limit, rel_tol=1e-9)
 
 
 def check(rule: Rule, host: HecateConfig, path: tuple[str, ...], value: Any) -> str | None:
@@ -205,23 +202,24 @@ def check(rule: Rule, host: HecateConfig, path: tuple[str, ...], value: Any) -> 
                     "never on)")
         return None
     if isinstance(rule, NotBelowHost):
-        if _below(value, own):
+        if value < own:
             return (f"{show(value)} is below the host's limit {show(own)} (hecate.yaml's {field}: a policy may raise "
                     "it, never lower it)")
         return None
     if isinstance(rule, HostTimeout):
-        if _above(value, own):
+        if value > own:
             return (f"{show(value)} is above the host's limit {show(own)} (hecate.yaml's {field}: a policy may "
                     "shorten it, never lengthen it)")
         floor = envelope.min_timeout_fraction * own
-        if _below(value, floor):
-            return (f"{show(value)} is below the host's limit {show(floor)} (policy.envelope.min_timeout_fraction "
-                    f"{show(envelope.min_timeout_fraction)} x hecate.yaml's {show(own)})")
+        if _below_product(value, floor):
+            return (f"{show(value)} is below the host's limit {show(round(floor, 6))} "
+                    f"(policy.envelope.min_timeout_fraction {show(envelope.min_timeout_fraction)} x hecate.yaml's "
+                    f"{show(own)})")
         return None
-    if rule.low is not None and _below(value, getattr(envelope, rule.low)):
+    if rule.low is not None and value < getattr(envelope, rule.low):
         return (f"{show(value)} is below the host's limit {show(getattr(envelope, rule.low))} "
                 f"(policy.envelope.{rule.low})")
-    if rule.high is not None and _above(value, getattr(envelope, rule.high)):
+    if rule.high is not None and value > getattr(envelope, rule.high):
         return (f"{show(value)} is above the host's limit {show(getattr(envelope, rule.high))} "
                 f"(policy.envelope.{rule.high})")
     return None
