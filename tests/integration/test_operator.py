@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from hecate import daemon as daemon_mod
-from hecate.adapters import metrics
+from hecate.adapters import metrics, nut
 from hecate.adapters.store import StateStore
 from hecate.cli import render
 from hecate.domain import policy_source
@@ -40,6 +40,7 @@ from hecate.domain.ups import Snapshot, from_variables
 from hecate.operator import OperatorOptions
 from hecate.operator.status import Snapshot as StatusSnapshot
 from hecate.operator.status import status_body
+from hecate.services import monitor as monitor_mod
 from hecate.services import policy as policy_mod
 from hecate.services import status as status_mod
 from hecate_lab import nodes
@@ -346,6 +347,107 @@ async def _polled_since(daemon: Running, polls: int) -> dict[str, Any] | None:
 async def _detail(daemon: Running, text: str) -> dict[str, Any] | None:
     doc = await daemon.status()
     return doc if text in doc["policy"]["detail"] else None
+
+
+# -- the host's envelope: a policy outside it is rejected; a good one takes effect at the next poll ------------
+
+
+async def _accepted(kube: KubeLab, generation: int) -> dict[str, Any] | None:
+    obj = await asyncio.to_thread(kube.policy)
+    ok = (condition(obj, "Accepted").get("status") == "True"
+          and (obj or {}).get("status", {}).get("observedGeneration") == generation)
+    return obj if ok else None
+
+
+async def _rejected(kube: KubeLab, generation: int) -> dict[str, Any] | None:
+    obj = await asyncio.to_thread(kube.policy)
+    ok = (condition(obj, "Accepted").get("status") == "False"
+          and (obj or {}).get("status", {}).get("observedGeneration") == generation)
+    return obj if ok else None
+
+
+@integration
+@pytest.mark.timeout(60)
+async def test_a_policy_outside_the_envelope_is_rejected_naming_the_field_and_the_limit(tmp_path: Path,
+                                                                                      kube: KubeLab) -> None:
+    config = make_config(tmp_path, kube.kubeconfig)
+    async with running(config, FakeReader()) as daemon:
+        await asyncio.to_thread(kube.create_policy, {"trigger": {"safety_factor": 2.0, "poll_interval_s": 4}})
+        await until(lambda: _accepted(kube, 1), 15, "Accepted=True for generation 1")
+        cached = (config.state_dir / "policy-cache.yaml").read_bytes()
+
+        # the API server takes it (the CRD allows a day), the host's envelope does not
+        await asyncio.to_thread(kube.patch_spec, {"trigger": {"poll_interval_s": 86400}})
+        obj = await until(lambda: _rejected(kube, 2), 15, "Accepted=False for generation 2")
+        why = "spec.trigger.poll_interval_s: 86400 is above the host's limit 5 (policy.envelope.max_poll_interval_s)"
+        assert condition(obj, "Accepted")["message"] == why
+        assert obj["status"]["phase"] == "Invalid"
+        assert obj["status"]["source"] == "cache"
+        events = [e for e in await asyncio.to_thread(kube.events)
+                  if e.get("involvedObject", {}).get("name") == "titan"]
+        assert [e["reason"] for e in events] == ["PolicyRejected"]
+        assert f"generation 2 rejected: {why}" in events[0]["message"]
+
+        # the previous policy stays in force and cached
+        assert (config.state_dir / "policy-cache.yaml").read_bytes() == cached
+        doc = await daemon.status()
+        assert doc["policy"]["source"] == "cache"
+        assert doc["policy"]["generation"] == 1
+        assert doc["policy"]["rejected"] == why
+        assert doc["budget"]["threshold_s"] == pytest.approx(600)  # generation 1's safety factor 2.0
+
+
+@integration
+@pytest.mark.timeout(60)
+async def test_a_good_policy_after_a_long_poll_takes_effect_at_the_next_poll(
+        tmp_path: Path, kube: KubeLab, ups: LabUps, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11: a policy with a long poll (5 s, the envelope's longest) followed by a good one (1 s): the
+    monitor polls at the new interval within one old short interval, not after the rest of the long one."""
+    reads: list[float] = []
+    polled = asyncio.Event()
+    applied: list[float] = []
+
+    class Timed(nut.NutReader):
+        async def read(self, ups: Ups, timeout: float | None = None) -> Snapshot:
+            if ups.name == "pyrphoros":
+                reads.append(time.monotonic())
+                polled.set()
+            return await super().read(ups, timeout)
+
+    original_apply = monitor_mod.Monitor.apply
+
+    def timed_apply(self: monitor_mod.Monitor, config: HecateConfig) -> None:
+        applied.append(time.monotonic())
+        original_apply(self, config)
+
+    monkeypatch.setattr(monitor_mod.Monitor, "apply", timed_apply)
+    short = {"poll_interval_s": 1.0, "poll_interval_on_battery_s": 1.0, "debounce_polls": 2}
+    config = make_config(tmp_path, kube.kubeconfig, ups=ups, trigger=short)
+
+    async def read_after(moment: float, count: int = 1) -> list[float]:
+        """The first ``count`` polls after ``moment`` (waiting for them)."""
+        while len(later := [t for t in reads if t > moment]) < count:
+            polled.clear()
+            await asyncio.wait_for(polled.wait(), 10)
+        return later[:count]
+
+    async with running(config, Timed()) as daemon:
+        await asyncio.to_thread(kube.create_policy, {"trigger": {"poll_interval_s": 5}})
+        await until(lambda: _accepted(kube, 1), 15, "the long poll accepted")
+        assert (await daemon.status())["policy"]["generation"] == 1
+        _, after_long = await read_after(applied[-1], 2)  # the first may still be on the old schedule
+        gap = after_long - reads[reads.index(after_long) - 1]
+        assert gap >= 4.5, f"the long poll was not in force: {gap:.2f} s between polls"
+
+        # right after a poll: the monitor now sleeps ~5 s; the good policy must not wait for that
+        await asyncio.to_thread(kube.patch_spec, {"trigger": {"poll_interval_s": 1}})
+        await until(lambda: _accepted(kube, 2), 15, "the good poll accepted")
+        good_applied = applied[-1]
+        assert after_long < good_applied < after_long + 4, "the operator took too long to test the wake"
+        first, *following = await read_after(good_applied, 3)
+        assert first - good_applied <= 1.3, f"first poll {first - good_applied:.2f} s after the policy took effect"
+        gaps = [b - a for a, b in zip([first, *following], following, strict=False)]
+        assert all(0.8 <= g <= 1.5 for g in gaps), f"polls at {gaps} s, not the new 1 s"
 
 
 # -- no API at start; the API going away --------------------------------------------------------------

@@ -33,7 +33,7 @@ def _setup(tmp_path: Path) -> tuple[Path, HecateConfig]:
     cached = CachedPolicy.from_object({"metadata": {"name": "titan", "uid": "u1", "resourceVersion": "5",
                                                     "generation": 2},
                                        "spec": {"shutdown": {"drain_timeout_s": 77},
-                                                "flux": {"detection_window_s": 9}}}, datetime.now(UTC))
+                                                "flux": {"detection_window_s": 90}}}, datetime.now(UTC))
     StateStore(config.state_dir).write_policy_cache(cached)
     return path, config
 
@@ -42,7 +42,7 @@ def test_the_cached_policy_is_laid_over_the_file(tmp_path: Path) -> None:
     _, config = _setup(tmp_path)
     effective = effective_config(config)
     assert effective.shutdown.drain_timeout_s == 77
-    assert effective.flux.detection_window_s == 9
+    assert effective.flux.detection_window_s == 90
     assert config.shutdown.drain_timeout_s == 120  # the file's own value is untouched
 
 

@@ -16,7 +16,7 @@ from hecate.adapters.store import StateStore
 from hecate.daemon import Daemon
 from hecate.domain import trigger
 from hecate.domain.budget import Budget
-from hecate.domain.config import HecateConfig, Policy, Ups
+from hecate.domain.config import Envelope, HecateConfig, Policy, Ups
 from hecate.domain.ups import Snapshot, from_variables
 from hecate.services.monitor import Monitor, dry_run_recorder
 
@@ -198,7 +198,9 @@ def test_the_watchdog_staleness_follows_the_config_in_force(tmp_path: Path) -> N
 async def test_a_policy_from_the_operators_thread_reaches_the_daemons_monitor_at_once(tmp_path: Path) -> None:
     """The whole path: the operator accepts a PowerPolicy (in its thread), the daemon applies it on
     its loop, the monitor wakes, reads with the new timeout, and the watchdog judges by it."""
-    baseline = _with_trigger(config(tmp_path), poll_interval_s=86400).model_copy(update={"policy": Policy(name="t")})
+    wide = Envelope(min_poll_interval_s=0.1)  # polls every 0.1 s: faster than the shipped envelope allows
+    baseline = _with_trigger(config(tmp_path), poll_interval_s=86400).model_copy(
+        update={"policy": Policy(name="t", envelope=wide)})
     reader = PollCounter()
     daemon = Daemon(baseline, reader)
     daemon.loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from hecate.domain import config as cfg
-from hecate.domain import policy
+from hecate.domain import envelope, policy
 from hecate.domain.policy import PowerPolicySpec, describe_error, effective_config, parse_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_arming_and_commands_say_why() -> None:
 
 def test_excluded_fields_never_reach_the_effective_config() -> None:
     base = host()
-    effective = effective_config(base, spec(shutdown={"parallelism": 4, "storage_quiesce": {"enabled": True}}))
+    effective = effective_config(base, spec(shutdown={"parallelism": 32, "storage_quiesce": {"enabled": True}}))
     assert effective.shutdown.execute is True
     assert effective.shutdown.remote_poweroff_command == "sudo poweroff"
     assert effective.shutdown.local_poweroff_command == ["/sbin/poweroff"]
@@ -298,7 +298,9 @@ def test_lists_are_replaced_whole() -> None:
 
 
 def test_ups_sets_protects_cluster_for_every_configured_ups() -> None:
-    effective = effective_config(host(), spec(ups=["statera"]))
+    alerting = host(ups=[{"name": "pyrphoros", "protects_cluster": False},
+                         {"name": "statera", "protects_cluster": False}])
+    effective = effective_config(alerting, spec(ups=["statera"]))
     assert {u.name: u.protects_cluster for u in effective.ups} == {"pyrphoros": False, "statera": True}
     both = effective_config(host(), spec(ups=["statera", "pyrphoros"]))
     assert all(u.protects_cluster for u in both.ups)
@@ -356,6 +358,7 @@ def test_the_example_policy_overlays_the_example_host() -> None:
     assert obj["metadata"]["name"] == base.policy.name == "titan"
     assert {u.name: u.protects_cluster for u in effective.ups} == {u.name: u.protects_cluster for u in base.ups}
     assert effective.trigger.safety_factor > base.trigger.safety_factor
+    assert envelope.violations(base, parse_policy(obj)) == []  # inside the shipped envelope
     assert effective.shutdown.execute is base.shutdown.execute
     assert [t.name for t in effective.shutdown.scale_down] == [t.name for t in base.shutdown.scale_down]
     assert effective.startup.foundation == base.startup.foundation

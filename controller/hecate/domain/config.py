@@ -328,9 +328,88 @@ class Metrics(_Section):
         return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
 
 
+POLICY_SECTIONS: Mapping[str, type[BaseModel]] = {"trigger": Trigger, "shutdown": Shutdown, "startup": Startup,
+                                                  "flux": Flux}
+"""The sections a PowerPolicy overlays (besides ``ups``), for ``policy.envelope.locked``."""
+
+
+def _policy_path_exists(path: str) -> bool:
+    """Whether ``path`` (``ups``, ``trigger``, ``shutdown.storage_quiesce.timeout_s``) names a section or
+    field a PowerPolicy overlays."""
+    if path == "ups":
+        return True
+    first, *rest = path.split(".")
+    model: type[BaseModel] | None = POLICY_SECTIONS.get(first)
+    if model is None:
+        return False
+    for part in rest:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return True
+
+
+class Envelope(_Section):
+    """What a PowerPolicy may set, and within which limits (docs/operator.md)."""
+
+    locked: list[str] = Field(default_factory=list)
+    """Fields (`trigger.safety_factor`, `ups`) or whole sections (`startup`) a PowerPolicy may not set at all."""
+    min_poll_interval_s: Seconds = 0.5
+    """Shortest `trigger.poll_interval_s` / `poll_interval_on_battery_s` a policy may set (faster floods upsd)."""
+    max_poll_interval_s: Seconds = 5.0
+    """Longest poll interval (either) a policy may set: the monitor must see an outage within seconds."""
+    min_deadtime_s: Seconds = 10.0
+    """Shortest `trigger.deadtime_s`: two polls at the longest interval; shorter powers off on one missed read."""
+    max_deadtime_s: Seconds = 60.0
+    """Longest `trigger.deadtime_s`: a UPS gone silent on battery must count as critical within a minute."""
+    min_debounce_polls: int = Field(default=2, ge=1, le=100)
+    """Fewest `trigger.debounce_polls`: one reading below the threshold never shuts down on its own."""
+    max_debounce_polls: int = Field(default=10, ge=1, le=100)
+    """Most `trigger.debounce_polls`: at most 10 polls between crossing the threshold and shutting down."""
+    min_safety_factor: float = Field(default=1.0, ge=1.0, le=10.0)
+    """Smallest `trigger.safety_factor` (1.0: the battery must still cover the whole budget)."""
+    max_safety_factor: float = Field(default=3.0, ge=1.0, le=10.0)
+    """Largest `trigger.safety_factor`: with more, a healthy battery already reads as "shut down now"."""
+    min_default_budget_s: Seconds = 60.0
+    """Smallest `trigger.default_budget_s`: no cluster drains, stops and powers off in less than a minute."""
+    max_default_budget_s: Seconds = 900.0
+    """Largest `trigger.default_budget_s` (x 3, the largest safety factor: a threshold of 45 min of runtime)."""
+    min_budget_history: int = Field(default=3, ge=1, le=100)
+    """Fewest `trigger.budget_history`: one fast shutdown (nothing to drain) must not set the budget alone."""
+    min_timeout_fraction: float = Field(default=0.5, gt=0, le=1)
+    """A policy's timeout or wait lies between this fraction of hecate.yaml's value and that value."""
+    min_cache_refresh_interval_s: Seconds = 60.0
+    """Shortest `flux.cache_refresh_interval_s` a policy may set (shorter floods the API and the log)."""
+    min_startup_charge_percent: float = Field(default=20.0, ge=0, le=100)
+    """Lowest `startup.min_charge_percent`: a cut soon after a start must still find runtime for a shutdown."""
+
+    @field_validator("locked")
+    @classmethod
+    def _known_paths(cls, value: list[str]) -> list[str]:
+        unknown = [p for p in value if not _policy_path_exists(p)]
+        if unknown:
+            raise ValueError(f"not a PowerPolicy section or field: {', '.join(unknown)} (e.g. ups, trigger, "
+                             "trigger.safety_factor, shutdown.storage_quiesce.timeout_s)")
+        _unique(value, "locked fields")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Envelope:
+        for low, high in (("min_poll_interval_s", "max_poll_interval_s"), ("min_deadtime_s", "max_deadtime_s"),
+                          ("min_debounce_polls", "max_debounce_polls"), ("min_safety_factor", "max_safety_factor"),
+                          ("min_default_budget_s", "max_default_budget_s")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low):g}) is above {high} ({getattr(self, high):g})")
+        return self
+
+
 class Policy(_Section):
     name: str | None = None
     """Name of the cluster-scoped PowerPolicy the embedded operator watches."""
+    envelope: Envelope = Field(default_factory=Envelope)
+    """What a PowerPolicy may set and within which limits; hecate.yaml's own values are not bound by it."""
 
 
 class HecateConfig(_Section):

@@ -17,9 +17,11 @@ descriptions cannot drift from the file's. Two deliberate differences:
   as the API server validates them against the CRD.
 
 A field the policy leaves out keeps the host's value: :func:`effective_config` overlays
-only what the policy *set*. The CRD is generated from :class:`PowerPolicySpec` by
-:mod:`hecate.domain.crd`. Unknown keys are pruned by the API server (structural schemas
-cannot forbid them); Hecate's own validation is the one that rejects them.
+only what the policy *set*, and only within the host's envelope (:mod:`hecate.domain.envelope`:
+``policy.envelope`` in hecate.yaml bounds what a policy may set, beyond what the spec allows).
+The CRD is generated from :class:`PowerPolicySpec` by :mod:`hecate.domain.crd`. Unknown keys
+are pruned by the API server (structural schemas cannot forbid them); Hecate's own validation
+is the one that rejects them.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hecate.domain import config as cfg
-from hecate.domain import validation
+from hecate.domain import envelope, validation
 from hecate.domain.reference import model_in
 
 GROUP: Final = "hecate.io"
@@ -84,12 +86,7 @@ would own the cluster. The others carry commands (argv or a remote command line)
 the host.
 """
 
-SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType({
-    "trigger": cfg.Trigger,
-    "shutdown": cfg.Shutdown,
-    "startup": cfg.Startup,
-    "flux": cfg.Flux,
-})
+SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(dict(cfg.POLICY_SECTIONS))
 """The ``hecate.yaml`` sections a PowerPolicy overlays, with their configuration models."""
 
 
@@ -210,7 +207,9 @@ class PowerPolicySpec(BaseModel):
     """The spec of a PowerPolicy: the cluster's power policy, laid over hecate.yaml.
 
     Every section and field is optional; one left out keeps the Hecate host's value.
-    Commands, host paths and arming (`shutdown.execute`) stay in hecate.yaml.
+    Commands, host paths and arming (`shutdown.execute`) stay in hecate.yaml, and what is set
+    must lie within the host's envelope (`policy.envelope` in hecate.yaml), which this schema
+    cannot show.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -255,8 +254,8 @@ def parse_policy(obj: Mapping[str, Any]) -> PowerPolicySpec:
 # -- the overlay ------------------------------------------------------------------------------
 
 
-def _error(loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDetails:
-    return {"type": PydanticCustomError("policy_conflict", message), "loc": loc, "input": value}
+def _error(loc: tuple[str | int, ...], message: str, value: Any, kind: str = "policy_conflict") -> InitErrorDetails:
+    return {"type": PydanticCustomError(kind, message), "loc": loc, "input": value}
 
 
 def effective_config(config: cfg.HecateConfig, spec: PowerPolicySpec) -> cfg.HecateConfig:
@@ -265,8 +264,9 @@ def effective_config(config: cfg.HecateConfig, spec: PowerPolicySpec) -> cfg.Hec
     Sections merge field by field (nested sections too), lists are replaced whole; ``ups``
     sets every configured UPS's ``protects_cluster``. Raises
     :class:`pydantic.ValidationError` when the combination is invalid: errors Hecate finds
-    between policy and host are located in the policy (``spec.ups``), errors of the merged
-    configuration's own validators as in hecate.yaml (``startup.wake``).
+    between policy and host -- a field outside the host's envelope
+    (:mod:`hecate.domain.envelope`) among them -- are located in the policy (``spec.ups``),
+    errors of the merged configuration's own validators as in hecate.yaml (``startup.wake``).
     """
     overlay = spec.model_dump(exclude_unset=True, include=set(SECTIONS))
     merged = cfg.deep_merge(config.model_dump(), overlay)
@@ -278,6 +278,8 @@ def effective_config(config: cfg.HecateConfig, spec: PowerPolicySpec) -> cfg.Hec
             errors.append(_error(("spec", "ups"), f"not in hecate.yaml's ups: {', '.join(unknown)} "
                                  f"(known: {', '.join(known) or 'none'})", unknown))
         merged["ups"] = [{**u, "protects_cluster": u["name"] in spec.ups} for u in merged["ups"]]
+    errors.extend(_error(("spec", *v.path), v.message, v.value, "policy_envelope")
+                  for v in envelope.violations(config, spec))
     wake = overlay.get("startup", {}).get("wake")
     if wake == cfg.Wake.command and not config.startup.wake_command:
         errors.append(_error(("spec", "startup", "wake"),

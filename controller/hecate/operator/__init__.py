@@ -2,9 +2,9 @@
 
 What it does. It watches that one cluster-scoped PowerPolicy (a field selector on
 ``metadata.name``, so no other object is ever touched). On create, update and on every
-(re)connection (kopf's resume) it validates the object with the models of hecate.yaml
-(:meth:`hecate.services.policy.PolicyInForce.accept`): a valid one is cached atomically and
-put in force at once (the daemon's monitor and its next shutdown plan use it); an invalid
+(re)connection (kopf's resume) it validates the object with the models of hecate.yaml and
+the host's envelope (:meth:`hecate.services.policy.PolicyInForce.accept`): a valid one is
+cached atomically and put in force at once (the daemon's monitor and its next shutdown plan use it); an invalid
 one is reported (``Accepted=False`` naming the field, and one Kubernetes Event, reason
 ``PolicyRejected``) while the last valid policy stays in force from the cache. A deleted
 object leaves the cache in force. The status (:mod:`hecate.operator.status`) is written

@@ -4,10 +4,10 @@ Which source wins -- the cluster's PowerPolicy, Hecate's cache of it, or hecate.
 decided in :mod:`hecate.domain.policy_source`; the cache file and the moving aside of a
 corrupt one belong to the store (:mod:`hecate.adapters.store`). :class:`PolicyInForce`
 holds the facts and does the rest: it reads the cache once at start (a valid one that no
-longer fits ``hecate.yaml``, e.g. after a UPS was renamed, is kept but not used), takes what
-the embedded operator reports (``accept``, ``deleted``, ``connected``, ...), writes the
-cache atomically whenever a new object or generation is accepted, logs each change of the
-source and reports problems in the status's warnings.
+longer fits ``hecate.yaml``, e.g. after a UPS was renamed or ``policy.envelope`` tightened,
+is kept but not used), takes what the embedded operator reports (``accept``, ``deleted``,
+``connected``, ...), writes the cache atomically whenever a new object or generation is
+accepted, logs each change of the source and reports problems in the status's warnings.
 
 The operator calls it from its own thread, so every method takes one lock; ``view`` is an
 immutable snapshot (:class:`~hecate.domain.policy_source.PolicyView`) that status and the
