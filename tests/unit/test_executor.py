@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from hecate.adapters.store import RunInProgress, StateStore, boot_id
+from hecate.domain.budget import estimate
 from hecate.domain.journal import RunStarted
 from hecate.domain.plan import Action, OnError, Plan, Stage, Step
 from hecate.domain.results import Done, StepResult
-from hecate.domain.budget import estimate
 from hecate.domain.runs import NotDone, RunKind, RunRecord, RunResult, StageRecord, counts_for_budget
 from hecate.services.executor import Executor, Skipped, StepFailed, StepOutcome, in_flight
 

@@ -35,9 +35,11 @@ def test_the_cli_ends_a_degraded_run_with_a_table_of_what_was_not_done() -> None
     assert "Not done in shutdown run 20261127T000000Z-abcd" in text
     lines = text.splitlines()
     flux = next(line for line in lines if "flux-suspend" in line)
-    assert "flux" in flux and "skipped" in flux and "Kubernetes API unreachable" in flux
+    for word in ("flux", "skipped", "Kubernetes API unreachable"):
+        assert word in flux
     killall = next(line for line in lines if "titan-a1" in line)
-    assert "killall" in killall and "failed" in killall and "is down" in killall
+    for word in ("killall", "failed", "is down"):
+        assert word in killall
     assert lines[-1].endswith("shutdown run 20261127T000000Z-abcd: degraded in 31.2s: 2 steps not done (above)")
 
 
