@@ -272,6 +272,8 @@ def test_two_triggers_at_once_make_one_run(cluster: Lab) -> None:
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 4], outputs  # 4: refused, nothing was done
-    assert any("another run is in progress" in out for out in outputs)
+    refused = next(out for p, out in zip(procs, outputs, strict=True) if p.returncode == 4)
+    assert refused.count("another run is in progress") == 1  # printed once, prefixed
+    assert "hecate: not started: another run is in progress" in refused
     stops = [row for row in commands(cluster) if "systemctl stop k3s-agent" in row[2]]
     assert len(stops) == 5  # each agent stopped exactly once

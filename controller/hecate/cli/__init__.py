@@ -94,15 +94,16 @@ def run_exit_code(record: RunRecord) -> int:
         record.result, EXIT_FAILED) if record.result is not None else EXIT_FAILED
 
 
-def log_to_stderr() -> None:
-    """A run's log records (warnings and errors: progress shows the rest) as one ``hecate:`` line each."""
+def log_to_stderr(level: str = "WARNING") -> None:
+    """Log records from ``level`` up (a run's: warnings and errors; progress shows the rest) as one
+    ``hecate:`` line each on stderr."""
     import logging
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("hecate: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(logging.WARNING)
+    root.setLevel(level)
 
 
 @click.group(cls=plugins.PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -208,7 +209,7 @@ def status(config_path: Path, as_json: bool) -> None:
     from hecate.cli import render
 
     cfg = load_config(config_path)
-    log_to_stderr()  # e.g. a corrupt runs.json moved aside: one prefixed line, not a bare one
+    log_to_stderr("ERROR")  # warnings (a corrupt runs.json moved aside) are in the document: printed once, there
     doc = _status_document(cfg)
     click.echo(json.dumps(doc, indent=2) if as_json else render.status_text(doc))
 
