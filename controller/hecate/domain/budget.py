@@ -124,5 +124,5 @@ def estimate(runs: Sequence[RunRecord], *, default_s: float, history: int, safet
     target = default_s
     for i in range(len(durations)):
         target = max(durations[max(0, i + 1 - history): i + 1])
-        budget = target if target >= budget else budget - FALL_STEP * (budget - target)
+        budget = target if target >= budget else max(target, budget - FALL_STEP * (budget - target))
     return Budget(budget, BudgetSource.measured, tuple(durations[-history:]), safety_factor, min_budget_s, target)
