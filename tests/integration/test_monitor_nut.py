@@ -174,13 +174,15 @@ def test_learned_budget_and_corrupt_history(tmp_path: Path, ups: LabUps) -> None
     poll(monitor)
     doc = status.document(monitor, "direct")
     assert doc["budget"]["source"] == "measured"
-    assert doc["budget"]["seconds"] == 110.0  # the dry-run's 600 s does not count
-    assert doc["budget"]["threshold_s"] == pytest.approx(121.0)
+    assert doc["budget"]["target_s"] == 110.0  # the dry-run's 600 s does not count
+    assert doc["budget"]["seconds"] == 153.75  # 300 -> 197.5 -> 153.75: halfway towards each shorter target
+    assert doc["budget"]["threshold_s"] == pytest.approx(169.125)
+    assert doc["budget"]["threshold_basis"] == "history"
     assert doc["warnings"] == []
     text = metrics.render(metrics.registry_for(lambda: doc)).decode()
-    assert "hecate_shutdown_budget_seconds 110.0" in text
+    assert "hecate_shutdown_budget_seconds 153.75" in text
     assert "hecate_shutdown_budget_measured 1.0" in text
-    assert "hecate_shutdown_threshold_seconds 121.0" in text
+    assert "hecate_shutdown_threshold_seconds 169.125" in text
     assert 'hecate_last_run_duration_seconds{kind="shutdown"} 110.0' in text
 
     (state / "runs.json").write_text('[{"id": "r1", "kind": "shutd')

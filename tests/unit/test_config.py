@@ -86,7 +86,7 @@ def test_unknown_key_names_path_and_allowed_keys(tmp_path: Path) -> None:
     msg = load_error(path)
     assert msg == (
         f"{path}: trigger.debouce_polls: unknown key (allowed here: budget_history, deadtime_s, "
-        "debounce_polls, default_budget_s, poll_interval_on_battery_s, poll_interval_s, safety_factor)"
+        "debounce_polls, default_budget_s, min_budget_s, poll_interval_on_battery_s, poll_interval_s, safety_factor)"
     )
 
 

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from hecate.adapters.store import RunInProgress, StateStore, boot_id
+from hecate.domain.budget import estimate
 from hecate.domain.journal import RunStarted
 from hecate.domain.plan import Action, OnError, Plan, Stage, Step
 from hecate.domain.results import Done, StepResult
-from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
+from hecate.domain.runs import NotDone, RunKind, RunRecord, RunResult, StageRecord, counts_for_budget
 from hecate.services.executor import Executor, Skipped, StepFailed, StepOutcome, in_flight
 
 pytestmark = pytest.mark.timeout(60)
@@ -123,6 +124,57 @@ def test_transient_errors_are_retried_permanent_ones_recorded_and_the_run_goes_o
     assert "broken: exit code 5" in record.stages[0].detail
     assert "skip skipped: API unreachable" in record.stages[0].detail
     assert record.stages[1].result is RunResult.success
+
+
+def test_a_skipped_step_degrades_its_stage_and_the_run_and_never_teaches_the_budget(tmp_path: Path) -> None:
+    """The API down: Flux not suspended, yet every stage read `success` and the short run lowered the budget."""
+    async def api_down(step: Step) -> StepResult:
+        raise Skipped("Kubernetes API unreachable, flux-suspend skipped")
+
+    log = Log(tmp_path / "calls", {"flux": api_down})
+    p = plan(stage("flux-suspend", ["flux"], action=Action.flux_suspend), stage("stop", ["n1", "n2"]))
+    record = asyncio.run(executor(tmp_path, log).run(p, {}))
+    assert [(s.name, s.result) for s in record.stages] == [("flux-suspend", RunResult.degraded),
+                                                           ("stop", RunResult.success)]
+    assert record.result is RunResult.degraded
+    assert [(r.stage, r.action, r.target, r.status, r.detail) for r in record.not_done] == [
+        ("flux-suspend", "flux-suspend", "flux", NotDone.skipped, "Kubernetes API unreachable, flux-suspend skipped")]
+    stored = StateStore(tmp_path / "state").load_runs()
+    assert not counts_for_budget(stored[-1])
+    assert estimate(stored, default_s=300, history=5, safety_factor=1.1).seconds == 300
+
+
+def test_the_record_lists_every_step_not_done(tmp_path: Path) -> None:
+    async def broken(step: Step) -> StepResult:
+        raise StepFailed("exit code 5")
+
+    log = Log(tmp_path / "calls", {"b": broken, "hang": 3600.0})
+    p = plan(stage("one", ["a", "b", "hang"], timeout_s=100, deadline=0.3), stage("two", ["c"]))
+    record = asyncio.run(executor(tmp_path, log).run(p, {}))
+    assert record.result is RunResult.degraded
+    assert sorted((r.stage, r.target, r.status) for r in record.not_done) == [
+        ("one", "b", NotDone.failed), ("one", "hang", NotDone.failed)]
+    assert "stage deadline" in next(r.detail for r in record.not_done if r.target == "hang")
+    # An on_error: abort failure stops the run: the steps it never ran are listed too.
+    log = Log(tmp_path / "calls2", {"x": broken})
+    p = plan(stage("one", ["x", "ok"], on_error=OnError.abort), stage("two", ["never1", "never2"]))
+    record = asyncio.run(executor(tmp_path, log).run(p, {}))
+    assert record.result is RunResult.failed
+    assert [(r.stage, r.target, r.status) for r in record.not_done] == [
+        ("one", "x", NotDone.failed), ("two", "never1", NotDone.not_run), ("two", "never2", NotDone.not_run)]
+    # A success lists nothing.
+    ok = asyncio.run(executor(tmp_path, Log(tmp_path / "calls3")).run(plan(stage("one", ["a"])), {}))
+    assert (ok.result, ok.not_done) == (RunResult.success, [])
+
+
+def test_a_run_aborted_on_purpose_does_not_list_the_rest_of_its_plan(tmp_path: Path) -> None:
+    log = Log(tmp_path / "calls")
+    safe = Stage("flux-suspend", (Step(Action.flux_suspend, "flux", timeout_s=5),), 1, 30, disruptive=False)
+    polls = iter([False, True])
+    record = asyncio.run(executor(tmp_path, log).run(plan(safe, stage("stop", ["n1"])), {},
+                                                     power_restored=lambda: next(polls)))
+    assert record.result is RunResult.aborted
+    assert record.not_done == []
 
 
 def test_on_error_abort_stops_the_run(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ twice the connect timeout); a node whose sshd closed the connection fails at onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import select
@@ -264,6 +265,22 @@ class SshPool:
             *(self._in_thread(threading.Event(), self._connect_quietly, spec) for spec in specs)
         )
         return dict(zip(names, results, strict=True))
+
+    async def probe(self, node: str, timeout: float) -> str | None:
+        """One TCP connect to ``node``'s SSH port within ``timeout``, closed at once: None when it
+        answers, else why not. A cheap look at a node an earlier command found unreachable (no
+        handshake, no thread, no retry); a node that answers gets a real connection when used."""
+        spec = self._node(node)
+        try:
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(spec.address, spec.ssh_port), timeout)
+        except TimeoutError:
+            return f"{self._where(spec)}: no answer within {timeout:g}s"
+        except OSError as err:
+            return f"{self._where(spec)}: {err.strerror or err}"
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), timeout)
+        return None
 
     async def close(self) -> None:
         """Close every connection (commands still running end with SshDisconnected)."""

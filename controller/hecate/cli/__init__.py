@@ -4,8 +4,11 @@ Heavy libraries (kopf, kubernetes, paramiko) are imported inside the commands th
 them, so ``hecate --help`` and ``hecate status`` start fast. Commands of other installed
 distributions (the lab's ``hecate lab``) join by entry point: :mod:`hecate.cli.plugins`.
 
-Exit codes: 0 success, 1 the command failed, 2 bad usage or an unusable configuration
-(one readable message, never a traceback).
+Exit codes (documented in README.md, "The command line"): 0 success; 1 the command or its run
+failed (or was aborted); 2 bad usage or an unusable configuration; 3 the run finished degraded
+(some steps failed or were skipped: its summary lists them); 4 refused, nothing was done
+(another run holds the lock, a drill's preconditions). Every error is one line on stderr
+prefixed ``hecate:`` (never a traceback); log records of a run go there with the same prefix.
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ if TYPE_CHECKING:
     from hecate.domain.runs import RunRecord
 
 DEFAULT_CONFIG = Path("/etc/hecate/hecate.yaml")
+
+EXIT_SUCCESS = 0
+EXIT_FAILED = 1
+"""The command failed, or its run failed or was aborted."""
+EXIT_USAGE = 2
+"""Bad usage or an unusable configuration (click's own usage errors exit 2 as well)."""
+EXIT_DEGRADED = 3
+"""The run went to its end, but some steps failed or were skipped."""
+EXIT_REFUSED = 4
+"""Refused before doing anything: another run holds the lock, or a drill's preconditions."""
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG,
@@ -68,9 +81,29 @@ def effective_config(config: HecateConfig) -> HecateConfig:
     return view.config
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     click.echo(f"hecate: {message}", err=True)
     sys.exit(code)
+
+
+def run_exit_code(record: RunRecord) -> int:
+    """A finished run's exit code: 0 success, 3 degraded, 1 failed or aborted."""
+    from hecate.domain.runs import RunResult
+
+    return {RunResult.success: EXIT_SUCCESS, RunResult.degraded: EXIT_DEGRADED}.get(
+        record.result, EXIT_FAILED) if record.result is not None else EXIT_FAILED
+
+
+def log_to_stderr(level: str = "WARNING") -> None:
+    """Log records from ``level`` up (a run's: warnings and errors; progress shows the rest) as one
+    ``hecate:`` line each on stderr."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("hecate: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 @click.group(cls=plugins.PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,7 +122,8 @@ def startup(config_path: Path, execute: bool, force_flux_branch: str | None) -> 
 
     Without --execute: print the plan and touch nothing. With --execute: run it; on a
     healthy cluster it changes nothing, so it is safe at every boot. Exit 0 when the
-    cluster is all back, 1 when the run is degraded or failed (the run record says why).
+    cluster is all back, 3 when the run is degraded, 1 when it failed (the summary says what was not done),
+    4 when another run holds the lock.
     """
     from hecate.domain.plan import startup_plan
     from hecate.services import startup as startup_mod
@@ -107,7 +141,9 @@ def shutdown(config_path: Path, execute: bool) -> None:
     """Take the cluster down gracefully and power the hardware off in order.
 
     Without --execute: print the plan and touch nothing. With --execute: run it (or resume
-    the shutdown a killed process left in the journal), showing progress live.
+    the shutdown a killed process left in the journal), showing progress live. Exit 0 when every
+    step was done, 3 when the run is degraded (the summary lists what was not done), 1 when it
+    failed or was aborted, 4 when another run holds the lock.
     """
     from hecate.domain.plan import shutdown_plan
     from hecate.services import shutdown as shutdown_mod
@@ -117,25 +153,25 @@ def shutdown(config_path: Path, execute: bool) -> None:
 
 
 def _plan_or_run(plan: Plan, execute: bool, run: Callable[[RichProgress], Coroutine[Any, Any, RunRecord]]) -> NoReturn:
-    """Dry-run: print the plan. Execute: run it with live progress; exit 0 only on success."""
+    """Dry-run: print the plan. Execute: run it with live progress; exit 0 only on success (see the exit codes)."""
     import asyncio
 
     from hecate.adapters.store import RunInProgress, StoreError
     from hecate.cli.progress import RichProgress, plan_table
-    from hecate.domain.runs import RunResult
 
     progress = RichProgress()
     if not execute:
         progress.console.print(plan_table(plan))
         progress.console.print(f"Dry-run: nothing was touched. Run with --execute to run the {plan.kind}.")
-        sys.exit(0)
+        sys.exit(EXIT_SUCCESS)
+    log_to_stderr()
     try:
         record = asyncio.run(run(progress))
     except RunInProgress as err:
-        fail(f"not started: {err}")
+        fail(f"not started: {err}", code=EXIT_REFUSED)
     except StoreError as err:
         fail(str(err))
-    sys.exit(0 if record.result is RunResult.success else 1)
+    sys.exit(run_exit_code(record))
 
 
 @cli.command()
@@ -176,6 +212,7 @@ def status(config_path: Path, as_json: bool) -> None:
     from hecate.cli import render
 
     cfg = load_config(config_path)
+    log_to_stderr("ERROR")  # warnings (a corrupt runs.json moved aside) are in the document: printed once, there
     problem = None
     try:
         doc = daemon_client.fetch_status(cfg.metrics.socket)
@@ -265,7 +302,8 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
     """Run one drill: break, start up, check, restore if recovery failed.
 
     Without --execute: say what the drill would break and touch nothing.
-    Exit 0 when the drill passed (or for a dry-run), 1 when it failed or was refused.
+    Exit 0 when the drill passed (or for a dry-run), 1 when it failed, 4 when it was refused
+    (nothing was broken).
     """
     import asyncio
 
@@ -286,10 +324,11 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
     if not execute:
         console.print("Run with --execute to break it, run the startup and check the recovery.")
         return
+    log_to_stderr()
     try:
         result = asyncio.run(drills.run(cfg, name, progress, execute=True))
     except drills.DrillRefused as err:
-        fail(f"drill {name} refused, nothing was broken: {err}")
+        fail(f"drill {name} refused, nothing was broken: {err}", code=EXIT_REFUSED)
     except (RunInProgress, StoreError, KubeError) as err:
         fail(f"drill {name} could not run: {err}")
     for check in result.checks:
@@ -302,7 +341,7 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())
     verdict = "[bold green]PASS[/bold green]" if result.passed else "[bold red]FAIL[/bold red]"
     console.print(f"drill {name}: {verdict} ({timings})")
-    sys.exit(0 if result.passed else 1)
+    sys.exit(EXIT_SUCCESS if result.passed else EXIT_FAILED)
 
 
 def main() -> None:

@@ -44,8 +44,23 @@ class RichProgress:
     def run_finished(self, record: RunRecord) -> None:
         result = record.result.value if record.result else "?"
         style = STYLE.get(result, "white")
+        if record.not_done:
+            self.console.print(not_done_table(record))
+        count = len(record.not_done)
+        summary = f": {count} step{'s' if count != 1 else ''} not done (above)" if count else ""
         self.console.print(f"{self._t()} [bold {style}]{record.kind.value} run {record.id}: {result}[/] "
-                           f"in {record.duration_s or 0:.1f}s")
+                           f"in {record.duration_s or 0:.1f}s{summary}")
+
+
+def not_done_table(record: RunRecord) -> Table:
+    """The run's summary: every step that did not complete, per stage and target, and why."""
+    table = Table(title=f"Not done in {record.kind.value} run {record.id}", title_justify="left")
+    for column in ("stage", "step", "target", "status", "why"):
+        table.add_column(column, overflow="fold")
+    for row in record.not_done:
+        style = STYLE.get(row.status.value, "yellow")
+        table.add_row(row.stage, row.action, row.target, f"[{style}]{row.status.value}[/{style}]", row.detail)
+    return table
 
 
 def plan_table(plan: Plan) -> Table:

@@ -45,13 +45,18 @@ def status_text(doc: dict[str, Any]) -> str:
             f"{_num(budget['threshold_s'], ' s', '{:.0f}'):>9} {_num(u['charge_pct'], ' %'):>7} "
             f"{_num(u['load_pct'], ' %'):>6}" + ("" if u["protects_cluster"] else "  (does not protect the cluster)")
         )
-    samples = ", ".join(f"{s:g}" for s in budget["samples"])
+    samples = ", ".join(f"{s:.4g}" for s in budget["samples"])
     measured = f" from {len(budget['samples'])} shutdowns: {samples} s" if samples else ", no measured shutdown yet"
-    lines += [
-        "",
-        f"Budget:    {budget['seconds']:g} s ({budget['source']}{measured}); "
-        f"threshold = {budget['safety_factor']:g} x budget = {budget['threshold_s']:.0f} s",
-    ]
+    scaled = f"{budget['safety_factor']:g} x budget = {budget['safety_factor'] * budget['seconds']:.0f} s"
+    if budget.get("threshold_basis") == "floor":
+        threshold = (f"the floor {budget['threshold_s']:.0f} s (min_budget_s {budget['min_budget_s']:g} s + margin "
+                     f"{budget['floor_s'] - budget['min_budget_s']:g} s), above {scaled}")
+    else:
+        threshold = scaled
+        target = budget.get("target_s")
+        if target is not None and target < budget["seconds"]:
+            threshold += f"; the budget falls towards {target:.4g} s, at most halfway per run"
+    lines += ["", f"Budget:    {budget['seconds']:.4g} s ({budget['source']}{measured}); threshold = {threshold}"]
     lines.append(policy_line(doc.get("policy")))
     decision = trig["decision"]
     if decision:

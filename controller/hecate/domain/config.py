@@ -144,9 +144,13 @@ class Trigger(_Section):
     safety_factor: float = Field(default=1.10, ge=1.0, le=10.0)
     """Shut down when runtime <= safety_factor x shutdown budget."""
     default_budget_s: Seconds = 300.0
-    """Shutdown budget used until Hecate has measured its own shutdowns."""
+    """Shutdown budget used until Hecate has measured its own shutdowns; the learned budget starts from it."""
     budget_history: int = Field(default=5, ge=1, le=100)
-    """How many recent successful shutdowns the budget estimate looks at."""
+    """How many recent complete shutdowns the budget heads for (the longest of them; one shorter run moves it at
+    most halfway down)."""
+    min_budget_s: Seconds = 60.0
+    """Floor under the learned budget: the threshold is never below this plus a fixed 30 s margin, however short
+    the recorded shutdowns (a fifth of the default budget; host only, a PowerPolicy cannot set it)."""
     deadtime_s: Seconds = 15.0
     """A UPS last seen on battery and silent this long counts as critical (NUT DEADTIME)."""
 

@@ -62,10 +62,13 @@ _COMMAND = ("a PowerPolicy never carries commands: whoever can edit it would run
 _HOST_PATH = "a PowerPolicy never names paths on the Hecate host; set it in hecate.yaml"
 _SOURCE = ("which Git branch Flux deploys after a deadlock is a host decision: whoever can edit the PowerPolicy "
            "and push a branch would choose what the cluster runs; set it in hecate.yaml")
+_FLOOR = ("the floor under the learned budget is the host's safety net: whoever can edit the PowerPolicy must not "
+          "be able to make the runtime trigger fire later than the host allows; set it in hecate.yaml")
 _ARMING = ("arming stays a host decision: whoever can edit the PowerPolicy must not be able to make Hecate "
            "power the cluster off; set it in hecate.yaml on the coordinator")
 
 EXCLUDED_FIELDS: Final[Mapping[str, str]] = MappingProxyType({
+    "trigger.min_budget_s": _FLOOR,
     "shutdown.execute": _ARMING,
     "shutdown.remote_poweroff_command": _COMMAND,
     "shutdown.local_poweroff_command": _COMMAND,
@@ -82,8 +85,9 @@ off". It belongs to whoever administers the coordinator, not to whoever can edit
 resource (a namespace admin with a wide ClusterRole, a Git repository's committers); a
 policy tunes an armed Hecate, it never arms or disarms it. ``flux.fallback_branch`` chooses
 what Flux deploys when Hecate breaks a deadlock: with it, an editor who can also push a branch
-would own the cluster. The others carry commands (argv or a remote command line) or a path on
-the host.
+would own the cluster. ``trigger.min_budget_s`` is the floor under the learned threshold:
+lowering it would let a policy delay the runtime trigger past what the host allows. The others
+carry commands (argv or a remote command line) or a path on the host.
 """
 
 SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(dict(cfg.POLICY_SECTIONS))

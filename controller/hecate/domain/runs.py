@@ -43,6 +43,27 @@ class StageRecord(BaseModel):
     """Human-readable note (failed nodes, skipped steps)."""
 
 
+class NotDone(StrEnum):
+    failed = "failed"
+    skipped = "skipped"
+    not_run = "not-run"
+
+
+class StepNotDone(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    stage: str
+    """Stage of the step, e.g. `stop-agents`."""
+    action: str
+    """The step's action, e.g. `stop-service`."""
+    target: str
+    """What it acts on: a node, a workload tier, a UPS, `flux`, `local`."""
+    status: NotDone
+    """`failed`, `skipped` (e.g. the Kubernetes API was unreachable) or `not-run` (the run stopped first)."""
+    detail: str = ""
+    """Why."""
+
+
 class RunRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -74,17 +95,25 @@ class RunRecord(BaseModel):
     `restarted_pods`, `created` (objects created from the bootstrap cache), `flux_resumed`, `cleared_marks`
     (Hecate's annotations left on objects someone uncordoned or resumed by hand), `restored`
     (ref -> replicas), `deadlock` (the Flux/Gitea deadlock was detected), `branch` (`from`, `to`)."""
+    not_done: list[StepNotDone] = Field(default_factory=list)
+    """Every step that did not complete, in the order the run met it; empty for a `success`. Any entry makes
+    the run `degraded` at best. Steps a run `aborted` on purpose (power back) never ran and are not listed."""
 
 
 RunHistory = TypeAdapter(list[RunRecord])
 
 
 def counts_for_budget(run: RunRecord) -> bool:
-    """Only executed, successful, finished shutdowns measure the real shutdown budget."""
+    """Only executed, complete shutdowns measure the real shutdown budget.
+
+    A run that skipped or failed any step (``degraded``, ``failed``), or stopped early (``aborted``), did less
+    than a real shutdown: its short duration must never teach a shorter budget.
+    """
     return (
         run.kind is RunKind.shutdown
         and not run.dry_run
         and run.result is RunResult.success
+        and not run.not_done
         and run.duration_s is not None
         and not run.trigger.get("resumed")  # its duration includes the time the process was down
         and not run.trigger.get("restarted")  # a crashed attempt did part of its work

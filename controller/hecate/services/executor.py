@@ -5,7 +5,9 @@ steps wave by wave, up to the stage's parallelism at once; each step has its own
 and retries transient errors with backoff; the stage has a deadline after which its
 unfinished steps are cancelled and recorded as failed. A failed step with
 ``on_error: abort`` stops the run; with ``continue`` (the default) the stage is
-``degraded`` and the run goes on -- shutdown must reach power-off.
+``degraded`` and the run goes on -- shutdown must reach power-off. A skipped step degrades
+its stage too: a run is ``success`` only when every step of it completed, and its record
+lists every step that did not (``not_done``), which progress shows as the run's summary.
 
 It holds the state dir's run lock for the whole run, and journals every step's start and
 end (typed events, ``hecate.domain.journal``, in ``journal/<run-id>.jsonl``, fsync'd). A
@@ -47,7 +49,7 @@ from hecate.domain import results
 from hecate.domain.journal import Event, RunResumed, RunStarted, StepFinished, StepStarted, StepStatus
 from hecate.domain.plan import Action, OnError, Plan, Stage, Step, first_disruptive
 from hecate.domain.results import NOTHING, StepResult
-from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
+from hecate.domain.runs import NotDone, RunKind, RunRecord, RunResult, StageRecord, StepNotDone
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +246,8 @@ class Executor:
         for index, stage in enumerate(plan.stages):
             if stage.steps[0].action is Action.local_poweroff:
                 # Record the run before the coordinator goes dark: nothing reports after this step.
-                record = self._finish(journal, record, stage_records, outcomes, started, aborted=False, final=False)
+                record = self._finish(journal, plan, record, stage_records, outcomes, started, aborted=False,
+                                      final=False)
             if (not past_no_return and index <= disruptive_from and power_restored is not None
                     and power_restored()):
                 log.warning("power is back before the first disruptive stage: aborting the %s", plan.kind)
@@ -270,7 +273,7 @@ class Executor:
             if any(o.status is StepStatus.failed and o.step.on_error is OnError.abort for o in stage_outcomes):
                 log.error("stage %s failed a step marked abort: stopping the run", stage.name)
                 break
-        return self._finish(journal, record, stage_records, outcomes, started, aborted=aborted)
+        return self._finish(journal, plan, record, stage_records, outcomes, started, aborted=aborted)
 
     async def _run_stage_watched(self, journal: _Journal, stage: Stage, done: Mapping[str, StepFinished],
                                  outcomes: list[StepOutcome], watch: Interrupt | None) -> str | None:
@@ -347,8 +350,7 @@ class Executor:
                     raise StepFailed(f"no capability for action {step.action.value}")
                 result = await asyncio.wait_for(action(step), timeout=step.timeout_s)
                 outcome = StepOutcome(stage.name, step, StepStatus.ok, result.detail, result)
-            except Skipped as err:
-                log.warning("step %s skipped: %s", key, err)
+            except Skipped as err:  # progress reports it (and the run's summary): not logged twice
                 outcome = StepOutcome(stage.name, step, StepStatus.skipped, str(err), err.result)
             except StepFailed as err:
                 if err.transient and attempts <= step.retries:
@@ -376,7 +378,7 @@ class Executor:
                 except Exception:
                     log.exception("undoing %s failed", outcome.key)
 
-    def _finish(self, journal: _Journal, record: RunRecord, stage_records: Mapping[str, StageRecord],
+    def _finish(self, journal: _Journal, plan: Plan, record: RunRecord, stage_records: Mapping[str, StageRecord],
                 outcomes: list[StepOutcome], started: float, *, aborted: bool, final: bool = True) -> RunRecord:
         finished = self.clock()
         stages = list(stage_records.values())
@@ -389,9 +391,12 @@ class Executor:
             result = RunResult.degraded
         else:
             result = RunResult.success
+        shortfall = not_done(plan, stage_records, outcomes, stopped=failed_abort and not aborted)
+        if shortfall and result is RunResult.success:  # never: a stage with a shortfall is degraded
+            result = RunResult.degraded
         result_record = record.model_copy(update={
             "finished_at": datetime.fromtimestamp(finished, UTC), "duration_s": max(0.0, finished - started),
-            "result": result, "stages": stages,
+            "result": result, "stages": stages, "not_done": shortfall,
             "changes": results.changes(record.kind, ((o.step.target, o.result) for o in outcomes)),
         })
         self.store.append_run(result_record)
@@ -399,6 +404,29 @@ class Executor:
         if final:
             self.progress.run_finished(result_record)
         return result_record
+
+
+def not_done(plan: Plan, stage_records: Mapping[str, StageRecord], outcomes: Iterable[StepOutcome], *,
+             stopped: bool) -> list[StepNotDone]:
+    """Every step that did not complete: failed or skipped (in the order they ended), then those never run.
+
+    A step never run counts when its stage ran (a deadline, a cancelled wave) or, when ``stopped`` (a failed
+    ``on_error: abort`` step ended the run), anywhere in the plan. A run aborted on purpose (power back,
+    mains failing again) leaves the rest of its plan undone by design: not listed.
+    """
+    ended = list(outcomes)
+    rows = [StepNotDone(stage=o.stage, action=o.step.action.value, target=o.step.target,
+                        status=NotDone(o.status.value), detail=o.detail)
+            for o in ended if o.status is not StepStatus.ok]
+    seen = {o.key for o in ended}
+    for stage in plan.stages:
+        if not stopped and stage.name not in stage_records:
+            continue
+        rows += [StepNotDone(stage=stage.name, action=step.action.value, target=step.target, status=NotDone.not_run,
+                             detail="the run stopped before this step" if stage.name not in stage_records
+                             else "not run within the stage")
+                 for step in stage.steps if step.key(stage.name) not in seen]
+    return rows
 
 
 def in_flight(store: StateStore, kind: RunKind) -> str | None:
@@ -450,7 +478,8 @@ def _stage_record(stage: Stage, outcomes: list[StepOutcome], journal: _Journal) 
     failed = [o for o in outcomes if o.status is StepStatus.failed]
     skipped = [o for o in outcomes if o.status is StepStatus.skipped]
     missing = len(keys) - len({o.key for o in outcomes})
-    result = RunResult.success if not failed and not missing else RunResult.degraded
+    # Anything not done -- failed, skipped (e.g. the API was unreachable) or never run -- degrades the stage.
+    result = RunResult.success if not failed and not skipped and not missing else RunResult.degraded
     notes = [f"{o.step.target}: {o.detail}" for o in failed] + [f"{o.step.target} skipped: {o.detail}" for o in skipped]
     notes += [f"{o.step.target}: {o.detail}" for o in outcomes if o.status is StepStatus.ok and o.detail]
     if missing:

@@ -81,8 +81,8 @@ class Monitor:
         """Whether a run started by a decision is still in progress (the latch holds until it ends)."""
         self.view = MonitorView()
         self._active_alerts: set[tuple[str, trigger.AlertKind]] = set()
-        self.budget = budget_mod.Budget(
-            config.trigger.default_budget_s, budget_mod.BudgetSource.default, (), config.trigger.safety_factor)
+        self.budget = budget_mod.Budget(config.trigger.default_budget_s, budget_mod.BudgetSource.default, (),
+                                        config.trigger.safety_factor, config.trigger.min_budget_s)
         self.refresh_budget()
 
     # -- the configuration in force -----------------------------------------------------
@@ -126,7 +126,8 @@ class Monitor:
         self._runs_mtime = self._mtime()
         self.view.runs = self.store.load_runs()
         self.budget = budget_mod.estimate(
-            self.view.runs, default_s=t.default_budget_s, history=t.budget_history, safety_factor=t.safety_factor)
+            self.view.runs, default_s=t.default_budget_s, history=t.budget_history, safety_factor=t.safety_factor,
+            min_budget_s=t.min_budget_s)
 
     def _mtime(self) -> float | None:
         try:

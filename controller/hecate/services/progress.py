@@ -29,5 +29,9 @@ class JsonLines:
                    duration_s=record.duration_s, detail=record.detail)
 
     def run_finished(self, record: RunRecord) -> None:
+        # The run's summary: one line per step that did not complete, then the end with their count.
+        for row in record.not_done:
+            self._emit(event="not-done", run=record.id, stage=row.stage, action=row.action, target=row.target,
+                       status=row.status.value, detail=row.detail)
         self._emit(event="run-end", run=record.id, kind=record.kind.value, result=record.result,
-                   duration_s=record.duration_s)
+                   duration_s=record.duration_s, not_done=len(record.not_done))

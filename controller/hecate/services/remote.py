@@ -5,30 +5,56 @@ connections in the background (handshakes off the critical path) and translates 
 errors into the executor's terms: a Kubernetes step that cannot reach the API is
 *skipped* (the run goes on over SSH), a refusal *fails* the step, and an SSH error fails
 it as transient or not.
+
+A node that a step found unreachable (its connection attempts, retries included, failed) is
+*marked down* for the rest of the run: a later step on it (``checked(..., step=)``) first
+gives it one short re-probe (:data:`PROBE_TIMEOUT_S`, one TCP connect) and fails at once
+if it still does not answer, instead of paying the connection attempts and retries again
+in every stage. A node that answers the probe, or any command, is no longer down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from hecate.adapters import kube as kube_mod
 from hecate.adapters import ssh
 from hecate.domain.config import HecateConfig
+from hecate.domain.plan import Step
 from hecate.domain.results import StepResult
 from hecate.services import ports
 from hecate.services.executor import Skipped, StepFailed
 
+log = logging.getLogger(__name__)
+
 Partial = Callable[[dict[str, Any]], StepResult]
 """Builds a failed Kubernetes step's result from what the call had done (``{}`` when it says nothing)."""
 
+PROBE_TIMEOUT_S = 2.0
+"""The one re-probe a node marked down gets per later step (capped by ``ssh.connect_timeout_s``): a node
+on the network answers a TCP connect in milliseconds."""
+
+
+@dataclass(frozen=True)
+class Down:
+    """Why a node is marked down: the step that found it unreachable, and the error."""
+
+    step: Step
+    reason: str
+
 
 class Remote:
-    def __init__(self, pool: ssh.SshPool, kube: ports.Cluster) -> None:
+    def __init__(self, pool: ssh.SshPool, kube: ports.Cluster, *, probe_timeout: float = PROBE_TIMEOUT_S) -> None:
         self.pool = pool
         self.kube = kube
+        self.probe_timeout = probe_timeout
+        self.down: dict[str, Down] = {}
+        """Nodes marked down in this run (node name -> why)."""
 
     async def k8s(self, what: str, call: Callable[[], Any], partial: Partial | None = None) -> Any:
         """Await one Kubernetes call: unreachable API -> Skipped, refusal -> StepFailed.
@@ -50,23 +76,54 @@ class Remote:
         except ssh.SshError as err:
             raise StepFailed(str(err), transient=err.transient) from err
 
-    async def checked(self, node: str, command: str, timeout: float, *, lost_is_success: bool = False) -> str:
+    async def checked(self, node: str, command: str, timeout: float, *, lost_is_success: bool = False,
+                      step: Step | None = None) -> str:
         """Like :meth:`command`, but a non-zero exit fails the step; returns a detail for the record.
 
         ``lost_is_success``: a poweroff may take the node (and its sshd) away before it replies.
+        ``step``: the step the command belongs to, for marking the node down (see the module's doc):
+        a node another step found unreachable is re-probed once, and fails the step at once if silent.
         """
+        if step is not None:
+            await self._unless_down(node, step)
         try:
             result = await self.pool.run(node, command, timeout=timeout)
         except (ssh.SshDisconnected, ssh.SshTimeout) as err:
+            self._note(node, step, None)  # it answered before it went away
             if lost_is_success:
                 return f"no reply after the command was sent ({type(err).__name__}): taken as off"
             raise StepFailed(str(err), transient=err.transient) from err
         except ssh.SshError as err:
+            self._note(node, step, err)
             raise StepFailed(str(err), transient=err.transient) from err
+        self._note(node, step, None)
         if result.exit_code != 0:
             output = (result.stderr or result.stdout).strip().splitlines()
             raise StepFailed(f"`{command}` exited {result.exit_code}" + (f": {output[-1]}" if output else ""))
         return ""
+
+
+    async def _unless_down(self, node: str, step: Step) -> None:
+        """Fail ``step`` at once when ``node`` is marked down by another step and a re-probe finds it silent."""
+        mark = self.down.get(node)
+        if mark is None or mark.step == step:  # not down, or this step's own retries: the full attempts
+            return
+        why = await self.pool.probe(node, self.probe_timeout)
+        if why is None:
+            log.warning("%s answers again (was marked down: %s): trying it", node, mark.reason)
+            del self.down[node]
+            return
+        raise StepFailed(f"{node} is down: not tried again (its {mark.step.action.value} step found it unreachable: "
+                         f"{mark.reason}; re-probe: {why})")
+
+    def _note(self, node: str, step: Step | None, err: ssh.SshError | None) -> None:
+        """Mark ``node`` down after ``step`` found it unreachable; any answer clears the mark."""
+        if step is None:
+            return
+        if err is None:
+            self.down.pop(node, None)
+        elif isinstance(err, ssh.SshUnreachable):
+            self.down[node] = Down(step, str(err))
 
 
 @contextlib.asynccontextmanager
@@ -77,10 +134,11 @@ async def connected(config: HecateConfig, width: int, *, kube_cooldown: float = 
     width = max(1, min(width, len(config.cluster.nodes)))
     pool = ssh.SshPool(config.ssh, config.cluster.nodes, max_workers=width)
     kube = kube_mod.Kube(config.cluster.kubeconfig, config.cluster.api_timeout_s, cooldown=kube_cooldown)
+    probe_timeout = min(PROBE_TIMEOUT_S, config.ssh.connect_timeout_s)
     # A failure here is harmless: a command connects on first use and reports it.
     task = asyncio.create_task(pool.connect_all(), name="ssh-preconnect") if preconnect else None
     try:
-        yield Remote(pool, kube)
+        yield Remote(pool, kube, probe_timeout=probe_timeout)
     finally:
         if task is not None:
             task.cancel()

@@ -65,7 +65,8 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
     kube, k8s = conn.kube, conn.k8s
 
     async def node_command(step: Step, command: str, timeout: float, *, lost_is_success: bool = False) -> Done:
-        return Done(await conn.checked(step.target, command, timeout, lost_is_success=lost_is_success))
+        # step=: a node an earlier stage found unreachable gets one short re-probe, not every attempt again.
+        return Done(await conn.checked(step.target, command, timeout, lost_is_success=lost_is_success, step=step))
 
     async def flux_suspend(step: Step) -> FluxSuspended:
         return FluxSuspended.from_data(await k8s("flux-suspend", kube.flux_suspend, FluxSuspended.from_data))

@@ -35,7 +35,9 @@ def _decision(d: Decision | None) -> dict[str, Any] | None:
 def _budget(b: Budget, config: HecateConfig) -> dict[str, Any]:
     return {"seconds": b.seconds, "source": b.source.value, "samples": list(b.samples),
             "safety_factor": b.safety_factor, "threshold_s": b.threshold_s,
-            "default_s": config.trigger.default_budget_s}
+            "default_s": config.trigger.default_budget_s, "target_s": b.target_s,
+            "min_budget_s": b.min_budget_s, "floor_s": b.floor_s,
+            "threshold_basis": b.basis.value, "threshold_why": b.why}
 
 
 def _run(r: RunRecord) -> dict[str, Any]:
