@@ -63,6 +63,8 @@ from typing import TYPE_CHECKING, NoReturn, Self, TypeVar
 
 import paramiko
 
+from hecate.domain import text
+
 if TYPE_CHECKING:
     from hecate.domain.config import Node, Ssh
 
@@ -105,12 +107,16 @@ logging.getLogger(_PARAMIKO_LOG).setLevel(logging.CRITICAL)
 
 
 class SshError(Exception):
-    """An SSH operation on ``node`` failed; ``transient`` errors are worth retrying."""
+    """An SSH operation on ``node`` failed; ``transient`` errors are worth retrying.
+
+    The message may quote the node (its banner, paramiko's reading of what it sent): it is
+    cleaned of control characters and capped (``hecate.domain.text``).
+    """
 
     transient: bool = False
 
     def __init__(self, message: str, *, node: str) -> None:
-        super().__init__(message)
+        super().__init__(text.clean(message))
         self.node = node
 
 
@@ -160,7 +166,11 @@ class _Reject(paramiko.RejectPolicy):
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What a remote command did. ``duration_s`` runs from sending it to its exit status."""
+    """What a remote command did. ``duration_s`` runs from sending it to its exit status.
+
+    ``stdout`` and ``stderr`` are as the node sent them (up to :data:`MAX_OUTPUT`); quote
+    them through :meth:`last_line`, which is cleaned.
+    """
 
     node: str
     command: str
@@ -172,6 +182,11 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+    def last_line(self) -> str:
+        """The last non-empty line of stderr, else of stdout, fit to print (cleaned, capped); or ""."""
+        lines = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return text.clean(lines[-1]) if lines else ""
 
 
 class _Capture:

@@ -69,7 +69,10 @@ def effective_config(config: HecateConfig) -> HecateConfig:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"hecate: {message}", err=True)
+    from hecate.domain import text
+
+    # The message may quote upsd, the API, a node or the environment: printed cleaned, never raw.
+    click.echo(f"hecate: {text.clean(message, None, multiline=True)}", err=True)
     sys.exit(code)
 
 
@@ -257,7 +260,7 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
 
     from hecate.adapters.kube import KubeError
     from hecate.adapters.store import RunInProgress, StoreError
-    from hecate.cli.progress import RichProgress
+    from hecate.cli.progress import RichProgress, shown
     from hecate.services import drills
 
     if name not in drills.DRILLS:
@@ -280,11 +283,11 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
         fail(f"drill {name} could not run: {err}")
     for check in result.checks:
         mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
-        console.print(f"  {mark} {check.name}" + (f" [dim]({check.detail})[/dim]" if check.detail else ""))
+        console.print(f"  {mark} {check.name}" + (f" [dim]({shown(check.detail)})[/dim]" if check.detail else ""))
     if result.error:
-        console.print(f"  [red]the drill did not finish: {result.error}[/red]")
+        console.print(f"  [red]the drill did not finish: {shown(result.error)}[/red]")
     if result.restored:
-        console.print("  restored what the drill broke: " + ", ".join(result.restored))
+        console.print("  restored what the drill broke: " + shown(", ".join(result.restored)))
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())
     verdict = "[bold green]PASS[/bold green]" if result.passed else "[bold red]FAIL[/bold red]"
     console.print(f"drill {name}: {verdict} ({timings})")
