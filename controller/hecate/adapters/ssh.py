@@ -27,7 +27,9 @@ Errors are Hecate's own, chained to the paramiko/socket error. Each has ``node``
 ``transient`` (the executor retries transient ones):
 
 - :class:`SshUnreachable` (transient) -- connection refused, no route, DNS, a connect,
-  banner or authentication timeout, or a live connection that cannot open a session;
+  banner or authentication timeout, a handshake that stalled (the node accepted the TCP
+  connection but its sshd never finished the banner or the key exchange: still booting),
+  or a live connection that cannot open a session;
 - :class:`SshHostKeyError` -- the host's key does not match ``known_hosts``, or the host
   is not in it;
 - :class:`SshAuthError` -- the node refused the key (or the key file cannot be loaded);
@@ -97,6 +99,12 @@ _CHUNK = 64 * 1024
 
 T = TypeVar("T")
 
+#: How paramiko words a handshake that stalled (its own exceptions carry no type for it): no
+#: banner within the banner timeout; the key exchange unfinished when ``start_client`` gave up
+#: ("No existing session"); the transport gone without a reason. A booting or overloaded node
+#: does this, so it is transient like a refused connection.
+_STALLED = ("error reading ssh protocol banner", "no existing session", "negotiation failed")
+
 #: paramiko's transport threads log (with tracebacks) the very errors this module
 #: translates and raises; they go to this logger, quiet unless its level is lowered.
 _PARAMIKO_LOG = f"{__name__}.paramiko"
@@ -121,7 +129,7 @@ class SshError(Exception):
 
 
 class SshUnreachable(SshError):
-    """No usable connection: refused, no route, DNS, connect/banner/auth timeout."""
+    """No usable connection: refused, no route, DNS, connect/banner/auth timeout, a stalled handshake."""
 
     transient = True
 
@@ -419,8 +427,11 @@ class SshPool:
             return SshUnreachable(f"{name} ({where}) unreachable: {why}", node=name)
         if isinstance(err, OSError | EOFError):  # DNS, network down, reset; EOF: closed during the handshake
             return SshUnreachable(f"{name} ({where}) unreachable: {err or type(err).__name__}", node=name)
-        if isinstance(err, paramiko.SSHException) and "banner" in str(err).lower():
-            return SshUnreachable(f"{name} ({where}) unreachable: {err}", node=name)
+        if type(err) is paramiko.SSHException and any(s in str(err).lower() for s in _STALLED):
+            return SshUnreachable(
+                f"{name} ({where}) unreachable: the SSH handshake did not complete within "
+                f"{self._ssh.connect_timeout_s:g}s ({err}): the node accepted the connection but its sshd "
+                "did not answer (still booting, overloaded, or not an sshd)", node=name)
         return SshError(f"{name} ({where}): SSH connection failed: {err}", node=name)
 
     def _close_all(self) -> None:
