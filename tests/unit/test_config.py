@@ -190,6 +190,31 @@ def test_every_error_names_its_dotted_field_without_library_prefixes(tmp_path: P
     assert not any("Value error" in line or "Assertion failed" in line for line in lines)
 
 
+@pytest.mark.parametrize(("name", "why"), [
+    ("HECATE_TRIGER__SAFETY_FACTOR", "unknown setting: no key 'triger' at the top level; "
+                                     "did you mean HECATE_TRIGGER__SAFETY_FACTOR?"),
+    ("HECATE_TRIGGER__SAFTEY_FACTOR", "no key 'saftey_factor' in trigger; did you mean HECATE_TRIGGER__SAFETY_FACTOR?"),
+    ("HECATE_STATEDIR", "did you mean HECATE_STATE_DIR?"),
+    ("HECATE_NOTHING_LIKE_IT", "allowed there: cluster, flux, host_name, "),
+    ("hecate_trigger__nope", "no key 'nope' in trigger"),
+    ("HECATE_CLUSTER__NODES__0__ADDRESS",
+     "cluster.nodes is a list: it is set whole, as JSON, in HECATE_CLUSTER__NODES"),
+    ("HECATE_STATE_DIR__SUB", "state_dir is a single value: it is set in HECATE_STATE_DIR"),
+])
+def test_an_unknown_hecate_variable_is_an_error_naming_it(tmp_path: Path, name: str, why: str) -> None:
+    msg = load_error(write(tmp_path, ""), {name: "1.3", "HECATE_TRIGGER__DEBOUNCE_POLLS": "4"})
+    assert msg.startswith(f"environment {name}: ")
+    assert why in msg
+    assert "except HECATE_CONFIG and HECATE_LAB_*" in msg or "is set" in msg
+
+
+def test_hecate_variables_that_are_not_settings_are_left_alone(tmp_path: Path) -> None:
+    env = {"HECATE_CONFIG": "/etc/hecate/hecate.yaml", "HECATE_LAB_DIR": "/tmp/lab", "HECATE_LAB_NUT_BIN": "/lib/nut",
+           "HECATE_TRIGGER": '{"debounce_polls": 5}', "HECATE_UPS": '[{"name": "p"}]'}
+    cfg = config.load(write(tmp_path, ""), env)
+    assert (cfg.trigger.debounce_polls, [u.name for u in cfg.ups]) == (5, ["p"])
+
+
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     path = write(tmp_path, "")
     msg = load_error(path, {"HECATE_TRIGGER__SAFETY_FACTOR": "lots"})
@@ -220,6 +245,9 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     missing = run_cli("status", "--config", str(tmp_path / "absent.yaml"))
     assert missing.returncode == 2
     assert "file not found" in missing.stderr
+    typo = run_cli("config", "validate", "--config", str(EXAMPLE), env={"HECATE_TRIGER__SAFETY_FACTOR": "2"})
+    assert typo.returncode == 2
+    assert typo.stderr.startswith("hecate: configuration error:\nenvironment HECATE_TRIGER__SAFETY_FACTOR: ")
 
 
 def test_wake_command_needs_its_argv() -> None:
