@@ -9,6 +9,9 @@ bad value and the reason -- the CLI prints it and exits 2, never a traceback.
 Every ``HECATE_*`` variable is an override, except :data:`RESERVED_ENV` (not Hecate's
 settings: the lab's, a script's): one that names no setting (``HECATE_TRIGER__SAFETY_FACTOR``)
 is an error, as an unknown key in the file is -- pydantic-settings alone would ignore it.
+
+:func:`check_files` is what ``hecate config validate`` and the daemon add: the secret
+files and the state dir must be the owner's alone (``hecate.domain.permissions``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from hecate.adapters import yamlfile
-from hecate.domain import validation
+from hecate.domain import permissions, validation
 from hecate.domain.config import HecateConfig, deep_merge
 from hecate.domain.reference import model_in
 
@@ -182,3 +185,23 @@ def _yaml_kind(value: object) -> str:
         return "a list"
     return f"a {type(value).__name__} ({value!r})"
 
+
+def check_files(config: HecateConfig) -> None:
+    """Refuse secret files (SSH key, NUT credentials, peer secret) others may read, a known_hosts
+    others may write, and a state dir that is not the owner's alone; ``ConfigError`` lists them all.
+
+    Files that do not exist are not judged here (each is reported where it is used).
+    """
+    uid = os.geteuid()
+    problems = []
+    for field, path, kind in permissions.files_to_check(config):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            problems.append(f"{field}: cannot check {path}: {err.strerror or err}")
+            continue
+        problems += permissions.problems(field, str(path), kind, permissions.FileMode(st.st_mode, st.st_uid), uid)
+    if problems:
+        raise ConfigError("\n".join(problems))

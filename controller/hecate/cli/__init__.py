@@ -39,14 +39,20 @@ execute_option = click.option(
 )
 
 
-def load_config(path: Path) -> HecateConfig:
-    """Load the configuration or exit 2 with the loader's readable message."""
+def load_config(path: Path, *, check_files: bool = False) -> HecateConfig:
+    """Load the configuration or exit 2 with the loader's readable message.
+
+    ``check_files``: also refuse secret files others may read and a state dir others may write.
+    """
     from hecate.adapters import config
 
     try:
-        return config.load(path)
+        cfg = config.load(path)
+        if check_files:
+            config.check_files(cfg)
     except config.ConfigError as err:
         fail(f"configuration error:\n{err}", code=2)
+    return cfg
 
 
 def effective_config(config: HecateConfig) -> HecateConfig:
@@ -151,7 +157,7 @@ def daemon(config_path: Path) -> None:
     from hecate import daemon as daemon_mod
     from hecate.adapters.store import StoreError
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, check_files=True)
     if not cfg.ups:
         fail(f"{config_path}: no UPS configured (`ups:` is empty): the daemon would have nothing to watch", code=2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -214,8 +220,12 @@ def config() -> None:
 @config.command("validate")
 @config_option
 def config_validate(config_path: Path) -> None:
-    """Check a configuration file (and HECATE_* overrides); exit 2 if it is unusable."""
-    cfg = load_config(config_path)
+    """Check a configuration file (and HECATE_* overrides) and the files it names; exit 2 if unusable.
+
+    Secret files (SSH key, NUT credentials, peer secret) must not be readable by group or
+    others, known_hosts and the state dir not writable by them.
+    """
+    cfg = load_config(config_path, check_files=True)
     click.echo(
         f"{config_path}: OK (role {cfg.role.value}, {len(cfg.cluster.nodes)} nodes, "
         f"{len(cfg.ups)} UPS)"
