@@ -35,6 +35,10 @@ def test_example_config_is_valid_and_complete() -> None:
     assert {n.role for n in cfg.cluster.nodes} == {NodeRole.server, NodeRole.agent}
     assert [u.name for u in cfg.ups] == ["pyrphoros", "statera"]
     assert cfg.trigger.safety_factor == pytest.approx(1.10)
+    # Shipped as a dry-run, as the documented default: copying it never arms a power-off.
+    assert not cfg.shutdown.execute
+    assert not cfg.shutdown.ups_power_cycle
+    assert "execute: true" in EXAMPLE.read_text()  # ... with a comment on how to arm it
 
 
 def test_empty_file_means_all_defaults(tmp_path: Path) -> None:
