@@ -254,9 +254,13 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     assert typo.stderr.startswith("hecate: configuration error:\nenvironment HECATE_TRIGER__SAFETY_FACTOR: ")
 
 
-def test_wake_command_needs_its_argv() -> None:
+def test_wake_command_needs_its_argv(tmp_path: Path) -> None:
     import pydantic
 
     with pytest.raises(pydantic.ValidationError, match="wake_command"):
         HecateConfig.model_validate({"startup": {"wake": "command"}})
+    path = write(tmp_path, "startup:\n  wake: command\n")
+    assert load_error(path) == f"{path}: startup.wake = 'command': needs startup.wake_command (the command to run)"
+    assert load_error(write(tmp_path, ""), {"HECATE_STARTUP__WAKE": "command"}).startswith(
+        "environment HECATE_STARTUP__WAKE: startup.wake = 'command': ")
     assert HecateConfig.model_validate({"startup": {"wake": "command", "wake_command": ["wake", "{node}"]}})

@@ -407,5 +407,6 @@ class HecateConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> HecateConfig:
         if self.startup.wake is Wake.command and not self.startup.wake_command:
-            raise ValueError("startup.wake 'command' needs startup.wake_command")
+            raise validation.field_error(("startup", "wake"), "needs startup.wake_command (the command to run)",
+                                         self.startup.wake.value)
         return self
