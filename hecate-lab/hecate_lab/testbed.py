@@ -250,6 +250,8 @@ class Lab:
         }
 
     def write_hecate_config(self) -> None:
+        # Hecate refuses a state dir others may write (`hecate config validate`, the daemon), whatever the umask.
+        self.state_dir.mkdir(mode=0o700, exist_ok=True)
         self.config_path.write_text(
             "# Written by `hecate lab up`: points Hecate at the lab.\n"
             + yaml.safe_dump(self.hecate_config(), sort_keys=False)

@@ -112,7 +112,8 @@ class LabUps:
         files["credentials"] = f"{LAB_USER}:{LAB_PASSWORD}\n"
         for name, text in files.items():
             (self.dir / name).write_text(text)
-            os.chmod(self.dir / name, 0o640)
+            # Hecate refuses a credentials file others may read (`hecate config validate`, the daemon).
+            os.chmod(self.dir / name, 0o600 if name == "credentials" else 0o640)
         self._write_dev()
 
     def start_driver(self) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,7 @@ from hecate.adapters.nut import (
 )
 from hecate.domain.config import Ups
 from hecate.domain.ups import Flag
+from hecate_lab.procs import free_port
 from hecate_lab.ups import LAB_PASSWORD, LAB_USER, LabUps, start_ups
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -446,6 +448,75 @@ async def test_client_is_unusable_after_a_timeout() -> None:
         assert not client.connected
         with pytest.raises(NutUnreachable, match="not connected"):
             await client.list_ups()
+
+
+# -- escape sequences from upsd never reach the terminal ------------------------------------------
+
+ESCAPES = "\x1b[2J\x1b[H\x1b]0;owned\x07"  # clear screen, cursor home, window title
+
+
+async def hecate_status(tmp_path: Path, port: int) -> str:
+    """``hecate status`` (a real process, polling directly) on one UPS at ``port``; its stdout."""
+    config = tmp_path / "hecate.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nmetrics: {{listen: '127.0.0.1:{free_port()}'}}\n"
+                      f"ups: [{{name: {UPS}, host: 127.0.0.1, port: {port}}}]\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hecate", "status", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+def assert_printable(out: str) -> None:
+    for line in out.splitlines():
+        assert line.isprintable(), f"control characters reach the terminal: {line!r}"
+
+
+async def test_real_upsd_drops_control_bytes_and_hecate_shows_the_rest(ups: LabUps, tmp_path: Path) -> None:
+    # What a driver reports passes through upsd's own parser: NUT 2.8 drops the control bytes, the
+    # printable rest of an escape sequence ("[2J") arrives. Hecate reads the flags and prints it as is.
+    await asyncio.to_thread(ups.set_vars, {"ups.status": f"OB {ESCAPES}LB", "ups.model": f"M{ESCAPES}"}, False)
+    async with asyncio.timeout(10):
+        while (values := await read_ups(ups.host, ups.port, UPS))["ups.model"] == "Lab UPS 1500":
+            await asyncio.sleep(0.2)
+    assert values["ups.status"] == "OB [2J[H]0;ownedLB"
+    snap = await NutReader(timeout=1.0).read(Ups(name=UPS, host=ups.host, port=ups.port))
+    assert snap.flags == {Flag.OB}
+    assert snap.unknown_tokens == ("[2J[H]0;ownedLB",)
+    out = await hecate_status(tmp_path, ups.port)
+    assert_printable(out)
+    assert "OB [2J[H]0;ownedLB" in out
+
+
+async def test_a_hostile_upsds_escape_sequences_never_reach_the_terminal(tmp_path: Path) -> None:
+    status = f"OB {ESCAPES}LB \x9b31m\u202e".encode()
+    reply = (b"BEGIN LIST VAR pyrphoros",
+             b'VAR pyrphoros ups.status "' + status + b'"',
+             b'VAR pyrphoros battery.runtime "600"',
+             b'VAR pyrphoros ups.model "' + b"M" * 5000 + b'"',
+             b"END LIST VAR pyrphoros")
+    async with fake_upsd(replying(*reply)) as fake:
+        snap = await NutReader(timeout=1.0).read(Ups(name=UPS, port=fake.port))
+        assert snap.flags == {Flag.OB}  # "\x07LB" is not LB, as upsmon reads it
+        assert snap.status == "OB LB "  # the 8-bit CSI "\x9b31m" goes whole, the bidi override too
+        assert len(snap.variables["ups.model"]) == 256
+        out = await hecate_status(tmp_path, fake.port)
+    assert_printable(out)
+    assert "status not understood: 'OB LB '" in out
+    err = (b"ERR DATA-STALE \x1b]0;owned\x07\x1b[31mdriver says hi",)
+    async with fake_upsd(replying(*err)) as fake:
+        snap = await NutReader(timeout=1.0).read(Ups(name=UPS, port=fake.port))
+        assert snap.stale
+        assert snap.error == f"{UPS}@127.0.0.1:{fake.port}: data stale: driver says hi (ERR DATA-STALE)"
+        out = await hecate_status(tmp_path, fake.port)
+    assert_printable(out)
+    assert "no current data: " in out
 
 
 def test_all_errors_are_nut_errors() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -34,6 +35,10 @@ def test_example_config_is_valid_and_complete() -> None:
     assert {n.role for n in cfg.cluster.nodes} == {NodeRole.server, NodeRole.agent}
     assert [u.name for u in cfg.ups] == ["pyrphoros", "statera"]
     assert cfg.trigger.safety_factor == pytest.approx(1.10)
+    # Shipped as a dry-run, as the documented default: copying it never arms a power-off.
+    assert not cfg.shutdown.execute
+    assert not cfg.shutdown.ups_power_cycle
+    assert "execute: true" in EXAMPLE.read_text()  # ... with a comment on how to arm it
 
 
 def test_empty_file_means_all_defaults(tmp_path: Path) -> None:
@@ -110,7 +115,8 @@ def test_unknown_key_inside_a_list_item(tmp_path: Path) -> None:
         ("metrics:\n  listen: ':99999'\n", "metrics.listen = ':99999'", "port must be 1-65535"),
         ("metrics:\n  socket: hecate.sock\n", "metrics.socket = 'hecate.sock'", "must be an absolute path"),
         (f"metrics:\n  socket: /{'x' * 120}\n", f"metrics.socket = '/{'x' * 120}'", "at most 107 bytes"),
-        ("ups:\n  - {name: p}\n  - {name: p, host: h}\n", "ups", "UPS names must be unique; repeated: p"),
+        ("ups:\n  - {name: p}\n  - {name: p, host: h}\n", "ups[1].name = 'p'", "UPS names must be unique: item 0"),
+        ("ups:\n  - {name: p, host: 'ups one'}\n", "ups[0].host = 'ups one'", "not an IP address or a DNS name"),
         ("role: boss\n", "role = 'boss'", "'coordinator' or 'peer'"),
     ],
 )
@@ -128,12 +134,92 @@ def test_missing_required_field(tmp_path: Path) -> None:
     assert load_error(path) == f"{path}: cluster.nodes[0].address: required field is missing"
 
 
-def test_cross_field_rules(tmp_path: Path) -> None:
+def test_a_repeated_name_is_reported_at_the_repeated_field(tmp_path: Path) -> None:
     dup = write(tmp_path, "cluster:\n  nodes:\n    - {name: n1, address: a, role: agent}\n"
-                          "    - {name: n1, address: b, role: agent}\n")
-    assert "node name 'n1' appears more than once" in load_error(dup)
-    peer = write(tmp_path, "role: peer\n")
-    assert "role 'peer' needs peer.coordinator_url" in load_error(peer)
+                          "    - {name: n2, address: b, role: agent}\n    - {name: n1, address: c, role: agent}\n")
+    assert load_error(dup) == f"{dup}: cluster.nodes[2].name = 'n1': node names must be unique: item 0 has it too"
+    tiers = write(tmp_path, "shutdown:\n  scale_down:\n    - {name: t, selector: a=b}\n"
+                            "    - {name: t, selector: c=d}\n")
+    assert load_error(tiers) == (f"{tiers}: shutdown.scale_down[1].name = 't': tier names must be unique: "
+                                 "item 0 has it too")
+    refs = write(tmp_path, "startup:\n  foundation: [a/deployment/b, a/deployment/b]\n"
+                           "flux:\n  bootstrap_objects: [a/service/s, a/pod/p]\n")
+    assert load_error(refs).splitlines() == [
+        f"{refs}: startup.foundation[1] = 'a/deployment/b': foundation workloads must be unique: item 0 has it too",
+        f"{refs}: flux.bootstrap_objects[1] = 'a/pod/p': kind 'pod' is not allowed here; the kind must be one of "
+        + load_error(refs).split("the kind must be one of ")[1],
+    ]
+
+
+def test_role_peer_is_refused_until_peer_forwarding_exists(tmp_path: Path) -> None:
+    peer = write(tmp_path, "role: peer\npeer:\n  coordinator_url: http://titan-db:9560\n")
+    assert load_error(peer).startswith(f"{peer}: role = 'peer': peer forwarding is not built yet: "
+                                       "a peer would act as a second coordinator; use role: coordinator")
+    assert load_error(write(tmp_path, ""), {"HECATE_ROLE": "peer"}).startswith("environment HECATE_ROLE: role = 'peer'")
+
+
+NODES = "cluster:\n  nodes:\n    - {name: n0, address: 10.0.0.1, role: server}\n" \
+        "    - {name: n1, address: 'fd00::11', role: agent}\n    - {name: n2, address: %s, role: agent}\n"
+
+
+@pytest.mark.parametrize(("address", "why"), [
+    ("'not a host!'", "not an IP address or a DNS name: a DNS name is labels of 1-63 letters"),
+    ("192.168.22.300", "not a valid IPv4 address"),
+    ("10.0.0", "not a valid IPv4 address"),
+    ("'[fd00::12]'", "an IPv6 address is written without brackets"),
+    ("titan_05.lan", "not an IP address or a DNS name ('titan_05' is not a label)"),
+    ("-titan.lan", "('-titan' is not a label)"),
+    ("a..lan", "('' is not a label)"),
+    (f"{'x' * 64}.lan", "is not a label"),
+    ("''", "String should have at least 1 character"),
+])
+def test_a_node_address_must_be_an_ip_address_or_a_dns_name(tmp_path: Path, address: str, why: str) -> None:
+    path = write(tmp_path, NODES % address)
+    msg = load_error(path)
+    assert msg.startswith(f"{path}: cluster.nodes[2].address = ")
+    assert why in msg
+    assert "Value error" not in msg
+
+
+@pytest.mark.parametrize("address", ["192.168.22.25", "fd00::25", "fe80::1%eth0", "titan-05", "titan-05.lan.",
+                                     "xn--bcher-kva.example", "5th-node.lan", "localhost"])
+def test_good_addresses_pass(tmp_path: Path, address: str) -> None:
+    cfg = config.load(write(tmp_path, NODES % f"'{address}'"), {})
+    assert cfg.cluster.nodes[2].address == address
+
+
+def test_every_error_names_its_dotted_field_without_library_prefixes(tmp_path: Path) -> None:
+    path = write(tmp_path, NODES % "'not a host!'" + "ups:\n  - {name: p}\n  - {name: p}\nmetrics:\n  listen: ':0'\n"
+                 "startup:\n  foundation: [x/pod/y]\n")
+    lines = load_error(path).splitlines()
+    assert [line.split(": ")[1].split(" = ")[0] for line in lines] == [
+        "cluster.nodes[2].address", "ups[1].name", "startup.foundation[0]", "metrics.listen"]
+    assert not any("Value error" in line or "Assertion failed" in line for line in lines)
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("HECATE_TRIGER__SAFETY_FACTOR", "unknown setting: no key 'triger' at the top level; "
+                                     "did you mean HECATE_TRIGGER__SAFETY_FACTOR?"),
+    ("HECATE_TRIGGER__SAFTEY_FACTOR", "no key 'saftey_factor' in trigger; did you mean HECATE_TRIGGER__SAFETY_FACTOR?"),
+    ("HECATE_STATEDIR", "did you mean HECATE_STATE_DIR?"),
+    ("HECATE_NOTHING_LIKE_IT", "allowed there: cluster, flux, host_name, "),
+    ("hecate_trigger__nope", "no key 'nope' in trigger"),
+    ("HECATE_CLUSTER__NODES__0__ADDRESS",
+     "cluster.nodes is a list: it is set whole, as JSON, in HECATE_CLUSTER__NODES"),
+    ("HECATE_STATE_DIR__SUB", "state_dir is a single value: it is set in HECATE_STATE_DIR"),
+])
+def test_an_unknown_hecate_variable_is_an_error_naming_it(tmp_path: Path, name: str, why: str) -> None:
+    msg = load_error(write(tmp_path, ""), {name: "1.3", "HECATE_TRIGGER__DEBOUNCE_POLLS": "4"})
+    assert msg.startswith(f"environment {name}: ")
+    assert why in msg
+    assert "except HECATE_CONFIG and HECATE_LAB_*" in msg or "is set" in msg
+
+
+def test_hecate_variables_that_are_not_settings_are_left_alone(tmp_path: Path) -> None:
+    env = {"HECATE_CONFIG": "/etc/hecate/hecate.yaml", "HECATE_LAB_DIR": "/tmp/lab", "HECATE_LAB_NUT_BIN": "/lib/nut",
+           "HECATE_TRIGGER": '{"debounce_polls": 5}', "HECATE_UPS": '[{"name": "p"}]'}
+    cfg = config.load(write(tmp_path, ""), env)
+    assert (cfg.trigger.debounce_polls, [u.name for u in cfg.ups]) == (5, ["p"])
 
 
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
@@ -144,9 +230,10 @@ def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     assert msg == "environment HECATE_UPS: not valid JSON for a list or mapping setting"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hecate", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "hecate", *args], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -165,11 +252,18 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     missing = run_cli("status", "--config", str(tmp_path / "absent.yaml"))
     assert missing.returncode == 2
     assert "file not found" in missing.stderr
+    typo = run_cli("config", "validate", "--config", str(EXAMPLE), env={"HECATE_TRIGER__SAFETY_FACTOR": "2"})
+    assert typo.returncode == 2
+    assert typo.stderr.startswith("hecate: configuration error:\nenvironment HECATE_TRIGER__SAFETY_FACTOR: ")
 
 
-def test_wake_command_needs_its_argv() -> None:
+def test_wake_command_needs_its_argv(tmp_path: Path) -> None:
     import pydantic
 
     with pytest.raises(pydantic.ValidationError, match="wake_command"):
         HecateConfig.model_validate({"startup": {"wake": "command"}})
+    path = write(tmp_path, "startup:\n  wake: command\n")
+    assert load_error(path) == f"{path}: startup.wake = 'command': needs startup.wake_command (the command to run)"
+    assert load_error(write(tmp_path, ""), {"HECATE_STARTUP__WAKE": "command"}).startswith(
+        "environment HECATE_STARTUP__WAKE: startup.wake = 'command': ")
     assert HecateConfig.model_validate({"startup": {"wake": "command", "wake_command": ["wake", "{node}"]}})

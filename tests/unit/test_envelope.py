@@ -300,7 +300,7 @@ def test_operator_md_documents_every_limit() -> None:
     ({"locked": ["trigger.safty_factor"]}, "not a PowerPolicy section or field: trigger.safty_factor"),
     ({"locked": ["policy"]}, "not a PowerPolicy section or field: policy"),
     ({"locked": ["trigger.safety_factor.x"]}, "not a PowerPolicy section or field"),
-    ({"locked": ["ups", "ups"]}, "repeated: ups"),
+    ({"locked": ["ups", "ups"]}, "locked fields must be unique: item 0 has it too"),
 ])
 def test_a_bad_envelope_is_a_config_error(limits: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):

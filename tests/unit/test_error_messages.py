@@ -29,8 +29,39 @@ def test_a_bad_value_reads_the_same_in_hecate_yaml_and_in_a_powerpolicy() -> Non
 
 
 def test_validator_messages_lose_pydantics_value_error_prefix() -> None:
+    [text] = _config_problems({"trigger": {}, "metrics": {"listen": ":0"}})
+    assert text == "metrics.listen = ':0': port must be 1-65535"
+
+
+def test_a_problem_is_located_at_the_field_it_is_about() -> None:
+    # A validator of the whole list (or section) names the item and field, and its value.
+    nodes = [{"name": n, "address": "a", "role": "agent"} for n in ("a1", "a2", "a1")]
+    [text] = _config_problems({"cluster": {"nodes": nodes}})
+    assert text == "cluster.nodes[2].name = 'a1': node names must be unique: item 0 has it too"
     [text] = _config_problems({"ups": [{"name": "p"}, {"name": "p"}]})
-    assert text == "ups: UPS names must be unique; repeated: p"
+    assert text == "ups[1].name = 'p': UPS names must be unique: item 0 has it too"
+
+
+def test_field_error_locates_from_where_it_is_raised() -> None:
+    from pydantic import BaseModel, model_validator
+
+    class Section(BaseModel):
+        items: list[int]
+
+        @model_validator(mode="after")
+        def _check(self) -> Section:
+            raise validation.field_error(("items", 1), "too big", self.items[1])
+
+    class Root(BaseModel):
+        section: Section
+
+    with pytest.raises(ValidationError) as info:
+        Root.model_validate({"section": {"items": [1, 99]}})
+    [problem] = validation.problems(info.value, Root)
+    assert (problem.loc, problem.text) == (("section", "items", 1), "section.items[1] = 99: too big")
+    with pytest.raises(ValidationError) as info:
+        Section.model_validate({"items": [1, 2]})
+    assert validation.problems(info.value)[0].text == "items[1] = 2: too big"
 
 
 def test_unknown_keys_name_the_keys_allowed_there_and_list_items_their_index() -> None:

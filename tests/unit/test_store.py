@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import signal
+import stat
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -229,3 +230,13 @@ def test_a_corrupt_policy_cache_is_moved_aside_like_runs_json(tmp_path: Path, co
     assert info.value.aside == aside
     assert aside.read_text() == content  # nothing lost
     assert store.read_policy_cache() is None
+
+
+def test_a_new_state_dir_is_created_0700_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o002)
+    try:
+        StateStore(tmp_path / "var" / "hecate")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "var" / "hecate").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "var" / "hecate" / "journal").stat().st_mode) == 0o700

@@ -5,27 +5,41 @@ pydantic-settings merges the two sources (nested keys with ``__``, e.g.
 say *where* a bad value came from, so every failure here becomes one ``ConfigError``
 whose message names the file (or the environment variable), the dotted field path, the
 bad value and the reason -- the CLI prints it and exits 2, never a traceback.
+
+Every ``HECATE_*`` variable is an override, except :data:`RESERVED_ENV` (not Hecate's
+settings: the lab's, a script's): one that names no setting (``HECATE_TRIGER__SAFETY_FACTOR``)
+is an error, as an unknown key in the file is -- pydantic-settings alone would ignore it.
+
+:func:`check_files` is what ``hecate config validate`` and the daemon add: the secret
+files and the state dir must be the owner's alone (``hecate.domain.permissions``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from hecate.adapters import yamlfile
-from hecate.domain import validation
+from hecate.domain import permissions, validation
 from hecate.domain.config import HecateConfig, deep_merge
+from hecate.domain.reference import model_in
 
 ENV_PREFIX = "HECATE_"
 ENV_DELIMITER = "__"
 DEFAULT_PATH = Path("/etc/hecate/hecate.yaml")
+RESERVED_ENV: Final = ("HECATE_CONFIG", "HECATE_LAB_*")
+"""``HECATE_*`` variables that are not configuration overrides (``*``: any ending):
+``HECATE_CONFIG`` (the configuration file ``scripts/hecate-drills.sh`` passes to ``--config``)
+and the lab's ``HECATE_LAB_DIR``, ``HECATE_LAB_NUT_BIN``, ..."""
 
 
 class ConfigError(Exception):
@@ -77,6 +91,9 @@ def load(path: Path = DEFAULT_PATH, environ: Mapping[str, str] | None = None) ->
     """The validated configuration from ``path`` plus the environment overrides."""
     env = dict(os.environ if environ is None else environ)
     data = read_yaml_mapping(path)
+    unknown = env_problems(env)
+    if unknown:
+        raise ConfigError("\n".join(unknown))
     try:
         overrides = _EnvSource(env)()
     except ValueError as err:  # a list or mapping override that is not valid JSON
@@ -90,6 +107,56 @@ def load(path: Path = DEFAULT_PATH, environ: Mapping[str, str] | None = None) ->
     if config.host_name is None:
         config = config.model_copy(update={"host_name": socket.gethostname()})
     return config
+
+
+def _reserved(name: str) -> bool:
+    upper = name.upper()
+    return any(upper.startswith(r[:-1]) if r.endswith("*") else upper == r for r in RESERVED_ENV)
+
+
+def env_problems(env: Mapping[str, str]) -> list[str]:
+    """One line per ``HECATE_*`` variable that names no setting (reserved names aside).
+
+    A variable may name a section (its value a JSON mapping) or a list (a JSON list), but
+    not a key inside a list item: lists are set whole.
+    """
+    problems = []
+    for name in sorted(env):
+        if name.upper().startswith(ENV_PREFIX) and not _reserved(name):
+            why = _not_a_setting(name[len(ENV_PREFIX):].lower().split(ENV_DELIMITER))
+            if why:
+                problems.append(f"environment {name}: {why}")
+    return problems
+
+
+def _variable(parts: list[str]) -> str:
+    return ENV_PREFIX + ENV_DELIMITER.join(parts).upper()
+
+
+def _not_a_setting(parts: list[str]) -> str | None:
+    """Why ``parts`` (the lower-cased path of a variable) is not a setting; None when it is one."""
+    model: type[Any] = HecateConfig
+    path: list[str] = []
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = f"in {'.'.join(path)}" if path else "at the top level"
+            close = difflib.get_close_matches(part, list(fields), n=1)
+            hint = (f"did you mean {_variable([*path, close[0], *parts[i + 1:]])}?" if close
+                    else f"allowed there: {', '.join(sorted(fields))}")
+            return (f"unknown setting: no key {part!r} {where}; {hint} (every {ENV_PREFIX}* variable overrides "
+                    f"a setting, except {' and '.join(RESERVED_ENV)})")
+        path.append(part)
+        if i == len(parts) - 1:
+            return None
+        annotation = fields[part].annotation
+        nested = model_in(annotation)
+        if typing.get_origin(annotation) is list:
+            return f"{'.'.join(path)} is a list: it is set whole, as JSON, in {_variable(path)}"
+        if nested is None:
+            return f"{'.'.join(path)} is a single value: it is set in {_variable(path)}"
+        model = nested
+    return None
 
 
 def _env_paths(env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
@@ -117,3 +184,24 @@ def _yaml_kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return f"a {type(value).__name__} ({value!r})"
+
+
+def check_files(config: HecateConfig) -> None:
+    """Refuse secret files (SSH key, NUT credentials, peer secret) others may read, a known_hosts
+    others may write, and a state dir that is not the owner's alone; ``ConfigError`` lists them all.
+
+    Files that do not exist are not judged here (each is reported where it is used).
+    """
+    uid = os.geteuid()
+    problems = []
+    for field, path, kind in permissions.files_to_check(config):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            problems.append(f"{field}: cannot check {path}: {err.strerror or err}")
+            continue
+        problems += permissions.problems(field, str(path), kind, permissions.FileMode(st.st_mode, st.st_uid), uid)
+    if problems:
+        raise ConfigError("\n".join(problems))

@@ -45,6 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from hecate.domain import text
 from hecate.domain.ups import Snapshot, failed, from_variables
 
 if TYPE_CHECKING:
@@ -80,18 +81,23 @@ LOGOUT_TIMEOUT = 0.5  # the goodbye is a courtesy: never wait long for it
 
 
 class NutError(Exception):
-    """Talking to upsd failed; ``ups`` and ``address`` say about what and where."""
+    """Talking to upsd failed; ``ups`` and ``address`` say about what and where.
+
+    The message may quote upsd (an ``ERR`` text, a malformed reply): it is cleaned of control
+    characters and capped (``hecate.domain.text``); ``code`` keeps upsd's code as sent.
+    """
 
     stale: bool = False  # upsd answers but has no live data for the UPS
     upsd_reachable: bool = True  # upsd answered at all
 
     def __init__(self, what: str, *, address: str, ups: str | None = None, code: str | None = None) -> None:
-        self.what = what
+        self.what = text.clean(what)
         self.address = address
         self.ups = ups
         self.code = code  # the ``ERR`` code upsd sent, if any
         where = f"{ups}@{address}" if ups else address
-        super().__init__(f"{where}: {what}" + (f" (ERR {code})" if code else ""))
+        shown = f" (ERR {text.clean(code, text.MAX_VALUE_CHARS)})" if code else ""
+        super().__init__(f"{where}: {self.what}{shown}")
 
 
 class NutUnreachable(NutError):

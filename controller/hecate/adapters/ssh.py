@@ -27,7 +27,9 @@ Errors are Hecate's own, chained to the paramiko/socket error. Each has ``node``
 ``transient`` (the executor retries transient ones):
 
 - :class:`SshUnreachable` (transient) -- connection refused, no route, DNS, a connect,
-  banner or authentication timeout, or a live connection that cannot open a session;
+  banner or authentication timeout, a handshake that stalled (the node accepted the TCP
+  connection but its sshd never finished the banner or the key exchange: still booting),
+  or a live connection that cannot open a session;
 - :class:`SshHostKeyError` -- the host's key does not match ``known_hosts``, or the host
   is not in it;
 - :class:`SshAuthError` -- the node refused the key (or the key file cannot be loaded);
@@ -64,6 +66,8 @@ from typing import TYPE_CHECKING, NoReturn, Self, TypeVar
 
 import paramiko
 
+from hecate.domain import text
+
 if TYPE_CHECKING:
     from hecate.domain.config import Node, Ssh
 
@@ -96,6 +100,12 @@ _CHUNK = 64 * 1024
 
 T = TypeVar("T")
 
+#: How paramiko words a handshake that stalled (its own exceptions carry no type for it): no
+#: banner within the banner timeout; the key exchange unfinished when ``start_client`` gave up
+#: ("No existing session"); the transport gone without a reason. A booting or overloaded node
+#: does this, so it is transient like a refused connection.
+_STALLED = ("error reading ssh protocol banner", "no existing session", "negotiation failed")
+
 #: paramiko's transport threads log (with tracebacks) the very errors this module
 #: translates and raises; they go to this logger, quiet unless its level is lowered.
 _PARAMIKO_LOG = f"{__name__}.paramiko"
@@ -106,17 +116,21 @@ logging.getLogger(_PARAMIKO_LOG).setLevel(logging.CRITICAL)
 
 
 class SshError(Exception):
-    """An SSH operation on ``node`` failed; ``transient`` errors are worth retrying."""
+    """An SSH operation on ``node`` failed; ``transient`` errors are worth retrying.
+
+    The message may quote the node (its banner, paramiko's reading of what it sent): it is
+    cleaned of control characters and capped (``hecate.domain.text``).
+    """
 
     transient: bool = False
 
     def __init__(self, message: str, *, node: str) -> None:
-        super().__init__(message)
+        super().__init__(text.clean(message))
         self.node = node
 
 
 class SshUnreachable(SshError):
-    """No usable connection: refused, no route, DNS, connect/banner/auth timeout."""
+    """No usable connection: refused, no route, DNS, connect/banner/auth timeout, a stalled handshake."""
 
     transient = True
 
@@ -161,7 +175,11 @@ class _Reject(paramiko.RejectPolicy):
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What a remote command did. ``duration_s`` runs from sending it to its exit status."""
+    """What a remote command did. ``duration_s`` runs from sending it to its exit status.
+
+    ``stdout`` and ``stderr`` are as the node sent them (up to :data:`MAX_OUTPUT`); quote
+    them through :meth:`last_line`, which is cleaned.
+    """
 
     node: str
     command: str
@@ -173,6 +191,11 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+    def last_line(self) -> str:
+        """The last non-empty line of stderr, else of stdout, fit to print (cleaned, capped); or ""."""
+        lines = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return text.clean(lines[-1]) if lines else ""
 
 
 class _Capture:
@@ -421,8 +444,11 @@ class SshPool:
             return SshUnreachable(f"{name} ({where}) unreachable: {why}", node=name)
         if isinstance(err, OSError | EOFError):  # DNS, network down, reset; EOF: closed during the handshake
             return SshUnreachable(f"{name} ({where}) unreachable: {err or type(err).__name__}", node=name)
-        if isinstance(err, paramiko.SSHException) and "banner" in str(err).lower():
-            return SshUnreachable(f"{name} ({where}) unreachable: {err}", node=name)
+        if type(err) is paramiko.SSHException and any(s in str(err).lower() for s in _STALLED):
+            return SshUnreachable(
+                f"{name} ({where}) unreachable: the SSH handshake did not complete within "
+                f"{self._ssh.connect_timeout_s:g}s ({err}): the node accepted the connection but its sshd "
+                "did not answer (still booting, overloaded, or not an sshd)", node=name)
         return SshError(f"{name} ({where}): SSH connection failed: {err}", node=name)
 
     def _close_all(self) -> None:

@@ -259,7 +259,9 @@ class StateStore:
         """Writes that failed, by kind (:data:`JOURNAL`, :data:`RUNS`, ...): status and metrics show them."""
         self._failures_lock = threading.Lock()
         try:
-            (self.dir / JOURNAL_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(exist_ok=True, mode=0o700)  # not the umask's mode: the daemon refuses a dir others may write
+            (self.dir / JOURNAL_DIR).mkdir(exist_ok=True, mode=0o700)
         except OSError as err:  # a full or read-only disk: the daemon must still watch and shut down
             self.write_failed(JOURNAL, self.dir / JOURNAL_DIR, err)
 

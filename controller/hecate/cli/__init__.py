@@ -52,14 +52,20 @@ execute_option = click.option(
 )
 
 
-def load_config(path: Path) -> HecateConfig:
-    """Load the configuration or exit 2 with the loader's readable message."""
+def load_config(path: Path, *, check_files: bool = False) -> HecateConfig:
+    """Load the configuration or exit 2 with the loader's readable message.
+
+    ``check_files``: also refuse secret files others may read and a state dir others may write.
+    """
     from hecate.adapters import config
 
     try:
-        return config.load(path)
+        cfg = config.load(path)
+        if check_files:
+            config.check_files(cfg)
     except config.ConfigError as err:
         fail(f"configuration error:\n{err}", code=2)
+    return cfg
 
 
 def effective_config(config: HecateConfig) -> HecateConfig:
@@ -82,7 +88,10 @@ def effective_config(config: HecateConfig) -> HecateConfig:
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    click.echo(f"hecate: {message}", err=True)
+    from hecate.domain import text
+
+    # The message may quote upsd, the API, a node or the environment: printed cleaned, never raw.
+    click.echo(f"hecate: {text.clean(message, None, multiline=True)}", err=True)
     sys.exit(code)
 
 
@@ -184,7 +193,7 @@ def daemon(config_path: Path) -> None:
     from hecate import daemon as daemon_mod
     from hecate.adapters.store import StoreError
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, check_files=True)
     if not cfg.ups:
         fail(f"{config_path}: no UPS configured (`ups:` is empty): the daemon would have nothing to watch", code=2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -262,8 +271,12 @@ def config() -> None:
 @config.command("validate")
 @config_option
 def config_validate(config_path: Path) -> None:
-    """Check a configuration file (and HECATE_* overrides); exit 2 if it is unusable."""
-    cfg = load_config(config_path)
+    """Check a configuration file (and HECATE_* overrides) and the files it names; exit 2 if unusable.
+
+    Secret files (SSH key, NUT credentials, peer secret) must not be readable by group or
+    others, known_hosts and the state dir not writable by them.
+    """
+    cfg = load_config(config_path, check_files=True)
     click.echo(
         f"{config_path}: OK (role {cfg.role.value}, {len(cfg.cluster.nodes)} nodes, "
         f"{len(cfg.ups)} UPS)"
@@ -309,7 +322,7 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
 
     from hecate.adapters.kube import KubeError
     from hecate.adapters.store import RunInProgress, StoreError
-    from hecate.cli.progress import RichProgress
+    from hecate.cli.progress import RichProgress, shown
     from hecate.services import drills
 
     if name not in drills.DRILLS:
@@ -333,11 +346,11 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
         fail(f"drill {name} could not run: {err}")
     for check in result.checks:
         mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
-        console.print(f"  {mark} {check.name}" + (f" [dim]({check.detail})[/dim]" if check.detail else ""))
+        console.print(f"  {mark} {check.name}" + (f" [dim]({shown(check.detail)})[/dim]" if check.detail else ""))
     if result.error:
-        console.print(f"  [red]the drill did not finish: {result.error}[/red]")
+        console.print(f"  [red]the drill did not finish: {shown(result.error)}[/red]")
     if result.restored:
-        console.print("  restored what the drill broke: " + ", ".join(result.restored))
+        console.print("  restored what the drill broke: " + shown(", ".join(result.restored)))
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())
     verdict = "[bold green]PASS[/bold green]" if result.passed else "[bold red]FAIL[/bold red]"
     console.print(f"drill {name}: {verdict} ({timings})")

@@ -6,14 +6,22 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from hecate.domain import text
 from hecate.domain.plan import Plan, Stage
 from hecate.domain.runs import RunRecord, StageRecord
 from hecate.services.executor import StepOutcome
 
 STYLE = {"ok": "green", "skipped": "yellow", "failed": "red", "success": "green", "degraded": "yellow",
          "aborted": "yellow"}
+
+
+def shown(value: object) -> str:
+    """Outside text (a detail, an error) as rich prints it literally: cleaned, and ``[`` escaped so
+    that it is never taken for markup (a stray ``[/x]`` would even raise)."""
+    return escape(text.clean(value))
 
 
 class RichProgress:
@@ -31,10 +39,10 @@ class RichProgress:
 
     def step_finished(self, outcome: StepOutcome) -> None:
         style = STYLE.get(outcome.status, "white")
-        detail = f" — {outcome.detail}" if outcome.detail else ""
+        detail = f" — {shown(outcome.detail)}" if outcome.detail else ""
         retries = f" after {outcome.attempts} attempts" if outcome.attempts > 1 else ""
         self.console.print(f"{self._t()}   [{style}]{outcome.status:<7}[/{style}] {outcome.step.action.value} "
-                           f"{outcome.step.target} ({outcome.duration_s:.2f}s{retries}){detail}")
+                           f"{shown(outcome.step.target)} ({outcome.duration_s:.2f}s{retries}){detail}")
 
     def stage_finished(self, record: StageRecord) -> None:
         style = STYLE.get(record.result.value, "white")

@@ -1,8 +1,18 @@
-"""Plain-text rendering of the status document for people (``hecate status``)."""
+"""Plain-text rendering of the status document for people (``hecate status``).
+
+The document quotes upsd (status, errors), the API and the state dir; every line is cleaned
+(``hecate.domain.text``) before it reaches the terminal -- whatever the adapters already did,
+and whatever a daemon answering on the status endpoint sent.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from hecate.domain import text
+
+LINE_CHARS = 2 * text.MAX_CHARS
+"""Longest line printed (a line holds one message and its labels)."""
 
 
 def _num(value: float | None, unit: str = "", fmt: str = "{:g}") -> str:
@@ -81,4 +91,4 @@ def status_text(doc: dict[str, Any]) -> str:
         trigger = (r["trigger"].get("ups") and f" ({r['trigger'].get('ups')}: {r['trigger'].get('reason')})") or ""
         lines.append(f"  {r['started_at'][:19]}  {what}{r['kind']:<9} {r['result'] or 'in flight':<9} "
                      f"{_num(r['duration_s'], ' s', '{:.1f}')}{trigger}")
-    return "\n".join(lines)
+    return "\n".join(text.clean(line, LINE_CHARS) for line in lines)

@@ -12,14 +12,16 @@ The trigger, shutdown, startup and flux sections are also the vocabulary of the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hecate.domain import kubeobjects
+from hecate.domain import kubeobjects, validation
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
@@ -38,10 +40,53 @@ def deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
-def _unique(names: list[str], what: str) -> None:
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"{what} must be unique; repeated: {', '.join(dupes)}")
+def _unique(names: list[str], what: str, field: str | None = None) -> None:
+    """Refuse the first repeated name, located at its item (``[2]``, or ``[2].name`` with ``field``)."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            loc: validation.Loc = (i,) if field is None else (i, field)
+            raise validation.field_error(loc, f"{what} must be unique: item {first[name]} has it too", name)
+        first[name] = i
+
+
+def _each(values: list[str], check: Callable[[str], object]) -> None:
+    """Run ``check`` on every item; its ValueError is located at the item (``startup.foundation[2]``)."""
+    for i, value in enumerate(values):
+        try:
+            check(value)
+        except ValueError as err:
+            why = str(err).removeprefix(repr(value)).lstrip(": ")
+            raise validation.field_error((i,), why, value) from None
+
+
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def host_address(value: str) -> str:
+    """``value`` if it is an IPv4 or IPv6 address or a DNS name (RFC 1123), else ValueError saying why.
+
+    A mistyped address must fail ``hecate config validate``, not the first power cut.
+    """
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if value.startswith("[") and value.endswith("]"):
+        raise ValueError("an IPv6 address is written without brackets")
+    name = value.removesuffix(".")
+    labels = name.split(".")
+    if all(label.isdigit() for label in labels):
+        raise ValueError("not a valid IPv4 address")
+    if len(name) > 253:
+        raise ValueError("not a DNS name: longer than 253 characters")
+    bad = next((label for label in labels if not _DNS_LABEL.match(label)), None)
+    if bad is not None:
+        where = "" if bad == name else f" ({bad!r} is not a label)"
+        raise ValueError(f"not an IP address or a DNS name{where}: a DNS name is labels of 1-63 letters, digits "
+                         "and hyphens, separated by dots, none starting or ending with a hyphen (RFC 1123)")
+    return value
 
 
 WORKLOAD_KINDS = tuple(k.lower() for k in kubeobjects.WORKLOAD_KINDS)
@@ -75,7 +120,7 @@ class Node(_Section):
     name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     """Kubernetes node name (also used in logs and run records)."""
     address: str = Field(min_length=1)
-    """Address Hecate reaches the node's sshd on (IP or DNS name)."""
+    """Address Hecate reaches the node's sshd on: an IPv4 or IPv6 address or a DNS name (checked)."""
     role: NodeRole
     """`server` runs the `k3s` unit, `agent` runs `k3s-agent`."""
     ssh_user: str | None = None
@@ -87,6 +132,8 @@ class Node(_Section):
     wake_mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
     """MAC address for Wake-on-LAN at startup (optional)."""
 
+    _address = field_validator("address")(host_address)
+
 
 class Cluster(_Section):
     kubeconfig: Path = Path("/etc/rancher/k3s/k3s.yaml")
@@ -96,14 +143,11 @@ class Cluster(_Section):
     nodes: list[Node] = Field(default_factory=list)
     """Every k3s node Hecate stops, starts and powers off."""
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> Cluster:
-        seen: set[str] = set()
-        for node in self.nodes:
-            if node.name in seen:
-                raise ValueError(f"node name {node.name!r} appears more than once")
-            seen.add(node.name)
-        return self
+    @field_validator("nodes")
+    @classmethod
+    def _unique_names(cls, value: list[Node]) -> list[Node]:
+        _unique([n.name for n in value], "node names", "name")
+        return value
 
 
 class Ssh(_Section):
@@ -125,13 +169,15 @@ class Ups(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     """UPS name as upsd knows it (the part before `@`)."""
     host: str = "127.0.0.1"
-    """Host upsd listens on."""
+    """Host upsd listens on: an IPv4 or IPv6 address or a DNS name (checked)."""
     port: int = Field(default=3493, ge=1, le=65535)
     """upsd TCP port."""
     credentials_file: Path | None = None
     """File with `username:password` for upsd (only needed for instant commands)."""
     protects_cluster: bool = True
     """Whether this UPS feeds the cluster; only such UPSes can trigger a shutdown."""
+
+    _host = field_validator("host")(host_address)
 
 
 class Trigger(_Section):
@@ -200,7 +246,7 @@ class Shutdown(_Section):
     @field_validator("scale_down")
     @classmethod
     def _unique_tiers(cls, value: list[WorkloadTier]) -> list[WorkloadTier]:
-        _unique([t.name for t in value], "tier names")
+        _unique([t.name for t in value], "tier names", "name")
         return value
 
 
@@ -239,8 +285,7 @@ class Startup(_Section):
     @field_validator("foundation")
     @classmethod
     def _workload_refs(cls, value: list[str]) -> list[str]:
-        for ref in value:
-            _workload_ref(ref)
+        _each(value, _workload_ref)
         _unique(value, "foundation workloads")
         return value
 
@@ -276,8 +321,7 @@ class Flux(_Section):
     @field_validator("bootstrap_objects")
     @classmethod
     def _object_refs(cls, value: list[str]) -> list[str]:
-        for ref in value:
-            kubeobjects.parse_ref(ref, kubeobjects.CACHEABLE_KINDS)
+        _each(value, lambda ref: kubeobjects.parse_ref(ref, kubeobjects.CACHEABLE_KINDS))
         _unique(value, "bootstrap objects")
         return value
 
@@ -418,7 +462,7 @@ class Policy(_Section):
 
 class HecateConfig(_Section):
     role: Role = Role.coordinator
-    """`coordinator` shuts the cluster down; `peer` forwards its triggers to the coordinator."""
+    """`coordinator` shuts the cluster down. `peer` (forward triggers to a coordinator) is refused: not built yet."""
     host_name: str | None = None
     """This host's name in logs and status (defaults to the machine's hostname)."""
     state_dir: Path = Path("/var/lib/hecate")
@@ -444,16 +488,23 @@ class HecateConfig(_Section):
     policy: Policy = Field(default_factory=Policy)
     """The PowerPolicy custom resource."""
 
+    @field_validator("role")
+    @classmethod
+    def _no_peer_yet(cls, value: Role) -> Role:
+        if value is Role.peer:
+            raise ValueError("peer forwarding is not built yet: a peer would act as a second coordinator; "
+                             "use role: coordinator on the one host that shuts the cluster down")
+        return value
+
     @field_validator("ups")
     @classmethod
     def _unique_ups(cls, value: list[Ups]) -> list[Ups]:
-        _unique([u.name for u in value], "UPS names")
+        _unique([u.name for u in value], "UPS names", "name")
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> HecateConfig:
-        if self.role is Role.peer and self.peer.coordinator_url is None:
-            raise ValueError("role 'peer' needs peer.coordinator_url")
         if self.startup.wake is Wake.command and not self.startup.wake_command:
-            raise ValueError("startup.wake 'command' needs startup.wake_command")
+            raise validation.field_error(("startup", "wake"), "needs startup.wake_command (the command to run)",
+                                         self.startup.wake.value)
         return self

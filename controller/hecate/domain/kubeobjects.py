@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
+from hecate.domain import text
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -222,7 +224,7 @@ def flux_summary(obj: Mapping[str, Any]) -> dict[str, Any]:
         "ready": cond.get("status") == "True",
         "suspended": (obj.get("spec") or {}).get("suspend") is True,
         "ours": marked_by_hecate(obj, SUSPENDED_BY),
-        "message": str(cond.get("message") or ""),
+        "message": text.clean(cond.get("message") or ""),
         # the last reconcile request was handled: the status is not older than that request
         "fresh": requested is None or (obj.get("status") or {}).get("lastHandledReconcileAt") == requested,
     }
@@ -235,8 +237,8 @@ def git_repository_summary(obj: Mapping[str, Any] | None) -> dict[str, Any]:
     spec = (obj or {}).get("spec") or {}
     ref = spec.get("ref") or {}
     status = (obj or {}).get("status") or {}
-    return {"ready": cond.get("status") == "True", "reason": str(cond.get("reason") or ""),
-            "message": str(cond.get("message") or ""), "branch": ref.get("branch"),
+    return {"ready": cond.get("status") == "True", "reason": text.clean(cond.get("reason") or ""),
+            "message": text.clean(cond.get("message") or ""), "branch": ref.get("branch"),
             "pinned": any(ref.get(k) for k in ("tag", "semver", "name", "commit")),
             "suspended": spec.get("suspend") is True,
             "requested_at": annotations_of(obj).get(RECONCILE_ANNOTATION),

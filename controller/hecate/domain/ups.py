@@ -5,6 +5,11 @@ anything: ``unknown``, blanks, negative runtimes, NaN, a charge of 4000 %. None 
 may raise, and none of it may look like a reason to shut a cluster down -- a value that
 cannot be trusted becomes ``None`` ("not known") and the trigger treats it as such.
 Status tokens Hecate does not know are kept (and shown) but never fatal.
+
+The status is parsed from the raw value, as upsmon does (a token with a control character
+in it is not a flag); what a snapshot keeps to be shown -- the status, the unknown tokens,
+the variables -- is cleaned (:func:`hecate.domain.text.clean`) and capped, since upsd is
+not Hecate's to trust.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from hecate.domain import text
 
 
 class Flag(StrEnum):
@@ -40,6 +47,8 @@ KNOWN_FLAGS = frozenset(f.value for f in Flag)
 MAX_RUNTIME_S = 7 * 24 * 3600.0
 MAX_LOAD_PCT = 400.0
 MAX_VOLTAGE = 1000.0
+MAX_UNKNOWN_TOKENS = 16
+"""Unknown status tokens kept to show; the rest are dropped (the status itself is kept, capped)."""
 
 
 def parse_number(raw: str | None, low: float, high: float) -> float | None:
@@ -108,23 +117,30 @@ class Snapshot:
 
 
 def from_variables(ups: str, variables: Mapping[str, str], at: float) -> Snapshot:
-    """Parse the variables upsd served for ``ups`` (``LIST VAR``) into a snapshot."""
+    """Parse the variables upsd served for ``ups`` (``LIST VAR``) into a snapshot.
+
+    Flags and numbers come from the raw values; the text kept to be shown is cleaned.
+    """
     status = variables.get("ups.status")
     flags, unknown = parse_status(status)
+    shown_unknown = tuple(dict.fromkeys(text.clean(t, text.MAX_VALUE_CHARS) or "?" for t in unknown))
     return Snapshot(
         ups=ups,
         at=at,
-        status=status,
+        status=None if status is None else text.clean(status, text.MAX_VALUE_CHARS),
         flags=flags,
-        unknown_tokens=unknown,
+        unknown_tokens=shown_unknown[:MAX_UNKNOWN_TOKENS],
         runtime_s=parse_number(variables.get("battery.runtime"), 0.0, MAX_RUNTIME_S),
         charge_pct=parse_number(variables.get("battery.charge"), 0.0, 100.0),
         load_pct=parse_number(variables.get("ups.load"), 0.0, MAX_LOAD_PCT),
         input_voltage=parse_number(variables.get("input.voltage"), 0.0, MAX_VOLTAGE),
-        variables=dict(variables),
+        variables={text.clean(k, text.MAX_VALUE_CHARS): text.clean(v, text.MAX_VALUE_CHARS)
+                   for k, v in variables.items()},
     )
 
 
 def failed(ups: str, at: float, error: str, *, stale: bool) -> Snapshot:
-    """A poll that got no current data: upsd unreachable (``stale=False``) or data stale."""
-    return Snapshot(ups=ups, at=at, reachable=stale, stale=stale, error=error)
+    """A poll that got no current data: upsd unreachable (``stale=False``) or data stale.
+
+    ``error`` may quote upsd: it is cleaned."""
+    return Snapshot(ups=ups, at=at, reachable=stale, stale=stale, error=text.clean(error))

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from hecate.adapters.store import StateStore, boot_id, new_run_id
-from hecate.domain import results
+from hecate.domain import results, text
 from hecate.domain.journal import Event, RunResumed, RunStarted, StepFinished, StepStarted, StepStatus
 from hecate.domain.plan import Action, OnError, Plan, Stage, Step, first_disruptive
 from hecate.domain.results import NOTHING, StepResult
@@ -92,6 +92,10 @@ class StepOutcome:
     result: StepResult = NOTHING
     duration_s: float = 0.0
     attempts: int = 1
+
+    def __post_init__(self) -> None:
+        # A detail can quote the API, a node or upsd (names, messages, output): fit to print.
+        self.detail = text.clean(self.detail)
 
     @property
     def key(self) -> str:

@@ -98,8 +98,8 @@ class Remote:
             raise StepFailed(str(err), transient=err.transient) from err
         self._note(node, step, None)
         if result.exit_code != 0:
-            output = (result.stderr or result.stdout).strip().splitlines()
-            raise StepFailed(f"`{command}` exited {result.exit_code}" + (f": {output[-1]}" if output else ""))
+            output = result.last_line()
+            raise StepFailed(f"`{command}` exited {result.exit_code}" + (f": {output}" if output else ""))
         return ""
 
 

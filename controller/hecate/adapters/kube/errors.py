@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from hecate.domain import text
+
 
 class KubeError(Exception):
     """A Kubernetes call failed; ``status`` is the HTTP status, ``partial`` what was done.
 
     A refusal (401, 403, 409, 422, ...) is a plain KubeError with a readable message: the verb,
-    the object, the status and the API's reason/message.
+    the object, the status and the API's reason/message -- cleaned of control characters and
+    capped (``hecate.domain.text``), since the API's words are not Hecate's to trust.
     """
 
     def __init__(self, message: str, *, status: int | None = None, partial: Any = None) -> None:
-        super().__init__(message)
+        super().__init__(text.clean(message))
         self.status = status
         self.partial = partial
 
