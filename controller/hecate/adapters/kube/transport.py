@@ -76,6 +76,8 @@ class Transport:
         self._down_reason = ""
         self._failures = 0
         """Consecutive calls that found the API unreachable (the cool-down grows with them)."""
+        self._warned: set[str] = set()
+        """Warnings given once per client (e.g. node Leases that cannot be read)."""
         self._served_versions: dict[str, str] = {}
         """Kind -> the version the API serves, for kinds with several (found once, see ``flux``)."""
 
