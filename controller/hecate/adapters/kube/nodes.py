@@ -68,9 +68,14 @@ async def node_leases(transport: Transport) -> list[dict[str, Any]]:
 
 
 async def node_signals(transport: Transport, since: dt.datetime) -> dict[str, NodeSignal]:
-    """Every Node's :class:`~hecate.domain.kubeobjects.NodeSignal` against ``since`` (Nodes and Leases read now)."""
-    nodes = await list_nodes(transport)
+    """Every Node's :class:`~hecate.domain.kubeobjects.NodeSignal` against ``since`` (Leases and Nodes read now).
+
+    The Leases are read first: a kubelet that starts between the two reads must not pair its fresh
+    Lease with the Ready status from before the outage that the Node still showed a moment earlier
+    (a kubelet posts its status when it starts; read after the Lease, the Node has it).
+    """
     leases = await node_leases(transport)
+    nodes = await list_nodes(transport)
     return kubeobjects.node_signals(nodes, leases, since, dt.datetime.now(dt.UTC))
 
 
