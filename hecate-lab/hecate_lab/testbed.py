@@ -31,7 +31,8 @@ from hecate_lab.procs import LabError, alive, free_port
 from hecate_lab.ups import LabUps, start_ups
 
 MANIFEST = "lab.json"
-KUBE_EVENT_SOURCES = {"api": "kube-api", "cold-start": "cold-start", "workload": "kube-ctrl", "flux": "flux"}
+KUBE_EVENT_SOURCES = {"api": "kube-api", "cold-start": "cold-start", "node": "node-ctrl", "workload": "kube-ctrl",
+                      "flux": "flux"}
 """How :func:`timeline` names the emulated cluster's event sources."""
 
 
@@ -315,7 +316,8 @@ def _free_subnet() -> str:
 
 def timeline(lab: Lab) -> list[tuple[float, str, str]]:
     """Everything that happened in the lab, in time order: UPS changes, node commands, the emulated
-    cluster's events (API up/down, cold start, workloads, Flux), Hecate's runs, coordinator off."""
+    cluster's events (API up/down, cold start, Nodes marked NotReady, workloads, Flux), Hecate's runs,
+    coordinator off."""
     rows: list[tuple[float, str, str]] = []
     for ups in lab.ups.values():
         events = ups.dir / "events.jsonl"

@@ -423,6 +423,31 @@ async def test_kubeconfig_missing_then_reloaded_after_the_cool_down(tmp_path: Pa
     kube.close()
 
 
+async def test_the_cool_down_starts_short_grows_while_the_api_stays_down_and_resets(tmp_path: Path,
+                                                                                   lab: Lab) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    refused = f"http://127.0.0.1:{closed_port()}"
+    write_kubeconfig(kubeconfig, refused)
+    kube = Kube(kubeconfig, API_TIMEOUT, cooldown=1.0)
+
+    async def retry_after() -> float:
+        with pytest.raises(ApiUnavailable, match="cannot reach the API") as err:
+            await kube.server_version()
+        with pytest.raises(ApiUnavailable, match="not retried for another") as again:
+            await kube.server_version()  # within the cool-down: no network, and it says how long is left
+        assert 0 < again.value.retry_after <= err.value.retry_after
+        await asyncio.sleep(err.value.retry_after + 0.05)
+        return err.value.retry_after
+
+    assert [await retry_after() for _ in range(3)] == pytest.approx([0.5, 1.0, 1.0])  # doubled, capped
+    kubeconfig.write_bytes(lab.kubeconfig.read_bytes())
+    assert (await kube.server_version()).startswith("v1.")
+    write_kubeconfig(kubeconfig, refused)
+    kube.close()  # the next call reads the kubeconfig again
+    assert await retry_after() == pytest.approx(0.5)  # a call that got through reset it
+    kube.close()
+
+
 async def test_without_flux_crds_flux_steps_are_empty(tmp_path: Path) -> None:
     node_dir = tmp_path / "n1"
     node_dir.mkdir()

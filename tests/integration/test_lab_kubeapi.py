@@ -882,3 +882,51 @@ def test_a_reconciling_release_recreates_what_it_renders_and_never_overwrites(fa
     assert http_request(lab, "GET", "/api/v1/namespaces/apps/configmaps/conf")[0] == 404  # suspended: no reconcile
     created = [e for e in read_events(lab.events) if "re-created" in e["message"]]
     assert [e["object"] for e in created] == ["apps/helmrelease/cache"] * 3
+
+
+def lease_of(lab: Lab, name: str) -> dt.datetime:
+    lease = get_json(lab, f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}")
+    assert lease["spec"]["holderIdentity"] == name
+    return dt.datetime.fromisoformat(lease["spec"]["renewTime"])
+
+
+def test_a_cold_start_serves_the_statuses_from_before_the_outage_until_the_grace_period(tmp_path: Path) -> None:
+    delays = {"api": 0.2, "node": 0.1, "pod": 0.1, "grace": 2.0, "lease": 0.2}
+    with running_lab(tmp_path, delays=delays) as lab:
+        template = {"metadata": {"labels": {"app": "svclb"}}, "spec": {"containers": [{"name": "lb"}]}}
+        ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "svclb", "namespace": "kube-system"},
+              "spec": {"selector": {"matchLabels": {"app": "svclb"}}, "template": template}}
+        path = "/apis/apps/v1/namespaces/kube-system/daemonsets/svclb"
+        assert http_request(lab, "POST", "/apis/apps/v1/namespaces/kube-system/daemonsets", ds)[0] == 201
+        wait_for(lambda: get_json(lab, path)["status"].get("numberReady"), 3)
+        renewed = lease_of(lab, "lab-a1")
+        wait_for(lambda: lease_of(lab, "lab-a1") > renewed, True)  # a running kubelet renews its Lease
+
+        # A power cut: the server (and the API with it) first, then the agents -- nobody writes any more.
+        for name in ("lab-s1", "lab-a1", "lab-a2"):
+            lab.power_off(name)
+        wait_for(lambda: http_get(lab, "/version")[0], 503)
+        cut = dt.datetime.now(dt.UTC)
+        time.sleep(0.5)
+        lab.set_k3s("lab-s1", active=True)  # power is back on the server only
+        wait_for(lambda: http_get(lab, "/version")[0], 200)
+        back = time.monotonic()
+
+        # Served as they were before the outage: the agents Ready, their DaemonSet pods counted ready.
+        for agent in ("lab-a1", "lab-a2"):
+            node = get_json(lab, f"/api/v1/nodes/{agent}")
+            assert ready_condition(node)["status"] == "True"
+            assert dt.datetime.fromisoformat(ready_condition(node)["lastHeartbeatTime"]) <= cut
+            assert lease_of(lab, agent) <= cut  # what tells a stale Ready from a live one
+        assert lease_of(lab, "lab-s1") > cut  # its kubelet posts again
+        assert get_json(lab, path)["status"]["numberReady"] >= 2  # the two dead agents' pods still count
+        assert time.monotonic() - back < 1.5
+
+        # The node controller's grace period after the API came back: NotReady, their pods too.
+        took = wait_for(lambda: ready_condition(get_json(lab, "/api/v1/nodes/lab-a1"))["status"], "False", timeout=4)
+        assert time.monotonic() - back >= 1.5  # the grace period (2 s), less the time the checks above took
+        assert took < 4
+        assert ready_condition(get_json(lab, "/api/v1/nodes/lab-a1"))["reason"] == "NodeStatusUnknown"
+        wait_for(lambda: get_json(lab, path)["status"]["numberReady"], 1)
+        events = [e for e in read_events(lab.events) if e["source"] == "node"]
+        assert sorted(e["object"] for e in events) == ["/node/lab-a1", "/node/lab-a2"]

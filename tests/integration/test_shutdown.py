@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,6 +221,40 @@ def test_api_down_skips_kubernetes_steps_still_stops_nodes_and_says_so(cluster: 
     assert "Traceback" not in done.stderr
     assert all(line.startswith("hecate: ") for line in done.stderr.splitlines()), done.stderr
     assert budget.estimate([record], default_s=300, history=5, safety_factor=1.1).source.value == "default"
+    # Bounded: flux-suspend retried within its window (8 s step - 2 s call - 0.5 s = 5.5 s; the last attempt
+    # within one client cool-down of its end), the later steps tried once.
+    assert "skipped: Kubernetes API unreachable for 3." in by_name["flux-suspend"].detail
+    assert 3.0 <= by_name["flux-suspend"].duration_s < 6.0
+    assert by_name["scale-down"].duration_s < 1.0
+    assert by_name["drain"].duration_s < 1.0
+
+
+def test_an_api_down_for_3_s_at_the_start_still_suspends_scales_and_drains(cluster: Lab) -> None:
+    pid = cluster.kubeapi_pid
+    assert pid is not None
+    config = lab_config(cluster)
+    agents = sorted(n.name for n in cluster.nodes if n.role == "agent")
+    os.kill(pid, signal.SIGSTOP)  # the API process stands still: calls hang until their 2 s timeout
+    resume = threading.Timer(3.0, os.kill, (pid, signal.SIGCONT))
+    resume.start()
+    try:
+        record = run(config)
+    finally:
+        resume.cancel()
+        os.kill(pid, signal.SIGCONT)
+    by_name = {s.name: s for s in record.stages}
+    for stage in ("flux-suspend", "scale-down", "drain"):
+        assert by_name[stage].result is RunResult.success, (stage, by_name[stage].detail)
+        assert "skipped" not in by_name[stage].detail
+    assert by_name["flux-suspend"].duration_s >= 2.5  # it waited the outage out
+    assert sorted(record.changes["flux_suspended"]) == [
+        "flux-system/kustomization/flux-system", "gitea/helmrelease/gitea", "gitea/helmrelease/gitea-valkey"]
+    assert record.changes["scaled"] == {"apps/deployment/web": 2, "apps/deployment/api": 1,
+                                        "data/deployment/redis": 1, "data/statefulset/postgres": 1}
+    assert sorted(record.changes["cordoned"]) == agents
+    assert record.result is RunResult.success
+    for node in cluster.nodes:
+        assert nodes.read_state(node.dir)["power"] == "off"
 
 
 def test_power_back_before_the_first_disruptive_stage_aborts(cluster: Lab) -> None:

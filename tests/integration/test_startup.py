@@ -20,11 +20,14 @@ import pytest
 
 from hecate.adapters.kube import Kube
 from hecate.domain.config import HecateConfig
+from hecate.domain.journal import StepStatus
 from hecate.domain.runs import RunResult
 from hecate.services import bootstrap_cache, shutdown, startup
+from hecate.services.executor import StepOutcome
 from hecate.services.progress import JsonLines
 from hecate_lab import nodes
 from hecate_lab.cluster_seed import seed_workloads
+from hecate_lab.cluster_sim import Delays
 from hecate_lab.testbed import Lab, LabSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -225,3 +228,58 @@ async def _unavailable(k: Kube, ref: str) -> bool:
 
 async def _not_ready(k: Kube) -> bool:
     return not (await k.git_repository("flux-system", "flux-system"))["ready"]
+
+
+class WatchNodesReady:
+    """Progress that brings ``late`` back 1 s into ``nodes-ready``, first noting what the API says of it."""
+
+    def __init__(self, lab: Lab, late: str) -> None:
+        self.lab, self.late = lab, late
+        self.task: asyncio.Task[None] | None = None
+        self.stale_ready: bool | None = None
+        self.back_at: float | None = None
+        self.finished: dict[tuple[str, str], tuple[float, StepOutcome]] = {}
+
+    def stage_started(self, stage: Any, index: int, total: int) -> None:
+        if stage.name == "nodes-ready":
+            self.task = asyncio.get_running_loop().create_task(self.bring_back())
+
+    async def bring_back(self) -> None:
+        await asyncio.sleep(1.0)
+        async with Kube(self.lab.kubeconfig, 2.0) as probe:
+            self.stale_ready = (await probe.nodes_ready())[self.late]  # the status from before the outage
+        self.back_at = time.monotonic()
+        booted = await asyncio.to_thread(nodes.power_on, self.lab.node(self.late), k3s_at_boot=True)
+        self.lab.nodes = [booted if n.name == self.late else n for n in self.lab.nodes]
+        self.lab.save()
+
+    def step_finished(self, outcome: StepOutcome) -> None:
+        self.finished[(outcome.stage, outcome.step.target)] = (time.monotonic(), outcome)
+
+    def stage_finished(self, record: Any) -> None: ...
+
+    def run_finished(self, record: Any) -> None: ...
+
+
+def test_a_cold_start_with_stale_ready_waits_for_the_kubelet_not_the_status_from_before(tmp_path: Path) -> None:
+    # The node controller's grace period (scaled) outlasts the test: a Node whose kubelet is off keeps
+    # the Ready=True it had when the power went, as in the first 40 s after a real cluster's API returns.
+    lab = Lab.up(tmp_path / "lab", LabSpec(ups=(), servers=1, agents=2,
+                                           delays=Delays(api=0.2, node=0.2, pod=0.1, grace=60)))
+    try:
+        late = "titan-a2"
+        config = lab_config(lab, startup={"foundation": [], "boot_timeout_s": 1.5, "verify_timeout_s": 1},
+                            flux={"ready_timeout_s": 1})
+        cold_cycle(lab, config, skip=(late,))  # Hecate's shutdown; the agents' Nodes keep Ready=True
+        watch = WatchNodesReady(lab, late)
+        run(startup.run(config, {"source": "test"}, watch))
+        assert watch.stale_ready is True  # the API still said Ready while that node was powered off
+        assert watch.back_at is not None
+        done_at, outcome = watch.finished[("nodes-ready", late)]
+        assert outcome.status is StepStatus.ok, outcome.detail
+        assert done_at > watch.back_at  # it passed on the kubelet's fresh signal, not on the old status
+        assert outcome.duration_s >= 1.0
+        for other in ("titan-s1", "titan-a1"):
+            assert watch.finished[("nodes-ready", other)][1].status is StepStatus.ok
+    finally:
+        lab.down()

@@ -73,12 +73,13 @@ def with_status(obj: dict[str, Any], **status: Any) -> dict[str, Any]:
 
 
 def test_delays_defaults_and_parsing() -> None:
-    assert Delays() == Delays.parse(None) == Delays(api=1.0, node=0.5, pod=0.5)
-    assert Delays.parse({"api": 3, "pod": 0}) == Delays(api=3.0, node=0.5, pod=0.0)
-    assert Delays(api=2).to_dict() == {"api": 2.0, "node": 0.5, "pod": 0.5}
+    assert Delays() == Delays.parse(None) == Delays(api=1.0, node=0.5, pod=0.5, grace=1.0, lease=0.5)
+    assert Delays.parse({"api": 3, "pod": 0, "grace": 20}) == Delays(api=3.0, node=0.5, pod=0.0, grace=20.0)
+    assert Delays(api=2).to_dict() == {"api": 2.0, "node": 0.5, "pod": 0.5, "grace": 1.0, "lease": 0.5}
     for bad, match in [({"api": -1}, "delays.api"), ({"pod": "1"}, "delays.pod"), ({"node": True}, "delays.node"),
                        ({"kubelet": 1}, "unknown delays: kubelet"), ([1], "must be an object"),
-                       ({"api": math.inf}, "delays.api")]:
+                       ({"api": math.inf}, "delays.api"), ({"lease": 0}, "delays.lease must be a number of "
+                                                                        "seconds > 0")]:
         with pytest.raises(ValueError, match=match):
             Delays.parse(bad)  # type: ignore[arg-type]
 
@@ -173,6 +174,26 @@ def test_node_ready_after_its_delay() -> None:
     assert not sim.schedulable(node("n1", cordoned=True))
 
 
+def test_only_a_running_kubelet_writes_and_only_while_the_api_serves() -> None:
+    assert sim.kubelet_posts(True, True)
+    assert not sim.kubelet_posts(True, False)  # the API is down: the Node keeps what it last said
+    assert not sim.kubelet_posts(False, True)
+    assert sim.lease_due(None, T0, 0.5)
+    assert not sim.lease_due(T0, T0 + 0.4, 0.5)
+    assert sim.lease_due(T0, T0 + 0.5, 0.5)
+
+
+def test_a_silent_kubelets_node_keeps_its_status_for_the_grace_period_counted_from_the_api_coming_back() -> None:
+    renewed, back = T0, T0 + 3600  # the last renewal before a one-hour outage; the API serves again
+    assert sim.lost_since(renewed, back) == back  # a restarted node controller grants a full grace period
+    assert not sim.node_lost(renewed, back, back + 39, 40)  # stale Ready from before the outage, still served
+    assert sim.node_lost(renewed, back, back + 40, 40)
+    assert sim.lost_since(T0 + 10, T0) == T0 + 10  # steady state: from its last renewal
+    assert sim.node_lost(T0 + 10, T0, T0 + 11, 1.0)
+    assert sim.lost_since(None, None) is None
+    assert not sim.node_lost(None, None, T0, 0)
+
+
 # -- rule 4: workloads ---------------------------------------------------------------------------
 
 
@@ -256,6 +277,7 @@ def test_pod_ready_only_after_the_delay_with_its_node_and_dependencies() -> None
     assert up.status["phase"] == "Running"
     assert [(c["type"], c["status"]) for c in up.status["conditions"]] == [
         ("PodScheduled", "True"), ("ContainersReady", "True"), ("Ready", "True")]
+    assert up.status["containerStatuses"][0]["state"] == {"running": {"startedAt": sim.format_time(T0)}}
     running = {**fresh, "status": up.status}
     again = sim.pod_status(running, node_ready=True, waiting_for=[], since=up.since, now=T0 + 60, delay=0.5)
     assert not sim.status_changed(running, again.status)  # nothing new: no write
@@ -264,6 +286,16 @@ def test_pod_ready_only_after_the_delay_with_its_node_and_dependencies() -> None
     assert (node_down.ready, node_down.since) == (False, None)
     assert node_down.status["phase"] == "Running"  # no eviction: the pod stays, not Ready
     assert next(c for c in node_down.status["conditions"] if c["type"] == "Ready")["reason"] == "NodeNotReady"
+    # Its node's kubelet is back: the containers start again, and say so (a startup believes only that).
+    restarting = {**fresh, "status": node_down.status}
+    back = sim.pod_status(restarting, node_ready=True, waiting_for=[], since=None, now=T0 + 70, delay=0.5)
+    again_up = sim.pod_status({**fresh, "status": back.status}, node_ready=True, waiting_for=[], since=back.since,
+                              now=T0 + 70.5, delay=0.5)
+    assert again_up.ready
+    assert again_up.status["containerStatuses"][0]["state"] == {"running": {"startedAt": sim.format_time(T0 + 70)}}
+    assert next(c for c in again_up.status["conditions"] if c["type"] == "Ready")["lastTransitionTime"] == \
+        sim.format_time(T0 + 70.5)
+    assert again_up.status["startTime"] == up.status["startTime"]  # the same pod object
 
     deps = sim.pod_status(fresh, node_ready=True, waiting_for=["gitea/deployment/valkey"], since=None, now=T0,
                           delay=0)
@@ -291,7 +323,7 @@ def test_a_stuck_pod_never_becomes_ready() -> None:
     assert crash_looping({"status": verdict.status})
     fine = sim.pod_status(pod("web-2", web), node_ready=True, waiting_for=[], since=T0, now=T0 + 10, delay=0.5)
     assert fine.ready
-    assert fine.status["containerStatuses"][0]["state"] == {"running": {}}
+    assert fine.status["containerStatuses"][0]["state"] == {"running": {"startedAt": sim.format_time(T0)}}
     assert not crash_looping({"status": fine.status})
     slow = sim.pod_status(pod("web-3", web), node_ready=True, waiting_for=["data/statefulset/db"], since=None,
                           now=T0, delay=0.5)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from hecate.domain import crd, policy
-from hecate.domain.kubeobjects import CACHEABLE_KINDS, KINDS
+from hecate.domain.kubeobjects import CACHEABLE_KINDS, KINDS, NODE_LEASE_NAMESPACE
 from hecate.domain.policy import PowerPolicySpec, parse_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,9 +182,16 @@ def _group(kind: str) -> str:
 
 
 def test_rbac_is_valid_and_grants_only_what_the_steps_need() -> None:
-    role, binding = load_all(MANIFESTS / "rbac.yaml")
-    for obj in (role, binding):
+    role, binding, lease_role, lease_binding = load_all(MANIFESTS / "rbac.yaml")
+    for obj in (role, binding, lease_role, lease_binding):
         assert kubernetes_validate.validate(obj, KUBERNETES, strict=True) == KUBERNETES
+    # Startup reads the kubelets' Leases, in kube-node-lease only and read-only.
+    assert (lease_role["kind"], lease_role["metadata"]["namespace"]) == ("Role", NODE_LEASE_NAMESPACE)
+    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list"]}]
+    assert lease_binding["metadata"]["namespace"] == NODE_LEASE_NAMESPACE
+    assert lease_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                        "name": lease_role["metadata"]["name"]}
+    assert lease_binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "hecate"}]
     granted: set[tuple[str, str, str]] = set()
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}

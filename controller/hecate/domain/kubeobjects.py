@@ -17,17 +17,24 @@ cache may hold) is a view of it.
 **Ownership marks**: what Hecate changes it records on the object itself, in the same patch
 (:data:`SUSPENDED_BY`, :data:`CORDONED_BY`, :data:`ORIGINAL_REPLICAS`), so that a repeated or
 resumed shutdown -- or a run record lost with the disk -- cannot make startup forget what is ours.
+
+**Fresh signals**: after a cold start etcd still holds the statuses from before the outage (Nodes
+Ready, workloads with all replicas ready) until the node controller's grace period marks them
+stale. A startup believes only what was written after its run began: :func:`node_signal` (a
+Node's kubelet renewed its Lease or posted a heartbeat since) and :func:`workload_fresh` (the
+status is of the current generation, and enough pods were confirmed Ready by live kubelets).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final
 
-from hecate.domain import text
+from hecate.domain import text, timestamps
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,151 @@ def condition(obj: Mapping[str, Any] | None, kind: str = "Ready") -> dict[str, A
 
 def node_ready(node: Mapping[str, Any]) -> bool:
     return condition(node).get("status") == "True"
+
+
+# -- fresh signals after a cold start -------------------------------------------------------------
+
+NODE_LEASE_NAMESPACE: Final = "kube-node-lease"
+"""Where every kubelet renews a coordination.k8s.io/v1 Lease named after its node (every 10 s by default)."""
+KUBELET_SETTLE: Final = timedelta(seconds=40)
+"""How long after its node came back a pod's old status is still doubted: the node controller's default
+grace period, well past the time a kubelet takes to re-sync every pod it runs."""
+
+
+def _time(value: object) -> datetime | None:
+    """A time the API wrote (RFC 3339), or None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return timestamps.parse(value)
+    except ValueError:
+        return None
+
+
+def _since(when: datetime | None, since: datetime) -> bool:
+    """Written at or after ``since``. A ``metav1.Time`` has whole seconds and stands for any instant of
+    its second, so one from the second ``since`` falls in counts only if ``since`` is a whole second:
+    never a stale signal taken for a fresh one."""
+    return when is not None and when >= since
+
+
+@dataclass(frozen=True)
+class NodeSignal:
+    """What a Node says about its kubelet, read against the moment power returned (``since``)."""
+
+    ready: bool
+    """The Ready condition is ``True`` -- possibly a status from before the outage."""
+    fresh: bool
+    """The kubelet has written since: its Lease renewed, or a Ready heartbeat posted."""
+    back_at: datetime | None = None
+    """When the node turned Ready, if that was after ``since`` and less than :data:`KUBELET_SETTLE` ago:
+    pods on it count only once confirmed since (:func:`pod_confirmed`)."""
+    detail: str = ""
+
+    @property
+    def up(self) -> bool:
+        """Ready, and the kubelet is alive to say so."""
+        return self.ready and self.fresh
+
+
+def node_signal(node: Mapping[str, Any], lease: Mapping[str, Any] | None, since: datetime,
+                now: datetime) -> NodeSignal:
+    """Whether a Node's Ready is fresh: its Lease's ``spec.renewTime`` (microseconds) or its Ready
+    condition's ``lastHeartbeatTime`` is not older than ``since``.
+
+    Purely computational. The kubelet's clock writes both, so coordinator and nodes must agree on
+    the time (NTP): a node behind by more than the outage is believed only once it has caught up.
+    """
+    cond = condition(node)
+    ready = cond.get("status") == "True"
+    renewed = _time(((lease or {}).get("spec") or {}).get("renewTime"))
+    heartbeat = _time(cond.get("lastHeartbeatTime"))
+    fresh = _since(renewed, since) or _since(heartbeat, since)
+    turned = _time(cond.get("lastTransitionTime"))
+    back_at = turned if ready and fresh and _since(turned, since) and turned is not None \
+        and now - turned < KUBELET_SETTLE else None
+    if ready and fresh:
+        detail = "Ready"
+    elif ready:
+        last = max((t for t in (renewed, heartbeat) if t is not None), default=None)
+        detail = (f"Ready only by a status from before {timestamps.rfc3339(since)}: its kubelet has not "
+                  f"posted since (last {timestamps.rfc3339(last) if last else 'never'})")
+    else:
+        detail = f"not Ready ({cond.get('reason') or 'no Ready condition'})"
+    return NodeSignal(ready, fresh, back_at, detail)
+
+
+def node_signals(nodes: Iterable[Mapping[str, Any]], leases: Iterable[Mapping[str, Any]], since: datetime,
+                 now: datetime) -> dict[str, NodeSignal]:
+    """:func:`node_signal` of every Node, each with the Lease of its name (``kube-node-lease``)."""
+    by_name = {str((lease.get("metadata") or {}).get("name")): lease for lease in leases}
+    signals: dict[str, NodeSignal] = {}
+    for node in nodes:
+        name = str((node.get("metadata") or {}).get("name"))
+        signals[name] = node_signal(node, by_name.get(name), since, now)
+    return signals
+
+
+def pod_confirmed(pod: Mapping[str, Any], node: NodeSignal | None) -> bool:
+    """A pod that is Ready now, not only by a status from before the outage.
+
+    Ready, not terminating, on a node that is :attr:`~NodeSignal.up`; and if that node came back
+    during the run (``back_at``), the pod started (``status.startTime``, a container's
+    ``state.running.startedAt``) or turned Ready since: its kubelet confirmed it after coming back.
+    A node Ready since before the run kept its pods' statuses current. Purely computational.
+    """
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp") or condition(pod).get("status") != "True":
+        return False
+    if node is None or not node.up:
+        return False
+    if node.back_at is None:
+        return True
+    status = pod.get("status") or {}
+    times = [status.get("startTime"), condition(pod).get("lastTransitionTime")]
+    times += [((c.get("state") or {}).get("running") or {}).get("startedAt")
+              for c in status.get("containerStatuses") or [] if isinstance(c, Mapping)]
+    return any(_since(_time(t), node.back_at) for t in times)
+
+
+def label_selector(selector: Mapping[str, Any] | None) -> str | None:
+    """A ``LabelSelector`` object as the API's ``labelSelector`` query (None: it selects nothing)."""
+    if not selector:
+        return None
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), ",".join(expr.get("values") or [])
+        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
+                      "Exists": f"{key}", "DoesNotExist": f"!{key}"}.get(str(op), f"{key} unknown-operator"))
+    return ",".join(parts) or None
+
+
+def workload_fresh(kind: str, obj: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
+                   nodes: Mapping[str, NodeSignal]) -> tuple[bool, str]:
+    """:func:`workload_available`, believing only a fresh status: ``status.observedGeneration`` equals
+    ``metadata.generation`` (the controller has seen the current spec) and as many of its ``pods``
+    as it wants are :func:`pod_confirmed` on their node (``nodes``: :func:`node_signals`).
+
+    After a cold start ``readyReplicas`` from before the outage stays until the node controller's grace
+    period has passed; this tells "available" from "was available". Purely computational.
+    """
+    available, detail = workload_available(kind, obj)
+    if not available:
+        return False, detail
+    generation = (obj.get("metadata") or {}).get("generation")
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if isinstance(generation, int) and observed != generation:
+        return False, f"{detail} by a status of generation {observed}, not {generation} yet"
+    status = obj.get("status") or {}
+    if kind == "DaemonSet":
+        want = int(status.get("desiredNumberScheduled") or 0)
+    else:
+        spec_replicas = (obj.get("spec") or {}).get("replicas", 1)
+        want = int(spec_replicas) if isinstance(spec_replicas, int) else 1
+    confirmed = sum(pod_confirmed(p, nodes.get(str((p.get("spec") or {}).get("nodeName")))) for p in pods)
+    if confirmed < want:
+        return False, f"{detail} by its status, {confirmed}/{want} confirmed by a live kubelet since power returned"
+    return True, detail
 
 
 STUCK_REASONS: Final = frozenset({"CrashLoopBackOff", "RunContainerError", "CreateContainerError", "Error"})

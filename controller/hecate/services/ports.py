@@ -14,7 +14,10 @@ mirrors one module of that package. Failures are the adapter's errors
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, Protocol
+
+from hecate.domain.kubeobjects import NodeSignal
 
 
 class ApiProbe(Protocol):
@@ -50,7 +53,7 @@ class Scaler(Protocol):
 
     async def scaled_by_hecate(self) -> list[str]: ...
 
-    async def workload(self, ref: str) -> dict[str, Any]: ...
+    async def workload(self, ref: str, since: datetime | None = None) -> dict[str, Any]: ...
 
     async def restart_unready_pods(self, ref: str) -> list[str]: ...
 
@@ -58,7 +61,9 @@ class Scaler(Protocol):
 class Drainer(Protocol):
     """Cordon, drain and uncordon nodes; read their readiness and volume attachments."""
 
-    async def nodes_ready(self) -> dict[str, bool]: ...
+    async def nodes_ready(self, since: datetime | None = None) -> dict[str, bool]: ...
+
+    async def node_signals(self, since: datetime) -> dict[str, NodeSignal]: ...
 
     async def unschedulable_nodes(self) -> list[str]: ...
 

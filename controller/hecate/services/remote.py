@@ -2,9 +2,10 @@
 
 Shutdown and startup both build their actions on :func:`connected`, which opens the SSH
 connections in the background (handshakes off the critical path) and translates adapter
-errors into the executor's terms: a Kubernetes step that cannot reach the API is
-*skipped* (the run goes on over SSH), a refusal *fails* the step, and an SSH error fails
-it as transient or not.
+errors into the executor's terms: a Kubernetes step that cannot reach the API retries it
+with backoff until its deadline and is *skipped* only when the API stayed unreachable that
+long (the run goes on over SSH), a refusal *fails* the step, and an SSH error fails it as
+transient or not.
 
 A node that a step found unreachable (its connection attempts, retries included, failed) is
 *marked down* for the rest of the run: a later step on it (``checked(..., step=)``) first
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,7 @@ from hecate.domain.config import HecateConfig
 from hecate.domain.plan import Step
 from hecate.domain.results import StepResult
 from hecate.services import ports
-from hecate.services.executor import Skipped, StepFailed
+from hecate.services.executor import BACKOFF_S, Skipped, StepFailed
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +57,45 @@ class Remote:
         self.probe_timeout = probe_timeout
         self.down: dict[str, Down] = {}
         """Nodes marked down in this run (node name -> why)."""
+        self.api_down = False
+        """A step waited its whole deadline for the API in vain: later calls try once, not again that long."""
 
-    async def k8s(self, what: str, call: Callable[[], Any], partial: Partial | None = None) -> Any:
-        """Await one Kubernetes call: unreachable API -> Skipped, refusal -> StepFailed.
+    async def k8s(self, what: str, call: Callable[[], Any], partial: Partial | None = None, *,
+                  until: float | None = None) -> Any:
+        """Await one Kubernetes call: unreachable API -> retried, then Skipped; refusal -> StepFailed.
 
-        ``partial`` turns what the call had changed before it stopped into the step's result.
+        ``until`` (a ``time.monotonic()`` deadline): an unreachable API is called again with
+        backoff (at least the client's cool-down, ``ApiUnavailable.retry_after``), the last time at
+        the deadline -- an API blip of a few seconds must not cost the cluster its
+        Flux suspension, scale-down or drain -- and the step is skipped only when the API stayed
+        unreachable that long. Then the API counts as down for the rest of the run (``api_down``):
+        later calls try once, so a dead API costs one deadline per run, not one per step, until a
+        call gets through. Without ``until``: one attempt. The call is repeated whole, so it must be
+        idempotent (Hecate's own marks make the shutdown's calls so). ``partial`` turns what the
+        last attempt had changed before it stopped into the step's result.
         """
-        try:
-            return await call()
-        except kube_mod.ApiUnavailable as err:
-            raise Skipped(f"Kubernetes API unreachable, {what} skipped: {err}",
-                          result=_partial(partial, err.partial)) from err
-        except kube_mod.KubeError as err:
-            raise StepFailed(f"{what}: {err}", result=_partial(partial, err.partial)) from err
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                result = await call()
+            except kube_mod.ApiUnavailable as err:
+                now = time.monotonic()
+                # Give up when the deadline has come, or the client would not try the network before it.
+                if until is None or self.api_down or now + err.retry_after >= until:
+                    self.api_down = self.api_down or until is not None
+                    tried = f" for {time.monotonic() - started:.1f} s ({attempt + 1} attempts)" if attempt else ""
+                    raise Skipped(f"Kubernetes API unreachable{tried}, {what} skipped: {err}",
+                                  result=_partial(partial, err.partial)) from err
+                backoff = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+                attempt += 1
+                await asyncio.sleep(max(err.retry_after, min(backoff, until - now)))  # the last try at the deadline
+                continue
+            except kube_mod.KubeError as err:
+                self.api_down = False  # the API answered
+                raise StepFailed(f"{what}: {err}", result=_partial(partial, err.partial)) from err
+            self.api_down = False
+            return result
 
     async def command(self, node: str, command: str, timeout: float) -> ssh.CommandResult:
         """Run one command on a node; a non-zero exit is returned, an SSH error raises StepFailed."""

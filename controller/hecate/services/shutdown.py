@@ -2,9 +2,11 @@
 
 ``capabilities(config, plan)`` returns the action map the executor runs, built on one SSH
 pool (connections reused for the whole run, as many at work as the plan's stages run node
-commands at once), one Kubernetes client, and the host. A
-Kubernetes step that cannot reach the API is *skipped* with a warning -- shutdown never
-depends on the cluster being healthy -- while node steps proceed over SSH.
+commands at once), one Kubernetes client, and the host. A Kubernetes step that cannot reach
+the API tries again with backoff within its own time (:func:`api_window`): a blip of a few
+seconds must not cost the cluster its Flux suspension, scale-down or drain. Only when the
+API stays unreachable that long is the step *skipped* with a warning -- shutdown never
+depends on the cluster being healthy -- and node steps proceed over SSH.
 
 ``run(config, ...)`` executes a new shutdown or resumes one a killed process left in
 the journal; the daemon and ``hecate shutdown --execute`` both call it.
@@ -21,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hecate.adapters import kube as kube_mod
 from hecate.adapters import nut, ssh
 from hecate.adapters.store import StateStore
 from hecate.domain.config import HecateConfig
@@ -61,15 +64,34 @@ async def capabilities(config: HecateConfig, plan: Plan) -> AsyncIterator[Capabi
         yield _capabilities(config, conn)
 
 
+API_RETRY_MARGIN_S = 0.5
+"""Room left in a step after its last API attempt (scheduling, journaling)."""
+
+
+def api_window(step: Step, stage_timeout_s: float, api_timeout_s: float) -> float:
+    """How long a Kubernetes step keeps calling an unreachable API, from its start.
+
+    The step's own timeout, never past ``shutdown.stage_timeout_s``, less one call's timeout
+    (``cluster.api_timeout_s``) so that an attempt started before the end also ends in time: the
+    executor's per-step bound never cuts a retry short, and the step is reported as skipped, not
+    timed out. Purely computational.
+    """
+    return max(0.0, min(step.timeout_s, stage_timeout_s) - api_timeout_s - API_RETRY_MARGIN_S)
+
+
 def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
     kube, k8s = conn.kube, conn.k8s
+
+    def api_until(step: Step) -> float:
+        return time.monotonic() + api_window(step, config.shutdown.stage_timeout_s, config.cluster.api_timeout_s)
 
     async def node_command(step: Step, command: str, timeout: float, *, lost_is_success: bool = False) -> Done:
         # step=: a node an earlier stage found unreachable gets one short re-probe, not every attempt again.
         return Done(await conn.checked(step.target, command, timeout, lost_is_success=lost_is_success, step=step))
 
     async def flux_suspend(step: Step) -> FluxSuspended:
-        return FluxSuspended.from_data(await k8s("flux-suspend", kube.flux_suspend, FluxSuspended.from_data))
+        return FluxSuspended.from_data(await k8s("flux-suspend", kube.flux_suspend, FluxSuspended.from_data,
+                                                 until=api_until(step)))
 
     async def flux_unsuspend(result: StepResult) -> None:
         if isinstance(result, FluxSuspended):
@@ -77,12 +99,14 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
 
     async def scale_down(step: Step) -> ScaledDown:
         tier = step.params_as(ScaleParams)
-        return ScaledDown(await k8s("scale-down", lambda: kube.scale_down(tier.selector, tier.namespace), ScaledDown))
+        return ScaledDown(await k8s("scale-down", lambda: kube.scale_down(tier.selector, tier.namespace), ScaledDown,
+                                    until=api_until(step)))
 
     async def wait_volumes(step: Step) -> VolumesWaited:
         deadline = time.monotonic() + step.params_as(WaitParams).timeout_s
+        until = min(deadline, api_until(step))
         while True:
-            remaining = await k8s("wait-volumes", kube.volume_attachments)
+            remaining = await k8s("wait-volumes", kube.volume_attachments, until=until)
             if not remaining or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(2)
@@ -90,10 +114,25 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
 
     async def drain(step: Step) -> Drained:
         timeout = step.params_as(DrainParams).timeout_s
-        cordoned = await k8s("cordon", lambda: kube.cordon(step.target))
+        started = time.monotonic()
+        until = api_until(step)
+        cordoned = await k8s("cordon", lambda: kube.cordon(step.target), until=until)
+        evicted: list[str] = []  # by attempts the API cut short: the next attempt no longer sees those pods
+
+        async def attempt() -> dict[str, Any]:
+            try:  # the PodDisruptionBudget wait gets what an API blip left of the drain timeout
+                report: dict[str, Any] = await kube.drain(step.target, max(0.0, started + timeout - time.monotonic()))
+            except kube_mod.ApiUnavailable as err:
+                if isinstance(err.partial, dict):
+                    evicted.extend(err.partial.get("evicted", []))
+                raise
+            return with_evicted(report)
+
+        def with_evicted(report: dict[str, Any]) -> dict[str, Any]:
+            return {**report, "evicted": sorted({*evicted, *report.get("evicted", [])})} if evicted else report
+
         # A drain that fails or is skipped still records the cordon: startup must undo it.
-        report = await k8s("drain", lambda: kube.drain(step.target, timeout),
-                           lambda done: Drained(cordoned, done))
+        report = await k8s("drain", attempt, lambda done: Drained(cordoned, with_evicted(done)), until=until)
         return Drained(cordoned, report)
 
     async def stop_service(step: Step) -> Done:

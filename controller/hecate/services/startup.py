@@ -16,6 +16,13 @@ Flux to reconcile, and waits for the GitRepository and the Kustomizations to be 
 Before every stage after the preflight the UPSes are read again: if mains has failed
 again the startup stops (recorded as ``aborted``), which frees the run lock for the
 daemon's shutdown.
+
+After a cold start etcd still holds the statuses from before the outage -- Nodes Ready,
+workloads with all their replicas ready -- until the node controller's grace period marks
+them stale. Every readiness check therefore believes only what was written since the run
+began (``since``): a Node whose kubelet renewed its Lease or posted a heartbeat since, a
+workload whose status is of its current generation and whose pods live kubelets confirmed
+(:func:`hecate.domain.kubeobjects.node_signal`, :func:`~hecate.domain.kubeobjects.workload_fresh`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +115,9 @@ async def _api(step: Step, what: str, call: Callable[[], Awaitable[Any]], so_far
         await asyncio.sleep(POLL_S)
 
 
-def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]:
+def actions(config: HecateConfig, conn: remote.Remote, *, since: datetime) -> dict[Action, ActionFn]:
+    """The startup's capabilities; ``since`` is when the run began: only a Node or workload status
+    written after it is believed (statuses from before the outage outlive it in etcd)."""
     kube = conn.kube
     flux = config.flux
     reader = nut.NutReader(timeout=2.0)
@@ -189,12 +199,19 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
 
     async def wait_node(step: Step) -> Done:
         started = time.monotonic()
+        last = "not registered"
 
         async def ready() -> bool:
-            return (await kube.nodes_ready()).get(step.target, False)
+            nonlocal last
+            signal = (await kube.node_signals(since)).get(step.target)
+            last = signal.detail if signal is not None else "not registered"
+            return signal is not None and signal.up
 
         timeout = step.params_as(WaitParams).timeout_s
-        await _until(started + timeout, ready, what=f"not Ready after {timeout:g} s")
+        try:
+            await _until(started + timeout, ready, what=f"not Ready after {timeout:g} s")
+        except StepFailed as err:
+            raise StepFailed(f"{err}: {last}") from err
         return Done(f"Ready after {time.monotonic() - started:.1f} s")
 
     async def uncordon(step: Step) -> Uncordoned:
@@ -226,7 +243,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
         state: dict[str, Any] = {}
         while True:
             try:
-                state = await kube.workload(ref)
+                state = await kube.workload(ref, since)
                 if state["available"]:
                     return WorkloadRecovery(tuple(restarted), tuple(applied), time.monotonic() - started)
                 if not state["exists"] or time.monotonic() >= recover_at:
@@ -303,7 +320,7 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
                     last = f"waiting for {', '.join(waiting)}"
                     stuck_since = None
                 else:
-                    gitea_state = await kube.workload(gitea)
+                    gitea_state = await kube.workload(gitea, since)
                     last = (f"GitRepository not Ready ({repo['reason']}: {repo['message']})" if fresh else
                             "GitRepository has not handled the reconcile request yet") + \
                         f"; Gitea {gitea_state['detail']}"
@@ -348,10 +365,11 @@ def actions(config: HecateConfig, conn: remote.Remote) -> dict[Action, ActionFn]
 
         async def converged() -> bool:
             problems.clear()
-            ready = await kube.nodes_ready()
-            problems.extend(f"node {n} not Ready" for n in params.nodes if not ready.get(n))
+            signals = await kube.node_signals(since)
+            problems.extend(f"node {n} not Ready" + (f" ({signals[n].detail})" if n in signals else "")
+                            for n in params.nodes if n not in signals or not signals[n].up)
             for ref in params.foundation:
-                state = await kube.workload(kubeobjects.canonical_ref(ref))
+                state = await kube.workload(kubeobjects.canonical_ref(ref), since)
                 if not state["available"]:
                     problems.append(f"{ref} {state['detail']}")
             try:
@@ -391,6 +409,7 @@ async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress,
               force_branch: str | None = None) -> RunRecord:
     """Execute the startup (resuming one a killed process left this boot). Raises ``RunInProgress``."""
     plan = startup_plan(config, force_branch=force_branch)
+    since = datetime.now(UTC)  # statuses written before the run may be from before the outage
     reader = nut.NutReader(timeout=2.0)
     protecting = [u for u in config.ups if u.protects_cluster]
 
@@ -401,5 +420,5 @@ async def run(config: HecateConfig, trigger: dict[str, Any], progress: Progress,
         return f"UPS {', '.join(on_battery)} on battery again" if on_battery else None
 
     async with remote.connected(config, plan.node_parallelism, kube_cooldown=KUBE_COOLDOWN_S) as conn:
-        executor = Executor(StateStore(config.state_dir), actions(config, conn), progress)
+        executor = Executor(StateStore(config.state_dir), actions(config, conn, since=since), progress)
         return await executor.run_or_resume(plan, trigger, interrupt=power_failed_again if protecting else None)

@@ -14,7 +14,10 @@ docs/lab-kubeapi.md), by file:
   server nodes, the API serves only while a majority of them run k3s, and only ``delays.api``
   seconds after that became true; **cold start** (``cold_start_victims``): what an outage
   loses -- objects annotated ``lab.hecate.io/lost-on-cold-start: "true"`` and what they own
-  or select; **nodes** (``node_ready``): Ready ``delays.node`` seconds after k3s started.
+  or select; **nodes** (``node_ready``, ``kubelet_posts``, ``lease_due``, ``node_lost``): Ready
+  ``delays.node`` seconds after k3s started, written only by a kubelet while the API serves;
+  a silent kubelet's Node keeps its last status for ``delays.grace`` seconds (the node
+  controller's grace period), so a cold start shows the statuses from before the outage.
 - :mod:`~hecate_lab.cluster_sim.workloads`: **workloads** (``plan_pods``, ``pod_status``,
   ``workload_status``, ``available``, ``blockers``): pods created, placed, deleted, Ready;
   the workload's status counts them.
@@ -35,7 +38,11 @@ from hecate_lab.cluster_sim.control_plane import (
     api_state,
     cold_start_victims,
     has_quorum,
+    kubelet_posts,
+    lease_due,
+    lost_since,
     node_fits,
+    node_lost,
     node_ready,
     schedulable,
 )
@@ -136,12 +143,16 @@ __all__ = [
     "has_quorum",
     "held_since",
     "is_true",
+    "kubelet_posts",
     "labels_of",
+    "lease_due",
+    "lost_since",
     "make_condition",
     "match_selector_object",
     "merge_patch",
     "meta_of",
     "node_fits",
+    "node_lost",
     "node_ready",
     "owned_by",
     "owner_reference",

@@ -1,4 +1,5 @@
-"""Rules 1 to 3: the API follows its servers, a cold start loses what is annotated, Nodes follow k3s.
+"""Rules 1 to 3: the API follows its servers, a cold start loses what is annotated, Nodes follow
+their kubelets -- which can only write while the API serves -- and the node controller.
 
 See docs/lab-kubeapi.md for the contract; :mod:`hecate_lab.kubeapi.simulator` applies them.
 """
@@ -113,6 +114,34 @@ def cold_start_victims(objects: Iterable[Mapping[str, Any]]) -> list[ObjRef]:
 def node_ready(running: bool, running_since: float | None, now: float, delay: float) -> bool:
     """A Node is Ready once its k3s has run for ``delay`` seconds."""
     return running and elapsed(running_since, now, delay)
+
+
+def kubelet_posts(running: bool, api_available: bool) -> bool:
+    """A node's kubelet writes its Node status and renews its Lease: its k3s runs and the API serves.
+
+    While the API is down nobody writes, so every Node keeps what it last said -- after a cold start
+    the API serves the statuses from before the outage.
+    """
+    return running and api_available
+
+
+def lease_due(last_renewal: float | None, now: float, period: float) -> bool:
+    """A posting kubelet renews its Lease every ``period`` seconds (at once when it has not yet)."""
+    return last_renewal is None or now - last_renewal >= period
+
+
+def lost_since(last_renewal: float | None, serving_since: float | None) -> float | None:
+    """From when the node controller counts a silent kubelet's grace period: its last Lease renewal,
+    or the moment the API came back when that is later (a node controller that restarts with the API
+    has seen no heartbeat yet, so it grants every node a full grace period). None: nothing to count."""
+    known = [t for t in (last_renewal, serving_since) if t is not None]
+    return max(known) if known else None
+
+
+def node_lost(last_renewal: float | None, serving_since: float | None, now: float, grace: float) -> bool:
+    """The node controller marks a Node whose kubelet does not post NotReady once ``grace`` seconds
+    have passed since :func:`lost_since`; until then the Node keeps its last (maybe stale) status."""
+    return elapsed(lost_since(last_renewal, serving_since), now, grace)
 
 
 def schedulable(node: Mapping[str, Any]) -> bool:

@@ -21,12 +21,18 @@ class Delays:
 
     ``api``: from a quorum of servers running k3s to the API serving; ``node``: from a
     node's k3s starting to its Node being Ready; ``pod``: from a pod's inputs (node
-    Ready, not stuck, dependencies available) becoming true to the pod being Ready.
+    Ready, not stuck, dependencies available) becoming true to the pod being Ready;
+    ``grace``: the node controller's grace period (40 s in Kubernetes), how long a Node
+    whose kubelet stopped posting keeps its last status -- counted from its last Lease
+    renewal, or from the API coming back when that is later; ``lease``: how often a
+    running kubelet renews its Lease (10 s in Kubernetes).
     """
 
     api: float = 1.0
     node: float = 0.5
     pod: float = 0.5
+    grace: float = 1.0
+    lease: float = 0.5
 
     @classmethod
     def parse(cls, data: Mapping[str, Any] | None) -> Delays:
@@ -35,19 +41,21 @@ class Delays:
             return cls()
         if not isinstance(data, Mapping):
             raise ValueError(f'"delays" must be an object, not {data!r}')
-        unknown = sorted(set(data) - {"api", "node", "pod"})
+        known = ("api", "node", "pod", "grace", "lease")
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f'unknown delays: {", ".join(unknown)} (known: api, node, pod)')
+            raise ValueError(f'unknown delays: {", ".join(unknown)} (known: {", ".join(known)})')
         values: dict[str, float] = {}
         for key, value in data.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                    or value < 0:
-                raise ValueError(f'delays.{key} must be a number of seconds >= 0, not {value!r}')
+                    or value < 0 or (key == "lease" and value <= 0):
+                raise ValueError(f'delays.{key} must be a number of seconds '
+                                 f'{"> 0" if key == "lease" else ">= 0"}, not {value!r}')
             values[key] = float(value)
         return cls(**values)
 
     def to_dict(self) -> dict[str, float]:
-        return {"api": self.api, "node": self.node, "pod": self.pod}
+        return {"api": self.api, "node": self.node, "pod": self.pod, "grace": self.grace, "lease": self.lease}
 
 
 def held_since(condition: bool, since: float | None, now: float) -> float | None:
@@ -69,6 +77,7 @@ def due_in(since: float | None, now: float, delay: float) -> float | None:
     return since + delay - now
 
 
-def format_time(now: float) -> str:
-    """RFC 3339 with whole seconds, as the Kubernetes API writes timestamps."""
-    return timestamps.rfc3339(dt.datetime.fromtimestamp(now, tz=dt.UTC))
+def format_time(now: float, *, fraction: bool = False) -> str:
+    """RFC 3339 with whole seconds, as the Kubernetes API writes timestamps (``metav1.Time``);
+    ``fraction``: with microseconds (``metav1.MicroTime``, e.g. a Lease's ``renewTime``)."""
+    return timestamps.rfc3339(dt.datetime.fromtimestamp(now, tz=dt.UTC), fraction=fraction)

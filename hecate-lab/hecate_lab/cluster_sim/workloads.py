@@ -296,7 +296,8 @@ def pod_status(pod: Mapping[str, Any], *, node_ready: bool, waiting_for: Sequenc
     Pure. ``since`` is when those inputs were last seen becoming true (None: not yet).
     The phase is ``Pending`` until the pod first becomes Ready (or while it has no node),
     ``Running`` from then on (a pod on a NotReady node stays Running, not Ready). Only
-    conditions that change get a new ``lastTransitionTime``.
+    conditions that change get a new ``lastTransitionTime``. A Ready pod's containers are
+    ``running`` since their inputs came true (``startedAt``, kept while they stay Ready).
     """
     previous = status_of(pod)
     node = _node_name(pod)
@@ -335,7 +336,10 @@ def pod_status(pod: Mapping[str, Any], *, node_ready: bool, waiting_for: Sequenc
         state: dict[str, Any] = {"waiting": {"reason": "CrashLoopBackOff",
                                              "message": "back-off 5m0s restarting failed container"}}
     elif ready:
-        state = {"running": {}}
+        # The container started when its inputs came true (a restarted kubelet restarts it: a new time).
+        was = next((c for c in previous.get("containerStatuses") or [] if isinstance(c, Mapping)), {})
+        started = ((was.get("state") or {}).get("running") or {}).get("startedAt") if was.get("ready") else None
+        state = {"running": {"startedAt": started or format_time(since if since is not None else now)}}
     else:
         state = {"waiting": {"reason": "ContainerCreating"}}
     status["containerStatuses"] = [

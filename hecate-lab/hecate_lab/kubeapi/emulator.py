@@ -25,8 +25,8 @@ import kmock
 from hecate_lab.kubeapi.crds import FLUX_CRDS, established_status, register_crd
 from hecate_lab.kubeapi.eviction import eviction_verdict
 from hecate_lab.kubeapi.manifest import DEFAULT_K3S_VERSION, LabManifest
-from hecate_lab.kubeapi.node_objects import node_object, node_ready_condition, read_node_state
-from hecate_lab.kubeapi.resources import CRDS, NODES, PDBS, PODS, format_time, status_body, utcnow
+from hecate_lab.kubeapi.node_objects import lease_object, node_object, node_ready_condition, read_node_state
+from hecate_lab.kubeapi.resources import CRDS, LEASES, NODES, PDBS, PODS, format_time, status_body, utcnow
 from hecate_lab.kubeapi.selectors import match_field_selector, match_label_selector
 
 log = logging.getLogger(__name__)
@@ -467,4 +467,5 @@ def build_emulator(manifest: LabManifest, now: dt.datetime | None = None) -> Lab
     for index, node in enumerate(manifest.nodes):
         ready = node_ready_condition(read_node_state(node) or {}, None, now)
         emulator.seed(NODES, node_object(node, ready, k3s_version=manifest.k3s_version, index=index))
+        emulator.seed(LEASES, lease_object(node, now))
     return emulator

@@ -1,7 +1,8 @@
-"""The ``v1`` Node objects of the lab's nodes, and the rule for their Ready condition.
+"""The ``v1`` Node objects of the lab's nodes, their kubelets' Leases, and the rule for their Ready condition.
 
 A lab node's Node is Ready while its ``state.json`` (:mod:`hecate_lab.nodestate`) says k3s
-runs; the Node carries what a k3s node registers (labels, addresses, capacity, nodeInfo).
+runs; the Node carries what a k3s node registers (labels, addresses, capacity, nodeInfo), and
+its kubelet renews a ``coordination.k8s.io/v1`` Lease of the node's name in ``kube-node-lease``.
 See docs/lab-kubeapi.md (rule 3).
 """
 
@@ -12,11 +13,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from hecate.domain import timestamps
 from hecate_lab.kubeapi.manifest import LabNode
 from hecate_lab.kubeapi.resources import format_time, parse_time
 from hecate_lab.nodestate import k3s_running, read_state
 
 HEARTBEAT_PERIOD = dt.timedelta(seconds=10)  # how often a running "kubelet" refreshes Ready
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+LEASE_DURATION_S = 40  # what a kubelet writes in spec.leaseDurationSeconds
 
 READY_REASON = "KubeletReady"
 READY_MESSAGE = "kubelet is posting ready status"
@@ -38,8 +42,8 @@ def node_ready_condition(
 
     Pure. Ready is ``"True"`` exactly when :func:`~hecate_lab.nodestate.k3s_running`:
     the node is powered and one of its k3s services is active; otherwise ``"False"``
-    with the node controller's reason (a real cluster would say ``"Unknown"`` after a
-    40 s grace period; the lab flips at once). ``ready=False`` holds a running node
+    with the node controller's reason (a real cluster says ``"Unknown"``; the simulator
+    asks only once the grace period has passed, rule 3). ``ready=False`` holds a running node
     NotReady (its kubelet is still starting: :func:`hecate_lab.cluster_sim.node_ready`
     decides). ``lastTransitionTime`` moves only when the
     status changes. ``lastHeartbeatTime`` is what a kubelet would post: refreshed on a
@@ -73,6 +77,21 @@ def node_ready_condition(
         "lastHeartbeatTime": heartbeat,
         "lastTransitionTime": transition,
     }
+
+
+def lease_object(node: LabNode, renewed: dt.datetime) -> dict[str, Any]:
+    """The Lease a node's kubelet renews (``spec.renewTime`` with microseconds, as ``metav1.MicroTime``)."""
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": node.name, "namespace": NODE_LEASE_NAMESPACE},
+        "spec": {"holderIdentity": node.name, "leaseDurationSeconds": LEASE_DURATION_S,
+                 "renewTime": format_micro_time(renewed)},
+    }
+
+
+def format_micro_time(when: dt.datetime) -> str:
+    return timestamps.rfc3339(when, fraction=True)
 
 
 def read_node_state(node: LabNode) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import kmock
 from hecate.domain import timestamps
 
 NODES = kmock.resource("", "v1", "nodes")
+LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 PODS = kmock.resource("", "v1", "pods")
 PDBS = kmock.resource("policy", "v1", "poddisruptionbudgets")

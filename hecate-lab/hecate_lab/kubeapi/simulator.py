@@ -22,11 +22,19 @@ from hecate_lab.kubeapi.emulator import LabKubernetesEmulator
 from hecate_lab.kubeapi.errors import LabKubeApiError
 from hecate_lab.kubeapi.events import EventLog
 from hecate_lab.kubeapi.manifest import LabManifest, LabNode
-from hecate_lab.kubeapi.node_objects import HEARTBEAT_PERIOD, node_ready_condition, read_node_state
+from hecate_lab.kubeapi.node_objects import (
+    HEARTBEAT_PERIOD,
+    NODE_LEASE_NAMESPACE,
+    format_micro_time,
+    lease_object,
+    node_ready_condition,
+    read_node_state,
+)
 from hecate_lab.kubeapi.resources import (
     GITREPOSITORIES,
     HELMRELEASES,
     KUSTOMIZATIONS,
+    LEASES,
     NODES,
     PODS,
     REPLICASETS,
@@ -70,6 +78,14 @@ async def sync_node(emulator: LabKubernetesEmulator, node: LabNode, now: dt.date
     return True
 
 
+async def renew_lease(emulator: LabKubernetesEmulator, node: LabNode, now: dt.datetime) -> None:
+    """A kubelet's Lease renewal: ``spec.renewTime`` now (the Lease is created again if it was deleted)."""
+    renewed = await emulator.internal_patch(LEASES, NODE_LEASE_NAMESPACE, node.name,
+                                            {"spec": {"renewTime": format_micro_time(now)}})
+    if renewed is None:
+        await emulator.internal_create(LEASES, lease_object(node, now))
+
+
 def _pod_key(pod: Mapping[str, Any]) -> tuple[str, str, str]:
     meta = pod.get("metadata") or {}
     return str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
@@ -79,8 +95,9 @@ class ClusterSimulator:
     """Applies the rules of :mod:`hecate_lab.cluster_sim` to the emulator, one :meth:`step` at a time.
 
     It keeps in memory only what the objects cannot say: since when each node's k3s has
-    run, since when each pod's inputs have held, the API's state, and the last reported
-    availability of each workload and Flux object (for the timeline).
+    run, when its kubelet last renewed its Lease, since when each pod's inputs have held, the
+    API's state (and since when it serves), and the last reported availability of each
+    workload and Flux object (for the timeline).
     """
 
     CONTROLLER_ROUNDS = 3  # passes per step while the previous one wrote something
@@ -100,6 +117,14 @@ class ClusterSimulator:
         self.flux_ready: dict[sim.ObjRef, tuple[str, str]] = {}
         self.unreadable: set[str] = set()
         self.warned: set[str] = set()
+        self.renewed: dict[str, float] = {}
+        """When each node's kubelet last renewed its Lease (the node controller's grace counts from it)."""
+        self.serving_since: float | None = None
+        """When the API last came back (a restarted node controller grants every node a full grace period)."""
+        self.lost: set[str] = set()
+        """Nodes the node controller has marked NotReady (reported once on the timeline)."""
+        self.silent: set[str] = set()
+        """Nodes whose kubelet did not post in the last step: nobody updates their pods."""
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self.warned:
@@ -107,8 +132,9 @@ class ClusterSimulator:
             log.warning("%s", message)
 
     async def step(self) -> float | None:
-        """Nodes, then the API gate (and a cold start), then the controllers; the seconds
-        until a delay runs out (when the next step is due at the latest), or None."""
+        """The API gate, then the Nodes (kubelets and the node controller), then a cold start and
+        the controllers; the seconds until a delay runs out (when the next step is due at the
+        latest), or None."""
         now = time.time()
         due: list[float] = []
         states: dict[str, dict[str, Any] | None] = {}
@@ -127,19 +153,14 @@ class ClusterSimulator:
             else:
                 since = sim.held_since(running, self.running_since[node.name], now)
             self.running_since[node.name] = since
-            ready = sim.node_ready(running, since, now, self.delays.node)
-            if (wait := sim.due_in(since, now, self.delays.node)) is not None:
-                due.append(wait)
-            try:
-                await sync_node(self.emulator, node, dt.datetime.fromtimestamp(now, tz=dt.UTC),
-                                self.heartbeat_period, ready=ready, state=state)
-            except (LabKubeApiError, OSError) as e:
-                log.warning("node %s: cannot update the Node: %s", node.name, e)
 
         running_servers = sum(1 for n in self.servers if (st := states.get(n.name)) and k3s_running(st))
         api = sim.api_state(self.api, running_servers, len(self.servers), now, self.delays.api)
         was = self.api
         self.api = api
+        if api.available and (was is None or not was.available):
+            self.serving_since = now
+        await self.nodes_step(states, now, due, api.available)
         if not api.available:
             if was is None or was.available:
                 self.events.emit("api", api.message)
@@ -156,6 +177,45 @@ class ClusterSimulator:
                                     f"k3s servers running")
         self.emulator.set_available(True)
         return min(due) if due else None
+
+    async def nodes_step(self, states: Mapping[str, Mapping[str, Any] | None], now: float, due: list[float],
+                         serving: bool) -> None:
+        """Rule 3: a node's kubelet posts its Node and renews its Lease while its k3s runs and the
+        API serves; the node controller marks a silent one NotReady after the grace period; while
+        the API is down nobody writes."""
+        when = dt.datetime.fromtimestamp(now, tz=dt.UTC)
+        self.silent = set()
+        for node in self.nodes:
+            state = states.get(node.name)
+            running = state is not None and k3s_running(dict(state))
+            if not sim.kubelet_posts(running, serving):
+                self.silent.add(node.name)
+            if state is None or not serving:
+                continue
+            since = self.running_since.get(node.name)
+            try:
+                if sim.kubelet_posts(running, serving):
+                    ready = sim.node_ready(running, since, now, self.delays.node)
+                    if (wait := sim.due_in(since, now, self.delays.node)) is not None:
+                        due.append(wait)
+                    await sync_node(self.emulator, node, when, self.heartbeat_period, ready=ready, state=state)
+                    if sim.lease_due(self.renewed.get(node.name), now, self.delays.lease):
+                        await renew_lease(self.emulator, node, when)
+                        self.renewed[node.name] = now
+                    due.append(self.renewed[node.name] + self.delays.lease - now)
+                    self.lost.discard(node.name)
+                    continue
+                start = sim.lost_since(self.renewed.get(node.name), self.serving_since)
+                if sim.node_lost(self.renewed.get(node.name), self.serving_since, now, self.delays.grace):
+                    if await sync_node(self.emulator, node, when, self.heartbeat_period, state=state) \
+                            and node.name not in self.lost:
+                        self.events.emit("node", f"kubelet silent for {self.delays.grace:g} s: NotReady",
+                                         sim.ref_text(("Node", None, node.name)))
+                    self.lost.add(node.name)
+                elif (wait := sim.due_in(start, now, self.delays.grace)) is not None:
+                    due.append(wait)  # until then the Node keeps its last status, maybe from before an outage
+            except (LabKubeApiError, OSError) as e:
+                log.warning("node %s: cannot update the Node: %s", node.name, e)
 
     async def cold_start(self) -> None:
         """Rule 2: delete what the outage lost, before the API serves again."""
@@ -253,6 +313,11 @@ class ClusterSimulator:
             for pod in owned:
                 key = _pod_key(pod)
                 node = (pod.get("spec") or {}).get("nodeName")
+                if node in self.silent and node_ready.get(node):
+                    # Its kubelet does not post and the node controller has not given up on it yet: the pod
+                    # keeps its status -- after a cold start, the one from before the outage (rule 4).
+                    ready_count += sim.condition_true(pod)
+                    continue
                 verdict = sim.pod_status(pod, node_ready=bool(node and node_ready.get(node)), waiting_for=waiting,
                                          since=self.pod_since.get(key), now=now, delay=self.delays.pod)
                 if verdict.since is None:

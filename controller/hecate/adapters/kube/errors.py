@@ -28,7 +28,16 @@ class KubeError(Exception):
 
 
 class ApiUnavailable(KubeError):
-    """The API cannot be reached (refused, reset, timeout, 5xx, no usable kubeconfig)."""
+    """The API cannot be reached (refused, reset, timeout, 5xx, no usable kubeconfig).
+
+    ``retry_after``: seconds until the client will try the network again (its cool-down); a
+    caller that retries waits at least that long, since an earlier call fails at once.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, partial: Any = None,
+                 retry_after: float = 0.0) -> None:
+        super().__init__(message, status=status, partial=partial)
+        self.retry_after = retry_after
 
 
 class KubeNotFound(KubeError):

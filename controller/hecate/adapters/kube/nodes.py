@@ -3,12 +3,15 @@
 Why this module exists: before a node is stopped its pods must leave it the way Kubernetes
 allows -- evictions, which honour PodDisruptionBudgets -- but a drain must never block a
 shutdown for longer than its timeout. Hecate marks the nodes it cordons
-(``hecate.io/cordoned-by``), so that a startup uncordons those and no other.
+(``hecate.io/cordoned-by``), so that a startup uncordons those and no other. After a cold
+start a Node's ``Ready`` may be the status from before the outage: a startup reads it with the
+node's Lease (:func:`node_signals`) and believes only what a kubelet wrote since the run began.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import Any
 
@@ -16,9 +19,12 @@ from kubernetes import client as kclient
 
 from hecate.adapters.kube.errors import ApiUnavailable, KubeError, KubeNotFound
 from hecate.adapters.kube.transport import Transport
+from hecate.domain import kubeobjects
 from hecate.domain.kubeobjects import (
     CORDONED_BY,
+    NODE_LEASE_NAMESPACE,
     OWNER,
+    NodeSignal,
     annotations_of,
     drain_skip_reason,
     format_ref,
@@ -36,14 +42,58 @@ def _node(name: str) -> str:
     return format_ref(None, "Node", name)
 
 
+async def list_nodes(transport: Transport) -> list[dict[str, Any]]:
+    data = await transport._call("list nodes", kclient.CoreV1Api, "list_node")
+    return list((data or {}).get("items", []))
+
+
+async def node_leases(transport: Transport) -> list[dict[str, Any]]:
+    """The kubelets' Leases in ``kube-node-lease``; none when the API has none or Hecate may not read
+    them (a warning: readiness then rests on the Ready heartbeat alone, which a kubelet posts when it
+    starts and every few minutes)."""
+    try:
+        data = await transport._call(f"list Leases in {NODE_LEASE_NAMESPACE}", kclient.CoordinationV1Api,
+                                     "list_namespaced_lease", NODE_LEASE_NAMESPACE)
+    except KubeNotFound:
+        return []
+    except ApiUnavailable:
+        raise
+    except KubeError as err:
+        if "leases" not in transport._warned:
+            transport._warned.add("leases")
+            log.warning("cannot read the node Leases (%s): node readiness rests on heartbeats alone; "
+                        "grant list on leases in %s (manifests/rbac.yaml)", err, NODE_LEASE_NAMESPACE)
+        return []
+    return list((data or {}).get("items", []))
+
+
+async def node_signals(transport: Transport, since: dt.datetime) -> dict[str, NodeSignal]:
+    """Every Node's :class:`~hecate.domain.kubeobjects.NodeSignal` against ``since`` (Leases and Nodes read now).
+
+    The Leases are read first: a kubelet that starts between the two reads must not pair its fresh
+    Lease with the Ready status from before the outage that the Node still showed a moment earlier
+    (a kubelet posts its status when it starts; read after the Lease, the Node has it).
+    """
+    leases = await node_leases(transport)
+    nodes = await list_nodes(transport)
+    return kubeobjects.node_signals(nodes, leases, since, dt.datetime.now(dt.UTC))
+
+
 class NodeOps(Transport):
     async def _nodes(self) -> list[dict[str, Any]]:
-        data = await self._call("list nodes", kclient.CoreV1Api, "list_node")
-        return list((data or {}).get("items", []))
+        return await list_nodes(self)
 
-    async def nodes_ready(self) -> dict[str, bool]:
-        """Every Node and whether its ``Ready`` condition is ``"True"``."""
+    async def nodes_ready(self, since: dt.datetime | None = None) -> dict[str, bool]:
+        """Every Node and whether its ``Ready`` condition is ``"True"``; with ``since``, only if its
+        kubelet wrote since (:meth:`node_signals`)."""
+        if since is not None:
+            return {name: signal.up for name, signal in (await self.node_signals(since)).items()}
         return {node["metadata"]["name"]: node_ready(node) for node in await self._nodes()}
+
+    async def node_signals(self, since: dt.datetime) -> dict[str, NodeSignal]:
+        """Every Node's readiness as a startup believes it: Ready, and a Lease renewal or Ready heartbeat
+        not older than ``since`` (:func:`hecate.domain.kubeobjects.node_signal`)."""
+        return await node_signals(self, since)
 
     async def unschedulable_nodes(self) -> list[str]:
         """Every cordoned node, whoever cordoned it."""

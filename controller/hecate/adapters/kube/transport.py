@@ -15,10 +15,15 @@ kubeconfig is read on first use, so it may be absent when the client is built, a
 after the API was unreachable (the lab and some clusters come back on a new address).
 
 After an :class:`~hecate.adapters.kube.errors.ApiUnavailable` the transport
-**short-circuits** later calls for ``cooldown`` seconds: they raise ``ApiUnavailable`` at
-once, without touching the network, so a dead API costs one timeout per cool-down rather
-than one per step; the first call after the cool-down tries again (and reloads the
-kubeconfig). ``writes`` counts the mutating requests sent: a dry-run must leave it at zero.
+**short-circuits** later calls for a cool-down: they raise ``ApiUnavailable`` at once,
+without touching the network, so a dead API costs one timeout per cool-down rather than one
+per step; the first call after the cool-down tries again (and reloads the kubeconfig). The
+cool-down starts short (:data:`FIRST_COOLDOWN_S`) and doubles with every consecutive failure
+up to ``cooldown``; a call that succeeds resets it -- an API back after a blip of a few
+seconds is found within a second, a dead one is tried at most every ``cooldown`` seconds.
+Every ``ApiUnavailable`` says in ``retry_after`` when the network will be tried again, for
+callers that retry. ``writes`` counts the mutating requests sent: a dry-run must leave it at
+zero.
 """
 
 from __future__ import annotations
@@ -43,8 +48,11 @@ from hecate.adapters.kube.errors import ApiUnavailable, KubeError, KubeNotFound
 
 log = logging.getLogger(__name__)
 
-COOLDOWN_S = 5.0
-"""After an :class:`ApiUnavailable`, calls fail fast for this long."""
+COOLDOWN_S = 2.0
+"""The longest cool-down: while the API stays unreachable, calls fail fast for up to this long (short
+enough that a shutdown step retrying an API blip still tries near the end of its window)."""
+FIRST_COOLDOWN_S = 0.5
+"""The cool-down after the first failure (doubled on each consecutive one, up to the cap)."""
 EVICTION_RETRY_S = 1.0
 """How often a drain retries an eviction a PodDisruptionBudget refused."""
 MERGE_PATCH = "application/merge-patch+json"
@@ -66,6 +74,10 @@ class Transport:
         self._client_lock = threading.Lock()
         self._down_until = 0.0
         self._down_reason = ""
+        self._failures = 0
+        """Consecutive calls that found the API unreachable (the cool-down grows with them)."""
+        self._warned: set[str] = set()
+        """Warnings given once per client (e.g. node Leases that cannot be read)."""
         self._served_versions: dict[str, str] = {}
         """Kind -> the version the API serves, for kinds with several (found once, see ``flux``)."""
 
@@ -124,11 +136,11 @@ class Transport:
         now = time.monotonic()
         if now < self._down_until:
             raise ApiUnavailable(f"{what}: API unavailable ({self._down_reason}); not retried for another "
-                                 f"{self._down_until - now:.1f}s")
+                                 f"{self._down_until - now:.1f}s", retry_after=self._down_until - now)
         if write:
             self.writes += 1
         try:
-            return await asyncio.to_thread(self._request, api_class, method, args, kwargs)
+            result = await asyncio.to_thread(self._request, api_class, method, args, kwargs)
         except ApiUnavailable as err:
             raise self._unavailable(f"{what}: {err}", None) from err
         except kclient.ApiException as err:
@@ -136,6 +148,7 @@ class Transport:
             message = f"{what}: {status} {_status_message(err)}"
             if status is not None and status >= 500 and server_error_is_unavailable:
                 raise self._unavailable(message, status) from err
+            self._failures = 0  # the API answered, if only to refuse
             if status == 404:
                 raise KubeNotFound(message, status=status) from err
             raise KubeError(message, status=status) from err
@@ -143,16 +156,20 @@ class Transport:
             raise self._unavailable(f"{what}: cannot reach the API: {_cause(err)}", None) from err
         except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a body that is not JSON
             raise KubeError(f"{what}: unreadable answer from the API: {err}") from err
+        self._failures = 0
+        return result
 
     def _unavailable(self, message: str, status: int | None) -> ApiUnavailable:
-        self._down_until = time.monotonic() + self.cooldown
+        cooldown = min(self.cooldown, FIRST_COOLDOWN_S * 2 ** min(self._failures, 16))
+        self._failures += 1
+        self._down_until = time.monotonic() + cooldown
         self._down_reason = message
         with self._client_lock:  # reload the kubeconfig next time: the API may come back elsewhere
             api, self._client = self._client, None
         if api is not None:
             api.close()  # type: ignore[no-untyped-call]
-        log.warning("Kubernetes API unavailable: %s (cool-down %.0fs)", message, self.cooldown)
-        return ApiUnavailable(message, status=status)
+        log.warning("Kubernetes API unavailable: %s (cool-down %.1fs)", message, cooldown)
+        return ApiUnavailable(message, status=status, retry_after=cooldown)
 
     async def _patch(self, what: str, api_class: type, method: str, *args: Any, body: Mapping[str, Any]) -> Any:
         return await self._call(what, api_class, method, *args, body, write=True, _content_type=MERGE_PATCH)

@@ -3,16 +3,20 @@
 Why this module exists: a shutdown scales the tiers' Deployments and StatefulSets to zero
 before draining (so that a database stops cleanly rather than by eviction) and records the
 replicas on each object (``hecate.io/original-replicas``); a startup scales back exactly
-those, waits until the foundation workloads serve and restarts pods that crash-loop.
+those, waits until the foundation workloads serve and restarts pods that crash-loop. After a
+cold start a workload's status may still count the replicas that were ready before the outage:
+with ``since`` :meth:`WorkloadOps.workload` checks its pods against their nodes' kubelets.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from kubernetes import client as kclient
 
 from hecate.adapters.kube.errors import ApiUnavailable, KubeError, KubeNotFound
+from hecate.adapters.kube.nodes import node_signals
 from hecate.adapters.kube.transport import Transport
 from hecate.domain.kubeobjects import (
     ORIGINAL_REPLICAS,
@@ -22,10 +26,12 @@ from hecate.domain.kubeobjects import (
     condition,
     crash_looping,
     format_ref,
+    label_selector,
     node_ready,
     object_ref,
     parse_ref,
     workload_available,
+    workload_fresh,
 )
 
 # The generated client's method names: read_namespaced_<snake>, patch_namespaced_<snake>, ...
@@ -135,8 +141,14 @@ class WorkloadOps(Transport):
                     restored[ref] = target
         return restored
 
-    async def workload(self, ref: str) -> dict[str, Any]:
-        """``{"exists", "available", "detail"}`` of a Deployment, StatefulSet or DaemonSet."""
+    async def workload(self, ref: str, since: dt.datetime | None = None) -> dict[str, Any]:
+        """``{"exists", "available", "detail"}`` of a Deployment, StatefulSet or DaemonSet.
+
+        With ``since`` (when power returned) only a fresh status counts: of the current generation,
+        with enough of its pods confirmed Ready by live kubelets
+        (:func:`~hecate.domain.kubeobjects.workload_fresh`); that reads its pods, the Nodes and their
+        Leases too.
+        """
         try:
             namespace, kind, name = parse_ref(ref, WORKLOAD_KINDS)
         except ValueError as err:
@@ -145,7 +157,14 @@ class WorkloadOps(Transport):
             obj = await self._call(f"get {ref}", kclient.AppsV1Api, f"read_namespaced_{_SNAKE[kind]}", name, namespace)
         except KubeNotFound:
             return {"exists": False, "available": False, "detail": "not found"}
-        available, detail = workload_available(kind, obj or {})
+        obj = obj or {}
+        available, detail = workload_available(kind, obj)
+        if since is not None and available:
+            selector = label_selector((obj.get("spec") or {}).get("selector"))
+            pods = [] if selector is None else (await self._call(
+                f"list pods of {ref}", kclient.CoreV1Api, "list_namespaced_pod", namespace,
+                label_selector=selector) or {}).get("items", [])
+            available, detail = workload_fresh(kind, obj, pods, await node_signals(self, since))
         return {"exists": True, "available": available, "detail": detail}
 
     async def restart_unready_pods(self, ref: str) -> list[str]:
