@@ -15,6 +15,9 @@ from types import ModuleType
 
 import pytest
 
+from hecate.domain.plan import Stage
+from hecate.domain.runs import RunRecord, StageRecord
+from hecate.services.executor import StepOutcome
 from hecate_lab.testbed import Lab, LabSpec
 from hecate_lab.ups import LabUps, start_ups
 
@@ -174,3 +177,12 @@ def small_fs(tmp_path: Path) -> Iterator[SmallFs]:
     finally:
         if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)  # still busy: detach it
+
+
+class Quiet:
+    """A run's progress that shows nothing (the executor's ``Progress``)."""
+
+    def stage_started(self, stage: Stage, index: int, total: int) -> None: ...
+    def step_finished(self, outcome: StepOutcome) -> None: ...
+    def stage_finished(self, record: StageRecord) -> None: ...
+    def run_finished(self, record: RunRecord) -> None: ...

@@ -20,25 +20,18 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import Quiet
 from hecate.adapters import config as config_mod
 from hecate.adapters.kube import Kube
 from hecate.domain import budget
 from hecate.domain.config import HecateConfig
-from hecate.domain.runs import RunRecord, RunResult, StageRecord
+from hecate.domain.runs import RunRecord, RunResult
 from hecate.services import shutdown
-from hecate.services.executor import StepOutcome
 from hecate_lab import cluster_seed, kubeapi, nodes
 from hecate_lab.cluster_sim import Delays
 from hecate_lab.testbed import Lab, LabSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-class Quiet:
-    def stage_started(self, stage: Any, index: int, total: int) -> None: ...
-    def step_finished(self, outcome: StepOutcome) -> None: ...
-    def stage_finished(self, record: StageRecord) -> None: ...
-    def run_finished(self, record: RunRecord) -> None: ...
 
 
 @pytest.fixture

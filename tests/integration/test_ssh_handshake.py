@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,7 @@ async def test_a_startup_waits_for_a_stalled_node_until_its_boot_timeout(node: S
     started = time.monotonic()
     async with remote.connected(cfg, 1, preconnect=False) as conn:
         with pytest.raises(StepFailed) as caught:
-            await startup.actions(cfg, conn)[Action.start_service](step)
+            await startup.actions(cfg, conn, since=datetime.now(UTC))[Action.start_service](step)
     elapsed = time.monotonic() - started
     assert "(node not reachable within 2 s)" in str(caught.value)
     assert elapsed >= 2.0  # waited for the node the whole boot timeout, not failed at the first try

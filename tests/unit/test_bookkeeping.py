@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from conftest import Quiet
 from hecate import daemon as daemon_mod
 from hecate.adapters import metrics, store
 from hecate.adapters.store import RunInProgress, StateStore, StoreError, SymlinkRefused, boot_id
@@ -27,20 +28,13 @@ from hecate.domain.journal import RunStarted, StepStarted
 from hecate.domain.plan import Action, Plan, Stage, Step
 from hecate.domain.policy_source import CachedPolicy
 from hecate.domain.results import Done, StepResult
-from hecate.domain.runs import RunKind, RunRecord, RunResult, StageRecord
+from hecate.domain.runs import RunKind, RunRecord, RunResult
 from hecate.domain.ups import Snapshot, from_variables
 from hecate.services import status
-from hecate.services.executor import Executor, StepOutcome, in_flight
+from hecate.services.executor import Executor, in_flight
 from hecate.services.monitor import Monitor
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Quiet:
-    def stage_started(self, stage: Stage, index: int, total: int) -> None: ...
-    def step_finished(self, outcome: StepOutcome) -> None: ...
-    def stage_finished(self, record: StageRecord) -> None: ...
-    def run_finished(self, record: RunRecord) -> None: ...
 
 
 class Calls:

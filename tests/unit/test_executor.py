@@ -13,22 +13,16 @@ from typing import Any
 
 import pytest
 
+from conftest import Quiet
 from hecate.adapters.store import RunInProgress, StateStore, boot_id
 from hecate.domain.budget import estimate
 from hecate.domain.journal import RunStarted
 from hecate.domain.plan import Action, OnError, Plan, Stage, Step
 from hecate.domain.results import Done, StepResult
-from hecate.domain.runs import NotDone, RunKind, RunRecord, RunResult, StageRecord, counts_for_budget
-from hecate.services.executor import Executor, Skipped, StepFailed, StepOutcome, in_flight
+from hecate.domain.runs import NotDone, RunKind, RunRecord, RunResult, counts_for_budget
+from hecate.services.executor import Executor, Skipped, StepFailed, in_flight
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Quiet:
-    def stage_started(self, stage: Stage, index: int, total: int) -> None: ...
-    def step_finished(self, outcome: StepOutcome) -> None: ...
-    def stage_finished(self, record: StageRecord) -> None: ...
-    def run_finished(self, record: RunRecord) -> None: ...
 
 
 @dataclass(frozen=True)
