@@ -218,8 +218,9 @@ def test_api_down_skips_kubernetes_steps_still_stops_nodes_and_says_so(cluster: 
     # within one client cool-down of its end), the later steps tried once.
     assert "skipped: Kubernetes API unreachable for 3." in by_name["flux-suspend"].detail
     assert 3.0 <= by_name["flux-suspend"].duration_s < 6.0
-    assert by_name["scale-down"].duration_s < 1.0
-    assert by_name["drain"].duration_s < 1.0
+    for stage in ("scale-down", "drain"):  # tried once each: no "(N attempts)", far from a 5.5 s window
+        assert "attempts)" not in by_name[stage].detail, by_name[stage].detail
+        assert by_name[stage].duration_s < 4.0, by_name[stage]
 
 
 def test_an_api_down_for_3_s_at_the_start_still_suspends_scales_and_drains(cluster: Lab) -> None:
