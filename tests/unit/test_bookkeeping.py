@@ -21,7 +21,8 @@ import pytest
 from conftest import Quiet
 from hecate import daemon as daemon_mod
 from hecate.adapters import metrics, store
-from hecate.adapters.store import RunInProgress, StateStore, StoreError, SymlinkRefused, boot_id
+from hecate.adapters.statefiles import SymlinkRefused
+from hecate.adapters.store import RunInProgress, StateStore, StoreError, boot_id
 from hecate.cli import render
 from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.journal import RunStarted, StepStarted

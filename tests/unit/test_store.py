@@ -14,14 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hecate.adapters.store import (
-    PolicyCacheCorrupt,
-    RunInProgress,
-    StateStore,
-    atomic_write,
-    parse_policy_cache,
-    policy_cache_text,
-)
+from hecate.adapters.policy_cache import PolicyCacheCorrupt, parse_policy_cache, policy_cache_text
+from hecate.adapters.statefiles import atomic_write
+from hecate.adapters.store import RunInProgress, StateStore
 from hecate.domain.journal import StepFinished, StepStarted, StepStatus
 from hecate.domain.policy_source import CachedPolicy
 from hecate.domain.results import Done, Drained

@@ -1,10 +1,10 @@
 """The state dir: run history, policy cache, run lock and the journal of in-flight runs.
 
 The power can go at any instant, including halfway through writing a file, and a torn
-file must never stop the next boot. So every write here is *atomic*: a temp file in
-the same directory, fsync, rename over the target, fsync the directory. A file that still
-fails to parse (a disk error, a human with an editor) is moved aside by :func:`move_aside`
-as ``<name>.corrupt-<timestamp>`` and reported once: a corrupt ``runs.json`` reads as
+file must never stop the next boot. So every write here is *atomic*. A file that still
+fails to parse (a disk error, a human with an editor) is moved aside
+(:func:`~hecate.adapters.statefiles.move_aside`) as ``<name>.corrupt-<timestamp>`` and
+reported once: a corrupt ``runs.json`` reads as
 empty history (the budget falls back to the configured default instead of crashing the
 daemon), a corrupt ``policy-cache.yaml`` as no cache (hecate.yaml's policy is in force), a
 journal with a line that is not an event as no journal (its run starts from the plan).
@@ -18,14 +18,9 @@ by their writers. Only the run lock can refuse a run: when its file cannot be op
 ``run_lock(..., required=False)`` (the daemon's armed shutdown) goes on without the
 cross-process lock and says so; a lock another process *holds* always refuses.
 
-State files are opened without following a symbolic link as their last component
-(``O_NOFOLLOW``; :class:`SymlinkRefused` names the file) and written mode 0600. The writes
-themselves never follow one: the atomic rename replaces a link planted at the target.
-
-The policy cache is a PowerPolicy document (``apiVersion``, ``kind``, ``metadata.name``,
-``uid``, ``resourceVersion``, ``generation``, ``spec``) plus ``cachedAt``, so
-:func:`~hecate.domain.policy.parse_policy` reads it back unchanged. It is written mode
-0600 (:func:`policy_cache_text`) and read back by :func:`parse_policy_cache`.
+State files are written and opened through :mod:`hecate.adapters.statefiles` (atomic,
+mode 0600, never through a symbolic link); the policy cache's format is
+:mod:`hecate.adapters.policy_cache`.
 
 Layout (default ``/var/lib/hecate``)::
 
@@ -38,14 +33,11 @@ Layout (default ``/var/lib/hecate``)::
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
 import os
 import secrets
-import stat
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,25 +45,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from hecate.adapters import yamlfile
-from hecate.domain import journal, policy, timestamps, validation
+from hecate.adapters import statefiles
+from hecate.adapters.policy_cache import POLICY_CACHE_FILE, PolicyCacheCorrupt, parse_policy_cache, policy_cache_text
+from hecate.adapters.statefiles import FILE_MODE, SymlinkRefused, atomic_write, move_aside, open_nofollow, read_nofollow
+from hecate.domain import journal, timestamps, validation
 from hecate.domain.policy_source import CachedPolicy
 from hecate.domain.runs import RunHistory, RunRecord
 
 log = logging.getLogger(__name__)
 
 RUNS_FILE = "runs.json"
-POLICY_CACHE_FILE = "policy-cache.yaml"
 JOURNAL_DIR = "journal"
 LOCK_FILE = "lock"
 MAX_RUNS_KEPT = 500
 RELOG_AFTER_S = 300.0
 """A kind of write that fails again after it had worked is logged again only after this long."""
-FILE_MODE = 0o600
-"""Every state file: the run history, the cache and the journal can hold what the cluster runs."""
 
 # What failed to be written, the ``what`` of ``hecate_state_write_errors_total``.
 LOCK = "lock"
@@ -101,27 +91,6 @@ class RunInProgress(StoreError):
         self.holder = holder
 
 
-class SymlinkRefused(OSError):
-    """A state file's path is a symbolic link: refused, never followed."""
-
-    def __init__(self, path: Path | str) -> None:
-        super().__init__(errno.ELOOP, "is a symbolic link: refused, never followed", str(path))
-        self.path = Path(path)
-
-    def __str__(self) -> str:
-        return f"{self.path} is a symbolic link: refused (Hecate never follows a link in its state dir)"
-
-
-class NotAFile(OSError):
-    """A state file's path is not a regular file (a FIFO would block the reader forever)."""
-
-    def __init__(self, path: Path | str) -> None:
-        super().__init__(errno.EINVAL, "is not a regular file", str(path))
-
-    def __str__(self) -> str:
-        return f"{self.filename} is not a regular file: refused"
-
-
 @dataclass
 class WriteFailure:
     """One kind of state write that fails: counted, logged once, shown in status."""
@@ -145,93 +114,6 @@ class WriteFailure:
                 "active": self.active, "since": timestamps.rfc3339(self.since, fraction=True),
                 "last_at": timestamps.rfc3339(self.last_at, fraction=True),
                 "consequence": CONSEQUENCES.get(self.what, "")}
-
-
-class PolicyCacheCorrupt(Exception):
-    """``policy-cache.yaml`` cannot be read back as a PowerPolicy; ``str(err)`` says why.
-
-    ``aside``: where :meth:`StateStore.read_policy_cache` moved it (None: it could not be moved).
-    """
-
-    def __init__(self, why: str, aside: Path | None = None) -> None:
-        super().__init__(why)
-        self.aside = aside
-
-
-def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
-
-    The temp file is created exclusively (``O_EXCL``) and renamed over ``path``: a symbolic
-    link at ``path`` is replaced, never followed.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def open_nofollow(path: Path | str, flags: int, mode: int = FILE_MODE, *, dir_fd: int | None = None,
-                  shown: Path | None = None) -> int:
-    """``os.open`` that refuses a symbolic link as the last component (:class:`SymlinkRefused`,
-    naming ``shown`` when ``path`` is relative to ``dir_fd``)."""
-    try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(path, dir_fd):
-            raise SymlinkRefused(shown or path) from None
-        raise
-
-
-def _is_link(path: Path | str, dir_fd: int | None) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(path, dir_fd=dir_fd).st_mode)
-    except OSError:
-        return False
-
-
-def read_nofollow(path: Path | str, *, dir_fd: int | None = None, shown: Path | None = None) -> bytes:
-    """A regular state file's bytes; a symbolic link or anything but a regular file is refused."""
-    fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd, shown=shown)  # a FIFO must not block
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise NotAFile(shown or path)
-        return fh.read()
-
-
-def _append_whole(fd: int, data: bytes) -> None:
-    """Append all of ``data`` durably, or none of it: a short write is undone, so a full disk
-    never leaves half a line for the next line to be glued to."""
-    start = os.fstat(fd).st_size
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, start)
-        raise
-
-
-def move_aside(path: Path) -> Path:
-    """Rename a corrupt file to ``<name>.corrupt-<time>``, kept for a human to look at; raises ``OSError``."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    os.replace(path, aside)
-    return aside
 
 
 def boot_id() -> str:
@@ -494,7 +376,7 @@ class StateStore:
             with self._journal_dir(create=True) as dir_fd:
                 fd = open_nofollow(path.name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, dir_fd=dir_fd, shown=path)
                 try:
-                    _append_whole(fd, line.encode())
+                    statefiles.append_whole(fd, line.encode())
                 finally:
                     os.close(fd)
         except OSError as err:
@@ -561,48 +443,3 @@ class StateStore:
             pass
         except OSError as err:
             self.write_failed(JOURNAL, path, err)
-
-
-# -- the policy cache's file format ------------------------------------------------------
-
-
-def policy_cache_document(cached: CachedPolicy) -> dict[str, Any]:
-    """The cache as a PowerPolicy document (plus ``cachedAt``)."""
-    meta: dict[str, Any] = {"name": cached.name}
-    if cached.uid is not None:
-        meta["uid"] = cached.uid
-    if cached.resource_version is not None:
-        meta["resourceVersion"] = cached.resource_version
-    if cached.generation is not None:
-        meta["generation"] = cached.generation
-    return {"apiVersion": policy.API_VERSION, "kind": policy.KIND, "metadata": meta,
-            "cachedAt": timestamps.rfc3339(cached.cached_at), "spec": cached.spec}
-
-
-def policy_cache_text(cached: CachedPolicy) -> str:
-    return ("# Hecate's cache of the last valid PowerPolicy: in force while the cluster's cannot be.\n"
-            "# Written by the daemon; edit the PowerPolicy in the cluster, not this file.\n"
-            + yaml.safe_dump(policy_cache_document(cached), sort_keys=False))
-
-
-def parse_policy_cache(text: str) -> CachedPolicy:
-    """The cache file's policy; :class:`PolicyCacheCorrupt` says what is wrong with it."""
-    try:
-        data = yamlfile.load(text, POLICY_CACHE_FILE)
-    except yamlfile.YamlSyntaxError as err:
-        raise PolicyCacheCorrupt(str(err)) from None
-    if not isinstance(data, dict):
-        raise PolicyCacheCorrupt("not a PowerPolicy document (the top level is not a mapping)")
-    try:
-        policy.parse_policy(data)
-    except ValidationError as err:
-        raise PolicyCacheCorrupt(policy.describe_error(err)) from None
-    meta = data.get("metadata")
-    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
-        raise PolicyCacheCorrupt("metadata.name is missing")
-    cached_at = data.get("cachedAt")
-    try:
-        when = timestamps.parse(str(cached_at))
-    except ValueError:
-        raise PolicyCacheCorrupt(f"cachedAt is not a time: {cached_at!r}") from None
-    return CachedPolicy.from_object(data, when)

@@ -26,7 +26,7 @@ import yaml
 from hecate.adapters import kube as kube_mod
 from hecate.adapters import store as store_mod
 from hecate.adapters import yamlfile
-from hecate.adapters.store import atomic_write
+from hecate.adapters.statefiles import atomic_write
 from hecate.domain import kubeobjects, timestamps
 from hecate.domain.config import HecateConfig
 from hecate.services import ports

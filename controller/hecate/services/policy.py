@@ -26,7 +26,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hecate.adapters.store import PolicyCacheCorrupt, StateStore
+from hecate.adapters.policy_cache import PolicyCacheCorrupt
+from hecate.adapters.store import StateStore
 from hecate.domain import policy, policy_source, timestamps
 from hecate.domain.config import HecateConfig
 from hecate.domain.policy_source import CachedPolicy, ClusterObject, Effective, OperatorLink, PolicyView
