@@ -94,7 +94,8 @@ def ended_at(node: LabNode, timeout: float = 10.0) -> float:
 def test_a_machine_has_real_sshd_narrow_sudo_disabled_k3s_and_a_poweroff_that_ends_only_it(machine_lab: Lab) -> None:
     lab = machine_lab
     node = lab.nodes[0]
-    assert lab.hecate_config()["ssh"]["user"] == machines.USER and lab.hecate_config()["ssh"]["sudo"] is True
+    assert lab.hecate_config()["ssh"]["user"] == machines.USER
+    assert lab.hecate_config()["ssh"]["sudo"] is True
     assert ssh(lab, node, "id -un").stdout.strip() == machines.USER
     assert ssh(lab, node, "systemctl is-enabled k3s").stdout.strip() == "disabled"
     assert ssh(lab, node, "sudo -n systemctl is-active k3s").stdout.strip() == "active"
@@ -121,7 +122,8 @@ def test_a_machine_has_real_sshd_narrow_sudo_disabled_k3s_and_a_poweroff_that_en
     assert ssh(lab, node, "true", timeout=10).returncode == 255  # nobody answers any more
 
     booted = machines.power_on(node)
-    assert booted.pid is not None and machines.pid1(booted) is not None
+    assert booted.pid is not None
+    assert machines.pid1(booted) is not None
     assert ssh(lab, booted, "systemctl is-active k3s").stdout.strip() == "inactive"  # off until Hecate starts it
     assert [e["event"] for e in machines.power_events(node)] == ["boot", "off", "boot"]
 
@@ -135,7 +137,8 @@ def test_hecate_shuts_machines_down_in_order_then_starts_them_again(machine_lab:
     assert record.result is RunResult.success, [s for s in record.stages if s.result is not RunResult.success]
 
     server, *agents = lab.nodes
-    assert server.role == "server" and all(a.role == "agent" for a in agents)
+    assert server.role == "server"
+    assert all(a.role == "agent" for a in agents)
     # The machines' own journals: the real unit stops, killall, then the power-off; agents first.
     agent_stopped = [journal_time(a, "Stopped k3s-agent.service") for a in agents]
     server_stop = journal_time(server, "Stopping k3s.service")
@@ -149,7 +152,8 @@ def test_hecate_shuts_machines_down_in_order_then_starts_them_again(machine_lab:
     assert max(poweroffs[a.name] for a in agents) < poweroffs[server.name]
     # Hecate waited for each node to go (its SSH port stops answering) before the next wave and the coordinator.
     details = [o.detail for o in progress.outcomes if o.stage == "poweroff"]
-    assert len(details) == 3 and all("gone after" in d for d in details), details
+    assert len(details) == 3
+    assert all("gone after" in d for d in details), details
     coordinator_off = float((lab.dir / "coordinator-poweroff").read_text().split()[0])
     assert coordinator_off > max(poweroffs.values())  # the coordinator last (emulated: never the host)
 
