@@ -69,6 +69,10 @@ def lab_config(lab: Lab, **shutdown_overrides: Any) -> HecateConfig:
     data["ssh"].update({"connect_timeout_s": 2, "command_timeout_s": 15})
     data["cluster"]["api_timeout_s"] = 2
     data["shutdown"].update({"execute": True, "drain_timeout_s": 1, **shutdown_overrides})
+    # The machines are what is tested here, not the cold-start deadlock (tests/integration/test_startup.py):
+    # Flux, which the lab's cold start leaves stuck without a bootstrap cache, gets short waits.
+    data["flux"].update({"ready_timeout_s": 1, "detection_window_s": 1})
+    data["startup"].update({"verify_timeout_s": 1})
     path = lab.dir / "hecate-test.yaml"
     path.write_text(yaml.safe_dump(data))
     return config_mod.load(path, {})
