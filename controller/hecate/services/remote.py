@@ -41,10 +41,11 @@ PROBE_TIMEOUT_S = 2.0
 """The one re-probe a node marked down gets per later step (capped by ``ssh.connect_timeout_s``): a node
 on the network answers a TCP connect in milliseconds."""
 
-GONE_POLL_S = 0.2
+GONE_POLL_S = 0.1
 """How often a node told to power off is probed until it stops answering (:meth:`Remote.await_gone`)."""
-GONE_PROBE_S = 0.5
-"""One such probe's TCP connect timeout: a node whose link is down never answers."""
+GONE_PROBE_S = 0.25
+"""One such probe's TCP connect timeout: a node whose link is down never answers. A live node slower than
+this is taken as gone -- the lenient side: no worse than believing the power-off command's reply."""
 
 
 @dataclass(frozen=True)
