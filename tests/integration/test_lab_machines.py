@@ -100,7 +100,8 @@ def test_a_machine_has_real_sshd_narrow_sudo_disabled_k3s_and_a_poweroff_that_en
     node = lab.nodes[0]
     assert lab.hecate_config()["ssh"]["user"] == machines.USER
     assert lab.hecate_config()["ssh"]["sudo"] is True
-    assert ssh(lab, node, "id -un").stdout.strip() == machines.USER
+    whoami = ssh(lab, node, "id -un")
+    assert whoami.stdout.strip() == machines.USER, whoami
     assert ssh(lab, node, "systemctl is-enabled k3s").stdout.strip() == "disabled"
     assert ssh(lab, node, "sudo -n systemctl is-active k3s").stdout.strip() == "active"
     # The sudoers line allows exactly what Hecate sends, nothing else.
@@ -172,3 +173,44 @@ def test_hecate_shuts_machines_down_in_order_then_starts_them_again(machine_lab:
         assert journal_time(agent, "Started k3s-agent.service", after=booted_at) > server_started
     for node in lab.nodes:
         assert nodestate.k3s_running(nodestate.read_state(node.dir)), node.name
+
+
+@pytest.mark.parametrize("machine_lab", [5], indirect=True)
+def test_faults_on_real_machines_are_bounded_failures_naming_node_and_command(machine_lab: Lab) -> None:
+    """One agent per fault; the server still goes down, the run ends in bounded time, each failure is named."""
+    lab = machine_lab
+    stubborn, no_sudo, no_sshd, frozen, impostor = (lab.node(f"titan-a{i}") for i in range(1, 6))
+    machines.set_k3s(stubborn, ignore_sigterm=True)  # `systemctl stop` runs into TimeoutStopSec (10 s)
+    machines.machine_run(no_sudo, ["rm", f"/etc/sudoers.d/{machines.USER}"])
+    machines.machine_run(no_sshd, ["systemctl", "stop", "ssh.service"])
+    known = lab.ssh_dir / "known_hosts"
+    lines = known.read_text().splitlines()
+    server_key = next(line.split(" ", 1)[1] for line in lines if line.startswith(f"{lab.nodes[0].address} "))
+    known.write_text("\n".join(f"{impostor.address} {server_key}" if line.startswith(f"{impostor.address} ")
+                               else line for line in lines) + "\n")
+    machines.freeze(frozen)  # the kernel still accepts its TCP connections; its sshd never answers
+    config = lab_config(lab)
+    config = config.model_copy(update={"ssh": config.ssh.model_copy(update={"command_timeout_s": 3.0})})
+    started = time.monotonic()
+    record = asyncio.run(shutdown.run(config, {"source": "test"}, Quiet()))
+    elapsed = time.monotonic() - started
+
+    assert record.result is RunResult.degraded
+    stop = next(s for s in record.stages if s.name == "stop-agents")
+    assert "titan-a1: titan-a1: 'sudo -n systemctl stop k3s-agent' did not finish within 3s" in stop.detail
+    assert "titan-a2: `systemctl stop k3s-agent` exited 1: sudo: a password is required" in stop.detail
+    assert "titan-a3: titan-a3 (" in stop.detail
+    assert "Connection refused" in stop.detail
+    assert "titan-a4: titan-a4 (" in stop.detail
+    assert "the node accepted the connection but its sshd did not answer" in stop.detail
+    assert "titan-a5: host key for titan-a5" in stop.detail
+    poweroff = next(s for s in record.stages if s.name == "poweroff")
+    assert "titan-a2: `systemctl poweroff` exited 1: sudo: a password is required" in poweroff.detail
+    # The server still stopped and went, the coordinator last; the stubborn agent went too (its
+    # unit killed at TimeoutStopSec by the machine's own shutdown); sudo refused the power-off.
+    server = lab.nodes[0]
+    assert journal_time(server, "Stopped k3s.service") < ended_at(server)
+    assert (lab.dir / "coordinator-poweroff").exists()
+    assert ended_at(stubborn, timeout=15) > 0
+    assert machines.pid1(no_sudo) is not None
+    assert elapsed < 60, elapsed
