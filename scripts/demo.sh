@@ -5,7 +5,10 @@
 # Mains returns, the nodes boot (k3s disabled at boot, so Hecate orders the start), and
 # `hecate startup --execute` brings the cluster back in stages, through the Flux/Gitea
 # deadlock the cold start left behind. The demo prints the timeline of both halves.
-# Nothing touches this machine's own systemd or power: lab nodes emulate them.
+# The nodes are booted systemd machines where this host can boot them (root, systemd-nspawn):
+# real sshd, sudo, k3s units and `systemctl poweroff`, each machine's journal in the timeline;
+# otherwise (or with HECATE_DEMO_NODES=light) the light nodes, which emulate them.
+# Nothing touches this machine's own systemd or power: power verbs run only inside lab machines.
 set -euo pipefail
 
 DIR="${HECATE_LAB_DIR:-/tmp/hecate-demo}"
@@ -20,9 +23,21 @@ trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f s", b - a }'; }
 
-step "Bringing the lab up: UPS Pyrphoros, 3 k3s servers, 4 agents, the emulated k3s + Flux cluster"
+NODES="${HECATE_DEMO_NODES:-auto}"
+if [ "$NODES" = auto ]; then
+    if why=$(python -c 'from hecate_lab import machines; import sys; w = machines.unavailable(); print(w or ""); sys.exit(1 if w else 0)'); then
+        NODES=machines
+    else
+        NODES=light
+        echo "(light nodes: $why)"
+    fi
+fi
+MACHINES=""
+[ "$NODES" = machines ] && MACHINES="--machines"
+
+step "Bringing the lab up: UPS Pyrphoros, 3 k3s servers, 4 agents ($NODES nodes), the emulated k3s + Flux cluster"
 start=$EPOCHREALTIME
-hecate lab up --dir "$DIR" --ups pyrphoros --servers 3 --agents 4
+hecate lab up --dir "$DIR" --ups pyrphoros --servers 3 --agents 4 $MACHINES
 hecate lab seed --dir "$DIR"
 echo "lab up in $(since "$start")"
 hecate config validate --config "$CONFIG"

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Install the Debian packages the lab and the tests run for real (NUT upsd + dummy-ups +
-# upsc/upsmon, OpenSSH sshd, iproute2, promtool) and create what sshd needs.
+# upsc/upsmon, OpenSSH sshd, iproute2, promtool, systemd-nspawn and sudo for the lab's machines)
+# and create what sshd needs.
 # Idempotent: does nothing when everything is present, unless --update is given
 # (CI passes it so a fresh machine always starts with `apt-get update`).
 set -euo pipefail
 
-PACKAGES=(nut-server nut-client openssh-server openssh-client iproute2 prometheus make)
+PACKAGES=(nut-server nut-client openssh-server openssh-client iproute2 prometheus make systemd-container sudo)
 need_apt=0
 [ "${1:-}" = "--update" ] && need_apt=1
 for bin in /lib/nut/upsd /lib/nut/dummy-ups /usr/bin/upsc /usr/sbin/upsmon /usr/sbin/sshd \
-           /usr/bin/ssh-keygen /usr/sbin/ip /usr/bin/promtool /usr/bin/make; do
+           /usr/bin/ssh-keygen /usr/sbin/ip /usr/bin/promtool /usr/bin/make /usr/bin/systemd-nspawn /usr/bin/sudo; do
     [ -x "$bin" ] || need_apt=1
 done
 

@@ -32,12 +32,19 @@ def lab() -> None:
 @click.option("--agents", default=2, show_default=True, type=click.IntRange(0, 500))
 @click.option("--netns/--loopback", default=None,
               help="Nodes in network namespaces (default when root) or on loopback ports.")
-def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, netns: bool | None) -> None:
+@click.option("--machines", is_flag=True,
+              help="Nodes are booted systemd machines (real sshd, sudo, k3s units, power-off); root, systemd-nspawn.")
+def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, netns: bool | None,
+       machines: bool) -> None:
     """Start a lab and write DIR/hecate.yaml pointing Hecate at it."""
+    from hecate_lab.procs import LabError
     from hecate_lab.testbed import Lab, LabSpec
 
-    started = Lab.up(directory, LabSpec(ups=ups_names, servers=servers, agents=agents, netns=netns),
-                     detach=True)
+    try:
+        started = Lab.up(directory, LabSpec(ups=ups_names, servers=servers, agents=agents, netns=netns,
+                                            machines=machines), detach=True)
+    except LabError as err:
+        raise click.ClickException(str(err)) from None
     click.echo(f"lab {started.id} is up in {directory}")
     click.echo(f"  config:     {started.config_path}")
     click.echo(f"  kubeconfig: {started.kubeconfig}")
@@ -127,12 +134,13 @@ def ups_set(directory: Path, name: str, assignments: tuple[str, ...]) -> None:
 @dir_option
 @click.argument("names", nargs=-1, metavar="[NODE...]")
 @click.option("--k3s-disabled", is_flag=True,
-              help="Boot with the k3s unit inactive (disabled at boot), so `hecate startup` orders the start.")
+              help="Boot with the k3s unit inactive (disabled at boot), so `hecate startup` orders the start. "
+                   "Machines always boot so: their units are disabled at boot.")
 def power_on(directory: Path, names: tuple[str, ...], k3s_disabled: bool) -> None:
     """Boot lab nodes (all of them by default), as when mains returns."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from hecate_lab import nodes
+    from hecate_lab import machines, nodes
     from hecate_lab.procs import LabError
     from hecate_lab.testbed import Lab
 
@@ -143,7 +151,9 @@ def power_on(directory: Path, names: tuple[str, ...], k3s_disabled: bool) -> Non
             raise click.ClickException(f"the lab has no node named {', '.join(unknown)}")
         chosen = [n for n in running.nodes if not names or n.name in names]
         with ThreadPoolExecutor(max(1, len(chosen))) as pool:  # machines boot at the same time
-            booted = {n.name: n for n in pool.map(lambda n: nodes.power_on(n, k3s_at_boot=not k3s_disabled), chosen)}
+            booted = {n.name: n for n in pool.map(
+                lambda n: machines.power_on(n) if n.machine else nodes.power_on(n, k3s_at_boot=not k3s_disabled),
+                chosen)}
         running.nodes = [booted.get(n.name, n) for n in running.nodes]
         running.save()
     except LabError as err:

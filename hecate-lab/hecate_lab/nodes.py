@@ -103,7 +103,8 @@ class LabNode:
     port: int
     dir: Path
     netns: str | None = None
-    pid: int | None = None  # the listening sshd; None while powered off/stopped
+    pid: int | None = None  # the listening sshd (a machine's supervisor); None while powered off/stopped
+    machine: bool = False  # a booted systemd machine (hecate_lab.machines), not an emulated sshd
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (see :meth:`from_dict`)."""
@@ -115,6 +116,7 @@ class LabNode:
             "dir": str(self.dir),
             "netns": self.netns,
             "pid": self.pid,
+            "machine": self.machine,
         }
 
     @classmethod
@@ -131,6 +133,7 @@ class LabNode:
             dir=Path(data["dir"]),
             netns=None if data.get("netns") is None else str(data["netns"]),
             pid=None if pid is None else int(pid),
+            machine=bool(data.get("machine", False)),
         )
 
     @property
@@ -279,6 +282,12 @@ def _launch_sshd(node: LabNode) -> subprocess.Popen[bytes]:
         _children[proc.pid] = proc
     node.pid = proc.pid
     return proc
+
+
+def _register_child(proc: subprocess.Popen[bytes]) -> None:
+    """Remember a lab process this process started, so it is reaped (no zombies)."""
+    with _children_lock:
+        _children[proc.pid] = proc
 
 
 def _reap_children() -> None:

@@ -11,6 +11,7 @@ points Hecate at the lab. Nothing here reaches the machine's own systemd or powe
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from hecate_lab import DEFAULT_DIR, kubeapi, nodes
+from hecate_lab import DEFAULT_DIR, kubeapi, machines, nodes
 from hecate_lab.cluster_sim import Delays
 from hecate_lab.nodes import LabNode
 from hecate_lab.procs import LabError, alive, free_port
@@ -47,6 +48,9 @@ class LabSpec:
     """Network namespaces per node; ``None`` means "when root and ``ip netns`` works"."""
     delays: Delays = field(default_factory=Delays)
     """How long the emulated cluster takes to come up (API, node, pod), see docs/lab-kubeapi.md."""
+    machines: bool = False
+    """Nodes are booted systemd machines (real sshd, sudo, k3s units, power-off; :mod:`hecate_lab.machines`),
+    not emulated sshds. Needs root and systemd-nspawn; implies network namespaces."""
 
     def node_specs(self) -> list[nodes.NodeSpec]:
         return [nodes.NodeSpec(f"titan-s{i + 1}", "server") for i in range(self.servers)] + [
@@ -84,6 +88,11 @@ class Lab:
     def state_dir(self) -> Path:
         return self.dir / "state"
 
+    @property
+    def machines(self) -> bool:
+        """Whether the nodes are booted systemd machines."""
+        return any(n.machine for n in self.nodes)
+
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
             if node.name == name:
@@ -105,6 +114,13 @@ class Lab:
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
         netns = spec.netns if spec.netns is not None else netns_available()
+        if spec.machines:
+            why = machines.unavailable()
+            if why:
+                raise LabError(why)
+            if spec.netns is False:
+                raise ValueError("lab machines live in network namespaces: machines=True needs netns")
+            netns = True
         lab = cls(dir=directory, id=secrets.token_hex(2), netns=netns, subnet=_free_subnet())
         try:
             # The UPSes take ~3 s (upsd waits for the driver's first dump): start them
@@ -114,11 +130,12 @@ class Lab:
                 try:
                     lab.ssh_dir.mkdir()
                     key = nodes.make_client_key(lab.ssh_dir)
-                    lab.nodes = nodes.start_nodes(
+                    start = machines.start_machines if spec.machines else functools.partial(
+                        nodes.start_nodes, netns=netns)
+                    lab.nodes = start(
                         directory / "nodes", spec.node_specs(),
                         client_pubkey=key.with_name(key.name + ".pub"),
-                        known_hosts=lab.ssh_dir / "known_hosts", netns=netns, lab_id=lab.id,
-                        subnet=lab.subnet,
+                        known_hosts=lab.ssh_dir / "known_hosts", lab_id=lab.id, subnet=lab.subnet,
                     )
                 finally:
                     for name, future in starting.items():
@@ -173,6 +190,10 @@ class Lab:
                 errors.append(f"kubeapi: {err}")
             self.kubeapi_pid = None
         try:
+            machines.stop_machines(self.nodes)
+        except Exception as err:
+            errors.append(f"machines: {err}")
+        try:
             nodes.stop_nodes(self.nodes, lab_id=self.id if self.netns else None)
         except Exception as err:
             errors.append(f"nodes: {err}")
@@ -219,11 +240,13 @@ class Lab:
                 ],
             },
             "ssh": {
-                "user": "root",
+                # Machines: a real unprivileged user and the production sudoers line (docs/shutdown.md).
+                "user": machines.USER if self.machines else "root",
                 "key_file": str(self.ssh_dir / "id_ed25519"),
                 "known_hosts": str(self.ssh_dir / "known_hosts"),
                 "connect_timeout_s": 5,
                 "command_timeout_s": 30,
+                **({"sudo": True} if self.machines else {}),
             },
             "ups": [{"name": u.name, "host": u.host, "port": u.port, "credentials_file": str(u.credentials_file)}
                     for u in self.ups.values()],
@@ -275,7 +298,8 @@ class Lab:
                 state = {}
             node_rows.append({
                 "name": n.name, "role": n.role, "address": f"{n.address}:{n.port}",
-                "netns": n.netns, "sshd_alive": alive(n.pid), **state,
+                "netns": n.netns, "sshd_alive": alive(n.pid) if not n.machine else machines.pid1(n) is not None,
+                "kind": "machine" if n.machine else "light", **state,
             })
         return {
             "dir": str(self.dir), "id": self.id,
@@ -325,6 +349,12 @@ def timeline(lab: Lab) -> list[tuple[float, str, str]]:
             event = json.loads(line)
             rows.append((event["t"], ups.name, " ".join(f"{k}={v}" for k, v in event["set"].items())))
     for node in lab.nodes:
+        if node.machine:  # a real host: what its journal says, and when it ended
+            rows.extend((t, node.name, f"{ident}: {msg}") for t, ident, msg in machines.journal(node))
+            rows.extend((e["t"], node.name, f"machine {'booted' if e['event'] == 'boot' else 'ended'} "
+                         f"({e['event']}{'' if e.get('rc') is None else ', rc ' + str(e['rc'])})")
+                        for e in machines.power_events(node))
+            continue
         for c in nodes.read_commands(node.dir):
             rc = "hung" if c.get("rc") is None else f"rc {c['rc']}"
             rows.append((c["t"], node.name, f"{c['cmd']} ({rc})"))

@@ -179,7 +179,8 @@ def test_unreachable_hanging_and_wrong_key_nodes_do_not_stop_the_run(cluster: La
     for stage in ("killall", "poweroff"):
         assert "titan-a1: titan-a1 is down: not tried again (its stop-service step found it unreachable" \
             in by_name[stage].detail
-        assert by_name[stage].duration_s < 3.5, by_name[stage]  # before: 2-3 attempts of ~3 s each + backoff
+        # before: 2-3 attempts of ~3 s each + backoff. The power-off's 4 waves each wait for their nodes to go.
+        assert by_name[stage].duration_s < (3.5 if stage == "killall" else 5.5), by_name[stage]
     not_done = {(r.stage, r.target): r.status.value for r in record.not_done}
     assert {k: v for k, v in not_done.items() if k[1] == "titan-a1"} == {
         ("stop-agents", "titan-a1"): "failed", ("killall", "titan-a1"): "failed", ("poweroff", "titan-a1"): "failed"}

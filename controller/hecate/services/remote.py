@@ -41,6 +41,12 @@ PROBE_TIMEOUT_S = 2.0
 """The one re-probe a node marked down gets per later step (capped by ``ssh.connect_timeout_s``): a node
 on the network answers a TCP connect in milliseconds."""
 
+GONE_POLL_S = 0.1
+"""How often a node told to power off is probed until it stops answering (:meth:`Remote.await_gone`)."""
+GONE_PROBE_S = 0.25
+"""One such probe's TCP connect timeout: a node whose link is down never answers. A live node slower than
+this is taken as gone -- the lenient side: no worse than believing the power-off command's reply."""
+
 
 @dataclass(frozen=True)
 class Down:
@@ -130,6 +136,22 @@ class Remote:
             raise StepFailed(f"`{command}` exited {result.exit_code}" + (f": {output}" if output else ""))
         return ""
 
+
+    async def await_gone(self, node: str, deadline: float) -> float:
+        """Wait until ``node`` stops answering a TCP connect on its SSH port: its power-off took it away.
+
+        Returns the seconds waited. A power-off command's reply (exit 0: ``systemctl poweroff`` only
+        queues the job) or its lost session proves nothing; a node that still answers at ``deadline``
+        (a ``time.monotonic()`` instant) fails the step: it did not power off.
+        """
+        started = time.monotonic()
+        while True:
+            if await self.pool.probe(node, min(GONE_PROBE_S, self.probe_timeout)) is not None:
+                return time.monotonic() - started
+            if time.monotonic() >= deadline:
+                raise StepFailed(f"{node} still answers on its SSH port {time.monotonic() - started:.1f} s after "
+                                 "the power-off command: it did not power off")
+            await asyncio.sleep(GONE_POLL_S)
 
     async def _unless_down(self, node: str, step: Step) -> None:
         """Fail ``step`` at once when ``node`` is marked down by another step and a re-probe finds it silent."""

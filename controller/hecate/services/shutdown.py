@@ -143,8 +143,12 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
         return await node_command(step, KILLALL, step.params_as(NodeCommandParams).command_timeout_s)
 
     async def poweroff(step: Step) -> Done:
+        # Done only once the node is gone: its reply, or a session its power-off cut, is not proof.
         params = step.params_as(PoweroffParams)
-        return await node_command(step, params.command, params.command_timeout_s, lost_is_success=True)
+        started = time.monotonic()
+        sent = await node_command(step, params.command, params.command_timeout_s, lost_is_success=True)
+        waited = await conn.await_gone(step.target, started + params.command_timeout_s)
+        return Done("; ".join(filter(None, [sent.note, f"gone after {waited:.1f} s"])))
 
     async def ups_power_cycle(step: Step) -> PowerCycled:
         ups = next(u for u in config.ups if u.name == step.target)
