@@ -7,7 +7,7 @@
 # deadlock the cold start left behind. The demo prints the timeline of both halves.
 # The nodes are booted systemd machines where this host can boot them (root, systemd-nspawn):
 # real sshd, sudo, k3s units and `systemctl poweroff`, each machine's journal in the timeline;
-# otherwise (or with HECATE_DEMO_NODES=light) the light nodes, which emulate them.
+# otherwise (or with HECATE_LAB_DEMO_NODES=light) the light nodes, which emulate them.
 # Nothing touches this machine's own systemd or power: power verbs run only inside lab machines.
 set -euo pipefail
 
@@ -23,7 +23,7 @@ trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f s", b - a }'; }
 
-NODES="${HECATE_DEMO_NODES:-auto}"
+NODES="${HECATE_LAB_DEMO_NODES:-auto}"
 if [ "$NODES" = auto ]; then
     if why=$(python -c 'from hecate_lab import machines; import sys; w = machines.unavailable(); print(w or ""); sys.exit(1 if w else 0)'); then
         NODES=machines
