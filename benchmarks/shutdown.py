@@ -15,10 +15,11 @@ stop k3s[-agent]``, ``k3s-killall.sh``, ``systemctl poweroff`` -- takes 1 s on t
   time of that call; the run record's per-stage durations are reported as they are.
   Two power-off orders (``poweroff_order``), each on the same lab:
 
-  - ``lab``: as ``lab.hecate_config()`` writes them -- every node its own order, so the
-    plan powers the agents off one wave each (the critical path grows with N);
-  - ``agents-shared``: every agent the same order (servers keep theirs), so the agents go
-    in one wave, then the servers one by one -- what a real cluster's config says.
+  - ``lab``: as ``lab.hecate_config()`` writes them -- the agents share one order (servers
+    keep theirs), so the agents go in one wave, then the servers one by one -- what a real
+    cluster's config says;
+  - ``distinct``: every node its own order, so the plan powers the agents off one wave each
+    (the power-off stage's critical path grows with N: ~N s).
 
   Before the second, the nodes are powered on again and the lab's emulated API restarted
   (kmock 0.8 checks each request against every earlier one: the API slows down with every
@@ -52,7 +53,12 @@ stop k3s[-agent]``, ``k3s-killall.sh``, ``systemctl poweroff`` -- takes 1 s on t
 (``commands.jsonl``): how far apart the first and last command of the stage started
 (``start_spread_s``: queueing in Hecate and node-shell start-up), the longest a command took
 on a node (``node_cmd_max_s``: the 1 s delay), and the longest step as the executor saw it
-(``step_max_s``: connect + command + reply).
+(``step_max_s``: connect + command + reply), and how many steps got no reply
+(``no_reply_steps``: the connection closed or went silent after the command was sent; a
+silent one costs the command timeout).
+
+``SHUTDOWN_SIZES`` (e.g. ``100``) and ``SHUTDOWN_VARIANTS`` (e.g. ``lab``), comma-separated,
+run a part only: ``SHUTDOWN_SIZES=100 python -m benchmarks shutdown``.
 
 Targets (issue #4): sequential/parallel >= 8x at 20 nodes; overhead <= connection floor + 1 s
 at both 20 and 100 nodes.
@@ -62,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -83,7 +90,7 @@ from hecate_lab import kubeapi, nodes
 from hecate_lab.node_shell import ANY_COMMAND
 from hecate_lab.testbed import Lab, LabSpec, netns_available
 
-SIZES = (20, 100)
+SIZES = tuple(int(n) for n in os.environ.get("SHUTDOWN_SIZES", "20,100").split(","))
 SERVERS = 3
 DELAY_S = 1.0
 SEQUENTIAL_MAX_NODES = 20
@@ -96,8 +103,8 @@ SSH_BIN = "ssh"
 NOOP = "hostname"
 """The command of the command floor; its own fault (delay 0) overrides ``"*"`` (longest prefix wins)."""
 API_STAGES = ("flux-suspend", "scale-down", "storage-quiesce", "drain")
-VARIANTS = ("lab", "agents-shared")
-"""Power-off orders: as ``lab.hecate_config()`` writes them (every node its own), and agents sharing one."""
+VARIANTS = tuple(os.environ.get("SHUTDOWN_VARIANTS", "lab,distinct").split(","))
+"""Power-off orders: as ``lab.hecate_config()`` writes them (agents share one), and every node its own."""
 SSH_STAGES = {Action.stop_service, Action.killall, Action.poweroff}
 
 # Targets from issue #4.
@@ -130,11 +137,11 @@ class _Progress:
 
 def _config(lab: Lab, n: int, variant: str) -> HecateConfig:
     data = lab.hecate_config()
-    if variant == "agents-shared":
-        servers = sum(1 for node in data["cluster"]["nodes"] if node["role"] == "server")
-        for node in data["cluster"]["nodes"]:
-            if node["role"] == "agent":
-                node["poweroff_order"] = servers  # one wave for every agent
+    if variant not in ("lab", "distinct"):
+        raise ValueError(f"unknown power-off order variant {variant!r} (known: lab, distinct)")
+    if variant == "distinct":
+        for i, node in enumerate(data["cluster"]["nodes"]):
+            node["poweroff_order"] = i  # one wave per node
     data["ssh"].update({"connect_timeout_s": CONNECT_TIMEOUT_S, "command_timeout_s": COMMAND_TIMEOUT_S})
     data["shutdown"].update({"execute": True, "parallelism": n})
     path = lab.dir / f"hecate-bench-{variant}.yaml"
@@ -243,6 +250,7 @@ def _profile(lab: Lab, config: HecateConfig, steps: list[StepOutcome], since: fl
             "node_cmd_max_s": round(max((c["t_end"] or c["t"]) - c["t"] for c in mine), 3),
             "step_max_s": round(max((s.duration_s for s in stage_steps), default=0.0), 3),
             "retried_steps": sum(1 for s in stage_steps if s.attempts > 1),
+            "no_reply_steps": sum(1 for s in stage_steps if s.detail.startswith("no reply")),
         }
     return out
 

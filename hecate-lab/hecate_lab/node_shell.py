@@ -9,8 +9,10 @@ to real nodes -- ``systemctl start|stop|restart|is-active k3s|k3s-agent``,
 faults that tests and benchmarks put in ``faults.json`` (delays, hangs, failures).
 
 ``poweroff`` never touches the real machine: the node answers, then a detached
-helper (this same script, ``--halt``) takes the node off the network a moment
-later -- its veth goes down (network-namespace labs) and its sshd is stopped.
+helper (a fork of this shell, :func:`halt`) powers the node off as systemd would:
+once the answering shell has exited and :data:`HALT_DELAY_S` has passed, its sshd
+and every session stop (the clients' connections close), then the node leaves the
+network (its veth goes down in network-namespace labs).
 
 It runs as a script in isolated mode for every command, so it imports the standard
 library only and loads ``nodestate.py`` by path from its own directory: no
@@ -45,13 +47,16 @@ LOCK_FILE = ".lock"  # flock'ed around state read-modify-write and log appends
 PID_FILE = "sshd.pid"  # the node's sshd (PidFile in its sshd_config)
 SSHD_CONFIG = "sshd_config"
 HALT_LOG = "halt.log"
+HALT_PID_FILE = "halt.pid"  # the poweroff helper while it runs
 
 #: Fault key that applies to every command no other prefix matches.
 ANY_COMMAND = "*"
 #: Units a lab node knows about (``.service`` suffix optional).
 KNOWN_UNITS = ("k3s", "k3s-agent")
-#: How long after the ``poweroff`` reply the node leaves the network.
+#: How long after the answering shell exits the node's sshd (and its sessions) stop.
 HALT_DELAY_S = 0.3
+#: The longest the poweroff helper waits for the answering shell to exit.
+HALT_SHELL_WAIT_S = 10.0
 
 _SUDO_FLAGS = {"-n", "--non-interactive", "-E", "--preserve-env", "-H", "--set-home", "--"}
 
@@ -365,14 +370,48 @@ def kill_trees(
 # --------------------------------------------------------------------------- entry points
 
 
-def is_halt_helper_of(proc: Proc, node_dir: Path) -> bool:
-    """True for the detached helper a ``poweroff`` on this node started."""
-    return "--halt" in proc.argv and str(node_dir) in proc.argv and proc.state != "Z"
+def read_proc(pid: int) -> Proc | None:
+    """One process's /proc entry, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode(errors="replace")
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return Proc(ppid=int(fields[1]), state=fields[0],
+                argv=tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a))
 
 
-def halt(node_dir: Path) -> int:
-    """The node leaves the network: veth down (netns labs) and its sshd stopped."""
-    time.sleep(HALT_DELAY_S)  # let the poweroff reply reach the client first
+def halt_helper(node_dir: Path) -> int | None:
+    """The pid of this node's poweroff helper while it runs, else None.
+
+    The helper is a fork of a node shell (same command line), recorded in ``halt.pid``.
+    """
+    pid = read_pid(node_dir / HALT_PID_FILE)
+    proc = None if pid is None else read_proc(pid)
+    if proc is None or proc.state in ("Z", "X") or str(node_dir) not in proc.argv:
+        return None
+    return pid
+
+
+def halt(node_dir: Path, shell_pid: int) -> None:
+    """Power the node off, in systemd's order: sessions and sshd stop, then the network goes.
+
+    Waits for ``shell_pid`` (the shell that answered ``poweroff``) to exit, so that its
+    exit status is in sshd's hands, and :data:`HALT_DELAY_S` more. Then sshd and every
+    session stop while the link is still up: a client gets the reply or sees its
+    connection close, never silence, however loaded the machine. Then the veth goes
+    down (netns labs): new connections fail.
+    """
+    deadline = time.monotonic() + HALT_SHELL_WAIT_S
+    while not _gone(shell_pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(HALT_DELAY_S)
+    pid = read_pid(node_dir / PID_FILE)
+    if pid is not None and is_sshd_of(read_proc(pid), node_dir):
+        kill_trees([pid], grace_s=0.5)
     meta = read_json(node_dir / META_FILE, {})
     netns, iface = meta.get("netns"), meta.get("iface")
     if netns and iface:
@@ -380,10 +419,47 @@ def halt(node_dir: Path) -> int:
 
         # -n names the node's own namespace explicitly: never a root-namespace link.
         subprocess.run(["ip", "-n", netns, "link", "set", iface, "down"], check=False)
-    pid = read_pid(node_dir / PID_FILE)
-    if pid is not None and is_sshd_of(process_table().get(pid), node_dir):
-        kill_trees([pid], grace_s=0.5)
-    return 0
+
+
+def _spawn_halt(node_dir: Path) -> None:
+    """Start :func:`halt` in a detached process: a double fork, no new interpreter (a hundred
+    nodes powering off at once must not cost a hundred Python start-ups on the CPUs their
+    replies need). The helper holds none of the session's pipes, so the session ends at once;
+    its pid is in ``halt.pid`` before this returns."""
+    shell = os.getpid()
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return
+    code = 1
+    try:
+        os.setsid()
+        helper = os.fork()
+        if helper:
+            with open(node_dir / HALT_PID_FILE, "w", encoding="utf-8") as fh:
+                fh.write(f"{helper}\n")
+            code = 0
+        else:
+            log = os.open(node_dir / HALT_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            for fd in {int(name) for name in os.listdir("/proc/self/fd")} - {0, 1, 2}:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            halt(node_dir, shell)
+            with contextlib.suppress(OSError):
+                if read_pid(node_dir / HALT_PID_FILE) == os.getpid():
+                    os.unlink(node_dir / HALT_PID_FILE)
+            code = 0
+    except BaseException:  # never back into the shell's code: this is a forked child
+        import traceback
+
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
 
 
 def run(node_dir: Path, command: str) -> int:
@@ -423,27 +499,13 @@ def run(node_dir: Path, command: str) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     if result.halt:
-        import subprocess  # only poweroff needs it
-
-        with open(node_dir / HALT_LOG, "ab") as log:
-            # Detached, with no handle on the session's pipes, so the session ends
-            # normally while the helper waits.
-            subprocess.Popen(
-                [sys.executable, "-I", __file__, "--halt", str(node_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
+        _spawn_halt(node_dir)
     return result.rc
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[1] == "--halt":
-        return halt(Path(argv[2]))
     if len(argv) != 2:
-        sys.stderr.write("usage: node_shell.py NODE_DIR  |  node_shell.py --halt NODE_DIR\n")
+        sys.stderr.write("usage: node_shell.py NODE_DIR\n")
         return 2
     return run(Path(argv[1]), os.environ.get("SSH_ORIGINAL_COMMAND", ""))
 

@@ -425,7 +425,8 @@ def start_nodes(
     try:
         for node in nodes:
             node.dir.mkdir(parents=True, exist_ok=True)
-            for stale in (node_shell.COMMANDS_FILE, node_shell.FAULTS_FILE, node_shell.HALT_LOG, SSHD_LOG):
+            for stale in (node_shell.COMMANDS_FILE, node_shell.FAULTS_FILE, node_shell.HALT_LOG,
+                          node_shell.HALT_PID_FILE, SSHD_LOG):
                 (node.dir / stale).unlink(missing_ok=True)
             meta = {"name": node.name, "role": node.role, "netns": node.netns, "iface": network.NS_IFACE}
             _atomic_write(node.dir / node_shell.META_FILE, json.dumps(meta) + "\n")
@@ -534,15 +535,11 @@ def _await_halt(node: LabNode, timeout_s: float = node_shell.HALT_DELAY_S + 3.0)
     """Wait for the node's poweroff helper to finish (kill it if it overstays)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        helpers = {
-            pid
-            for pid, proc in node_shell.process_table().items()
-            if node_shell.is_halt_helper_of(proc, node.dir)
-        }
-        if not helpers:
+        helper = node_shell.halt_helper(node.dir)
+        if helper is None:
             return
         if time.monotonic() >= deadline:
-            node_shell.kill_trees(helpers, on_poll=_reap_children)
+            node_shell.kill_trees([helper], on_poll=_reap_children)
             return
         time.sleep(0.05)
 

@@ -7,6 +7,9 @@ network namespaces when root). Commands are checked from the nodes' own command 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from hecate.adapters.ssh import (
     is_connection_lost,
 )
 from hecate.domain.config import HecateConfig
-from hecate_lab import nodes
+from hecate_lab import node_shell, nodes
 from hecate_lab.procs import wait_for
 from hecate_lab.testbed import Lab
 
@@ -237,11 +240,11 @@ async def test_a_connection_that_drops_mid_command_is_disconnected(lab: Lab) -> 
 
 
 async def test_poweroff_answers_then_the_node_is_gone_until_powered_on(lab: Lab) -> None:
-    """The lab's node answers `systemctl poweroff` (exit 0), then leaves the network 0.3 s later.
+    """The lab's node answers `systemctl poweroff` (exit 0), then halts 0.3 s after its shell exits.
 
-    Its sshd dies after the link went down, so no FIN reaches us: the pool's connection to
-    it just goes silent. The next command finds that out when opening a session times out
-    (connect_timeout_s), then fails to reconnect: SshUnreachable. After power_on the pool
+    As under systemd, its sshd and sessions stop first (our connection closes), then it
+    leaves the network. The next command finds the connection closed, fails to reconnect
+    (the link is down: connect_timeout_s): SshUnreachable. After power_on the pool
     reconnects by itself.
     """
     node = lab.node("titan-a1")
@@ -268,6 +271,51 @@ async def test_poweroff_answers_then_the_node_is_gone_until_powered_on(lab: Lab)
     assert logged(lab, "titan-a1") == [
         "sudo -n systemctl stop k3s-agent", "sudo -n systemctl poweroff", "systemctl is-active k3s-agent",
     ]
+
+
+async def test_a_poweroff_reply_too_late_ends_with_a_closed_connection_not_silence(lab: Lab) -> None:
+    """A node whose sshd does not get to send the poweroff's exit status before the node halts.
+
+    At 100 nodes on 2 cores some replies were that late. The lab used to take the link down
+    before stopping sshd, so such a reply was lost in silence and the step waited out its
+    command timeout (one node held the whole power-off wave 30 s). Halting as systemd does --
+    sessions and sshd stop, then the network goes -- the connection closes instead:
+    SshDisconnected at once, which the power-off step takes as off.
+    """
+    node = lab.node("titan-a1")
+    nodes.set_fault(node.dir, "systemctl poweroff", delay_s=1.0)
+    async with make_pool(lab, connect_timeout_s=2.0, command_timeout_s=15.0) as pool:
+        assert (await pool.run("titan-a1", "hostname")).exit_code == 0
+        task = asyncio.create_task(pool.run("titan-a1", "systemctl poweroff", sudo=True))
+        shells: list[int] = []
+
+        def poweroff_shell() -> bool:
+            shells[:] = [pid for pid, proc in node_shell.process_table().items()
+                         if str(nodes.NODE_SHELL) in proc.argv and str(node.dir) in proc.argv and proc.state != "Z"]
+            return bool(shells)
+
+        await asyncio.to_thread(wait_for, poweroff_shell, 10, "the poweroff's node shell")
+        # While the shell sleeps its 1 s, freeze the sshd processes above it: its reply cannot go out.
+        table = node_shell.process_table()
+        frozen, pid = [], table[shells[0]].ppid
+        while pid in table and "sshd" in " ".join(table[pid].argv):
+            frozen.append(pid)
+            pid = table[pid].ppid
+        assert frozen, "the node shell runs under the node's sshd"
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(SshDisconnected):
+                await task
+            elapsed = time.monotonic() - t0
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        assert elapsed < 5.0, elapsed  # the shell's 1 s, 0.3 s, sshd's stop (SIGKILL after 0.5 s)
+    assert nodes.read_state(node.dir)["power"] == "off"
+    assert logged(lab, "titan-a1")[-1] == "sudo -n systemctl poweroff"
 
 
 async def test_parallel_commands_share_one_connection_per_node(lab: Lab) -> None:

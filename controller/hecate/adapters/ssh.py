@@ -42,11 +42,13 @@ Errors are Hecate's own, chained to the paramiko/socket error. Each has ``node``
 **poweroff.** A node that powers off usually answers first (exit 0: ``systemctl
 poweroff`` only queues the job), but sshd may also be killed before the answer, which
 shows as :class:`SshDisconnected` -- :func:`is_connection_lost` tells the executor that
-the command may well have worked. The lab's nodes answer (exit 0 within ~50 ms) and
-leave the network 0.3 s later, link first, so no FIN reaches us: the connection just goes
-silent. The next command to such a node waits ``ssh.connect_timeout_s`` for a session,
-drops the connection, tries a new one and fails with :class:`SshUnreachable` (so up to
-twice the connect timeout); a node whose sshd closed the connection fails at once.
+the command may well have worked. The lab's nodes answer (exit 0 within ~50 ms) and halt
+as systemd does: sessions and sshd stop (the connection closes), then the node leaves the
+network. A connection that goes silent instead (the link gone before any FIN) is only
+noticed by the command's timeout; the next command to such a node waits
+``ssh.connect_timeout_s`` for a session, drops the connection, tries a new one and fails
+with :class:`SshUnreachable` (so up to twice the connect timeout); a node whose sshd
+closed the connection fails at once.
 """
 
 from __future__ import annotations
