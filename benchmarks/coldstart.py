@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks import spread
 from hecate.adapters import ssh
 from hecate.adapters.kube import Kube, KubeError
 from hecate.domain.config import HecateConfig
@@ -158,14 +158,6 @@ def _ssh_loop(config: HecateConfig, lab: Lab) -> float:
     return time.monotonic() - started
 
 
-def _summary(values: list[float] | list[int], scale: float) -> dict[str, float] | None:
-    if not values:
-        return None
-    scaled = [v * scale for v in values]
-    return {"min": round(min(scaled), 3), "median": round(statistics.median(scaled), 3),
-            "max": round(max(scaled), 3)}
-
-
 async def _healthy(kube: Kube, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -202,8 +194,8 @@ def _one(directory: Path) -> Iterator[dict[str, Any]]:
         flux_ready_s = clock.ended.get("flux-bootstrap", float("nan"))
         overhead = flux_ready_s - sum(waits.values())
         if MACHINES:
-            machine_fields = {"machine_boot_to_running_s": _summary(boots, 1.0), "machine_boots": len(boots),
-                              "machine_rss_mib": _summary(rss, 1 / 2**20)}
+            machine_fields = {"machine_boot_to_running_s": spread(boots, 1.0), "machine_boots": len(boots),
+                              "machine_rss_mib": spread(rss, 1 / 2**20)}
         yield {"variant": "hecate", "node_kind": NODE_KIND, "nodes": SERVERS + AGENTS, "delays": DELAYS.to_dict(),
                "detection_window_s": DETECTION_WINDOW_S, "result": record.result.value if record.result else None,
                "deadlock_broken": bool(record.changes.get("deadlock")) and bool(record.changes.get("created")),

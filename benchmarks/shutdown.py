@@ -83,7 +83,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,6 +94,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks import spread
 from hecate.adapters import config as config_mod
 from hecate.adapters import ssh
 from hecate.domain.config import HecateConfig
@@ -398,8 +398,8 @@ def _one(n: int, netns: bool, tmp: Path) -> list[dict[str, Any]]:
             if n == 20:
                 checks["speedup_at_least_8x"] = speedup >= TARGET_SPEEDUP_AT_20
         machine_fields = {
-            "machine_boot_to_running_s": _summary(boots, 1.0), "machine_boots": len(boots),
-            "machine_rss_mib": _summary(rss, 1 / 2**20),
+            "machine_boot_to_running_s": spread(boots, 1.0), "machine_boots": len(boots),
+            "machine_rss_mib": spread(rss, 1 / 2**20),
         } if MACHINES else {}
         results.append({
             "mode": "netns" if lab.netns else "loopback", "node_kind": NODE_KIND, "nodes": n, "servers": len(servers),
@@ -420,14 +420,6 @@ def _one(n: int, netns: bool, tmp: Path) -> list[dict[str, Any]]:
                  f"overhead {overhead:.2f}s, floor {floor:.2f}s, sequential {sequential:.1f}s"
                  f"{' (extrapolated)' if extrapolated else ''}, speedup {speedup:.1f}x")
     return results
-
-
-def _summary(values: list[float] | list[int], scale: float) -> dict[str, float] | None:
-    if not values:
-        return None
-    scaled = [v * scale for v in values]
-    return {"min": round(min(scaled), 3), "median": round(statistics.median(scaled), 3),
-            "max": round(max(scaled), 3)}
 
 
 def run() -> Iterator[dict[str, Any]]:

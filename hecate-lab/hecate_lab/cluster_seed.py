@@ -141,10 +141,6 @@ class Seeded:
     helm_rendered: dict[str, str] = field(default_factory=dict)  # "gitea/deployment/gitea-valkey" -> its HelmRelease
     lost_on_cold_start: list[str] = field(default_factory=list)  # what a cold start deletes
 
-    def workloads_with_tier(self, tier: str) -> dict[str, int]:
-        return {ref: n for ref, n in self.workloads.items()
-                if any(w.ref == ref and w.tier == tier for w in WORKLOADS)}
-
 
 # -- a small JSON-over-HTTP client -----------------------------------------------------------
 

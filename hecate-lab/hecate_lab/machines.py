@@ -159,21 +159,9 @@ def _sshd_config(node: LabNode) -> str:
         f"ListenAddress {node.address}",
         "AddressFamily inet",
         "HostKey /etc/ssh/ssh_host_ed25519_key",
-        "PubkeyAuthentication yes",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
         "PermitRootLogin no",
         f"AllowUsers {USER}",
-        # No PAM session: no per-login user manager (memory); sudo does its own PAM.
-        "UsePAM no",
-        "UseDNS no",
-        "PrintMotd no",
-        "PrintLastLog no",
-        "X11Forwarding no",
-        "AllowTcpForwarding no",
-        "AllowAgentForwarding no",
-        "MaxStartups 100:30:200",
-        "MaxSessions 64",
+        *nodes.SSHD_KEY_ONLY,
         "",
     ])
 

@@ -230,6 +230,27 @@ def _validate(specs: Sequence[NodeSpec], workdir: Path, netns: bool, lab_id: str
 # --------------------------------------------------------------------------- sshd
 
 
+SSHD_KEY_ONLY = (
+    "PubkeyAuthentication yes",
+    "PasswordAuthentication no",
+    "KbdInteractiveAuthentication no",
+    # No PAM session: no per-login user manager (memory, time); sudo does its own PAM.
+    "UsePAM no",
+    "UseDNS no",
+    "PrintMotd no",
+    "PrintLastLog no",
+    "X11Forwarding no",
+    "AllowTcpForwarding no",
+    "AllowAgentForwarding no",
+    "PermitTunnel no",
+    "PermitUserEnvironment no",
+    "LoginGraceTime 20",
+    "MaxStartups 100:30:200",  # the benchmarks open many connections at once
+    "MaxSessions 64",
+)
+"""What every lab sshd sets, light node or machine: the lab's key only, nothing forwarded."""
+
+
 def _sshd_config(node: LabNode, authorized_keys: Path, user: str) -> str:
     force = " ".join(shlex.quote(a) for a in (sys.executable, "-I", str(NODE_SHELL), str(node.dir)))
     lines = [
@@ -240,24 +261,10 @@ def _sshd_config(node: LabNode, authorized_keys: Path, user: str) -> str:
         f"HostKey {node.dir / HOST_KEY}",
         f"PidFile {node.dir / node_shell.PID_FILE}",
         f"AuthorizedKeysFile {authorized_keys}",
-        "PubkeyAuthentication yes",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
         "PermitRootLogin prohibit-password",
         f"AllowUsers {user}",
         "StrictModes no",
-        "UsePAM no",
-        "UseDNS no",
-        "PrintMotd no",
-        "PrintLastLog no",
-        "X11Forwarding no",
-        "AllowTcpForwarding no",
-        "AllowAgentForwarding no",
-        "PermitTunnel no",
-        "PermitUserEnvironment no",
-        "LoginGraceTime 20",
-        "MaxStartups 100:30:200",
-        "MaxSessions 64",
+        *SSHD_KEY_ONLY,
         "LogLevel INFO",
         # bash sources ~/.bashrc for sshd's "-c" commands unless it is a nested shell;
         # SHLVL=1 makes it one, so the host's rc files (pyenv, ...) stay out of the lab.

@@ -44,7 +44,8 @@ def test_one_executed_shutdown_of_a_few_milliseconds_keeps_the_threshold_at_the_
         "ups": [{"name": ups.name, "host": ups.host, "port": ups.port}],
         "trigger": {"default_budget_s": 60},  # 1.1 x 60 = 66 s: under the floor of 60 + 30 s from the start
         "shutdown": {"flux_suspend": False, "local_poweroff_command": ["true"]},
-        "metrics": {"listen": f"127.0.0.1:{free_port()}"},  # no daemon there: status polls itself
+        # no daemon on this socket (never the host's /run/hecate): status polls itself
+        "metrics": {"listen": f"127.0.0.1:{free_port()}", "socket": str(tmp_path / "run" / "hecate.sock")},
     }))
     assert list(config_mod.load(path, {}).shutdown.local_poweroff_command) == ["true"]  # never this host's power
     before = status(path)

@@ -212,7 +212,6 @@ def test_an_unknown_hecate_variable_is_an_error_naming_it(tmp_path: Path, name: 
     msg = load_error(write(tmp_path, ""), {name: "1.3", "HECATE_TRIGGER__DEBOUNCE_POLLS": "4"})
     assert msg.startswith(f"environment {name}: ")
     assert why in msg
-    assert "except HECATE_CONFIG and HECATE_LAB_*" in msg or "is set" in msg
 
 
 def test_hecate_variables_that_are_not_settings_are_left_alone(tmp_path: Path) -> None:

@@ -43,6 +43,15 @@ def test_the_cli_ends_a_degraded_run_with_a_table_of_what_was_not_done() -> None
     assert lines[-1].endswith("shutdown run 20261127T000000Z-abcd: degraded in 31.2s: 2 steps not done (above)")
 
 
+def test_a_why_with_brackets_prints_literally_in_the_summary() -> None:
+    # e.g. an API message quoting a field, or anything a node printed: never rich markup, never a crash
+    row = StepNotDone(stage="scale-down", action="scale-down", target="apps", status=NotDone.failed,
+                      detail="refused [field spec.replicas] [/x]")
+    out = io.StringIO()
+    RichProgress(Console(file=out, width=200, highlight=False)).run_finished(record(row))
+    assert "refused [field spec.replicas] [/x]" in out.getvalue()
+
+
 def test_a_successful_run_ends_on_one_line() -> None:
     out = io.StringIO()
     RichProgress(Console(file=out, width=200, highlight=False)).run_finished(record())

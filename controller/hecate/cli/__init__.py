@@ -64,7 +64,7 @@ def load_config(path: Path, *, check_files: bool = False) -> HecateConfig:
         if check_files:
             config.check_files(cfg)
     except config.ConfigError as err:
-        fail(f"configuration error:\n{err}", code=2)
+        fail(f"configuration error:\n{err}", code=EXIT_USAGE)
     return cfg
 
 
@@ -195,7 +195,8 @@ def daemon(config_path: Path) -> None:
 
     cfg = load_config(config_path, check_files=True)
     if not cfg.ups:
-        fail(f"{config_path}: no UPS configured (`ups:` is empty): the daemon would have nothing to watch", code=2)
+        fail(f"{config_path}: no UPS configured (`ups:` is empty): the daemon would have nothing to watch",
+             code=EXIT_USAGE)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not any(u.protects_cluster for u in cfg.ups):
         logging.getLogger("hecate").warning("no UPS has protects_cluster: true: nothing can trigger a shutdown")
@@ -326,7 +327,7 @@ def drill_run(name: str, config_path: Path, execute: bool) -> None:
     from hecate.services import drills
 
     if name not in drills.DRILLS:
-        fail(f"no drill named {name!r}; one of: {', '.join(drills.DRILLS)}", code=2)
+        fail(f"no drill named {name!r}; one of: {', '.join(drills.DRILLS)}", code=EXIT_USAGE)
     cfg = effective_config(load_config(config_path))
     progress = RichProgress()
     console = progress.console

@@ -67,7 +67,8 @@ def not_done_table(record: RunRecord) -> Table:
         table.add_column(column, overflow="fold")
     for row in record.not_done:
         style = STYLE.get(row.status.value, "yellow")
-        table.add_row(row.stage, row.action, row.target, f"[{style}]{row.status.value}[/{style}]", row.detail)
+        table.add_row(shown(row.stage), shown(row.action), shown(row.target), f"[{style}]{row.status.value}[/{style}]",
+                      shown(row.detail))
     return table
 
 

@@ -87,7 +87,7 @@ def deletes(config: HecateConfig, name: str) -> list[str]:
     workloads (those are ``foundation-recovery``'s: the foundation stage would re-create them
     before Flux is even looked at). ``foundation-recovery``: the foundation workloads that are cached.
     """
-    cached = [r for r in config.flux.bootstrap_objects if r.split("/")[1].lower() in WORKLOAD_KINDS]
+    cached = [r for r in config.flux.bootstrap_objects if kubeobjects.split_ref(r)[1].lower() in WORKLOAD_KINDS]
     if name == "flux-gitea-deadlock":
         return [kubeobjects.canonical_ref(r) for r in cached if r not in config.startup.foundation]
     if name == "foundation-recovery":

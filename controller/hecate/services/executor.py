@@ -396,8 +396,6 @@ class Executor:
         else:
             result = RunResult.success
         shortfall = not_done(plan, stage_records, outcomes, stopped=failed_abort and not aborted)
-        if shortfall and result is RunResult.success:  # never: a stage with a shortfall is degraded
-            result = RunResult.degraded
         result_record = record.model_copy(update={
             "finished_at": datetime.fromtimestamp(finished, UTC), "duration_s": max(0.0, finished - started),
             "result": result, "stages": stages, "not_done": shortfall,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -142,16 +141,8 @@ def actions(config: HecateConfig, conn: remote.Remote, *, since: datetime) -> di
         waited = time.monotonic() - started
         return Done(f"on mains, charge {seen['charge']}%" + (f" after {waited:.0f} s" if waited > 1 else ""))
 
-    def _ssh_answers(node: str) -> bool:
-        n = next(x for x in config.cluster.nodes if x.name == node)
-        try:
-            with socket.create_connection((n.address, n.ssh_port), timeout=min(2.0, config.ssh.connect_timeout_s)):
-                return True
-        except OSError:
-            return False
-
     async def wake(step: Step) -> Woken:
-        if await asyncio.to_thread(_ssh_answers, step.target):
+        if await conn.pool.probe(step.target, conn.probe_timeout) is None:  # its sshd answers
             return Woken(False, "already up")
         params = step.params_as(WakeParams)
         if params.method is Wake.wol:
