@@ -18,6 +18,7 @@ import pytest
 from hecate.domain.plan import Stage
 from hecate.domain.runs import RunRecord, StageRecord
 from hecate.services.executor import StepOutcome
+from hecate_lab import wheelhouse as wheelhouse_mod
 from hecate_lab.testbed import Lab, LabSpec
 from hecate_lab.ups import LabUps, start_ups
 
@@ -50,6 +51,13 @@ def ups(tmp_path: Path) -> Iterator[LabUps]:
         yield lab_ups
     finally:
         lab_ups.stop()
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    """Wheels of this checkout's product and its dependencies (built once, cached by content), for
+    offline installs: ``pip install --no-index --find-links <wheelhouse> hecate``."""
+    return wheelhouse_mod.build()
 
 
 @pytest.fixture(scope="session")
