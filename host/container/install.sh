@@ -46,8 +46,9 @@ account() {
     # --no-log-init: a high uid would otherwise grow a sparse lastlog/faillog into the layer.
     useradd --root "$root" --uid "$HECATE_UID" --gid "$HECATE_GID" --no-create-home --no-log-init \
         --home-dir /var/lib/hecate --shell /usr/sbin/nologin --comment "Hecate" hecate
-    # Mount points for the run modes; the state dir is the user's own and private, as Hecate requires.
-    install -d -m 0700 -o "$HECATE_UID" -g "$HECATE_GID" "$root/var/lib/hecate"
+    # The state dir and the daemon's socket dir (the defaults of hecate.yaml) are the user's own and
+    # private, as Hecate requires; the run modes that need the host's mount them over these.
+    install -d -m 0700 -o "$HECATE_UID" -g "$HECATE_GID" "$root/var/lib/hecate" "$root/run/hecate"
     install -d -m 0755 "$root/etc/hecate"
 }
 

@@ -144,8 +144,9 @@ def test_account_step_makes_the_unprivileged_user_and_its_dirs(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     assert "hecate:x:10001:10001:Hecate:/var/lib/hecate:/usr/sbin/nologin" in (root / "etc/passwd").read_text()
     assert "hecate:x:10001:" in (root / "etc/group").read_text()
-    st = (root / "var/lib/hecate").stat()
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (10001, 10001, 0o700)
+    for own in ("var/lib/hecate", "run/hecate"):  # hecate.yaml's default state dir and socket dir
+        st = (root / own).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (10001, 10001, 0o700), own
     assert [arg for word, arg in _instructions() if word == "USER"][-1] == "10001:10001"
 
 
