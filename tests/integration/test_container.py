@@ -40,7 +40,7 @@ def _tool(name: str) -> str:
 
 def _system_env(home: Path) -> dict[str, str]:
     """What a build step sees: the system's PATH (so `python3` is the system python), no venv, no pip config."""
-    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home),
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home),
             "LANG": "C.UTF-8", "PIP_CONFIG_FILE": os.devnull}
 
 
@@ -103,7 +103,7 @@ def test_venv_step_installs_the_product_alone_from_the_wheels(image_venv: tuple[
     venv, home, printed = image_venv
     assert f"hecate, version {VERSION}" in printed  # the step's own check ran
     cfg = dict(line.split(" = ", 1) for line in (venv / "pyvenv.cfg").read_text().splitlines() if " = " in line)
-    assert cfg["home"] == "/usr/bin"  # the system python's venv, as the brief of the image's runtime stage
+    assert cfg["home"] == "/usr/bin"  # the system python's (in the image: the base image's python3)
     listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json",
                              "--disable-pip-version-check"], env=_system_env(home), capture_output=True, text=True,
                             timeout=60, check=True)
@@ -114,7 +114,6 @@ def test_venv_step_installs_the_product_alone_from_the_wheels(image_venv: tuple[
     lab = subprocess.run([str(venv / "bin" / "hecate"), "lab", "--help"], env=_system_env(home),
                          capture_output=True, text=True, timeout=60, check=False)
     assert lab.returncode == 2, "`hecate lab` exists in the image"
-    assert not (home / ".cache").exists(), "pip left a cache behind"
 
 
 @pytest.mark.timeout(600)
