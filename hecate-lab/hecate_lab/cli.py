@@ -41,6 +41,7 @@ def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, n
     """Start a lab and write DIR/hecate.yaml pointing Hecate at it."""
     import shlex
 
+    from hecate_lab import machines as machines_mod
     from hecate_lab.procs import LabError
     from hecate_lab.testbed import Lab, LabSpec
 
@@ -57,8 +58,7 @@ def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, n
     if started.coordinator is not None:
         c = started.coordinator
         click.echo(f"  coordinator machine {c.name} at {c.address} (root {started.coordinator_root})")
-        click.echo(f"    enter:    nsenter -t $(hecate lab status --dir {directory} --json | "
-                   "jq .coordinator.pid1) -a bash")
+        click.echo(f"    enter:    nsenter -t {machines_mod.pid1(c)} -a bash   (its pid 1: hecate lab status)")
         click.echo(f"    install:  {shlex.join(started.coordinator_install_argv())}")
     click.echo(f"  stop with:  hecate lab down --dir {directory}")
 
