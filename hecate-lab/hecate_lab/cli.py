@@ -34,20 +34,32 @@ def lab() -> None:
               help="Nodes in network namespaces (default when root) or on loopback ports.")
 @click.option("--machines", is_flag=True,
               help="Nodes are booted systemd machines (real sshd, sudo, k3s units, power-off); root, systemd-nspawn.")
+@click.option("--coordinator", is_flag=True,
+              help="The coordinator is a machine too (titan-db), ready to install Hecate in; needs --machines.")
 def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, netns: bool | None,
-       machines: bool) -> None:
+       machines: bool, coordinator: bool) -> None:
     """Start a lab and write DIR/hecate.yaml pointing Hecate at it."""
+    import shlex
+
+    from hecate_lab import machines as machines_mod
     from hecate_lab.procs import LabError
     from hecate_lab.testbed import Lab, LabSpec
 
+    if coordinator and not machines:
+        raise click.UsageError("--coordinator needs --machines")
     try:
         started = Lab.up(directory, LabSpec(ups=ups_names, servers=servers, agents=agents, netns=netns,
-                                            machines=machines), detach=True)
+                                            machines=machines, coordinator=coordinator), detach=True)
     except LabError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"lab {started.id} is up in {directory}")
     click.echo(f"  config:     {started.config_path}")
     click.echo(f"  kubeconfig: {started.kubeconfig}")
+    if started.coordinator is not None:
+        c = started.coordinator
+        click.echo(f"  coordinator machine {c.name} at {c.address} (root {started.coordinator_root})")
+        click.echo(f"    enter:    nsenter -t {machines_mod.pid1(c)} -a bash   (its pid 1: hecate lab status)")
+        click.echo(f"    install:  {shlex.join(started.coordinator_install_argv())}")
     click.echo(f"  stop with:  hecate lab down --dir {directory}")
 
 
@@ -81,6 +93,10 @@ def status(directory: Path, as_json: bool) -> None:
             f"  {n['name']:<12} {n['role']:<6} {n['address']:<21} power={n.get('power', '?'):<3} "
             f"{services:<20} sshd={'up' if n['sshd_alive'] else 'down'}"
         )
+    coordinator = info.get("coordinator")
+    if coordinator:
+        click.echo(f"Coordinator machine: {coordinator['name']} {coordinator['address']} "
+                   f"{'running, pid1 ' + str(coordinator['pid1']) if coordinator['pid1'] else 'off'}")
     api = info["api"]
     click.echo(f"API: {api['url'] or '-'} ({'up' if api['alive'] else 'down'})")
     click.echo(f"Hecate config: {info['config']}")
@@ -137,7 +153,7 @@ def ups_set(directory: Path, name: str, assignments: tuple[str, ...]) -> None:
               help="Boot with the k3s unit inactive (disabled at boot), so `hecate startup` orders the start. "
                    "Machines always boot so: their units are disabled at boot.")
 def power_on(directory: Path, names: tuple[str, ...], k3s_disabled: bool) -> None:
-    """Boot lab nodes (all of them by default), as when mains returns."""
+    """Boot lab nodes (all of them by default, the coordinator machine too), as when mains returns."""
     from concurrent.futures import ThreadPoolExecutor
 
     from hecate_lab import machines, nodes
@@ -146,15 +162,17 @@ def power_on(directory: Path, names: tuple[str, ...], k3s_disabled: bool) -> Non
 
     try:
         running = Lab.load(directory)
-        unknown = sorted(set(names) - {n.name for n in running.nodes})
+        unknown = sorted(set(names) - {n.name for n in running.hosts})
         if unknown:
             raise click.ClickException(f"the lab has no node named {', '.join(unknown)}")
-        chosen = [n for n in running.nodes if not names or n.name in names]
+        chosen = [n for n in running.hosts if not names or n.name in names]
         with ThreadPoolExecutor(max(1, len(chosen))) as pool:  # machines boot at the same time
             booted = {n.name: n for n in pool.map(
                 lambda n: machines.power_on(n) if n.machine else nodes.power_on(n, k3s_at_boot=not k3s_disabled),
                 chosen)}
         running.nodes = [booted.get(n.name, n) for n in running.nodes]
+        if running.coordinator is not None:
+            running.coordinator = booted.get(running.coordinator.name, running.coordinator)
         running.save()
     except LabError as err:
         raise click.ClickException(str(err)) from None

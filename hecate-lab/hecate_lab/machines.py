@@ -22,6 +22,12 @@ that puts ``systemd-nspawn`` in the machine's own cgroups (memory, freezer), wai
 and appends the end to ``power.jsonl``. :func:`stop_machines` kills a machine through its cgroup
 (thawed first), so nothing survives ``hecate lab down``, even of a frozen machine.
 
+The lab's *coordinator* (role ``coordinator``, ``LabSpec(coordinator=True)``) is a machine too,
+fit to host an installed Hecate rather than k3s: no k3s units, the NUT units present (not masked,
+not enabled: the installer enables them), a persistent ``/usr/local`` (``<node dir>/usr-local``,
+bound read-write, where the installer links ``/usr/local/bin/hecate``) and read-only binds listed
+in ``<node dir>/binds.json`` (the checkout, the wheelhouse, the lab UPSes' ``.dev`` directories).
+
 Nothing here acts on the host's own systemd or power: every power verb runs inside a machine
 (over SSH, or ``nsenter`` into its PID 1, :func:`machine_run`).
 """
@@ -39,7 +45,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from hecate_lab import k3s_agent, network, nodes, nodestate
 from hecate_lab.nodes import LabNode, NodeSpec
@@ -57,6 +63,10 @@ POWER_LOG = "power.jsonl"  # {"t", "event": "boot"|"off"|"killed", "rc"} per boo
 CONSOLE_LOG = "console.log"
 KILLALL_FILE = "k3s-killall.sh"
 STOPPING_MARK = ".stopping"
+BINDS_FILE = "binds.json"  # [[host path, machine path], ...]: bound read-only at every boot
+USR_LOCAL_DIR = "usr-local"  # a coordinator's /usr/local (read-write, persistent)
+#: A lab node's role when it is the coordinator machine (not a Kubernetes node).
+COORDINATOR: Final = "coordinator"
 #: How long a machine may take to boot to ``running``.
 BOOT_TIMEOUT_S = 60.0
 #: The k3s units' TimeoutStopSec: how long ``systemctl stop`` waits before systemd kills the agent.
@@ -74,6 +84,8 @@ MASKED_UNITS = (
     "systemd-pstore.service", "console-getty.service", "getty@.service", "machines.target", "remote-fs.target",
     "cron.service", "systemd-networkd.service", "systemd-resolved.service",
 )
+#: NUT stays on a coordinator: the installer configures and enables it (present, never enabled by the lab).
+COORDINATOR_MASKED_UNITS = tuple(u for u in MASKED_UNITS if not u.startswith("nut"))
 #: The only units the machine's own /etc wants at boot.
 WANTED_UNITS = {"multi-user.target.wants": ("ssh.service",)}
 
@@ -177,7 +189,12 @@ def _free_id(etc: Path) -> int:
 
 
 def build_root(node: LabNode, *, authorized_key: str, timeout_stop_s: float = TIMEOUT_STOP_S) -> Path:
-    """A fresh root directory for ``node`` (whatever was there is replaced)."""
+    """A fresh root directory for ``node`` (whatever was there is replaced).
+
+    A coordinator (``node.role == "coordinator"``) gets no k3s units and keeps the NUT units
+    (present, not enabled); its ``/usr/local`` is ``<node dir>/usr-local``, made empty here.
+    """
+    coordinator = node.role == COORDINATOR
     root = root_of(node)
     if root.exists():
         shutil.rmtree(root)
@@ -216,7 +233,7 @@ def build_root(node: LabNode, *, authorized_key: str, timeout_stop_s: float = TI
         for entry in wants.iterdir():
             if entry.name not in keep:
                 entry.unlink()
-    for unit in MASKED_UNITS:
+    for unit in COORDINATOR_MASKED_UNITS if coordinator else MASKED_UNITS:
         target = units / unit
         if target.is_symlink() or target.exists():
             target.unlink()
@@ -224,7 +241,7 @@ def build_root(node: LabNode, *, authorized_key: str, timeout_stop_s: float = TI
     default = units / "default.target"
     default.unlink(missing_ok=True)
     default.symlink_to("/usr/lib/systemd/system/multi-user.target")
-    for unit in ("k3s", "k3s-agent"):
+    for unit in () if coordinator else ("k3s", "k3s-agent"):
         (units / f"{unit}.service").write_text(_unit(unit, timeout_stop_s))
     # The hecate user: no password, only the lab's key; sudo for exactly what Hecate runs.
     uid = _free_id(etc)
@@ -245,6 +262,14 @@ def build_root(node: LabNode, *, authorized_key: str, timeout_stop_s: float = TI
     sudoers = etc / "sudoers.d" / USER
     sudoers.write_text("# What Hecate runs on a node (ssh.sudo: true): docs/shutdown.md\n" + sudoers_line() + "\n")
     sudoers.chmod(0o440)
+    if coordinator:
+        usr_local = node.dir / USR_LOCAL_DIR
+        if usr_local.exists():
+            shutil.rmtree(usr_local)
+        for sub in ("bin", "sbin", "lib", "share", "etc", "include", "src"):
+            (usr_local / sub).mkdir(parents=True, mode=0o755)
+        usr_local.chmod(0o755)
+        return root
     # What the machine binds from its node directory.
     killall = node.dir / KILLALL_FILE
     killall.write_text(_KILLALL_SCRIPT)
@@ -266,19 +291,40 @@ def set_k3s(node: LabNode, *, stop_s: float | None = None, ignore_sigterm: bool 
     nodes._atomic_write(node.dir / k3s_agent.CONFIG_FILE, json.dumps(config) + "\n")
 
 
+def set_binds(node: LabNode, binds: Sequence[tuple[Path, str]]) -> None:
+    """What the machine binds read-only at every boot (``host path -> machine path``)."""
+    nodes._atomic_write(node.dir / BINDS_FILE, json.dumps([[str(src), dst] for src, dst in binds]) + "\n")
+
+
+def binds(node: LabNode) -> list[tuple[Path, str]]:
+    try:
+        return [(Path(src), str(dst)) for src, dst in json.loads((node.dir / BINDS_FILE).read_text())]
+    except FileNotFoundError:
+        return []
+
+
 def nspawn_argv(node: LabNode) -> list[str]:
     if node.netns is None:
         raise LabError(f"lab machine {node.name} needs a network namespace")
-    lab_pkg = Path(__file__).resolve().parent
-    return [
+    argv = [
         NSPAWN, "--quiet", "--boot", "--register=no", "--keep-unit", "--console=read-only",
         f"--directory={root_of(node)}", f"--machine={node.name}",
         f"--network-namespace-path=/run/netns/{node.netns}",
-        "--bind-ro=/usr", "--tmpfs=/usr/local:mode=0755",
-        f"--bind-ro={lab_pkg}:/usr/local/lib/hecate-lab/hecate_lab",
-        f"--bind-ro={node.dir / KILLALL_FILE}:{KILLALL}",
-        f"--bind={node.dir}:{k3s_agent.NODE_DIR}",
+        "--bind-ro=/usr",
     ]
+    if node.role == COORDINATOR:
+        argv.append(f"--bind={node.dir / USR_LOCAL_DIR}:/usr/local")
+    else:
+        lab_pkg = Path(__file__).resolve().parent
+        argv += [
+            "--tmpfs=/usr/local:mode=0755",
+            f"--bind-ro={lab_pkg}:/usr/local/lib/hecate-lab/hecate_lab",
+            f"--bind-ro={node.dir / KILLALL_FILE}:{KILLALL}",
+            f"--bind={node.dir}:{k3s_agent.NODE_DIR}",
+        ]
+    # A directory, never a single file: a file replaced by rename (the UPS's .dev) stays visible.
+    argv += [f"--bind-ro={src}:{dst}" for src, dst in binds(node)]
+    return argv
 
 
 # --------------------------------------------------------------------------- cgroups
@@ -386,14 +432,20 @@ def pid1(node: LabNode) -> int | None:
     return None
 
 
+#: The environment of a command run in a machine: its root's, not the caller's (no HECATE_*, PIP_*, ...).
+MACHINE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+               "LANG": "C.UTF-8", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/sh"}
+
+
 def machine_run(node: LabNode, argv: Sequence[str], *, timeout: float = 30.0,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` inside the machine (all its namespaces) as its root."""
+    """Run ``argv`` inside the machine (all its namespaces) as its root, with its root's environment
+    (:data:`MACHINE_ENV`), never the caller's."""
     pid = pid1(node)
     if pid is None:
         raise LabError(f"lab machine {node.name} is not running")
     proc = subprocess.run([NSENTER, "-t", str(pid), "-a", *argv], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=MACHINE_ENV)
     if check and proc.returncode != 0:
         raise LabError(f"{node.name}: `{' '.join(argv)}` exited {proc.returncode}: "
                        f"{(proc.stderr or proc.stdout).strip()[-300:]}")
@@ -417,9 +469,15 @@ def boot(node: LabNode) -> LabNode:
     return node
 
 
-def wait_running(node: LabNode, timeout: float = BOOT_TIMEOUT_S) -> float:
+def wait_running(node: LabNode, timeout: float = BOOT_TIMEOUT_S, *, settled: bool = True) -> float:
     """Wait until the machine's systemd reports ``running`` (boot finished, nothing failed); returns
-    the seconds it took. A machine that ends or degrades meanwhile is an error naming its console."""
+    the seconds it took. A machine that ends or degrades meanwhile is an error naming its console.
+
+    ``settled=False`` waits only until its systemd answers and works through the boot (``starting``,
+    or already ``running``/``degraded``): a coordinator's enabled units (an installed
+    ``hecate-bootstrap.service`` starting the cluster) may take longer than any boot wait, and a
+    failed one is theirs to report, not the lab's.
+    """
     start = time.monotonic()
     deadline = start + timeout
     while (pid := pid1(node)) is None:
@@ -431,14 +489,17 @@ def wait_running(node: LabNode, timeout: float = BOOT_TIMEOUT_S) -> float:
     while True:  # "offline": its systemd does not answer on its bus yet
         left = max(1.0, deadline - time.monotonic())
         try:
-            proc = subprocess.run([NSENTER, "-t", str(pid), "-a", "systemctl", "is-system-running", "--wait"],
+            proc = subprocess.run([NSENTER, "-t", str(pid), "-a", "systemctl", "is-system-running",
+                                   *(["--wait"] if settled else [])],
                                   capture_output=True, text=True, timeout=left, check=False)
         except subprocess.TimeoutExpired:
             raise LabError(f"lab machine {node.name} did not boot in {timeout:g} s") from None
-        if proc.stdout.strip() not in ("", "offline") or time.monotonic() > deadline:
+        if proc.stdout.strip() not in ("", "offline", "initializing") or time.monotonic() > deadline:
             break
         time.sleep(0.02)
     status = proc.stdout.strip()
+    if not settled and status in ("starting", "running", "degraded"):
+        return time.monotonic() - start
     if status != "running":
         failed = machine_run(node, ["systemctl", "--failed", "--no-legend", "--plain"], check=False).stdout
         raise LabError(f"lab machine {node.name} booted {status or proc.stderr.strip()!r}; failed units: "
@@ -448,6 +509,8 @@ def wait_running(node: LabNode, timeout: float = BOOT_TIMEOUT_S) -> float:
 
 def start_k3s(node: LabNode) -> None:
     """Start the node's k3s unit (it stays disabled at boot): what an enabled unit would do."""
+    if node.role == COORDINATOR:
+        return
     machine_run(node, ["systemctl", "start", nodestate.service_for(node.role)])
 
 
@@ -459,16 +522,20 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 def start_machines(workdir: Path, specs: list[NodeSpec], *, client_pubkey: Path, known_hosts: Path,
-                   lab_id: str, subnet: str) -> list[LabNode]:
+                   lab_id: str, subnet: str, coordinator: str | None = None,
+                   coordinator_binds: Sequence[tuple[Path, str]] = ()) -> list[LabNode]:
     """Build, boot and wait for one machine per spec, each in its own namespace, k3s started.
 
-    Writes ``known_hosts`` (the machines' host keys). On any failure everything started so far
+    With ``coordinator`` (its name) one more machine, last in the list: role ``coordinator``, in
+    namespace index 0 at ``<subnet>.10``, with ``coordinator_binds`` bound read-only.
+    Writes ``known_hosts`` (every machine's host key). On any failure everything started so far
     is stopped and removed before the error propagates.
     """
     why = unavailable()
     if why:
         raise LabError(why)
-    nodes._validate(specs, workdir, True, lab_id, subnet)
+    nodes._validate(specs + ([NodeSpec(coordinator, "server")] if coordinator else []), workdir, True,
+                    lab_id, subnet)
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     key = client_pubkey.read_text()
@@ -477,15 +544,20 @@ def start_machines(workdir: Path, specs: list[NodeSpec], *, client_pubkey: Path,
                 netns=network.namespace_name(lab_id, i), machine=True)
         for i, spec in enumerate(specs, start=1)
     ]
+    if coordinator:
+        machines.append(LabNode(name=coordinator, role=COORDINATOR, address=f"{subnet}.10", port=22,
+                                dir=workdir / coordinator, netns=network.namespace_name(lab_id, 0), machine=True))
     try:
         for node in machines:
             node.dir.mkdir(parents=True, exist_ok=True)
-            for stale in (POWER_LOG, CONSOLE_LOG, k3s_agent.CONFIG_FILE, STOPPING_MARK):
+            for stale in (POWER_LOG, CONSOLE_LOG, k3s_agent.CONFIG_FILE, STOPPING_MARK, BINDS_FILE):
                 (node.dir / stale).unlink(missing_ok=True)
             meta = {"name": node.name, "role": node.role, "netns": node.netns, "machine": True}
             nodes._atomic_write(node.dir / "node.json", json.dumps(meta) + "\n")
-            off = {"power": "off", "services": {nodestate.service_for(node.role): "inactive"}}
-            nodestate.write_state(node.dir, off)
+            services = {} if node.role == COORDINATOR else {nodestate.service_for(node.role): "inactive"}
+            nodestate.write_state(node.dir, {"power": "off", "services": services})
+            if node.role == COORDINATOR:
+                set_binds(node, coordinator_binds)
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(machines)))) as pool:
             list(pool.map(lambda n: nodes._keygen(n.dir / nodes.HOST_KEY, f"{n.name}@hecate-lab"), machines))
             list(pool.map(lambda n: build_root(n, authorized_key=key), machines))
@@ -514,7 +586,8 @@ def power_on(node: LabNode, *, k3s_at_boot: bool = False) -> LabNode:
     _kill(node)  # whatever a previous boot left (a supervisor still recording the end)
     booted = boot(node)
     try:
-        wait_running(booted)
+        # A coordinator boots its own enabled units (an installed Hecate): not awaited, not judged.
+        wait_running(booted, settled=node.role != COORDINATOR)
         if k3s_at_boot:
             start_k3s(booted)
         nodes._wait_ready([booted], time.monotonic() + BOOT_TIMEOUT_S)
@@ -586,18 +659,29 @@ def power_events(node: LabNode) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _worth_showing(entry: dict[str, Any], message: str) -> bool:
-    """What Hecate made the machine do: the k3s units, sudo's command lines, the power-off."""
+#: What a coordinator's journal shows besides the power-off: Hecate's and NUT's units and programs.
+_COORDINATOR_PREFIXES = ("hecate", "nut", "upsd", "upsmon", "upsdrvctl", "dummy-ups")
+
+
+def _worth_showing(entry: dict[str, Any], message: str, *, coordinator: bool = False) -> bool:
+    """What Hecate made the machine do: the k3s units, sudo's command lines, the power-off; on the
+    coordinator what Hecate and NUT did there (their units, their programs) and the power-off."""
     if "mount" in message.lower():
         return False
+    power = "powering down" in message or message.startswith("Reached target poweroff")
+    if coordinator:
+        unit = str(entry.get("_SYSTEMD_UNIT") or entry.get("UNIT") or "")
+        ident = str(entry.get("SYSLOG_IDENTIFIER") or "")
+        return power or unit.startswith(_COORDINATOR_PREFIXES) or ident.startswith(_COORDINATOR_PREFIXES)
     return (str(entry.get("_SYSTEMD_UNIT", "")).startswith("k3s") or "k3s" in message or "COMMAND=" in message
-            or "powering down" in message or message.startswith("Reached target poweroff"))
+            or power)
 
 
 def journal(node: LabNode, *, all_entries: bool = False) -> list[tuple[float, str, str]]:
     """The machine's journal (every boot), as ``(time, identifier, message)``, oldest first.
 
-    By default only what concerns Hecate: the k3s units, sudo's command lines, the power-off.
+    By default only what concerns Hecate: the k3s units, sudo's command lines, the power-off (on
+    the coordinator: the hecate* and nut* units and programs, the power-off).
     """
     directory = root_of(node) / "var" / "log" / "journal"
     if not directory.exists():
@@ -614,7 +698,7 @@ def journal(node: LabNode, *, all_entries: bool = False) -> list[tuple[float, st
         if not isinstance(message, str):
             continue
         ident = str(entry.get("SYSLOG_IDENTIFIER") or entry.get("_COMM") or "?")
-        if not all_entries and not _worth_showing(entry, message):
+        if not all_entries and not _worth_showing(entry, message, coordinator=node.role == COORDINATOR):
             continue
         rows.append((int(entry["__REALTIME_TIMESTAMP"]) / 1e6, ident, message.strip()))
     return sorted(rows)

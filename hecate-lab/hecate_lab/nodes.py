@@ -63,7 +63,8 @@ __all__ = [
     "stop_nodes",
 ]
 
-Role = Literal["server", "agent"]
+Role = Literal["server", "agent", "coordinator"]
+"""A k3s server or agent; ``coordinator``: the lab's coordinator machine (not a Kubernetes node)."""
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "ssh-keygen"
@@ -122,8 +123,9 @@ class LabNode:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LabNode:
         role = data["role"]
-        if role not in ("server", "agent"):
-            raise ValueError(f"lab node {data.get('name')!r}: role must be server or agent, not {role!r}")
+        if role not in ("server", "agent", "coordinator"):
+            raise ValueError(f"lab node {data.get('name')!r}: role must be server, agent or coordinator, "
+                             f"not {role!r}")
         pid = data.get("pid")
         return cls(
             name=str(data["name"]),

@@ -6,6 +6,12 @@ the emulated Kubernetes API seeded with the nodes. It writes ``lab.json`` (every
 port and address, so a later ``hecate lab down`` -- or the next ``up`` after a lab that
 was killed -- can stop everything by PID) and ``hecate.yaml``, a configuration that
 points Hecate at the lab. Nothing here reaches the machine's own systemd or power.
+
+With ``LabSpec(coordinator=True)`` the coordinator is a booted machine too (``titan-db``), in
+which Hecate is installed and runs as real units: the API then listens on the lab bridge's
+``<subnet>.1`` (the machine reaches it there), and the machine gets a kubeconfig, Hecate's SSH
+identity and :meth:`Lab.coordinator_config` in its ``/etc`` (see docs/lab.md, "The coordinator
+machine").
 """
 
 from __future__ import annotations
@@ -25,13 +31,21 @@ from typing import Any
 
 import yaml
 
-from hecate_lab import DEFAULT_DIR, kubeapi, machines, nodes
+from hecate_lab import DEFAULT_DIR, kubeapi, machines, nodes, wheelhouse
 from hecate_lab.cluster_sim import Delays
 from hecate_lab.nodes import LabNode
 from hecate_lab.procs import LabError, alive, free_port
 from hecate_lab.ups import LabUps, start_ups
 
 MANIFEST = "lab.json"
+COORDINATOR_NAME = "titan-db"
+"""The coordinator machine's name (``LabSpec(coordinator=True)``)."""
+#: Where the coordinator machine sees the lab's parts (read-only binds) and Hecate's files.
+COORDINATOR_CHECKOUT = "/srv/hecate"
+COORDINATOR_WHEELS = "/srv/hecate-wheels"
+COORDINATOR_UPS_DIR = "/srv/hecate-ups"  # /srv/hecate-ups/<name>/<name>.dev: the lab UPS's dummy-ups file
+COORDINATOR_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+COORDINATOR_ETC = "/etc/hecate"
 KUBE_EVENT_SOURCES = {"api": "kube-api", "cold-start": "cold-start", "node": "node-ctrl", "workload": "kube-ctrl",
                       "flux": "flux"}
 """How :func:`timeline` names the emulated cluster's event sources."""
@@ -51,6 +65,16 @@ class LabSpec:
     machines: bool = False
     """Nodes are booted systemd machines (real sshd, sudo, k3s units, power-off; :mod:`hecate_lab.machines`),
     not emulated sshds. Needs root and systemd-nspawn; implies network namespaces."""
+    coordinator: bool = False
+    """The coordinator is a machine too (``titan-db``, not a Kubernetes node), fit to install Hecate in and
+    run it as real units (:meth:`Lab.coordinator_config`, :meth:`Lab.coordinator_install_argv`). Needs
+    ``machines``."""
+    wheelhouse: Path | None = None
+    """The wheelhouse the coordinator sees at /srv/hecate-wheels; None: :func:`hecate_lab.wheelhouse.build`."""
+
+    def __post_init__(self) -> None:
+        if self.coordinator and not self.machines:
+            raise ValueError("coordinator=True needs machines=True (the coordinator is a booted machine)")
 
     def node_specs(self) -> list[nodes.NodeSpec]:
         return [nodes.NodeSpec(f"titan-s{i + 1}", "server") for i in range(self.servers)] + [
@@ -67,6 +91,8 @@ class Lab:
     ups: dict[str, LabUps] = field(default_factory=dict)
     nodes: list[LabNode] = field(default_factory=list)
     kubeapi_pid: int | None = None
+    coordinator: LabNode | None = None
+    """The coordinator machine (``LabSpec(coordinator=True)``), or None: the coordinator is this host."""
     metrics_port: int = field(default_factory=free_port)
     """Where a `hecate daemon` run against this lab serves (a free port, so labs can coexist)."""
 
@@ -92,6 +118,11 @@ class Lab:
     def machines(self) -> bool:
         """Whether the nodes are booted systemd machines."""
         return any(n.machine for n in self.nodes)
+
+    @property
+    def hosts(self) -> list[LabNode]:
+        """Every host of the lab: the nodes, then the coordinator machine if there is one."""
+        return [*self.nodes, *([self.coordinator] if self.coordinator else [])]
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
@@ -122,6 +153,16 @@ class Lab:
                 raise ValueError("lab machines live in network namespaces: machines=True needs netns")
             netns = True
         lab = cls(dir=directory, id=secrets.token_hex(2), netns=netns, subnet=_free_subnet())
+        start_machines = machines.start_machines
+        if spec.coordinator:
+            # The UPS directories exist before the machine binds them (the UPSes start alongside).
+            for name in spec.ups:
+                (directory / "ups" / name).mkdir(parents=True, exist_ok=True)
+            binds = [(wheelhouse.CHECKOUT, COORDINATOR_CHECKOUT),
+                     (spec.wheelhouse or wheelhouse.build(), COORDINATOR_WHEELS),
+                     *((directory.resolve() / "ups" / name, f"{COORDINATOR_UPS_DIR}/{name}") for name in spec.ups)]
+            start_machines = functools.partial(machines.start_machines, coordinator=COORDINATOR_NAME,
+                                               coordinator_binds=binds)
         try:
             # The UPSes take ~3 s (upsd waits for the driver's first dump): start them
             # alongside the nodes rather than before.
@@ -130,13 +171,14 @@ class Lab:
                 try:
                     lab.ssh_dir.mkdir()
                     key = nodes.make_client_key(lab.ssh_dir)
-                    start = machines.start_machines if spec.machines else functools.partial(
-                        nodes.start_nodes, netns=netns)
-                    lab.nodes = start(
+                    start = start_machines if spec.machines else functools.partial(nodes.start_nodes, netns=netns)
+                    started = start(
                         directory / "nodes", spec.node_specs(),
                         client_pubkey=key.with_name(key.name + ".pub"),
                         known_hosts=lab.ssh_dir / "known_hosts", lab_id=lab.id, subnet=lab.subnet,
                     )
+                    lab.nodes = [n for n in started if n.role != machines.COORDINATOR]
+                    lab.coordinator = next((n for n in started if n.role == machines.COORDINATOR), None)
                 finally:
                     for name, future in starting.items():
                         with contextlib.suppress(Exception):
@@ -149,6 +191,8 @@ class Lab:
             lab._start_kubeapi(detach, spec.delays)
             lab.save()
             lab.write_hecate_config()
+            if lab.coordinator is not None:
+                lab.write_coordinator_files()
         except BaseException:
             lab.down()
             raise
@@ -165,6 +209,7 @@ class Lab:
             ups={u["name"]: LabUps.from_dict(u) for u in data["ups"]},
             nodes=[nodes.LabNode.from_dict(n) for n in data["nodes"]],
             kubeapi_pid=data.get("kubeapi_pid"), metrics_port=data.get("metrics_port") or free_port(),
+            coordinator=nodes.LabNode.from_dict(data["coordinator"]) if data.get("coordinator") else None,
         )
 
     def save(self) -> None:
@@ -173,6 +218,7 @@ class Lab:
             "ups": [u.to_dict() for u in self.ups.values()],
             "nodes": [n.to_dict() for n in self.nodes],
             "kubeapi_pid": self.kubeapi_pid,
+            "coordinator": self.coordinator.to_dict() if self.coordinator else None,
             "metrics_port": self.metrics_port,
             "kubeconfig": str(self.kubeconfig), "config": str(self.config_path),
         }
@@ -190,11 +236,11 @@ class Lab:
                 errors.append(f"kubeapi: {err}")
             self.kubeapi_pid = None
         try:
-            machines.stop_machines(self.nodes)
+            machines.stop_machines(self.hosts)
         except Exception as err:
             errors.append(f"machines: {err}")
         try:
-            nodes.stop_nodes(self.nodes, lab_id=self.id if self.netns else None)
+            nodes.stop_nodes(self.hosts, lab_id=self.id if self.netns else None)
         except Exception as err:
             errors.append(f"nodes: {err}")
         for ups in self.ups.values():
@@ -217,9 +263,86 @@ class Lab:
             "delays": (delays or Delays()).to_dict(),
             "events": str(self.kube_events),
         }))
+        # With a coordinator machine the API listens on the bridge, where the machine reaches it (the host too).
+        host = ["--host", self.bridge_address] if self.coordinator else []
         proc = kubeapi.start_kubeapi(manifest, self.kubeconfig, self.dir / "kube" / "kubeapi.log",
-                                     exit_with_parent=not detach)
+                                     exit_with_parent=not detach, extra_args=host)
         self.kubeapi_pid = proc.pid
+
+    @property
+    def bridge_address(self) -> str:
+        """The host's address on the lab bridge (netns labs): what the machines reach the host at."""
+        return f"{self.subnet}.1"
+
+    # -- the coordinator machine -------------------------------------------------------
+
+    def _need_coordinator(self) -> LabNode:
+        if self.coordinator is None:
+            raise LabError("this lab has no coordinator machine (LabSpec(coordinator=True), lab up --coordinator)")
+        return self.coordinator
+
+    @property
+    def coordinator_root(self) -> Path:
+        """The coordinator's root directory on the host (its /etc, /opt, /var; persistent across power cycles)."""
+        return machines.root_of(self._need_coordinator())
+
+    def coordinator_run(self, argv: list[str], timeout: float = 60.0, *,
+                        check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the coordinator machine as its root (``nsenter`` into its PID 1)."""
+        return machines.machine_run(self._need_coordinator(), argv, timeout=timeout, check=check)
+
+    def coordinator_ups_port(self, name: str | None = None) -> str:
+        """The lab UPS's ``.dev`` file as the coordinator sees it (a ``dummy-ups`` driver's ``port``)."""
+        name = name or next(iter(self.ups), "pyrphoros")
+        return f"{COORDINATOR_UPS_DIR}/{name}/{name}.dev"
+
+    def coordinator_install_argv(self, *extra: str) -> list[str]:
+        """How to install Hecate in the coordinator machine (run it with :meth:`coordinator_run`):
+
+        ``/srv/hecate/host/install.sh --no-index --find-links /srv/hecate-wheels --manage-nut yes
+        --nut-driver dummy-ups --nut-port /srv/hecate-ups/pyrphoros/pyrphoros.dev --nut-ups-name pyrphoros
+        --enable-bootstrap yes``: offline from the bound wheelhouse, NUT managed with the lab UPS's
+        ``dummy-ups`` file as the device; the configuration it keeps is :meth:`coordinator_config`.
+        """
+        name = next(iter(self.ups), "pyrphoros")
+        return [f"{COORDINATOR_CHECKOUT}/host/install.sh", "--no-index", "--find-links", COORDINATOR_WHEELS,
+                "--manage-nut", "yes", "--nut-driver", "dummy-ups", "--nut-port", self.coordinator_ups_port(name),
+                "--nut-ups-name", name, "--enable-bootstrap", "yes", *extra]
+
+    def coordinator_config(self) -> dict[str, Any]:
+        """A hecate.yaml (as data) for Hecate installed INSIDE the coordinator machine: the paths as the
+        machine sees them, its own nut-server on 127.0.0.1:3493, a real ``systemctl poweroff`` (the
+        default ``local_poweroff_command``), armed (``shutdown.execute: true``), the lab's short waits."""
+        data = self.hecate_config()
+        data["host_name"] = COORDINATOR_NAME
+        data["state_dir"] = "/var/lib/hecate"
+        data["cluster"]["kubeconfig"] = COORDINATOR_KUBECONFIG
+        data["ssh"].update({"user": machines.USER, "sudo": True, "key_file": f"{COORDINATOR_ETC}/id_ed25519",
+                            "known_hosts": f"{COORDINATOR_ETC}/known_hosts"})
+        data["ups"] = [{"name": name, "host": "127.0.0.1", "port": 3493} for name in list(self.ups)[:1]]
+        data["shutdown"]["execute"] = True
+        del data["shutdown"]["local_poweroff_command"]
+        data["flux"]["fallback_manifests_dir"] = "/var/lib/hecate/bootstrap"
+        data["metrics"] = {"listen": "127.0.0.1:9560", "socket": "/run/hecate/hecate.sock"}
+        return data
+
+    def write_coordinator_files(self) -> None:
+        """Into the coordinator's /etc: the kubeconfig naming the API on the bridge, Hecate's SSH identity
+        (the lab's client key, 0600, and known_hosts) and :meth:`coordinator_config` -- before any install,
+        which keeps an existing config."""
+        root = self.coordinator_root
+        kube = root / COORDINATOR_KUBECONFIG.lstrip("/")
+        kube.parent.mkdir(parents=True, exist_ok=True)
+        kubeapi.write_kubeconfig(kube, kubeapi.api_url(self.kubeconfig))
+        etc = root / COORDINATOR_ETC.lstrip("/")
+        etc.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for name, mode in (("id_ed25519", 0o600), ("id_ed25519.pub", 0o644), ("known_hosts", 0o644)):
+            shutil.copy(self.ssh_dir / name, etc / name)
+            os.chmod(etc / name, mode)
+        (etc / "hecate.yaml").write_text(
+            "# Written by `hecate lab up --coordinator`: Hecate installed in the lab's coordinator machine.\n"
+            + yaml.safe_dump(self.coordinator_config(), sort_keys=False))
+        os.chmod(etc / "hecate.yaml", 0o600)
 
     # -- what Hecate sees ----------------------------------------------------------------
 
@@ -301,10 +424,15 @@ class Lab:
                 "netns": n.netns, "sshd_alive": alive(n.pid) if not n.machine else machines.pid1(n) is not None,
                 "kind": "machine" if n.machine else "light", **state,
             })
+        coordinator = None
+        if self.coordinator is not None:
+            c = self.coordinator
+            coordinator = {"name": c.name, "address": f"{c.address}:{c.port}", "netns": c.netns,
+                           "pid1": machines.pid1(c), "root": str(machines.root_of(c))}
         return {
             "dir": str(self.dir), "id": self.id,
             "mode": "network namespaces" if self.netns else "loopback",
-            "ups": ups, "nodes": node_rows,
+            "ups": ups, "nodes": node_rows, "coordinator": coordinator,
             "api": {"kubeconfig": str(self.kubeconfig), "alive": alive(self.kubeapi_pid),
                     "url": kubeapi.api_url(self.kubeconfig) if self.kubeconfig.exists() else None},
             "config": str(self.config_path),
@@ -348,7 +476,7 @@ def timeline(lab: Lab) -> list[tuple[float, str, str]]:
         for line in events.read_text().splitlines() if events.exists() else []:
             event = json.loads(line)
             rows.append((event["t"], ups.name, " ".join(f"{k}={v}" for k, v in event["set"].items())))
-    for node in lab.nodes:
+    for node in lab.hosts:
         if node.machine:  # a real host: what its journal says, and when it ended
             rows.extend((t, node.name, f"{ident}: {msg}") for t, ident, msg in machines.journal(node))
             rows.extend((e["t"], node.name, f"machine {'booted' if e['event'] == 'boot' else 'ended'} "

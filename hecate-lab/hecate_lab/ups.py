@@ -192,6 +192,8 @@ class LabUps:
         text = "".join(f"{k}: {v}\n" for k, v in sorted(self.values.items()))
         tmp = self.dev_path.with_suffix(".dev.tmp")
         tmp.write_text(text)
+        # Readable by a driver that runs as another user (NUT's own units, in the coordinator machine: `nut`).
+        os.chmod(tmp, 0o644)
         # dummy-ups re-reads the file when its whole-second mtime changes: always move it on.
         self._mtime = max(int(time.time()), self._mtime + 1)
         os.utime(tmp, (self._mtime, self._mtime))

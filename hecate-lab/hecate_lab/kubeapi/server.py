@@ -1,6 +1,7 @@
 """The lab API process itself (``python -m hecate_lab.kubeapi``): serve the emulator, run the simulator.
 
-It listens on loopback, writes the kubeconfig once it serves (so ``--port 0`` is safe), and
+It listens on loopback (or ``--host``: the lab bridge's address when a coordinator machine must
+reach it), writes the kubeconfig once it serves (so ``--port 0`` is safe), and
 stops on SIGTERM/SIGINT or when its parent is gone. Started from Python by
 :func:`hecate_lab.kubeapi.process.start_kubeapi`.
 """
