@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hecate_lab import DEFAULT_DIR
+
+if TYPE_CHECKING:
+    from hecate_lab.nodes import LabNode
 
 dir_option = click.option(
     "--dir", "directory", type=click.Path(path_type=Path), envvar="HECATE_LAB_DIR",
@@ -177,6 +181,49 @@ def power_on(directory: Path, names: tuple[str, ...], k3s_disabled: bool) -> Non
     except LabError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"booted {', '.join(booted)}" + (" (k3s disabled at boot)" if k3s_disabled else ""))
+
+
+def _run_inside(node: LabNode, argv: list[str]) -> None:
+    """Run ``argv`` as root inside a running lab machine, output to the terminal; exit with its code."""
+    import subprocess
+    import sys
+
+    from hecate_lab import machines
+
+    pid = machines.pid1(node)
+    if pid is None:
+        raise click.ClickException(f"lab machine {node.name} is not running")
+    sys.exit(subprocess.run([machines.NSENTER, "-t", str(pid), "-a", *argv], env=machines.MACHINE_ENV,
+                            check=False).returncode)
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@dir_option
+@click.argument("name")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(directory: Path, name: str, argv: tuple[str, ...]) -> None:
+    """Run a command as root inside a lab machine (``nsenter`` into its PID 1, the machine's own environment);
+    exits with the command's exit code. E.g. ``hecate lab exec titan-db -- systemctl status hecate``."""
+    from hecate_lab.testbed import Lab
+
+    node = next((n for n in Lab.load(directory).hosts if n.name == name), None)
+    if node is None or not node.machine:
+        raise click.ClickException(f"the lab has no machine named {name}")
+    _run_inside(node, list(argv))
+
+
+@lab.command("install", context_settings={"ignore_unknown_options": True})
+@dir_option
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def install(directory: Path, extra: tuple[str, ...]) -> None:
+    """Install Hecate in the coordinator machine with host/install.sh, offline from the bound wheelhouse, NUT
+    managed with the lab UPS's dummy-ups file as its device (extra arguments go to install.sh)."""
+    from hecate_lab.testbed import Lab
+
+    running = Lab.load(directory)
+    if running.coordinator is None:
+        raise click.ClickException("this lab has no coordinator machine (lab up --machines --coordinator)")
+    _run_inside(running.coordinator, running.coordinator_install_argv(*extra))
 
 
 @lab.command()
