@@ -126,7 +126,9 @@ def cli() -> None:
 @execute_option
 @click.option("--force-flux-branch", metavar="BRANCH",
               help="Point the Flux GitRepository at BRANCH before Flux reconciles (e.g. main).")
-def startup(config_path: Path, execute: bool, force_flux_branch: str | None) -> None:
+@click.option("--at-boot", is_flag=True,
+              help="Record the run as started at boot (trigger source `boot`), as hecate-bootstrap.service does.")
+def startup(config_path: Path, execute: bool, force_flux_branch: str | None, at_boot: bool) -> None:
     """Bring the cluster back in stages after power returns.
 
     Without --execute: print the plan and touch nothing. With --execute: run it; on a
@@ -139,7 +141,7 @@ def startup(config_path: Path, execute: bool, force_flux_branch: str | None) -> 
 
     cfg = effective_config(load_config(config_path))
     _plan_or_run(startup_plan(cfg, force_branch=force_flux_branch), execute,
-                 lambda progress: startup_mod.run(cfg, {"source": "manual"}, progress,
+                 lambda progress: startup_mod.run(cfg, {"source": "boot" if at_boot else "manual"}, progress,
                                                   force_branch=force_flux_branch))
 
 
