@@ -154,9 +154,11 @@ fi
 
 # --- helpers -----------------------------------------------------------------------------------------
 # put_file DEST MODE GROUP: stdin becomes DEST (on the target) unless DEST already holds exactly that;
-# the mode and group are set either way. Returns 0 when the content changed, 1 when not.
+# the mode and group are set either way. WROTE=1 when the content changed. (The helpers always return
+# 0 and report through globals: a function called in a condition would run without errexit.)
 put_file() {
-    local dest=$ROOT$1 mode=$2 group=$3 tmp rc=1
+    local dest=$ROOT$1 mode=$2 group=$3 tmp
+    WROTE=0
     mkdir -p "$(dirname "$dest")"
     tmp=$(mktemp "$(dirname "$dest")/.hecate-install.XXXXXX")
     cat > "$tmp"
@@ -167,10 +169,9 @@ put_file() {
         set_group "$tmp" "$group"
         mv -f "$tmp" "$dest"
         change "wrote $dest"
-        rc=0
+        WROTE=1
     fi
     fix_mode "$dest" "$mode" "$group"
-    return $rc
 }
 
 set_group() {  # set_group PATH GROUP: root:GROUP when we are root and GROUP exists
@@ -201,7 +202,7 @@ make_dir() {  # make_dir DIR MODE
 
 put_link() {  # put_link LINK TARGET [MESSAGE]: an atomic switch (new link + rename) when it differs
     local link=$ROOT$1 target=$2
-    if [[ -L $link && $(readlink "$link") == "$target" ]]; then return 1; fi
+    if [[ -L $link && $(readlink "$link") == "$target" ]]; then return 0; fi
     mkdir -p "$(dirname "$link")"
     ln -sfn "$target" "$link.hecate-new"
     mv -fT "$link.hecate-new" "$link"
@@ -245,7 +246,7 @@ enable_unit() {  # enable UNIT on the live system, or its [Install] symlinks in 
     local targets
     read -ra targets <<<"$(sed -n 's/^WantedBy=//p' "$ROOT$file" | tr '\n' ' ')"
     for target in "${targets[@]}"; do
-        put_link "$UNIT_DIR/$target.wants/$unit" "$file" "enabled $unit ($target)" || true
+        put_link "$UNIT_DIR/$target.wants/$unit" "$file" "enabled $unit ($target)"
     done
 }
 
@@ -310,7 +311,7 @@ uninstall() {
             if [[ -e $f ]]; then rm -rf "$f"; change "removed $f"; fi
         done
     else
-        [[ -e $ROOT$ETC || -e $ROOT$STATE ]] && note "kept $ROOT$ETC and $ROOT$STATE (--purge removes them)"
+        if [[ -e $ROOT$ETC || -e $ROOT$STATE ]]; then note "kept $ROOT$ETC and $ROOT$STATE (--purge removes them)"; fi
     fi
     finish
 }
@@ -320,16 +321,16 @@ finish() {
     exit 0
 }
 
-[[ $UNINSTALL -eq 0 ]] || uninstall
+if [[ $UNINSTALL -eq 1 ]]; then uninstall; fi
 
 # --- install: settings, directories, configuration ----------------------------------------------------
 make_dir "$ETC" 0755
-{
+put_file "$CONF" 0600 root < <(
     echo "# Settings of Hecate's install.sh: a run without flags keeps them (docs/install.md)."
     for k in "${SETTINGS[@]}"; do echo "$k=${CUR[$k]}"; done
-} | put_file "$CONF" 0600 root || true
+)
 if [[ ! -e $ROOT$ETC/hecate.yaml ]]; then
-    put_file "$ETC/hecate.yaml" 0640 root < "$HOST_DIR/hecate.example.yaml" || true
+    put_file "$ETC/hecate.yaml" 0640 root < "$HOST_DIR/hecate.example.yaml"
 fi
 make_dir "$STATE" 0700
 
@@ -357,8 +358,8 @@ else
     echo "$DIGEST" > "$REL/.hecate-source"
     trap - EXIT
     change "built release $ID from $SOURCE"
-    [[ -z $CURRENT ]] || put_link "$PREFIX/previous" "$CURRENT" || true
-    put_link "$PREFIX/current" "releases/$ID" || true
+    if [[ -n $CURRENT ]]; then put_link "$PREFIX/previous" "$CURRENT"; fi
+    put_link "$PREFIX/current" "releases/$ID"
     CURRENT=releases/$ID
     RELEASE_CHANGED=1
 fi
@@ -368,14 +369,15 @@ for rel in "$ROOT$PREFIX"/releases/*; do
     name=releases/$(basename "$rel")
     if [[ $name != "$CURRENT" && $name != "$KEEP_PREV" ]]; then rm -rf "$rel"; change "pruned release $rel"; fi
 done
-put_link "$LINK" "$PREFIX/current/bin/hecate" || true
+put_link "$LINK" "$PREFIX/current/bin/hecate"
 
 # --- units --------------------------------------------------------------------------------------------
 UNITS_CHANGED=0
 DAEMON_UNIT_CHANGED=0
 TIMER_CHANGED=0
 for unit in "${UNITS[@]}"; do
-    if put_file "$UNIT_DIR/$unit" 0644 root < "$HOST_DIR/systemd/$unit"; then
+    put_file "$UNIT_DIR/$unit" 0644 root < "$HOST_DIR/systemd/$unit"
+    if [[ $WROTE -eq 1 ]]; then
         UNITS_CHANGED=1
         [[ $unit != hecate.service ]] || DAEMON_UNIT_CHANGED=1
         [[ $unit != hecate-update.timer ]] || TIMER_CHANGED=1
@@ -393,23 +395,26 @@ nut_file() {  # nut_file PATH MODE: stdin under the marker; a file we did not wr
         cp -p "$dest" "$dest.hecate-orig"
         change "kept the original $dest as $dest.hecate-orig"
     fi
-    { echo "$MARK"; cat; } | put_file "$1" "$2" nut
+    local body
+    body=$(cat)
+    put_file "$1" "$2" nut <<<"$MARK"$'\n'"$body"
 }
 
 if [[ ${CUR[MANAGE_NUT]} == yes ]]; then
     NAME=${CUR[NUT_UPS_NAME]} USER_=${CUR[NUT_MONITOR_USER]}
     if [[ -z ${CUR[NUT_MONITOR_PASSWORD_FILE]} ]]; then
         if [[ ! -s $ROOT$PASSWORD_FILE ]]; then
-            head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' | put_file "$PASSWORD_FILE" 0600 root || true
+            put_file "$PASSWORD_FILE" 0600 root < <(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo)
         fi
         PW=$(head -n1 "$ROOT$PASSWORD_FILE")
     fi
     NUT_RESTART=()
-    nut_file "$NUT_DIR/nut.conf" 0640 <<EOF && NUT_RESTART+=(nut-server.service nut-monitor.service) || true
+    nut_file "$NUT_DIR/nut.conf" 0640 <<EOF
 # upsd serves the UPS on loopback; Hecate and upsmon read it there.
 MODE=netserver
 EOF
-    {
+    [[ $WROTE -eq 0 ]] || NUT_RESTART+=(nut-server.service nut-monitor.service)
+    nut_file "$NUT_DIR/ups.conf" 0640 < <(
         echo "[$NAME]"
         echo "    driver = ${CUR[NUT_DRIVER]}"
         echo "    port = ${CUR[NUT_PORT]}"
@@ -418,21 +423,23 @@ EOF
             echo "    productid = ${CUR[NUT_PRODUCT_ID]}"
         fi
         echo "    desc = \"the coordinator's UPS (Hecate)\""
-    } | nut_file "$NUT_DIR/ups.conf" 0640 \
-        && NUT_RESTART+=(nut-driver-enumerator.service "nut-driver@$NAME.service" nut-server.service) || true
-    nut_file "$NUT_DIR/upsd.conf" 0640 <<EOF && NUT_RESTART+=(nut-server.service) || true
+    )
+    [[ $WROTE -eq 0 ]] || NUT_RESTART+=(nut-driver-enumerator.service "nut-driver@$NAME.service" nut-server.service)
+    nut_file "$NUT_DIR/upsd.conf" 0640 <<EOF
 LISTEN 127.0.0.1 3493
 LISTEN ::1 3493
 EOF
-    nut_file "$NUT_DIR/upsd.users" 0640 <<EOF && NUT_RESTART+=(nut-server.service) || true
+    [[ $WROTE -eq 0 ]] || NUT_RESTART+=(nut-server.service)
+    nut_file "$NUT_DIR/upsd.users" 0640 <<EOF
 [$USER_]
     password = $PW
     upsmon secondary
 EOF
+    [[ $WROTE -eq 0 ]] || NUT_RESTART+=(nut-server.service)
     # upsmon watches only: power value 0 and MINSUPPLIES 0 mean it never shuts this host down itself
     # (Hecate's ordered shutdown powers the coordinator off last); its SHUTDOWNCMD only logs, and
     # without POWERDOWNFLAG it never tells the UPS to cut power. docs/install.md explains why.
-    nut_file "$NUT_DIR/upsmon.conf" 0640 <<EOF && NUT_RESTART+=(nut-monitor.service) || true
+    nut_file "$NUT_DIR/upsmon.conf" 0640 <<EOF
 MONITOR $NAME@localhost 0 $USER_ $PW secondary
 MINSUPPLIES 0
 SHUTDOWNCMD "/usr/bin/logger -t upsmon 'NUT shutdown request ignored: Hecate runs the ordered shutdown'"
@@ -445,13 +452,15 @@ NOTIFYFLAG COMMOK SYSLOG
 NOTIFYFLAG NOCOMM SYSLOG
 NOTIFYFLAG REPLBATT SYSLOG
 EOF
+    [[ $WROTE -eq 0 ]] || NUT_RESTART+=(nut-monitor.service)
     UDEV_CHANGED=0
     if [[ $IS_USB -eq 1 ]]; then
         vid=${CUR[NUT_VENDOR_ID],,} pid=${CUR[NUT_PRODUCT_ID],,}
-        nut_file "$UDEV_RULE" 0644 <<EOF && UDEV_CHANGED=1 || true
+        nut_file "$UDEV_RULE" 0644 <<EOF
 # The UPS's USB device belongs to group nut, so the NUT driver (user nut) can open it.
 SUBSYSTEM=="usb", ATTR{idVendor}=="$vid", ATTR{idProduct}=="$pid", MODE="0660", GROUP="nut"
 EOF
+        [[ $WROTE -eq 0 ]] || UDEV_CHANGED=1
     elif [[ -f $ROOT$UDEV_RULE ]] && grep -qxF "$MARK" "$ROOT$UDEV_RULE"; then
         rm -f "$ROOT$UDEV_RULE"; change "removed $ROOT$UDEV_RULE (the driver is not a USB driver)"; UDEV_CHANGED=1
     fi
@@ -464,7 +473,7 @@ EOF
     for unit in nut-driver-enumerator.service "nut-driver@$NAME.service" nut-server.service nut-monitor.service; do
         [[ " ${NUT_RESTART[*]} " == *" $unit "* ]] && ORDERED+=("$unit")
     done
-    [[ ${#ORDERED[@]} -eq 0 ]] || restart_units "${ORDERED[@]}"
+    if [[ ${#ORDERED[@]} -gt 0 ]]; then restart_units "${ORDERED[@]}"; fi
     if [[ $UDEV_CHANGED -eq 1 ]]; then
         if ! live; then
             note "would reload the udev rules"
