@@ -86,7 +86,7 @@ if [[ -z $ROOT && $EUID -ne 0 ]]; then die "must run as root (or with --root DIR
 
 # Paths on the target system; $ROOT prefixes them on disk.
 PREFIX=/opt/hecate ETC=/etc/hecate STATE=/var/lib/hecate UNIT_DIR=/etc/systemd/system LINK=/usr/local/bin/hecate
-CONF=$ETC/install.conf PASSWORD_FILE=$ETC/nut-monitor.password NUT_DIR=/etc/nut
+CONF=$ETC/install.conf PASSWORD_FILE=$ETC/nut-monitor.password CREDENTIALS_FILE=$ETC/nut.credentials NUT_DIR=/etc/nut
 UDEV_RULE=/etc/udev/rules.d/62-hecate-ups.rules
 
 CHANGES=0
@@ -96,12 +96,14 @@ live() { [[ -z $ROOT ]]; }
 
 # --- settings: install.conf, then flags, then defaults; all checked before anything is written --------
 declare -A CUR=()
+PREV_UPS_NAME=""
 if [[ -f $ROOT$CONF ]]; then
     while IFS= read -r line || [[ -n $line ]]; do
         [[ -z $line || $line == \#* ]] && continue
         [[ $line == *=* ]] || die "$ROOT$CONF: not KEY=VALUE: $line"
         k=${line%%=*}
         if [[ " ${SETTINGS[*]} " == *" $k "* ]]; then CUR[$k]=${line#*=}; fi
+        if [[ $k == NUT_UPS_NAME ]]; then PREV_UPS_NAME=${line#*=}; fi
     done < "$ROOT$CONF"
 fi
 for k in "${SETTINGS[@]}"; do
@@ -251,8 +253,10 @@ enable_unit() {  # enable UNIT on the live system, or its [Install] symlinks in 
 }
 
 disable_unit() {
-    local unit=$1 link
+    local unit=$1 link file
     if live; then
+        file=$(unit_file "$unit") || return 0
+        grep -q '^\[Install\]' "$file" || return 0  # a static unit: nothing to disable
         systemctl is-enabled --quiet "$unit" 2>/dev/null || return 0
         systemctl disable --quiet "$unit"
         change "disabled $unit"
@@ -434,9 +438,12 @@ EOF
 [$USER_]
     password = $PW
     upsmon secondary
+    instcmds = shutdown.return
 EOF
     [[ $WROTE -eq 0 ]] || NUT_RESTART+=(nut-server.service)
-    # upsmon watches only: power value 0 and MINSUPPLIES 0 mean it never shuts this host down itself
+    # The same login for Hecate's own UPS power cycle (hecate.yaml: ups[].credentials_file).
+    put_file "$CREDENTIALS_FILE" 0600 root <<<"$USER_:$PW"
+    # upsmon only watches: power value 0 and MINSUPPLIES 0 mean it never shuts this host down itself
     # (Hecate's ordered shutdown powers the coordinator off last); its SHUTDOWNCMD only logs, and
     # without POWERDOWNFLAG it never tells the UPS to cut power. docs/install.md explains why.
     nut_file "$NUT_DIR/upsmon.conf" 0640 <<EOF
@@ -463,6 +470,13 @@ EOF
         [[ $WROTE -eq 0 ]] || UDEV_CHANGED=1
     elif [[ -f $ROOT$UDEV_RULE ]] && grep -qxF "$MARK" "$ROOT$UDEV_RULE"; then
         rm -f "$ROOT$UDEV_RULE"; change "removed $ROOT$UDEV_RULE (the driver is not a USB driver)"; UDEV_CHANGED=1
+    fi
+    if [[ -n $PREV_UPS_NAME && $PREV_UPS_NAME != "$NAME" ]]; then  # the renamed UPS's old driver instance
+        disable_unit "nut-driver@$PREV_UPS_NAME.service"
+        if ! live; then note "would stop nut-driver@$PREV_UPS_NAME.service"
+        elif [[ $NO_START -eq 0 ]] && systemctl is-active --quiet "nut-driver@$PREV_UPS_NAME.service"; then
+            systemctl stop "nut-driver@$PREV_UPS_NAME.service"; change "stopped nut-driver@$PREV_UPS_NAME.service"
+        fi
     fi
     for unit in nut.target nut-driver.target nut-driver-enumerator.service "nut-driver@$NAME.service" \
                 nut-server.service nut-monitor.service; do

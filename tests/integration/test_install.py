@@ -156,6 +156,9 @@ def test_nut_files(installed: tuple[Path, str]) -> None:
     users = (nut / "upsd.users").read_text()
     assert f"password = {password}" in users
     assert "upsmon secondary" in users
+    assert "instcmds = shutdown.return" in users  # Hecate's ups_power_cycle, with the same login
+    assert (root / "etc/hecate/nut.credentials").read_text() == f"upsmon:{password}\n"
+    assert mode(root / "etc/hecate/nut.credentials") == 0o600
     upsmon = (nut / "upsmon.conf").read_text()
     assert f"MONITOR pyrphoros@localhost 0 upsmon {password} secondary" in upsmon
     assert "MINSUPPLIES 0" in upsmon
@@ -195,7 +198,8 @@ def test_existing_config_untouched_and_nothing_changed(tree: Path, wheelhouse: P
 @pytest.mark.parametrize(("flags", "files", "restarts"), [
     (["--nut-port", "/var/lib/hecate-lab/other.dev"], {"ups.conf"},
      {"nut-driver-enumerator.service", "nut-driver@pyrphoros.service", "nut-server.service"}),
-    (["--nut-monitor-user", "watcher"], {"upsd.users", "upsmon.conf"}, {"nut-server.service", "nut-monitor.service"}),
+    (["--nut-monitor-user", "watcher"], {"upsd.users", "upsmon.conf", "nut.credentials"},
+     {"nut-server.service", "nut-monitor.service"}),
     (["--nut-driver", "usbhid-ups", "--nut-port", "auto"], {"ups.conf", "62-hecate-ups.rules"},
      {"nut-driver-enumerator.service", "nut-driver@pyrphoros.service", "nut-server.service"}),
 ])
@@ -216,6 +220,19 @@ def test_changed_setting_rewrites_only_its_files(tree: Path, wheelhouse: Path, f
         assert "would reload the udev rules" in out
     # persisted: a run without setting flags keeps them and changes nothing
     assert run(tree, *wheel_args(wheelhouse)).stdout.strip() == "nothing changed"
+
+
+def test_renamed_ups_moves_the_driver_instance(tree: Path, wheelhouse: Path) -> None:
+    before = snapshot(tree, content=False)
+    out = run(tree, *wheel_args(wheelhouse), "--nut-ups-name", "statera").stdout
+    after = snapshot(tree, content=False)
+    wants = "etc/systemd/system/nut-driver.target.wants"
+    assert changed(before, after) == {"etc/hecate/install.conf", "etc/nut/ups.conf", "etc/nut/upsmon.conf",
+                                      f"{wants}/nut-driver@pyrphoros.service", f"{wants}/nut-driver@statera.service"}
+    assert f"{wants}/nut-driver@pyrphoros.service" not in after
+    assert "would stop nut-driver@pyrphoros.service" in out
+    assert set(re.findall(r"^would restart (\S+)$", out, re.MULTILINE)) == {
+        "nut-driver-enumerator.service", "nut-driver@statera.service", "nut-server.service", "nut-monitor.service"}
 
 
 def test_password_file_and_bootstrap(tree: Path, wheelhouse: Path, tmp_path: Path) -> None:
