@@ -83,6 +83,9 @@ if [[ -n $ROOT ]]; then
 fi
 [[ $PURGE -eq 0 || $UNINSTALL -eq 1 ]] || usage_error "--purge only goes with --uninstall"
 if [[ -z $ROOT && $EUID -ne 0 ]]; then die "must run as root (or with --root DIR)"; fi
+# One run at a time (a lock on this script: nothing is written for it).
+exec 9<"$SELF"
+flock -n 9 || die "another install.sh run is in progress"
 
 # Paths on the target system; $ROOT prefixes them on disk.
 PREFIX=/opt/hecate ETC=/etc/hecate STATE=/var/lib/hecate UNIT_DIR=/etc/systemd/system LINK=/usr/local/bin/hecate
@@ -303,6 +306,7 @@ uninstall() {
     fi
     if [[ -e $ROOT$PREFIX ]]; then rm -rf "$ROOT$PREFIX"; change "removed $ROOT$PREFIX"; fi
     if [[ $PURGE -eq 1 ]]; then
+        local before=$CHANGES
         for f in "$ROOT$NUT_DIR"/{nut.conf,ups.conf,upsd.conf,upsd.users,upsmon.conf} "$ROOT$UDEV_RULE"; do
             if [[ ! -f $f ]] || ! grep -qxF "$MARK" "$f"; then continue; fi
             if [[ -f $f.hecate-orig ]]; then
@@ -311,6 +315,9 @@ uninstall() {
                 rm -f "$f"; change "removed $f"
             fi
         done
+        if [[ $CHANGES -gt $before ]]; then
+            note "the NUT units keep what they loaded until they restart (systemctl restart nut-server nut-monitor)"
+        fi
         for f in "$ROOT$ETC" "$ROOT$STATE"; do
             if [[ -e $f ]]; then rm -rf "$f"; change "removed $f"; fi
         done
@@ -514,9 +521,12 @@ if [[ $DAEMON_UNIT_CHANGED -eq 1 || $RELEASE_CHANGED -eq 1 ]]; then
         note "would restart hecate.service"
     elif [[ $NO_START -eq 1 ]]; then
         note "not starting hecate.service (--no-start)"
-    else
+    elif systemctl is-active --quiet hecate.service; then
         systemctl restart hecate.service
         change "restarted hecate.service"
+    else
+        systemctl start hecate.service
+        change "started hecate.service"
     fi
 fi
 finish

@@ -343,6 +343,15 @@ def test_uninstall_refused_while_a_run_holds_the_lock(tree: Path) -> None:
     assert (tree / "opt/hecate/current").is_symlink()
 
 
+def test_one_run_at_a_time(installed: tuple[Path, str]) -> None:
+    root, _ = installed
+    with INSTALL.open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = run(root, check=False)
+    assert proc.returncode == 1
+    assert "another install.sh run is in progress" in proc.stderr
+
+
 def _is_shell(path: Path) -> bool:
     if path.suffix == ".sh":
         return True
