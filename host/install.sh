@@ -360,14 +360,23 @@ else
     PIP=(--quiet --disable-pip-version-check --no-cache-dir)
     [[ $NO_INDEX -eq 0 ]] || PIP+=(--no-index)
     [[ -z $FIND_LINKS ]] || PIP+=(--find-links "$FIND_LINKS")
-    trap 'rm -rf "$REL"' EXIT
+    BUILD=$(mktemp -d)
+    trap 'rm -rf "$REL" "$BUILD"' EXIT
+    TARGET=$SOURCE
+    if [[ -d $SOURCE ]]; then
+        # pip builds a checkout in place: build from a copy of its packaging inputs (the checkout may be read-only).
+        cp -r "$SOURCE/pyproject.toml" "$SOURCE/README.md" "$SOURCE/controller" "$BUILD/"
+        find "$BUILD" \( -name '__pycache__' -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+        TARGET=$BUILD
+    fi
     "$PYTHON" -m venv "$REL" || die "$PYTHON -m venv $REL failed"
-    if ! out=$("$REL/bin/python" -m pip install "${PIP[@]}" "$SOURCE" 2>&1); then
+    if ! out=$("$REL/bin/python" -m pip install "${PIP[@]}" "$TARGET" 2>&1); then
         die "pip install $SOURCE failed (release $ID not built): ${out: -2000}"
     fi
     "$REL/bin/hecate" --version >/dev/null 2>&1 || die "the new release $ID does not run: $REL/bin/hecate --version"
     echo "$DIGEST" > "$REL/.hecate-source"
     trap - EXIT
+    rm -rf "$BUILD"
     change "built release $ID from $SOURCE"
     if [[ -n $CURRENT ]]; then put_link "$PREFIX/previous" "$CURRENT"; fi
     put_link "$PREFIX/current" "releases/$ID"

@@ -27,6 +27,8 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 """The checkout this lab belongs to (hecate-lab/ sits at its top)."""
 CACHE = Path(os.environ.get("HECATE_LAB_WHEELS", "/var/tmp/hecate-lab-wheels"))  # noqa: S108 - root's cache
 _INPUTS = ("pyproject.toml", "controller")
+BUILD_REQUIREMENT = "setuptools>=68"
+"""pyproject.toml's build-system requirement, kept in the wheelhouse for offline builds of a checkout."""
 
 
 def _digest(checkout: Path) -> str:
@@ -50,7 +52,7 @@ def _copy_source(checkout: Path, dest: Path) -> Path:
     return dest
 
 
-def _pip_wheel(source: Path, dest: Path, *, deps: bool) -> None:
+def _pip_wheel(source: Path | str, dest: Path, *, deps: bool) -> None:
     argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "-w", str(dest)]
     proc = subprocess.run([*argv, *([] if deps else ["--no-deps"]), str(source)],
                           capture_output=True, text=True, timeout=600, check=False)
@@ -59,14 +61,17 @@ def _pip_wheel(source: Path, dest: Path, *, deps: bool) -> None:
 
 
 def build(checkout: Path = CHECKOUT, cache: Path = CACHE) -> Path:
-    """The wheelhouse of ``checkout`` (its product wheel and every dependency), built once per content."""
-    target = cache / _digest(checkout)
+    """The wheelhouse of ``checkout`` (its product wheel, every dependency and the build backend), built once
+    per content."""
+    target = cache / ("v2-" + _digest(checkout))
     if (target / ".complete").exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         work = Path(tmp)
         _pip_wheel(_copy_source(checkout, work / "src"), work / "wheels", deps=True)
+        # The build backend too: pip builds a checkout offline only with it at hand (build isolation).
+        _pip_wheel(BUILD_REQUIREMENT, work / "wheels", deps=False)
         (work / "wheels" / ".complete").touch()
         shutil.rmtree(target, ignore_errors=True)
         (work / "wheels").rename(target)
