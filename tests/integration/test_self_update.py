@@ -140,8 +140,8 @@ class Host:
 
     def snapshot(self) -> tuple[str | None, str | None, list[str], list[str]]:
         """What a run that changes nothing must leave as it was: links, releases, restarts."""
-        return (self.link("current"), self.link("previous"), sorted(p.name for p in (self.prefix / "releases").iterdir()),
-                list(self.services.restarts))
+        releases = sorted(p.name for p in (self.prefix / "releases").iterdir())
+        return self.link("current"), self.link("previous"), releases, list(self.services.restarts)
 
 
 def _replace_once(path: Path, old: str, new: str) -> None:
@@ -157,7 +157,8 @@ def _fails_config_validate(src: Path) -> None:
 
 
 def _never_ready(src: Path) -> None:
-    _replace_once(src / "controller/hecate/daemon/__init__.py", 'systemd.notify("READY=1', 'systemd.notify("NOT_READY=1')
+    _replace_once(src / "controller/hecate/daemon/__init__.py", 'systemd.notify("READY=1',
+                  'systemd.notify("NOT_READY=1')
 
 
 @pytest.fixture(scope="module")

@@ -460,7 +460,8 @@ class Policy(_Section):
     """What a PowerPolicy may set and within which limits; hecate.yaml's own values are not bound by it."""
 
 
-_UNIT = r"^[A-Za-z0-9:_.@-]+\.service$"
+_UNIT = re.compile(r"^[A-Za-z0-9:_.@-]+\.service$")
+_GIT_URL = re.compile(r"^(https?|ssh|file)://[^\s@/]*@?[^\s@]+$")
 _REQUIREMENT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?\s*(?:[<>=!~]=?\s*[A-Za-z0-9.*+!-]+"
                           r"(?:\s*,\s*[<>=!~]=?\s*[A-Za-z0-9.*+!-]+)*)?$")
 
@@ -469,9 +470,8 @@ class Update(_Section):
     """Where `hecate self-update` takes new releases from, and where it puts them (docs/update.md)."""
 
     spec: str | None = None
-    """Package index source: a requirement such as `hecate` or `hecate>=0.2,<0.3` (unset with `git_url` unset:
-    self-update is off)."""
-    git_url: str | None = Field(default=None, pattern=r"^(https|http|ssh|file)://[^\s@]+$")
+    """Package index source: a requirement such as `hecate` or `hecate>=0.2,<0.3` (neither this nor `git_url`: off)."""
+    git_url: str | None = None
     """Git source instead of an index: the remote pip clones (`https://`, `ssh://`, `file://`)."""
     git_ref: str = Field(default="main", min_length=1, pattern=r"^[A-Za-z0-9._/-]+$")
     """Branch, tag or commit of `git_url` to install."""
@@ -485,9 +485,9 @@ class Update(_Section):
     """Where the releases live: `releases/<version>-<UTC stamp>/` venvs, `current` and `previous` links."""
     python: Path = Path("/usr/bin/python3")
     """The interpreter new release venvs are built with (`python -m venv`)."""
-    unit: str = Field(default="hecate.service", pattern=_UNIT)
+    unit: str = "hecate.service"
     """The daemon's systemd unit, restarted onto a new release when it is active."""
-    bootstrap_unit: str = Field(default="hecate-bootstrap.service", pattern=_UNIT)
+    bootstrap_unit: str = "hecate-bootstrap.service"
     """The boot-time startup unit: no update while it is activating (a startup is running)."""
     systemctl: list[str] = Field(default_factory=lambda: ["systemctl"], min_length=1)
     """The systemctl command (argv) that restarts and inspects the units."""
@@ -506,6 +506,21 @@ class Update(_Section):
         if value is not None and not _REQUIREMENT.match(value):
             raise ValueError("not a requirement: a package name with optional version specifiers, e.g. `hecate` "
                              "or `hecate>=0.2,<0.3` (no URL, marker or pip option: use git_url for git)")
+        return value
+
+    @field_validator("git_url")
+    @classmethod
+    def _git_url(cls, value: str | None) -> str | None:
+        if value is not None and not _GIT_URL.match(value):
+            raise ValueError("not a URL pip can clone: https://, http://, ssh:// or file:// (scp-like "
+                             "`git@host:path` is written `ssh://git@host/path`)")
+        return value
+
+    @field_validator("unit", "bootstrap_unit")
+    @classmethod
+    def _service_unit(cls, value: str) -> str:
+        if not _UNIT.match(value):
+            raise ValueError("not a systemd service unit name, e.g. hecate.service")
         return value
 
     @field_validator("prefix", "python")
