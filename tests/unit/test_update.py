@@ -3,6 +3,8 @@ configuration; the restart-and-settle step against a scripted service manager.""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hecate.adapters import config
-from hecate.domain.config import Update
+from hecate.adapters.releases import CURRENT, PREVIOUS, Releases
+from hecate.adapters.store import StateStore
+from hecate.domain.config import HecateConfig, Update
 from hecate.domain.update import (
     Action,
     Candidate,
@@ -187,10 +191,13 @@ def test_settled(samples: list[UnitStatus], why: str | None) -> None:
 
 
 class ScriptedServiceManager:
-    """Test double: answers ``status`` from a script, records the restarts and the time slept."""
+    """Test double: answers ``status`` from a script (the last answer repeats), fails the restarts it is told to,
+    records the restarts and the time slept."""
 
-    def __init__(self, statuses: list[UnitStatus], restart_error: str | None = None) -> None:
-        self.statuses, self.restart_error = statuses, restart_error
+    def __init__(self, statuses: list[UnitStatus], restart_error: str | None = None,
+                 restart_errors: list[str | None] | None = None) -> None:
+        self.statuses = statuses
+        self.restart_errors = restart_errors if restart_errors is not None else [restart_error]
         self.restarts = 0
         self.slept = 0.0
 
@@ -199,7 +206,7 @@ class ScriptedServiceManager:
 
     def restart(self, unit: str, timeout_s: float) -> str | None:
         self.restarts += 1
-        return self.restart_error
+        return self.restart_errors.pop(0) if len(self.restart_errors) > 1 else self.restart_errors[0]
 
     def sleep(self, seconds: float) -> None:
         self.slept += seconds
@@ -224,6 +231,82 @@ def test_restart_that_fails() -> None:
     manager = ScriptedServiceManager([UnitStatus("failed")], restart_error="Job failed: timeout")
     assert "Job failed: timeout" in str(update_service._restart(manager, "hecate.service", 30, 5.0, manager.sleep))
     assert manager.slept == 0
+
+
+# -- switch, restart, roll back (releases as plain directories, the real run lock) ------------------------
+
+OLDER, OLD, NEW = rid("0.0.9", 0), rid("0.1.0", 1), rid("0.1.1", 2)
+
+
+def installation(tmp_path: Path) -> tuple[HecateConfig, StateStore, Releases]:
+    """A prefix where current -> OLD, previous -> OLDER, NEW built beside them (directories stand in for venvs)."""
+    cfg = HecateConfig(state_dir=tmp_path / "state", update=Update(spec="hecate", prefix=tmp_path / "opt", settle_s=1))
+    disk = Releases(cfg.update.prefix)
+    for release in (OLDER, OLD, NEW):
+        disk.path(release).mkdir(parents=True)
+    disk.switch(CURRENT, OLD)
+    disk.switch(PREVIOUS, OLDER)
+    return cfg, StateStore(cfg.state_dir), disk
+
+
+def switch(tmp_path: Path, manager: ScriptedServiceManager, old: str | None = OLD,
+           hold_lock: bool = False) -> tuple[update_service.Outcome, Releases]:
+    cfg, store, disk = installation(tmp_path)
+    with contextlib.ExitStack() as stack:
+        if hold_lock:
+            stack.enter_context(store.run_lock("startup (test)"))
+        outcome = update_service._switch_and_restart(cfg, manager, store, disk, old, NEW, Candidate("0.1.1"),
+                                                     manager.sleep)
+    return outcome, disk
+
+
+def test_switch_onto_an_inactive_unit_does_not_restart(tmp_path: Path) -> None:
+    manager = ScriptedServiceManager([UnitStatus("inactive")])
+    outcome, disk = switch(tmp_path, manager)
+    assert outcome.result is update_service.Result.updated
+    assert "not restarted" in outcome.message
+    assert manager.restarts == 0
+    assert (disk.linked(CURRENT), disk.linked(PREVIOUS)) == (NEW, OLD)
+    assert disk.all() == sorted([OLD, NEW])  # OLDER pruned
+    assert os.readlink(disk.prefix / CURRENT) == f"releases/{NEW}"  # relative: the prefix can move
+
+
+def test_a_run_that_took_the_lock_meanwhile_defers_the_switch(tmp_path: Path) -> None:
+    manager = ScriptedServiceManager([UnitStatus("active", 10)])
+    outcome, disk = switch(tmp_path, manager, hold_lock=True)
+    assert outcome.result is update_service.Result.deferred
+    assert "startup (test)" in outcome.message
+    assert (disk.linked(CURRENT), disk.linked(PREVIOUS)) == (OLD, OLDER)
+    assert NEW not in disk.all()
+    assert manager.restarts == 0
+
+
+def test_a_daemon_that_fails_on_the_new_release_is_rolled_back(tmp_path: Path) -> None:
+    manager = ScriptedServiceManager([UnitStatus("active", 10)], restart_errors=["Job failed (timeout)", None])
+    outcome, disk = switch(tmp_path, manager)
+    assert outcome.result is update_service.Result.rolled_back
+    assert "Job failed (timeout)" in outcome.message
+    assert manager.restarts == 2
+    assert (disk.linked(CURRENT), disk.linked(PREVIOUS)) == (OLD, OLDER)
+    assert NEW not in disk.all()
+    assert "Job failed (timeout)" in disk.rejected()["0.1.1"]
+
+
+def test_a_roll_back_whose_restart_fails_too_says_so(tmp_path: Path) -> None:
+    manager = ScriptedServiceManager([UnitStatus("active", 10)], restart_error="Job failed")
+    outcome, disk = switch(tmp_path, manager)
+    assert outcome.result is update_service.Result.roll_back_failed
+    assert not outcome.result.ok
+    assert disk.linked(CURRENT) == OLD
+
+
+def test_a_first_release_that_fails_has_nothing_to_roll_back_to(tmp_path: Path) -> None:
+    manager = ScriptedServiceManager([UnitStatus("active", 10)], restart_error="Job failed")
+    outcome, disk = switch(tmp_path, manager, old=None)
+    assert outcome.result is update_service.Result.failed
+    assert "no earlier release" in outcome.message
+    assert manager.restarts == 1
+    assert disk.linked(CURRENT) == NEW  # left as it is: there is nothing else to run
 
 
 # -- configuration ------------------------------------------------------------------------------------

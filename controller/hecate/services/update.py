@@ -80,14 +80,6 @@ class Outcome:
     """The release built (kept or removed again), if any."""
 
 
-def _lock_holder(store: StateStore) -> str | None:
-    try:
-        with store.run_lock("self-update (probe)"):
-            return None
-    except RunInProgress as err:
-        return err.holder
-
-
 def run(config: HecateConfig, config_path: Path, services: ServiceManager, *, execute: bool,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep) -> Outcome:
@@ -98,7 +90,8 @@ def run(config: HecateConfig, config_path: Path, services: ServiceManager, *, ex
     store = StateStore(config.state_dir)
     disk = Releases(cfg.prefix)
 
-    why_busy = update.busy(_lock_holder(store), services.status(cfg.bootstrap_unit).active_state, cfg.bootstrap_unit)
+    why_busy = update.busy(store.run_lock_holder(), services.status(cfg.bootstrap_unit).active_state,
+                           cfg.bootstrap_unit)
     if why_busy:
         return Outcome(Result.deferred, f"deferred: {why_busy}; the next timer run tries again")
 
