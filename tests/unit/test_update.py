@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hecate.adapters import config
 from hecate.adapters.releases import CURRENT, PREVIOUS, Releases
 from hecate.adapters.store import StateStore
+from hecate.adapters.systemd import Systemctl
 from hecate.domain.config import HecateConfig, Update
 from hecate.domain.update import (
     Action,
@@ -231,6 +232,20 @@ def test_restart_that_fails() -> None:
     manager = ScriptedServiceManager([UnitStatus("failed")], restart_error="Job failed: timeout")
     assert "Job failed: timeout" in str(update_service._restart(manager, "hecate.service", 30, 5.0, manager.sleep))
     assert manager.slept == 0
+
+
+def test_systemctl_adapter_speaks_systemctl(tmp_path: Path) -> None:
+    """The production service manager's argv and parsing, against a stand-in (never this host's systemctl)."""
+    calls = tmp_path / "calls"
+    stand_in = ['/bin/sh', '-c', f'echo "$*" >> {calls}; case "$1" in '
+                'show) printf "MainPID=42\\nActiveState=active\\nNRestarts=1\\n";; '
+                'restart) echo "Job for $3 failed." >&2; exit 1;; esac', "systemctl"]
+    manager = Systemctl(stand_in)
+    assert manager.status("hecate.service") == UnitStatus("active", 42, 1)
+    assert manager.restart("hecate.service", 10) == "Job for hecate.service failed."
+    assert calls.read_text().splitlines() == ["show -p ActiveState -p MainPID -p NRestarts -- hecate.service",
+                                              "restart -- hecate.service"]
+    assert Systemctl(["/nonexistent/systemctl"]).status("hecate.service") == UnitStatus("unknown")
 
 
 # -- switch, restart, roll back (releases as plain directories, the real run lock) ------------------------
