@@ -132,8 +132,10 @@ class Releases:
         """Point ``current``/``previous`` at ``release`` atomically (None removes the link)."""
         link = self.prefix / name
         if release is None:
-            with contextlib.suppress(FileNotFoundError):
-                link.unlink()
+            try:
+                link.unlink(missing_ok=True)
+            except OSError as err:
+                raise ReleaseError(f"removing {link}: {err}") from err
             return
         staging = self.prefix / f".{name}.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):

@@ -134,7 +134,7 @@ def run(config: HecateConfig, config_path: Path, services: ServiceManager, *, ex
     except (ReleaseError, OSError) as err:
         disk.remove(release)
         return Outcome(Result.check_failed, f"the new release failed its check and was removed; nothing was "
-                                                  f"switched: {err}", release)
+                                            f"switched: {err}", release)
     log.info("%s checked: hecate --version is %s, config validate passes on %s", release, reported, config_path)
     return _switch_and_restart(config, services, store, disk, current_id, release, candidate, sleep)
 
@@ -154,15 +154,16 @@ def _switch_and_restart(config: HecateConfig, services: ServiceManager, store: S
     except RunInProgress as err:  # a run started while the release was built: it is not disturbed
         disk.remove(new)
         return Outcome(Result.deferred, f"deferred: a run took the run lock meanwhile ({err.holder}); the "
-                                              "built release was removed, the next timer run tries again", new)
+                                        "built release was removed, the next timer run tries again", new)
     except ReleaseError as err:
-        _restore_links(disk, old, old_previous)
-        disk.remove(new)
-        return Outcome(Result.failed, str(err), new)
+        still = _restore_links(disk, old, old_previous)
+        if still is None:
+            disk.remove(new)
+        return Outcome(Result.failed, f"{err}{'; ' + still if still else ''}", new)
     if not unit.active:
         _prune(disk, cfg.keep_releases)
         return Outcome(Result.updated, f"updated to {new}; {cfg.unit} is {unit.active_state}, not restarted "
-                                             "(it runs the new release when it starts)", new)
+                                       "(it runs the new release when it starts)", new)
     why = _restart(services, cfg.unit, cfg.ready_timeout_s, cfg.settle_s, sleep)
     if why is None:
         _prune(disk, cfg.keep_releases)
@@ -171,23 +172,31 @@ def _switch_and_restart(config: HecateConfig, services: ServiceManager, store: S
     log.error("%s on %s failed: %s; rolling back", cfg.unit, new, why)
     if old is None:
         return Outcome(Result.failed, f"{cfg.unit} failed on {new} ({why}) and there is no earlier release "
-                                            "to roll back to", new)
-    _restore_links(disk, old, old_previous)
+                                      "to roll back to", new)
+    still = _restore_links(disk, old, old_previous)
+    if still is not None:
+        return Outcome(Result.roll_back_failed, f"{cfg.unit} failed on {new} ({why}); the roll-back failed: {still}",
+                       new)
     marker = disk.reject(candidate.key, f"{cfg.unit} failed on {new}: {why}")
     disk.remove(new)
     log.info("switched %s back to %s; %s is not retried (%s)", cfg.prefix / CURRENT, old, candidate.key, marker)
     again = _restart(services, cfg.unit, cfg.ready_timeout_s, cfg.settle_s, sleep)
     if again is not None:
         return Outcome(Result.roll_back_failed, f"{cfg.unit} failed on {new} ({why}); rolled back to {old} but "
-                                                      f"{cfg.unit} failed there too: {again}", new)
+                                                f"{cfg.unit} failed there too: {again}", new)
     _prune(disk, cfg.keep_releases)
-    return Outcome(Result.rolled_back, f"rolled back: {cfg.unit} failed on {new} ({why}); {old} runs again",
-                         new)
+    return Outcome(Result.rolled_back, f"rolled back: {cfg.unit} failed on {new} ({why}); {old} runs again", new)
 
 
-def _restore_links(disk: Releases, old: str | None, old_previous: str | None) -> None:
-    disk.switch(CURRENT, old)
-    disk.switch(PREVIOUS, old_previous)
+def _restore_links(disk: Releases, old: str | None, old_previous: str | None) -> str | None:
+    """Point ``current`` and ``previous`` back where they were; None, or why that failed."""
+    try:
+        disk.switch(CURRENT, old)
+        disk.switch(PREVIOUS, old_previous)
+    except ReleaseError as err:
+        log.error("cannot restore the links: %s", err)
+        return str(err)
+    return None
 
 
 def _restart(services: ServiceManager, unit: str, timeout_s: float, settle_s: float,
