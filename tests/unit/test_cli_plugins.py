@@ -46,7 +46,8 @@ def test_the_lab_registers_its_command_by_entry_point() -> None:
 def test_help_lists_lab_when_the_lab_is_installed() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0, result.output
-    assert _commands(result.output) == {"config", "daemon", "drill", "lab", "shutdown", "startup", "status"}
+    assert _commands(result.output) == {"config", "daemon", "drill", "lab", "self-update", "shutdown", "startup",
+                                        "status"}
     assert CliRunner().invoke(cli, ["lab", "--help"]).exit_code == 0
 
 
@@ -54,7 +55,7 @@ def test_without_the_entry_point_there_is_no_lab_command(monkeypatch: pytest.Mon
     monkeypatch.setattr(plugins, "entry_points", lambda group: _only([]))
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0, result.output
-    assert _commands(result.output) == {"config", "daemon", "drill", "shutdown", "startup", "status"}
+    assert _commands(result.output) == {"config", "daemon", "drill", "self-update", "shutdown", "startup", "status"}
     assert result.stderr == ""
     missing = CliRunner().invoke(cli, ["lab", "up"])
     assert missing.exit_code == 2
@@ -71,7 +72,7 @@ def test_a_broken_plugin_costs_one_line_not_the_cli(monkeypatch: pytest.MonkeyPa
 
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0, result.output
-    assert _commands(result.output) == {"config", "daemon", "drill", "shutdown", "startup", "status"}
+    assert _commands(result.output) == {"config", "daemon", "drill", "self-update", "shutdown", "startup", "status"}
     assert result.stderr.splitlines() == [
         "hecate: plugin skipped: command 'missing' (hecate_no_such_plugin:command) not loaded: "
         "ModuleNotFoundError: No module named 'hecate_no_such_plugin'",

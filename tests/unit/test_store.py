@@ -8,6 +8,8 @@ import os
 import random
 import signal
 import stat
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -235,3 +237,24 @@ def test_a_new_state_dir_is_created_0700_whatever_the_umask(tmp_path: Path) -> N
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "var" / "hecate").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "var" / "hecate" / "journal").stat().st_mode) == 0o700
+
+
+def test_who_holds_the_run_lock_is_asked_without_taking_it(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    assert store.run_lock_holder() is None  # no lock file yet
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from hecate.adapters.store import StateStore\n"
+         f"with StateStore(Path({str(store.dir)!r})).run_lock('shutdown (other process)'):\n"
+         "    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        assert "shutdown (other process)" in str(store.run_lock_holder())
+        with pytest.raises(RunInProgress), store.run_lock("startup"):  # asking did not take it from the holder
+            pass
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+    assert store.run_lock_holder() is None

@@ -297,6 +297,38 @@ class StateStore:
 
     # -- run lock --------------------------------------------------------------------
 
+    def run_lock_holder(self) -> str | None:
+        """Who holds the run lock (its note), or None when it is free -- without taking it.
+
+        Reads the kernel's table of locks (``/proc/locks``), so asking never refuses a run
+        that starts at that instant (``hecate self-update`` asks before it builds anything).
+        Where that table cannot be read, it asks by taking the lock for an instant.
+        """
+        path = self.dir / LOCK_FILE
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StoreError(f"cannot read the run lock {path}: {err}") from err
+        key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        try:
+            table = Path("/proc/locks").read_text()
+        except OSError:
+            try:
+                with self.run_lock("probe"):
+                    return None
+            except RunInProgress as err:
+                return err.holder
+        held = any(fields[1] == "FLOCK" and fields[5] == key
+                   for fields in (line.split() for line in table.splitlines()) if len(fields) > 5)
+        if not held:
+            return None
+        try:
+            return read_nofollow(path).decode(errors="replace").strip() or "unknown holder"
+        except OSError:
+            return "unknown holder"
+
     @contextlib.contextmanager
     def run_lock(self, what: str, *, required: bool = True) -> Iterator[None]:
         """Hold the one run lock for the duration; raise ``RunInProgress`` if it is taken.

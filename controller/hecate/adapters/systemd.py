@@ -1,15 +1,22 @@
-"""systemd ``Type=notify`` readiness and watchdog keep-alives (the sd_notify protocol).
+"""systemd: ``Type=notify`` readiness and watchdog keep-alives (sd_notify), and ``systemctl`` for self-update.
 
-The protocol is one datagram to the unix socket named in ``$NOTIFY_SOCKET`` (a leading
+The notify protocol is one datagram to the unix socket named in ``$NOTIFY_SOCKET`` (a leading
 ``@`` means the abstract namespace); a dozen lines, so no dependency. Outside systemd
 (no ``$NOTIFY_SOCKET``) every call is a no-op that returns False.
+
+:class:`Systemctl` is the service manager ``hecate self-update`` restarts the daemon with; its
+argv is configurable (``update.systemctl``), so a test can aim it elsewhere than this host's own
+systemd.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from hecate.domain.update import UnitStatus, parse_unit_status
 
 
 def notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -37,3 +44,33 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     if usec <= 0 or (pid and pid != str(os.getpid())):
         return None
     return usec / 2_000_000
+
+
+class Systemctl:
+    """Units through ``systemctl`` (``argv``: the command, e.g. ``["systemctl"]``)."""
+
+    def __init__(self, argv: Sequence[str], timeout_s: float = 30.0) -> None:
+        self.argv = list(argv)
+        self.timeout_s = timeout_s
+
+    def status(self, unit: str) -> UnitStatus:
+        """ActiveState, MainPID and NRestarts of ``unit`` (``unknown`` when systemctl cannot say)."""
+        try:
+            proc = subprocess.run([*self.argv, "show", "-p", "ActiveState", "-p", "MainPID", "-p", "NRestarts",
+                                   "--", unit], capture_output=True, text=True, timeout=self.timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return UnitStatus("unknown")
+        return parse_unit_status(proc.stdout) if proc.returncode == 0 else UnitStatus("unknown")
+
+    def restart(self, unit: str, timeout_s: float) -> str | None:
+        """Restart ``unit`` and wait (a ``Type=notify`` unit: until ``READY=1``); None, or why it failed."""
+        try:
+            proc = subprocess.run([*self.argv, "restart", "--", unit], capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            return f"not ready within {timeout_s:g} s"
+        except OSError as err:
+            return str(err)
+        if proc.returncode != 0:
+            return (proc.stderr.strip() or proc.stdout.strip() or f"systemctl exit {proc.returncode}")[-400:]
+        return None

@@ -296,6 +296,37 @@ def config_show(config_path: Path) -> None:
     click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
 
 
+@cli.command("self-update")
+@config_option
+@execute_option
+def self_update(config_path: Path, execute: bool) -> None:
+    """Update this host's installation from update.* in the configuration (docs/update.md).
+
+    Builds the source's new version into a fresh release venv, checks it, switches the
+    `current` link and restarts the daemon's unit if it is active, rolling back if the daemon
+    does not become ready. Without --execute: say what it would do and change nothing. Exit 0
+    when updated, up to date, deferred (a run is in progress) or not configured; 1 when the
+    new release failed its check or was rolled back.
+    """
+    from hecate.adapters.store import StoreError
+    from hecate.adapters.systemd import Systemctl
+    from hecate.services import update
+
+    cfg = load_config(config_path)
+    if not cfg.update.enabled:
+        click.echo("hecate: no update source configured (update.spec or update.git_url): nothing to do")
+        sys.exit(EXIT_SUCCESS)
+    log_to_stderr("INFO")
+    try:
+        outcome = update.run(cfg, config_path, Systemctl(cfg.update.systemctl), execute=execute)
+    except StoreError as err:
+        fail(f"self-update not started: {err}")
+    if not outcome.result.ok:
+        fail(outcome.message)
+    click.echo(f"hecate: {outcome.message}")
+    sys.exit(EXIT_SUCCESS)
+
+
 @cli.group()
 def drill() -> None:
     """Disruptive drills that prove startup recovers the cluster."""

@@ -460,6 +460,93 @@ class Policy(_Section):
     """What a PowerPolicy may set and within which limits; hecate.yaml's own values are not bound by it."""
 
 
+_UNIT = re.compile(r"^[A-Za-z0-9:_.@-]+\.service$")
+_GIT_URL = re.compile(r"^(https?|ssh|file)://[^\s@/]*@?[^\s@]+$")
+_REQUIREMENT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?\s*(?:[<>=!~]=?\s*[A-Za-z0-9.*+!-]+"
+                          r"(?:\s*,\s*[<>=!~]=?\s*[A-Za-z0-9.*+!-]+)*)?$")
+
+
+class Update(_Section):
+    """Where `hecate self-update` takes new releases from, and where it puts them (docs/update.md)."""
+
+    spec: str | None = None
+    """Package index source: a requirement such as `hecate` or `hecate>=0.2,<0.3` (neither this nor `git_url`: off)."""
+    git_url: str | None = None
+    """Git source instead of an index: the remote pip clones (`https://`, `ssh://`, `file://`)."""
+    git_ref: str = Field(default="main", min_length=1, pattern=r"^[A-Za-z0-9._/-]+$")
+    """Branch, tag or commit of `git_url` to install."""
+    index_url: str | None = Field(default=None, pattern=r"^(https?|file)://\S+$")
+    """Package index pip asks instead of PyPI (`--index-url`)."""
+    find_links: list[str] = Field(default_factory=list)
+    """Directories or URLs of wheels pip looks in too (`--find-links`), e.g. an offline wheelhouse."""
+    no_index: bool = False
+    """Ask no index at all, only `find_links` (`--no-index`): offline updates."""
+    prefix: Path = Path("/opt/hecate")
+    """Where the releases live: `releases/<version>-<UTC stamp>/` venvs, `current` and `previous` links."""
+    python: Path = Path("/usr/bin/python3")
+    """The interpreter new release venvs are built with (`python -m venv`)."""
+    unit: str = "hecate.service"
+    """The daemon's systemd unit, restarted onto a new release when it is active."""
+    bootstrap_unit: str = "hecate-bootstrap.service"
+    """The boot-time startup unit: no update while it is activating (a startup is running)."""
+    systemctl: list[str] = Field(default_factory=lambda: ["systemctl"], min_length=1)
+    """The systemctl command (argv) that restarts and inspects the units."""
+    ready_timeout_s: Seconds = 120.0
+    """Longest the restarted daemon may take to report ready (`READY=1`) before the update is rolled back."""
+    settle_s: float = Field(default=10.0, ge=0, le=600)
+    """How long the restarted daemon must then stay active (same process, no restart) to count as good."""
+    build_timeout_s: Seconds = 900.0
+    """Longest building and checking a new release may take (venv, pip install, the checks)."""
+    keep_releases: int = Field(default=2, ge=2, le=20)
+    """Releases kept: the current one, the previous one (for roll-back) and, above 2, older ones."""
+
+    @field_validator("spec")
+    @classmethod
+    def _requirement(cls, value: str | None) -> str | None:
+        if value is not None and not _REQUIREMENT.match(value):
+            raise ValueError("not a requirement: a package name with optional version specifiers, e.g. `hecate` "
+                             "or `hecate>=0.2,<0.3` (no URL, marker or pip option: use git_url for git)")
+        return value
+
+    @field_validator("git_url")
+    @classmethod
+    def _git_url(cls, value: str | None) -> str | None:
+        if value is not None and not _GIT_URL.match(value):
+            raise ValueError("not a URL pip can clone: https://, http://, ssh:// or file:// (scp-like "
+                             "`git@host:path` is written `ssh://git@host/path`)")
+        return value
+
+    @field_validator("unit", "bootstrap_unit")
+    @classmethod
+    def _service_unit(cls, value: str) -> str:
+        if not _UNIT.match(value):
+            raise ValueError("not a systemd service unit name, e.g. hecate.service")
+        return value
+
+    @field_validator("prefix", "python")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Update:
+        if self.spec is not None and self.git_url is not None:
+            raise validation.field_error(("git_url",), "set either spec (a package index) or git_url, not both",
+                                         self.git_url)
+        if self.no_index and self.index_url is not None:
+            raise validation.field_error(("no_index",), "no_index and index_url contradict each other", True)
+        if self.no_index and not self.find_links and self.spec is not None:
+            raise validation.field_error(("no_index",), "needs find_links (where the wheels are)", True)
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a source is configured (otherwise self-update does nothing)."""
+        return self.spec is not None or self.git_url is not None
+
+
 class HecateConfig(_Section):
     role: Role = Role.coordinator
     """`coordinator` shuts the cluster down. `peer` (forward triggers to a coordinator) is refused: not built yet."""
@@ -487,6 +574,8 @@ class HecateConfig(_Section):
     """The HTTP server."""
     policy: Policy = Field(default_factory=Policy)
     """The PowerPolicy custom resource."""
+    update: Update = Field(default_factory=Update)
+    """Self-update of this host's installation (`hecate self-update`)."""
 
     @field_validator("role")
     @classmethod
