@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.machines, pytest.mark.timeout
 
 CONFIG = "/etc/hecate/hecate.yaml"
 HECATE = "/usr/local/bin/hecate"
-NEW_WHEELS = "/var/tmp/hecate-new"  # inside the machine
+NEW_WHEELS = "/srv/hecate-new"  # inside the machine (not under /var/tmp: the unit has PrivateTmp)
 #: What the module's tests hand on to the next (they run in file order, one lab).
 seen: dict[str, object] = {}
 
@@ -159,7 +159,8 @@ def test_self_update_upgrades_and_restarts_then_rolls_a_broken_release_back(lab:
     _use_update_source(lab, "0.1.1")
     pid = show(lab, "hecate.service", "MainPID")["MainPID"]
     inside(lab, "systemctl start hecate-update.service", timeout=200)
-    assert inside(lab, f"{HECATE} --version").strip().endswith("0.1.1")
+    journal = inside(lab, "journalctl -u hecate-update.service -o cat --no-pager")
+    assert inside(lab, f"{HECATE} --version").strip().endswith("0.1.1"), journal
     assert os.readlink(lab.coordinator_root / "opt/hecate/current").startswith("releases/0.1.1-")
     assert inside(lab, "systemctl is-active hecate.service", ok=False).strip() == "active"
     upgraded = show(lab, "hecate.service", "MainPID")["MainPID"]
@@ -169,7 +170,7 @@ def test_self_update_upgrades_and_restarts_then_rolls_a_broken_release_back(lab:
     proc = lab.coordinator_run(["systemctl", "start", "hecate-update.service"], timeout=200)
     assert proc.returncode != 0  # the update failed and says so
     journal = inside(lab, "journalctl -u hecate-update.service -o cat --no-pager")
-    assert "roll" in journal.lower()
+    assert "roll" in journal.lower(), journal
     assert os.readlink(lab.coordinator_root / "opt/hecate/current").startswith("releases/0.1.1-")
     assert inside(lab, f"{HECATE} --version").strip().endswith("0.1.1")
     wait_until("the daemon active again on the previous release",
@@ -187,7 +188,7 @@ def test_the_installed_daemon_shuts_the_cluster_down_and_stop_waits_for_it(lab: 
     # The machine powers itself off at the end of the run: its systemctl may not live to answer.
     wait_until("the coordinator to power off", lambda: machines.pid1(lab.coordinator) is None, 90)
     record = [r for r in runs(lab) if r["kind"] == "shutdown" and not r["dry_run"]][-1]
-    assert record["result"] == "success", record
+    assert record["result"] == "success", json.dumps(record["stages"], indent=1)
     off = {n.name: [e["t"] for e in machines.power_events(n) if e["event"] == "off"][-1] for n in lab.hosts}
     assert off[agent.name] < off[server.name] < off["titan-db"], off
     journal = machines.journal(lab.coordinator, all_entries=True)
@@ -205,7 +206,7 @@ def test_when_mains_returns_the_bootstrap_unit_starts_the_cluster_at_boot(lab: L
                lambda: any(r["kind"] == "startup" and r.get("trigger", {}).get("source") == "boot"  # type: ignore[union-attr]
                            for r in runs(lab)), 120, every=1)
     record = [r for r in runs(lab) if r["kind"] == "startup"][-1]
-    assert record["result"] == "success", record
+    assert record["result"] == "success", json.dumps(record["stages"], indent=1)
     for node in lab.nodes:
         assert machines.machine_run(node, ["systemctl", "is-active", "k3s" if node.role == "server" else "k3s-agent"],
                                     check=False).stdout.strip() == "active"
