@@ -67,7 +67,7 @@ if [ "$NODES" = machines ]; then
     on_titan systemctl list-timers --all --no-pager hecate-update.timer | head -n 2
     on_titan hecate config validate --config "$TCONFIG"
     for _ in $(seq 100); do
-        on_titan hecate status --config "$TCONFIG" --json 2>/dev/null | grep -q '"source": "daemon"' && break
+        on_titan hecate status --config "$TCONFIG" --json 2>/dev/null | grep -q '"phase": "on_mains"' && break
         sleep 0.2
     done
     on_titan hecate status --config "$TCONFIG"

@@ -670,6 +670,8 @@ def _worth_showing(entry: dict[str, Any], message: str, *, coordinator: bool = F
         return False
     power = "powering down" in message or message.startswith("Reached target poweroff")
     if coordinator:
+        if 'hecate.run: {"event":"step-' in message:  # each step's progress: its stage's start and end suffice
+            return False
         unit = str(entry.get("_SYSTEMD_UNIT") or entry.get("UNIT") or "")
         ident = str(entry.get("SYSLOG_IDENTIFIER") or "")
         return power or unit.startswith(_COORDINATOR_PREFIXES) or ident.startswith(_COORDINATOR_PREFIXES)

@@ -14,6 +14,7 @@ prefixed ``hecate:`` (never a traceback); log records of a run go there with the
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -199,7 +200,9 @@ def daemon(config_path: Path) -> None:
     if not cfg.ups:
         fail(f"{config_path}: no UPS configured (`ups:` is empty): the daemon would have nothing to watch",
              code=EXIT_USAGE)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Under systemd (stderr is a journal stream) journald stamps each line: no time of our own.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=logging.INFO, format=stamp + "%(levelname)s %(name)s: %(message)s")
     if not any(u.protects_cluster for u in cfg.ups):
         logging.getLogger("hecate").warning("no UPS has protects_cluster: true: nothing can trigger a shutdown")
     try:
