@@ -40,8 +40,12 @@ def test_demo_script_runs_the_lab_and_tears_it_down(tmp_path: Path) -> None:
         assert "\nnothing changed\n" in out
         assert "shutdown recorded on titan-db: success" in out
         ends = [who for _, who, what in rows if what.startswith("machine ended (off")]
-        assert sorted(ends[:-1]) == sorted(f"titan-{n}" for n in ("s1", "s2", "s3", "a1", "a2", "a3", "a4"))
-        assert ends[-1] == "titan-db"  # the coordinator powered itself off, last
+        assert sorted(ends) == sorted(f"titan-{n}" for n in ("s1", "s2", "s3", "a1", "a2", "a3", "a4", "db"))
+        # Every node's power-off was sent (and its sshd gone) before the coordinator powered itself off.
+        own = next(i for i, (_, who, what) in enumerate(rows)
+                   if who == "titan-db" and "Reached target poweroff" in what)
+        sent = {who for _, who, what in rows[:own] if "COMMAND=/usr/bin/systemctl poweroff" in what}
+        assert len(sent) == 7
         off = next(i for i, (_, who, what) in enumerate(rows) if who == "titan-db" and what.startswith("machine ended"))
         after = rows[off:]
         starts = [(who, what) for _, who, what in after if "COMMAND=/usr/bin/systemctl start" in what]
