@@ -2,10 +2,11 @@
 
 Hecate is installed in ``titan-db`` (host/install.sh) and runs there as real units, so the machine
 must already give it what it needs: the kube API through the kubeconfig the lab put in its /etc,
-SSH to the nodes with the placed key and known_hosts, an offline install from the bound
-wheelhouse, the real NUT units serving the lab UPS's ``dummy-ups`` file, and a real ``systemctl
-poweroff`` that ends only that machine, after which it boots again with its /usr/local, /opt and
-/etc (its enabled units) as they were. One lab for the module: 1 server + 1 agent + the coordinator.
+SSH to the nodes with the placed key and known_hosts, the real NUT units serving the lab UPS's
+``dummy-ups`` file, and a real ``systemctl poweroff`` that ends only that machine, after which it
+boots again with its /usr/local, /opt and /etc (its enabled units) as they were. (The offline install
+from the bound wheelhouse is test_installed_service's first test.) One lab for the module: 1 server,
+1 agent and the coordinator.
 """
 
 from __future__ import annotations
@@ -76,22 +77,6 @@ def test_the_coordinator_reaches_a_node_over_ssh_as_hecate_with_the_placed_ident
     out = inside(lab, " ".join(["ssh", *SSH_OPTIONS, f"{machines.USER}@{server.address}",
                                 "'id -un; hostname; sudo -n systemctl is-active k3s'"]))
     assert out.split() == [machines.USER, server.name, "active"]
-
-
-def test_an_offline_install_from_the_bound_wheelhouse_validates_the_placed_config(coord_lab: Lab) -> None:
-    lab = coord_lab
-    config = yaml.safe_load(inside(lab, "cat /etc/hecate/hecate.yaml"))
-    assert config == lab.coordinator_config()
-    assert config["ups"] == [{"name": "pyrphoros", "host": "127.0.0.1", "port": 3493}]
-    assert "local_poweroff_command" not in config["shutdown"]  # the default: a real `systemctl poweroff`
-    assert config["shutdown"]["execute"] is True
-    inside(lab, "python3 -m venv /opt/t && /opt/t/bin/pip install --quiet --no-index "
-                "--find-links /srv/hecate-wheels hecate", timeout=180)
-    assert "OK" in inside(lab, "/opt/t/bin/hecate config validate --config /etc/hecate/hecate.yaml")
-    install = lab.coordinator_install_argv()
-    assert install[0] == "/srv/hecate/host/install.sh"
-    assert install[install.index("--nut-port") + 1] == "/srv/hecate-ups/pyrphoros/pyrphoros.dev"
-    assert inside(lab, "test -r /srv/hecate/pyproject.toml && test -d /srv/hecate/host && echo ok").strip() == "ok"
 
 
 def test_the_real_nut_units_serve_the_lab_ups_and_follow_ups_set(coord_lab: Lab) -> None:
