@@ -98,13 +98,18 @@ def installed_files(lab: Lab) -> dict[str, tuple[str, int]]:
 
 
 def test_install_runs_the_daemon_as_a_notify_service_on_the_real_nut_units(lab: Lab) -> None:
+    # An operator's drop-in, kept by the installer: a shorter watchdog, so its keep-alives come every 3 s here.
+    dropin = lab.coordinator_root / "etc/systemd/system/hecate.service.d/watchdog.conf"
+    dropin.parent.mkdir(parents=True)
+    dropin.write_text("[Service]\nWatchdogSec=6s\n")
     out = inside(lab, " ".join(lab.coordinator_install_argv()), timeout=200)
+    seen["watchdog"] = show(lab, "hecate.service", "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"]
     assert "nothing changed" not in out
     for unit in ("hecate.service", "nut-server.service", "nut-driver@pyrphoros.service"):
         assert inside(lab, f"systemctl is-active {unit}", ok=False).strip() == "active", unit
     props = show(lab, "hecate.service", "Type", "WatchdogUSec", "MainPID", "ExecMainStartTimestampMonotonic")
     assert props["Type"] == "notify"
-    assert props["WatchdogUSec"] not in ("0", "infinity")  # e.g. "30s"
+    assert props["WatchdogUSec"] == "6s"  # the drop-in over the unit's own 30 s
     assert inside(lab, "systemctl is-enabled hecate-bootstrap.service").strip() == "enabled"
     assert "hecate-update.timer" in inside(lab, "systemctl list-timers --all --no-pager")
     # The config the lab wrote before the install is the one in force: the installer keeps an existing file.
@@ -116,7 +121,6 @@ def test_install_runs_the_daemon_as_a_notify_service_on_the_real_nut_units(lab: 
         ups = {u["name"]: u for u in doc.get("ups", [])}
         return doc.get("source") == "daemon" and ups.get("pyrphoros", {}).get("charge_pct") == 93
     wait_until("hecate status reads the lab UPS through nut-server", daemon_sees_93, 30, every=1)
-    seen["watchdog"] = show(lab, "hecate.service", "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"]
     seen["daemon"] = props["MainPID"]
 
 
@@ -135,7 +139,7 @@ def test_the_watchdog_is_fed(lab: Lab) -> None:
     first = seen["watchdog"]
     wait_until("a newer watchdog keep-alive",
                lambda: show(lab, "hecate.service", "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"] != first,
-               45, every=1)
+               15, every=0.5)
     assert show(lab, "hecate.service", "MainPID")["MainPID"] == seen["daemon"]  # fed, not restarted
 
 
@@ -176,6 +180,12 @@ def test_self_update_upgrades_and_restarts_then_rolls_a_broken_release_back(lab:
     assert inside(lab, f"{HECATE} --version").strip().endswith("0.1.1")
     wait_until("the daemon active again on the previous release",
                lambda: inside(lab, "systemctl is-active hecate.service", ok=False).strip() == "active", 30)
+    assert (lab.coordinator_root / "opt/hecate/rejected/0.1.2").exists()
+    # The next timer run does not try the rejected version again: no build, no restart.
+    running = show(lab, "hecate.service", "MainPID")["MainPID"]
+    inside(lab, "systemctl start hecate-update.service", timeout=60)
+    assert "was rolled back before" in inside(lab, "journalctl -u hecate-update.service -o cat --no-pager | tail -n 5")
+    assert show(lab, "hecate.service", "MainPID")["MainPID"] == running
 
 
 def test_the_installed_daemon_shuts_the_cluster_down_and_stop_waits_for_it(lab: Lab) -> None:
