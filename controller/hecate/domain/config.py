@@ -326,15 +326,42 @@ class Flux(_Section):
         return value
 
 
+class TrustedPeer(_Section):
+    """A peer host the coordinator accepts signed triggers from (docs/peers.md)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+    """The peer's name, as its triggers name it (its `host_name`)."""
+    key_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """The key id its requests carry; a rotation adds a second entry for the same peer with a new id."""
+    secret_file: Path
+    """Root-only file holding the shared HMAC secret for this key id."""
+
+
 class Peer(_Section):
+    # On a peer (`role: peer`): where and how it forwards its decision.
     coordinator_url: str | None = Field(default=None, pattern=r"^https?://")
-    """Coordinator's Hecate URL a peer forwards its shutdown trigger to."""
+    """Coordinator's trigger listener a peer forwards its shutdown trigger to (`http://titan-db:9561`)."""
+    key_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """The key id a peer signs with (one of the coordinator's `peer.trusted[].key_id`)."""
     secret_file: Path | None = None
-    """Shared HMAC secret for peer requests (a file, never argv)."""
+    """Shared HMAC secret a peer signs with (a root-only file, never argv)."""
+    forward_for_s: Seconds = 60.0
+    """How long a peer keeps retrying (with backoff) before it gives up forwarding and falls back."""
     fallback_local_shutdown: bool = True
     """Shut this host down locally if forwarding fails."""
+    # On the coordinator: the listener peers reach and who may trigger.
+    listen: str | None = Field(default=None, pattern=r"^[^\s]*:\d{1,5}$")
+    """Address of the trigger listener (`POST /v1/trigger` only), e.g. `"0.0.0.0:9561"`; off when unset."""
+    trusted: list[TrustedPeer] = Field(default_factory=list)
+    """The peers whose signed triggers the coordinator accepts."""
     replay_window_s: Seconds = 30.0
     """Accepted clock skew and nonce memory for signed requests."""
+
+    @field_validator("trusted")
+    @classmethod
+    def _unique_keys(cls, value: list[TrustedPeer]) -> list[TrustedPeer]:
+        _unique([t.key_id for t in value], "key ids", "key_id")
+        return value
 
 
 UNIX_SOCKET_PATH_MAX = 107

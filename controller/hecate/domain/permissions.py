@@ -6,7 +6,7 @@ add a host key and stand in for a node; a state dir others can write lets them f
 history (the learned budget) or the policy cache. So ``hecate config validate`` and the
 daemon refuse, naming the setting, the file and the command that fixes it:
 
-- **secrets** (``ssh.key_file``, ``ups[].credentials_file``, ``peer.secret_file``): no access
+- **secrets** (``ssh.key_file``, ``ups[].credentials_file``, ``peer.secret_file``, ``peer.trusted[].secret_file``): no access
   at all for group or others (like OpenSSH for a private key) -- ``chmod 600 FILE``;
 - **known_hosts** (``ssh.known_hosts``): not writable by group or others (it holds public
   keys: reading it is harmless) -- ``chmod 644 FILE``;
@@ -50,6 +50,7 @@ def files_to_check(config: HecateConfig) -> list[tuple[str, Path, Kind]]:
             for i, u in enumerate(config.ups) if u.credentials_file is not None]
     if config.peer.secret_file is not None:
         out.append(("peer.secret_file", config.peer.secret_file, Kind.secret))
+    out += [(f"peer.trusted[{i}].secret_file", t.secret_file, Kind.secret) for i, t in enumerate(config.peer.trusted)]
     out.append(("state_dir", config.state_dir, Kind.state_dir))
     return out
 
