@@ -128,7 +128,8 @@ def signature(secret: bytes, method: str, path: str, timestamp: str, nonce: str,
 
 
 def sign(secret: bytes, key_id: str, body: bytes, *, now: float, nonce: str) -> Signed:
-    """The headers for ``POST /v1/trigger`` with ``body`` (``nonce``: fresh random, e.g. ``secrets.token_urlsafe(18)``)."""
+    """The headers for ``POST /v1/trigger`` with ``body``; ``nonce`` fresh and random for every request
+    (e.g. ``secrets.token_urlsafe(18)``)."""
     timestamp = f"{now:.3f}"
     return Signed(key_id, timestamp, nonce, signature(secret, METHOD, PATH, timestamp, nonce, body))
 

@@ -6,8 +6,9 @@ add a host key and stand in for a node; a state dir others can write lets them f
 history (the learned budget) or the policy cache. So ``hecate config validate`` and the
 daemon refuse, naming the setting, the file and the command that fixes it:
 
-- **secrets** (``ssh.key_file``, ``ups[].credentials_file``, ``peer.secret_file``, ``peer.trusted[].secret_file``): no access
-  at all for group or others (like OpenSSH for a private key) -- ``chmod 600 FILE``;
+- **secrets** (``ssh.key_file``, ``ups[].credentials_file``, ``peer.secret_file``,
+  ``peer.trusted[].secret_file``): no access at all for group or others (like OpenSSH for a private
+  key) -- ``chmod 600 FILE``;
 - **known_hosts** (``ssh.known_hosts``): not writable by group or others (it holds public
   keys: reading it is harmless) -- ``chmod 644 FILE``;
 - **the state dir** (``state_dir``): a directory not writable by group or others --
