@@ -40,8 +40,10 @@ def lab() -> None:
               help="Nodes are booted systemd machines (real sshd, sudo, k3s units, power-off); root, systemd-nspawn.")
 @click.option("--coordinator", is_flag=True,
               help="The coordinator is a machine too (titan-db), ready to install Hecate in; needs --machines.")
+@click.option("--host", "hosts", multiple=True, metavar="NAME",
+              help="A machine outside the cluster (e.g. nas), in hecate.yaml's hosts:; repeat for several.")
 def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, netns: bool | None,
-       machines: bool, coordinator: bool) -> None:
+       machines: bool, coordinator: bool, hosts: tuple[str, ...]) -> None:
     """Start a lab and write DIR/hecate.yaml pointing Hecate at it."""
     import shlex
 
@@ -53,8 +55,8 @@ def up(directory: Path, ups_names: tuple[str, ...], servers: int, agents: int, n
         raise click.UsageError("--coordinator needs --machines")
     try:
         started = Lab.up(directory, LabSpec(ups=ups_names, servers=servers, agents=agents, netns=netns,
-                                            machines=machines, coordinator=coordinator), detach=True)
-    except LabError as err:
+                                            machines=machines, coordinator=coordinator, hosts=hosts), detach=True)
+    except (LabError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"lab {started.id} is up in {directory}")
     click.echo(f"  config:     {started.config_path}")
@@ -175,6 +177,7 @@ def power_on(directory: Path, names: tuple[str, ...], k3s_disabled: bool) -> Non
                 lambda n: machines.power_on(n) if n.machine else nodes.power_on(n, k3s_at_boot=not k3s_disabled),
                 chosen)}
         running.nodes = [booted.get(n.name, n) for n in running.nodes]
+        running.outside = [booted.get(n.name, n) for n in running.outside]
         if running.coordinator is not None:
             running.coordinator = booted.get(running.coordinator.name, running.coordinator)
         running.save()

@@ -52,7 +52,7 @@ HALT_PID_FILE = "halt.pid"  # the poweroff helper while it runs
 #: Fault key that applies to every command no other prefix matches.
 ANY_COMMAND = "*"
 #: Units a lab node knows about (``.service`` suffix optional).
-KNOWN_UNITS = ("k3s", "k3s-agent")
+KNOWN_UNITS = ("k3s", "k3s-agent", "nfs-server")  # nfs-server: a lab host outside the cluster (a NAS)
 #: How long after the answering shell exits the node's sshd (and its sessions) stop.
 HALT_DELAY_S = 0.3
 #: The longest the poweroff helper waits for the answering shell to exit.

@@ -63,8 +63,9 @@ __all__ = [
     "stop_nodes",
 ]
 
-Role = Literal["server", "agent", "coordinator"]
-"""A k3s server or agent; ``coordinator``: the lab's coordinator machine (not a Kubernetes node)."""
+Role = Literal["server", "agent", "coordinator", "host"]
+"""A k3s server or agent; ``coordinator``: the lab's coordinator machine (not a Kubernetes node); ``host``: a
+machine outside the cluster (a NAS: no k3s, one ``nfs-server`` unit), in hecate.yaml's ``hosts:``."""
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "ssh-keygen"
@@ -123,8 +124,8 @@ class LabNode:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LabNode:
         role = data["role"]
-        if role not in ("server", "agent", "coordinator"):
-            raise ValueError(f"lab node {data.get('name')!r}: role must be server, agent or coordinator, "
+        if role not in ("server", "agent", "coordinator", "host"):
+            raise ValueError(f"lab node {data.get('name')!r}: role must be server, agent, coordinator or host, "
                              f"not {role!r}")
         pid = data.get("pid")
         return cls(
@@ -214,8 +215,8 @@ def _validate(specs: Sequence[NodeSpec], workdir: Path, netns: bool, lab_id: str
     for spec in specs:
         if not _NAME_RE.fullmatch(spec.name):
             raise ValueError(f"lab node name {spec.name!r}: use letters, digits, '.', '_', '-'")
-        if spec.role not in ("server", "agent"):
-            raise ValueError(f"lab node {spec.name!r}: role must be server or agent, not {spec.role!r}")
+        if spec.role not in ("server", "agent", "host"):
+            raise ValueError(f"lab node {spec.name!r}: role must be server, agent or host, not {spec.role!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"lab node names must be unique: {names}")
     if _UNSAFE_PATH_CHARS & set(str(workdir.resolve())):
@@ -514,7 +515,9 @@ def power_on(node: LabNode, *, k3s_at_boot: bool = True) -> LabNode:
         state = nodestate.read_state(node.dir)
         was_off = state.get("power") != "on"
         state["power"] = "on"
-        if was_off or k3s_at_boot:
+        if node.role == "host":  # a host outside the cluster: its own unit is enabled, it starts at boot
+            state.setdefault("services", {})[nodestate.service_for(node.role)] = "active"
+        elif was_off or k3s_at_boot:
             state.setdefault("services", {})[nodestate.service_for(node.role)] = (
                 "active" if k3s_at_boot else "inactive")
         nodestate.write_state(node.dir, state)

@@ -9,7 +9,8 @@ Format of ``<node dir>/state.json``::
 
     {"power": "on" | "off", "services": {"k3s": "active" | "inactive", ...}}
 
-Servers run the ``k3s`` service, agents ``k3s-agent``. Writes are atomic (temp file +
+Servers run the ``k3s`` service, agents ``k3s-agent``; a host outside the cluster (role ``host``, a
+NAS) runs ``nfs-server``, the unit its stop command stops, so tests see that it ran. Writes are atomic (temp file +
 rename) because readers poll it concurrently. Stdlib only: the node shell imports this
 module on every emulated command and must start fast.
 """
@@ -25,8 +26,14 @@ from typing import Any
 STATE_FILE = "state.json"
 
 
+HOST_UNIT = "nfs-server"
+"""The one unit a lab host outside the cluster runs (its ``hosts:`` stop command stops it)."""
+
+
 def service_for(role: str) -> str:
-    """The k3s systemd unit a node of this role runs."""
+    """The k3s systemd unit a node of this role runs (a host's own unit for role ``host``)."""
+    if role == "host":
+        return HOST_UNIT
     return "k3s" if role == "server" else "k3s-agent"
 
 

@@ -7,6 +7,10 @@ port and address, so a later ``hecate lab down`` -- or the next ``up`` after a l
 was killed -- can stop everything by PID) and ``hecate.yaml``, a configuration that
 points Hecate at the lab. Nothing here reaches the machine's own systemd or power.
 
+With ``LabSpec(hosts=("nas",))`` the lab has machines outside the cluster too: light nodes of role
+``host`` (no k3s, one ``nfs-server`` unit), in hecate.yaml's ``hosts:`` with the stop command
+``systemctl stop nfs-server`` (observable in their state and command log), never in the API.
+
 With ``LabSpec(coordinator=True)`` the coordinator is a booted machine too (``titan-db``), in
 which Hecate is installed and runs as real units: the API then listens on the lab bridge's
 ``<subnet>.1`` (the machine reaches it there), and the machine gets a kubeconfig, Hecate's SSH
@@ -23,6 +27,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from hecate_lab import DEFAULT_DIR, kubeapi, machines, nodes, wheelhouse
+from hecate_lab import DEFAULT_DIR, kubeapi, machines, nodes, nodestate, wheelhouse
 from hecate_lab.cluster_sim import Delays
 from hecate_lab.nodes import LabNode
 from hecate_lab.procs import LabError, alive, free_port
@@ -71,15 +76,19 @@ class LabSpec:
     ``machines``."""
     wheelhouse: Path | None = None
     """The wheelhouse the coordinator sees at /srv/hecate-wheels; None: :func:`hecate_lab.wheelhouse.build`."""
+    hosts: tuple[str, ...] = ()
+    """Machines outside the cluster (hecate.yaml's ``hosts:``, e.g. ``("nas",)``): light nodes without k3s."""
 
     def __post_init__(self) -> None:
         if self.coordinator and not self.machines:
             raise ValueError("coordinator=True needs machines=True (the coordinator is a booted machine)")
+        if self.hosts and self.machines:
+            raise ValueError("hosts outside the cluster are light nodes: not with machines=True")
 
     def node_specs(self) -> list[nodes.NodeSpec]:
         return [nodes.NodeSpec(f"titan-s{i + 1}", "server") for i in range(self.servers)] + [
             nodes.NodeSpec(f"titan-a{i + 1}", "agent") for i in range(self.agents)
-        ]
+        ] + [nodes.NodeSpec(name, "host") for name in self.hosts]
 
 
 @dataclass
@@ -93,6 +102,8 @@ class Lab:
     kubeapi_pid: int | None = None
     coordinator: LabNode | None = None
     """The coordinator machine (``LabSpec(coordinator=True)``), or None: the coordinator is this host."""
+    outside: list[LabNode] = field(default_factory=list)
+    """Machines outside the cluster (``LabSpec(hosts=...)``, role ``host``): hecate.yaml's ``hosts:``."""
     metrics_port: int = field(default_factory=free_port)
     """Where a `hecate daemon` run against this lab serves (a free port, so labs can coexist)."""
 
@@ -121,11 +132,11 @@ class Lab:
 
     @property
     def hosts(self) -> list[LabNode]:
-        """Every host of the lab: the nodes, then the coordinator machine if there is one."""
-        return [*self.nodes, *([self.coordinator] if self.coordinator else [])]
+        """Every host of the lab: the nodes, the machines outside the cluster, the coordinator machine if any."""
+        return [*self.nodes, *self.outside, *([self.coordinator] if self.coordinator else [])]
 
     def node(self, name: str) -> LabNode:
-        for node in self.nodes:
+        for node in [*self.nodes, *self.outside]:
             if node.name == name:
                 return node
         raise KeyError(name)
@@ -177,7 +188,8 @@ class Lab:
                         client_pubkey=key.with_name(key.name + ".pub"),
                         known_hosts=lab.ssh_dir / "known_hosts", lab_id=lab.id, subnet=lab.subnet,
                     )
-                    lab.nodes = [n for n in started if n.role != machines.COORDINATOR]
+                    lab.nodes = [n for n in started if n.role not in (machines.COORDINATOR, "host")]
+                    lab.outside = [n for n in started if n.role == "host"]
                     lab.coordinator = next((n for n in started if n.role == machines.COORDINATOR), None)
                 finally:
                     for name, future in starting.items():
@@ -210,6 +222,7 @@ class Lab:
             nodes=[nodes.LabNode.from_dict(n) for n in data["nodes"]],
             kubeapi_pid=data.get("kubeapi_pid"), metrics_port=data.get("metrics_port") or free_port(),
             coordinator=nodes.LabNode.from_dict(data["coordinator"]) if data.get("coordinator") else None,
+            outside=[nodes.LabNode.from_dict(n) for n in data.get("outside", [])],
         )
 
     def save(self) -> None:
@@ -217,6 +230,7 @@ class Lab:
             "id": self.id, "netns": self.netns, "subnet": self.subnet,
             "ups": [u.to_dict() for u in self.ups.values()],
             "nodes": [n.to_dict() for n in self.nodes],
+            "outside": [n.to_dict() for n in self.outside],
             "kubeapi_pid": self.kubeapi_pid,
             "coordinator": self.coordinator.to_dict() if self.coordinator else None,
             "metrics_port": self.metrics_port,
@@ -362,6 +376,15 @@ class Lab:
                     for i, n in enumerate(self.nodes)
                 ],
             },
+            # Machines outside the cluster: a harmless stop command the lab sees; startup boots them with the
+            # lab's own power-on and waits for their sshd.
+            "hosts": [
+                {"name": h.name, "address": h.address, "ssh_port": h.port, "poweroff_order": 10 * (i + 1),
+                 "stop_commands": [["systemctl", "stop", nodestate.HOST_UNIT]], "wait_ssh": True,
+                 "wake": "command", "wake_command": [sys.executable, "-m", "hecate", "lab", "power-on",
+                                                     "--dir", str(self.dir.absolute()), "{host}"]}
+                for i, h in enumerate(self.outside)
+            ],
             "ssh": {
                 # Machines: a real unprivileged user and the production sudoers line (docs/shutdown.md).
                 "user": machines.USER if self.machines else "root",
@@ -414,7 +437,7 @@ class Lab:
                 **{k: served.get(k) for k in ("ups.status", "battery.runtime", "battery.charge", "ups.load")},
             }
         node_rows = []
-        for n in self.nodes:
+        for n in [*self.nodes, *self.outside]:
             try:
                 state = nodes.read_state(n.dir)
             except FileNotFoundError:

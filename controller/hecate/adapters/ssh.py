@@ -71,7 +71,7 @@ import paramiko
 from hecate.domain import text
 
 if TYPE_CHECKING:
-    from hecate.domain.config import Node, Ssh
+    from hecate.domain.config import Host, Node, Ssh
 
 __all__ = [
     "MAX_SESSIONS_PER_NODE",
@@ -231,14 +231,15 @@ class _Conn:
 
 
 class SshPool:
-    """Connections to the cluster's nodes, reused for every command within the pool's life.
+    """Connections to the cluster's nodes (and the ``hosts:`` machines), reused for every command within the
+    pool's life.
 
     Use from one event loop; ``async with SshPool(...) as pool`` closes every connection.
     ``commands_sent`` counts commands actually sent to a node, ``connects`` the
     connections opened (reconnections included).
     """
 
-    def __init__(self, ssh: Ssh, nodes: Sequence[Node], *, max_workers: int = 32) -> None:
+    def __init__(self, ssh: Ssh, nodes: Sequence[Node | Host], *, max_workers: int = 32) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, not {max_workers}")
         self._ssh = ssh
@@ -322,7 +323,7 @@ class SshPool:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _node(self, name: str) -> Node:
+    def _node(self, name: str) -> Node | Host:
         try:
             return self._nodes[name]
         except KeyError:
@@ -345,12 +346,12 @@ class SshPool:
             self.commands_sent += commands
 
     @staticmethod
-    def _where(node: Node) -> str:
+    def _where(node: Node | Host) -> str:
         return node.address if node.ssh_port == 22 else f"{node.address}:{node.ssh_port}"
 
     # -- connections (worker threads) ------------------------------------------------------
 
-    def _key(self, node: Node) -> paramiko.PKey:
+    def _key(self, node: Node | Host) -> paramiko.PKey:
         with self._key_lock:
             if self._pkey is None:
                 try:
@@ -359,14 +360,14 @@ class SshPool:
                     raise SshAuthError(f"cannot load SSH key {self._ssh.key_file}: {err}", node=node.name) from err
             return self._pkey
 
-    def _connect_quietly(self, node: Node) -> SshError | None:
+    def _connect_quietly(self, node: Node | Host) -> SshError | None:
         try:
             self._client(node)
         except SshError as err:
             return err
         return None
 
-    def _client(self, node: Node) -> tuple[paramiko.SSHClient, bool]:
+    def _client(self, node: Node | Host) -> tuple[paramiko.SSHClient, bool]:
         """The node's live client and whether it was just opened (connecting if needed)."""
         conn = self._conns[node.name]
         with conn.lock:
@@ -382,14 +383,14 @@ class SshPool:
             conn.client = self._connect(node)
             return conn.client, True
 
-    def _drop(self, node: Node, client: paramiko.SSHClient) -> None:
+    def _drop(self, node: Node | Host, client: paramiko.SSHClient) -> None:
         conn = self._conns[node.name]
         with conn.lock:
             if conn.client is client:
                 conn.client = None
         client.close()
 
-    def _connect(self, node: Node) -> paramiko.SSHClient:
+    def _connect(self, node: Node | Host) -> paramiko.SSHClient:
         ssh, where = self._ssh, self._where(node)
         pkey = self._key(node)
         client = paramiko.SSHClient()
@@ -421,7 +422,7 @@ class SshPool:
         log.debug("ssh %s: connected to %s as %s in %.3fs", node.name, where, user, time.monotonic() - started)
         return client
 
-    def _connect_error(self, node: Node, user: str, err: Exception, elapsed: float) -> SshError:
+    def _connect_error(self, node: Node | Host, user: str, err: Exception, elapsed: float) -> SshError:
         where, path, name = self._where(node), self._ssh.known_hosts, node.name
         if isinstance(err, paramiko.BadHostKeyException):
             return SshHostKeyError(
@@ -462,7 +463,7 @@ class SshPool:
 
     # -- commands (worker threads) ---------------------------------------------------------
 
-    def _open_channel(self, node: Node) -> tuple[paramiko.SSHClient, paramiko.Channel]:
+    def _open_channel(self, node: Node | Host) -> tuple[paramiko.SSHClient, paramiko.Channel]:
         """A session channel on a live connection; a dead reused connection is replaced once."""
         while True:
             client, fresh = self._client(node)
@@ -481,7 +482,7 @@ class SshPool:
                     ) from err
                 log.info("ssh %s: reused connection is dead (%s), reconnecting", node.name, err)
 
-    def _run_blocking(self, node: Node, command: str, timeout: float, cancel: threading.Event) -> CommandResult:
+    def _run_blocking(self, node: Node | Host, command: str, timeout: float, cancel: threading.Event) -> CommandResult:
         client, chan = self._open_channel(node)
         expired = threading.Event()
 

@@ -116,6 +116,12 @@ class NodeRole(StrEnum):
     agent = "agent"
 
 
+class Wake(StrEnum):
+    none = "none"
+    wol = "wol"
+    command = "command"
+
+
 class Node(_Section):
     name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     """Kubernetes node name (also used in logs and run records)."""
@@ -178,6 +184,68 @@ class Ups(_Section):
     """Whether this UPS feeds the cluster; only such UPSes can trigger a shutdown."""
 
     _host = field_validator("host")(host_address)
+
+
+_ARG = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+def _argv(argv: list[str]) -> None:
+    """A command as an argv list: not empty, no empty argument, no control characters."""
+    if not argv:
+        raise ValueError("a command needs at least its program")
+    bad = next((a for a in argv if not _ARG.match(a)), None)
+    if bad is not None:
+        raise ValueError(f"argument {bad!r} is empty or has control characters")
+
+
+class Host(_Section):
+    """A machine outside the cluster (a NAS, the peer host) Hecate stops and powers off over SSH (docs/shutdown.md)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Host name in plans, logs and run records (unique across nodes and hosts)."""
+    address: str = Field(min_length=1)
+    """Address Hecate reaches the host's sshd on: an IPv4 or IPv6 address or a DNS name (checked)."""
+    ssh_user: str | None = None
+    """SSH user for this host; defaults to `ssh.user`."""
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    """SSH port of this host."""
+    poweroff_order: int = Field(default=100, ge=0)
+    """Power-off order among the hosts (after the cluster's nodes, before the coordinator): lower goes first."""
+    stop_commands: list[list[str]] = Field(default_factory=list)
+    """Commands (argv lists, no shell; `sudo -n` first when `ssh.sudo`) run in order before the power-off."""
+    poweroff: bool = True
+    """Power the host off (`shutdown.remote_poweroff_command`) after its stop commands."""
+    wake: Wake = Wake.none
+    """How startup wakes the host when its sshd does not answer: none, Wake-on-LAN or a host command."""
+    wake_mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+    """MAC address for `wake: wol`."""
+    wake_command: list[str] = Field(default_factory=list)
+    """Command (argv, `{host}` substituted) the coordinator runs for `wake: command`."""
+    wait_ssh: bool = False
+    """Startup waits (up to `startup.boot_timeout_s`) until the host's sshd answers."""
+    before_cluster: bool = True
+    """Woken (and waited for) before the cluster's servers start, e.g. a NAS serving their storage; false: after
+    the cluster is up."""
+
+    _address = field_validator("address")(host_address)
+
+    @field_validator("stop_commands")
+    @classmethod
+    def _commands(cls, value: list[list[str]]) -> list[list[str]]:
+        for i, argv in enumerate(value):
+            try:
+                _argv(argv)
+            except ValueError as err:
+                raise validation.field_error((i,), str(err), argv) from None
+        return value
+
+    @model_validator(mode="after")
+    def _wake(self) -> Host:
+        if self.wake is Wake.wol and self.wake_mac is None:
+            raise validation.field_error(("wake",), "needs wake_mac (the host's MAC address)", self.wake.value)
+        if self.wake is Wake.command and not self.wake_command:
+            raise validation.field_error(("wake",), "needs wake_command (the command to run)", self.wake.value)
+        return self
 
 
 class Trigger(_Section):
@@ -248,12 +316,6 @@ class Shutdown(_Section):
     def _unique_tiers(cls, value: list[WorkloadTier]) -> list[WorkloadTier]:
         _unique([t.name for t in value], "tier names", "name")
         return value
-
-
-class Wake(StrEnum):
-    none = "none"
-    wol = "wol"
-    command = "command"
 
 
 class Startup(_Section):
@@ -583,6 +645,9 @@ class HecateConfig(_Section):
     """Run history, policy cache, journal and lock."""
     cluster: Cluster = Field(default_factory=Cluster)
     """The k3s cluster."""
+    hosts: list[Host] = Field(default_factory=list)
+    """Machines outside the cluster (a NAS, the peer host): stopped and powered off after the nodes, woken at
+    startup (host config only)."""
     ssh: Ssh = Field(default_factory=Ssh)
     """How Hecate reaches nodes."""
     ups: list[Ups] = Field(default_factory=list)
@@ -618,8 +683,19 @@ class HecateConfig(_Section):
         _unique([u.name for u in value], "UPS names", "name")
         return value
 
+    @field_validator("hosts")
+    @classmethod
+    def _unique_hosts(cls, value: list[Host]) -> list[Host]:
+        _unique([h.name for h in value], "host names", "name")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> HecateConfig:
+        nodes = {n.name for n in self.cluster.nodes}
+        for i, host in enumerate(self.hosts):
+            if host.name in nodes:
+                raise validation.field_error(("hosts", i, "name"), "names must be unique across cluster.nodes "
+                                             "and hosts: a node has it too", host.name)
         if self.startup.wake is Wake.command and not self.startup.wake_command:
             raise validation.field_error(("startup", "wake"), "needs startup.wake_command (the command to run)",
                                          self.startup.wake.value)

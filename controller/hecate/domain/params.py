@@ -71,6 +71,14 @@ class PoweroffParams:
 
 
 @dataclass(frozen=True)
+class HostStopParams:
+    """A ``hosts:`` machine's stop commands (argv lists), run over SSH in order."""
+
+    commands: tuple[tuple[str, ...], ...]
+    command_timeout_s: float
+
+
+@dataclass(frozen=True)
 class PreflightParams:
     min_charge_percent: float
     timeout_s: float
@@ -82,6 +90,8 @@ class WakeParams:
     mac: str | None
     argv: tuple[str, ...]
     """The host's wake command for this node (``{node}`` already substituted)."""
+    wait_s: float = 0.0
+    """Then wait this long for its sshd to answer (a ``hosts:`` machine with ``wait_ssh``); 0: do not wait."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,7 @@ class VerifyParams:
 
 
 StepParams = (NoParams | ScaleParams | WaitParams | HostCommandParams | DrainParams | NodeCommandParams
-              | StopServiceParams | PoweroffParams | PreflightParams | WakeParams | StartServiceParams
+              | StopServiceParams | HostStopParams | PoweroffParams | PreflightParams | WakeParams | StartServiceParams
               | WorkloadParams | FluxResumeParams | FluxBootstrapParams | VerifyParams)
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}

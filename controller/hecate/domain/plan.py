@@ -22,6 +22,8 @@ Default shutdown plan (stages in order; * = optional)::
     stop-servers      systemctl stop k3s on servers (one by one in power-off order by default)
     killall           k3s-killall.sh on every node (stopping the unit leaves containers running)
     poweroff          agents, then servers, each in power-off order
+    hosts-stop*       each ``hosts:`` machine's stop commands, in order (hosts in parallel)
+    hosts-poweroff*   the ``hosts:`` machines, in waves by their power-off order
     ups-power-cycle*  ask upsd to cut and later restore the outputs (shutdown.return)
     local-poweroff    the coordinator powers itself off, last
 
@@ -31,6 +33,7 @@ disruptive stage starts, the run aborts cleanly (and undoes the Flux suspension)
 Default startup plan (stages in order; * = optional)::
 
     preflight         every UPS protecting the cluster on mains and charged (abort otherwise)
+    hosts-wake*       ``hosts:`` machines with ``before_cluster``: woken, their sshd waited for (``wait_ssh``)
     wake*             Wake-on-LAN or the host's wake command, for nodes whose sshd does not answer
     start-servers     systemctl start k3s: the last server powered off first, then the others
     wait-api          the API server answers
@@ -42,6 +45,7 @@ Default startup plan (stages in order; * = optional)::
     flux-bootstrap    the GitRepository Ready, else detect the Flux/Gitea deadlock and break it
     restore           workloads Hecate scaled down back to their recorded replicas, tiers reversed
     verify            nodes Ready, Flux Ready, foundation available
+    hosts-wake-late*  the other ``hosts:`` machines, woken and waited for once the cluster is up
 
 Every startup step first looks and changes only what is not as it should be, so on a
 healthy cluster the startup changes nothing: ``hecate-bootstrap.service`` runs it at
@@ -57,12 +61,13 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from hecate.domain import params as params_mod
-from hecate.domain.config import HecateConfig, Node, NodeRole, Wake
+from hecate.domain.config import HecateConfig, Host, Node, NodeRole, Wake
 from hecate.domain.params import (
     DrainParams,
     FluxBootstrapParams,
     FluxResumeParams,
     HostCommandParams,
+    HostStopParams,
     NodeCommandParams,
     NoParams,
     PoweroffParams,
@@ -87,6 +92,7 @@ class Action(StrEnum):
     host_hook = "host-hook"
     drain = "drain"
     stop_service = "stop-service"
+    host_stop = "host-stop"
     killall = "killall"
     poweroff = "poweroff"
     ups_power_cycle = "ups-power-cycle"
@@ -110,12 +116,14 @@ class OnError(StrEnum):
     abort = "abort"  # stop the run
 
 
-NODE_COMMANDS = frozenset({Action.stop_service, Action.killall, Action.poweroff, Action.start_service})
-"""Actions that run a command on a node over SSH."""
+NODE_COMMANDS = frozenset({Action.stop_service, Action.host_stop, Action.killall, Action.poweroff,
+                           Action.start_service, Action.wake})
+"""Actions that run a command on (or probe) a node or host over SSH."""
 
 PARAMS: dict[Action, type[StepParams]] = {
     Action.flux_suspend: NoParams, Action.scale_down: ScaleParams, Action.wait_volumes: WaitParams,
     Action.host_hook: HostCommandParams, Action.drain: DrainParams, Action.stop_service: StopServiceParams,
+    Action.host_stop: HostStopParams,
     Action.killall: NodeCommandParams, Action.poweroff: PoweroffParams, Action.ups_power_cycle: NoParams,
     Action.local_poweroff: HostCommandParams,
     Action.preflight: PreflightParams, Action.wake: WakeParams, Action.start_service: StartServiceParams,
@@ -202,7 +210,7 @@ def _ordered(nodes: Iterable[Node]) -> list[Node]:
     return sorted(nodes, key=lambda n: (n.poweroff_order, n.name))
 
 
-def _waves_by_order(nodes: list[Node], start: int = 0) -> dict[str, int]:
+def _waves_by_order(nodes: list[Node] | list[Host], start: int = 0) -> dict[str, int]:
     """Same power-off order -> same wave; lower order first."""
     orders = sorted({n.poweroff_order for n in nodes})
     return {n.name: start + orders.index(n.poweroff_order) for n in nodes}
@@ -265,6 +273,7 @@ def shutdown_plan(config: HecateConfig) -> Plan:
                  wave={**agent_waves, **server_wave_map}[n.name],
                  params=PoweroffParams(sd.remote_poweroff_command, command_timeout)) for n in every),
             parallelism=width, deadline_s=stage_deadline))
+    stages += _host_stages(config, node_timeout)
     if sd.ups_power_cycle:
         stages.append(Stage("ups-power-cycle", tuple(
             Step(Action.ups_power_cycle, u.name, timeout_s=10.0, retries=2) for u in config.ups if u.protects_cluster),
@@ -274,6 +283,42 @@ def shutdown_plan(config: HecateConfig) -> Plan:
              params=HostCommandParams(tuple(sd.local_poweroff_command))),), parallelism=1,
         deadline_s=stage_deadline))
     return Plan("shutdown", tuple(s for s in stages if s.steps))
+
+
+def _host_stages(config: HecateConfig, node_timeout: float) -> list[Stage]:
+    """``hosts-stop`` and ``hosts-poweroff``: after the nodes, before the coordinator; every failure ``continue``.
+
+    A host's stop commands are one step (they run in order, each bounded by the command timeout);
+    the hosts' power-offs go in waves by ``poweroff_order``, as the nodes' do.
+    """
+    sd, ssh = config.shutdown, config.ssh
+    hosts = sorted(config.hosts, key=lambda h: (h.poweroff_order, h.name))
+    command_timeout = ssh.command_timeout_s
+    stop = tuple(
+        Step(Action.host_stop, h.name, timeout_s=len(h.stop_commands) * command_timeout + 3 * ssh.connect_timeout_s + 1,
+             retries=1, params=HostStopParams(tuple(tuple(a) for a in h.stop_commands), command_timeout))
+        for h in hosts if h.stop_commands)
+    off = [h for h in hosts if h.poweroff]
+    waves = _waves_by_order(off)
+    poweroff = tuple(
+        Step(Action.poweroff, h.name, timeout_s=node_timeout, retries=2, wave=waves[h.name],
+             params=PoweroffParams(sd.remote_poweroff_command, command_timeout)) for h in off)
+    return [Stage("hosts-stop", stop, parallelism=sd.parallelism,
+                  deadline_s=max((s.timeout_s for s in stop), default=0) + sd.stage_timeout_s),
+            Stage("hosts-poweroff", poweroff, parallelism=sd.parallelism, deadline_s=sd.stage_timeout_s)]
+
+
+def _host_wake(config: HecateConfig, hosts: list[Host], name: str) -> Stage:
+    """Wake ``hosts`` whose sshd does not answer; wait for those with ``wait_ssh`` (nothing else runs on them)."""
+    st, ssh = config.startup, config.ssh
+    wake_timeout = ssh.connect_timeout_s + ssh.command_timeout_s + 1
+    steps = tuple(
+        Step(Action.wake, h.name, timeout_s=wake_timeout + (st.boot_timeout_s if h.wait_ssh else 0),
+             params=WakeParams(h.wake, h.wake_mac, tuple(a.replace("{host}", h.name) for a in h.wake_command),
+                               wait_s=st.boot_timeout_s if h.wait_ssh else 0.0))
+        for h in hosts if h.wake is not Wake.none or h.wait_ssh)
+    return Stage(name, steps, parallelism=st.parallelism,
+                 deadline_s=max((s.timeout_s for s in steps), default=0) + 30.0)
 
 
 def first_disruptive(plan: Plan) -> int:
@@ -303,6 +348,7 @@ def startup_plan(config: HecateConfig, *, force_branch: str | None = None) -> Pl
             Step(Action.preflight, u.name, timeout_s=st.preflight_timeout_s + 10, on_error=OnError.abort,
                  params=PreflightParams(st.min_charge_percent, st.preflight_timeout_s))
             for u in protecting), parallelism=len(protecting), deadline_s=st.preflight_timeout_s + pad))
+    stages.append(_host_wake(config, [h for h in config.hosts if h.before_cluster], "hosts-wake"))
     if st.wake is not Wake.none and every:
         stages.append(Stage("wake", tuple(
             Step(Action.wake, n.name, timeout_s=ssh.connect_timeout_s + ssh.command_timeout_s + 1,
@@ -360,4 +406,5 @@ def startup_plan(config: HecateConfig, *, force_branch: str | None = None) -> Pl
              params=VerifyParams(st.verify_timeout_s, tuple(n.name for n in every), tuple(st.foundation),
                                  f"{flux.namespace}/{flux.git_repository}")),),
         parallelism=1, deadline_s=st.verify_timeout_s + pad))
+    stages.append(_host_wake(config, [h for h in config.hosts if not h.before_cluster], "hosts-wake-late"))
     return Plan("startup", tuple(s for s in stages if s.steps))

@@ -26,7 +26,7 @@ from typing import Any
 
 from hecate.adapters import kube as kube_mod
 from hecate.adapters import ssh
-from hecate.domain.config import HecateConfig
+from hecate.domain.config import HecateConfig, Host, Node
 from hecate.domain.plan import Step
 from hecate.domain.results import StepResult
 from hecate.services import ports
@@ -181,8 +181,10 @@ async def connected(config: HecateConfig, width: int, *, kube_cooldown: float = 
                     preconnect: bool = True) -> AsyncIterator[Remote]:
     """``width``: the most node commands at once (the plan's ``node_parallelism``)."""
     # One thread per node a stage may touch at once: each command holds its thread while it runs.
-    width = max(1, min(width, len(config.cluster.nodes)))
-    pool = ssh.SshPool(config.ssh, config.cluster.nodes, max_workers=width)
+    # The nodes and the `hosts:` machines outside the cluster, reached with the same SSH settings.
+    targets: list[Node | Host] = [*config.cluster.nodes, *config.hosts]
+    width = max(1, min(width, len(targets)))
+    pool = ssh.SshPool(config.ssh, targets, max_workers=width)
     kube = kube_mod.Kube(config.cluster.kubeconfig, config.cluster.api_timeout_s, cooldown=kube_cooldown)
     probe_timeout = min(PROBE_TIMEOUT_S, config.ssh.connect_timeout_s)
     # A failure here is harmless: a command connects on first use and reports it.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from hecate.domain.config import HecateConfig
 from hecate.domain.params import (
     DrainParams,
     HostCommandParams,
+    HostStopParams,
     NodeCommandParams,
     PoweroffParams,
     ScaleParams,
@@ -139,6 +141,22 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
         params = step.params_as(StopServiceParams)
         return await node_command(step, f"systemctl stop {params.unit}", params.command_timeout_s)
 
+    async def host_stop(step: Step) -> Done:
+        # Every command runs even when one before it failed (stop what can be stopped); an unreachable
+        # host fails the step at once. The command line is quoted: the remote shell runs argv, nothing more.
+        params = step.params_as(HostStopParams)
+        failed: list[str] = []
+        for argv in params.commands:
+            try:
+                await node_command(step, shlex.join(argv), params.command_timeout_s)
+            except StepFailed as err:
+                if err.transient:
+                    raise
+                failed.append(str(err))
+        if failed:
+            raise StepFailed("; ".join(failed))
+        return Done(f"{len(params.commands)} command{'s' if len(params.commands) != 1 else ''} ran")
+
     async def killall(step: Step) -> Done:
         return await node_command(step, KILLALL, step.params_as(NodeCommandParams).command_timeout_s)
 
@@ -186,6 +204,7 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
     actions: dict[Action, ActionFn] = {
         Action.flux_suspend: flux_suspend, Action.scale_down: scale_down, Action.wait_volumes: wait_volumes,
         Action.host_hook: host_command, Action.drain: drain, Action.stop_service: stop_service,
+        Action.host_stop: host_stop,
         Action.killall: killall, Action.poweroff: poweroff, Action.ups_power_cycle: ups_power_cycle,
         Action.local_poweroff: host_command,
     }

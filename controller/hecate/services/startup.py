@@ -145,6 +145,28 @@ def actions(config: HecateConfig, conn: remote.Remote, *, since: datetime) -> di
         if await conn.pool.probe(step.target, conn.probe_timeout) is None:  # its sshd answers
             return Woken(False, "already up")
         params = step.params_as(WakeParams)
+        started = time.monotonic()
+        woken = await send_wake(step, params)
+        if params.wait_s <= 0:
+            return woken
+        # A `hosts:` machine with wait_ssh: its sshd answers before the step is done.
+        why: str | None = "not probed"
+
+        async def answers() -> bool:
+            nonlocal why
+            why = await conn.pool.probe(step.target, conn.probe_timeout)
+            return why is None
+
+        try:
+            await _until(started + params.wait_s, answers, what=f"sshd did not answer within {params.wait_s:g} s")
+        except StepFailed as err:
+            raise StepFailed(f"{err} ({woken.note or 'not woken'}; last: {why})", result=woken) from err
+        up = f"sshd up after {time.monotonic() - started:.1f} s"
+        return Woken(woken.woken, "; ".join(filter(None, [woken.note, up])))
+
+    async def send_wake(step: Step, params: WakeParams) -> Woken:
+        if params.method is Wake.none:
+            return Woken(False, "")
         if params.method is Wake.wol:
             if not params.mac:
                 raise StepFailed(f"{step.target} has no wake_mac: cannot send Wake-on-LAN")
