@@ -285,7 +285,7 @@ def config_validate(config_path: Path) -> None:
     cfg = load_config(config_path, check_files=True)
     click.echo(
         f"{config_path}: OK (role {cfg.role.value}, {len(cfg.cluster.nodes)} nodes, "
-        f"{len(cfg.ups)} UPS)"
+        + (f"{len(cfg.hosts)} other hosts, " if cfg.hosts else "") + f"{len(cfg.ups)} UPS)"
     )
 
 

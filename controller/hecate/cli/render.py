@@ -76,6 +76,11 @@ def status_text(doc: dict[str, Any]) -> str:
     listening = [f"{lst['address']} ({lst['kind']})" for lst in doc.get("listeners", []) if lst["listening"]]
     if listening:
         lines.append(f"Serving:   {', '.join(listening)}")
+    hosts = sorted(doc.get("hosts", []), key=lambda h: (h["poweroff_order"], h["name"]))
+    if hosts:
+        lines.append("Hosts:     " + ", ".join(
+            f"{h['name']} (order {h['poweroff_order']}, {h['stop_commands']} stop commands"
+            + ("" if h["poweroff"] else ", no power-off") + ")" for h in hosts) + ": after the nodes")
     for alert in doc["alerts"]:
         lines.append(f"Alert:     {alert['ups'] + ': ' if alert['ups'] else ''}{alert['message']}")
     for failure in doc.get("state_writes", []):
