@@ -309,14 +309,8 @@ class _LimitedSite(web.BaseSite):
             if len(server.connections) >= limit:
                 return _Refuse()
             handler = server()
-            if lifetime is not None:
-                made = handler.connection_made
-
-                def connection_made(transport: asyncio.BaseTransport) -> None:
-                    made(transport)
-                    loop.call_later(lifetime, transport.close)
-
-                handler.connection_made = connection_made  # type: ignore[method-assign]
+            if lifetime is not None:  # connected right after this returns; a closed one ignores it
+                loop.call_later(lifetime, handler.force_close)
             return handler
 
         self._server = await loop.create_server(protocol, sock=self._sock)

@@ -204,7 +204,7 @@ class PeerListener:
             response = web.json_response({"accepted": False, "reason": "timeout"}, status=408)
             response.force_close()
             return response
-        headers = {k: v for k, v in request.headers.items() if k.lower() in _SIGNED_HEADERS}
+        headers = {k.lower(): v for k, v in request.headers.items() if k.lower() in _SIGNED_HEADERS}
         key_id = headers.get(peer.HEADER_KEY_ID.lower(), "")
         auth = peer.authenticate(method, path, headers, body, now=self.clock(), keys=self.keys,
                                  window_s=self.window_s)
