@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import itertools
 import json
 import os
 import secrets
@@ -183,19 +184,23 @@ def test_every_refusal_answers_its_status_and_decides_nothing(coordinator: Coord
     assert doc["runs"]["count"] == 0
     requests = doc["peer_listener"]["requests"]
     assert requests["accepted"] == 0
-    assert requests["unknown_key"] == 2 and requests["stale"] == 2 and requests["malformed"] == 2
-    assert requests["not_found"] >= 2 and requests["bad_method"] == 2
+    assert requests["unknown_key"] == 2
+    assert requests["stale"] == 2
+    assert requests["malformed"] == 2
+    assert requests["not_found"] >= 2
+    assert requests["bad_method"] == 2
     assert set(requests) == set(peer.RESULTS)
     assert any(a["kind"] == "peer_key" and "ghost-1" in a["message"] for a in doc["alerts"])
     keys = {k["key_id"]: k for k in doc["peer_listener"]["keys"]}
-    assert keys["ghost-1"]["key_ok"] is False and keys["tethys-1"]["key_ok"] is True
+    assert keys["ghost-1"]["key_ok"] is False
+    assert keys["tethys-1"]["key_ok"] is True
     assert doc["peer_listener"]["last_trigger"]["tethys"]["result"] == "wrong_peer"
     metrics = http.client.HTTPConnection(*doc["listeners"][0]["address"].split(":"), timeout=5)
     metrics.request("GET", "/metrics")
     text = metrics.getresponse().read().decode()
     assert 'hecate_peer_requests_total{result="stale"} 2.0' in text
     assert [line for line in text.splitlines() if "hecate_http_listening{" in line and '"peer"' in line] == [
-        'hecate_http_listening{address="127.0.0.1:%d",listener="peer"} 1.0' % port]
+        f'hecate_http_listening{{address="127.0.0.1:{port}",listener="peer"}} 1.0']
 
 
 def test_an_accepted_trigger_is_recorded_and_its_replay_refused_also_after_a_restart(
@@ -216,7 +221,9 @@ def test_an_accepted_trigger_is_recorded_and_its_replay_refused_also_after_a_res
     assert doc["peer_listener"]["requests"]["accepted"] == 1
     text = status(coordinator.config).stdout
     assert f"trigger listener 127.0.0.1:{coordinator.port} listening; 1 accepted" in text
-    assert "tethys" in text and "replayed" in text and "(peer tethys: low_battery)" in text
+    assert "tethys" in text
+    assert "replayed" in text
+    assert "(peer tethys: low_battery)" in text
 
     output = coordinator.restart()
     assert "trigger accepted" in output
@@ -270,9 +277,10 @@ def test_the_burst_does_not_delay_the_polls(tmp_path: Path) -> None:
     finally:
         lab_ups.stop()
     codes = json.loads(out)
-    assert sum(codes.values()) == 1000 and set(codes) <= {"401", "413"}, codes
+    assert sum(codes.values()) == 1000
+    assert set(codes) <= {"401", "413"}, codes
     during = [t for t in polls if began - interval <= t <= ended + interval]
-    gaps = [b - a for a, b in zip(during, during[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
     print(f"burst: 1000 requests in {ended - began:.2f} s; {len(gaps)} polls meanwhile, "
           f"max gap {max(gaps):.3f} s (interval {interval} s)")
     assert len(gaps) >= 2
@@ -335,13 +343,14 @@ def test_an_accepted_trigger_runs_the_shutdown_on_the_lab_nodes_in_order(tmp_pat
             output = finish(proc)
         [record] = executed(lab)
         assert record["result"] == "success", output
-        assert record["trigger"]["source"] == "peer" and record["trigger"]["peer"] == "tethys"
+        assert (record["trigger"]["source"], record["trigger"]["peer"]) == ("peer", "tethys")
         assert all(nodes.read_state(n.dir)["power"] == "off" for n in lab.nodes)
         stages = [s["name"] for s in record["stages"]]
         assert stages[-1] == "local-poweroff"
         # Servers go off after the agents, as for a UPS's decision (the plan's order, not the peer's).
         off = [i for i, s in enumerate(stages) if "poweroff" in s]
-        assert off == sorted(off) and len(off) >= 2, stages
+        assert off == sorted(off)
+        assert len(off) >= 2, stages
     finally:
         lab.down()
 
