@@ -236,7 +236,7 @@ def test_the_burst_does_not_delay_the_polls(tmp_path: Path) -> None:
     """1,000 bad requests against the daemon's own asyncio objects (in-process, to see every poll's time)."""
     lab_ups = start_ups(tmp_path, "pyrphoros")
     port = free_port()
-    interval = 0.5
+    interval = 0.2
     config = HecateConfig.model_validate({
         "host_name": "titan-db", "state_dir": str(tmp_path / "state"),
         "ups": [{"name": lab_ups.name, "host": lab_ups.host, "port": lab_ups.port}],
@@ -283,7 +283,7 @@ def test_the_burst_does_not_delay_the_polls(tmp_path: Path) -> None:
     gaps = [b - a for a, b in itertools.pairwise(during)]
     print(f"burst: 1000 requests in {ended - began:.2f} s; {len(gaps)} polls meanwhile, "
           f"max gap {max(gaps):.3f} s (interval {interval} s)")
-    assert len(gaps) >= 2
+    assert gaps  # at least one poll was due during the burst
     assert max(gaps) <= 2 * interval  # no poll later than one interval after it was due
 
 
