@@ -109,3 +109,50 @@ def test_any_change_of_body_or_path_breaks_the_signature(extra: bytes, path: str
     if path != peer.PATH:
         assert peer.signature(SECRET, "POST", path, headers[peer.HEADER_TIMESTAMP], NONCE, raw) != \
             headers[peer.HEADER_SIGNATURE]
+
+
+# -- the coordinator's bookkeeping: nonces, log throttle, the decision ---------------------------
+
+def test_nonces_are_remembered_for_the_window_and_bounded() -> None:
+    from hecate.domain.peer import MAX_NONCES, Nonces
+
+    nonces = Nonces(30.0)
+    nonces.remember("a" * 16, 100.0)
+    assert nonces.replayed("a" * 16)
+    nonces.remember("b" * 16, 131.0)  # prunes the first: its timestamp would be stale now
+    assert not nonces.replayed("a" * 16)
+    assert nonces.replayed("b" * 16)
+    loaded = Nonces(30.0, {"c" * 16: 100.0, "d" * 16: 125.0, "bad nonce!": 125.0}, now=131.0)
+    assert set(loaded.seen) == {"d" * 16}
+    for i in range(MAX_NONCES + 10):
+        nonces.remember(f"{i:016d}", 131.0)
+    assert len(nonces.seen) == MAX_NONCES
+
+
+def test_a_refusal_is_logged_once_per_sender_and_reason_per_minute() -> None:
+    from hecate.domain.peer import LogThrottle
+
+    throttle = LogThrottle(every_s=60, max_keys=2)
+    assert throttle.should_log("a", "stale", 0) == (True, 0)
+    assert throttle.should_log("a", "stale", 10) == (False, 0)
+    assert throttle.should_log("a", "unsigned", 10) == (True, 0)
+    assert throttle.should_log("b", "stale", 10) == (False, 0)  # bounded: a third sender is not logged
+    assert throttle.should_log("a", "stale", 61) == (True, 1)
+
+
+def test_an_accepted_trigger_is_a_latched_peer_decision() -> None:
+    from hecate.domain import trigger
+    from hecate.domain.peer import Authenticated, TriggerBody, decision
+
+    body = TriggerBody.model_validate_json(json.dumps({"peer": "tethys", "reason": "runtime", "detail": "Statera 40 s",
+                                       "decided_at": "2026-11-27T03:50:00Z",
+                                       "ups": [{"name": "statera", "status": "OB", "runtime_s": 40}]}))
+    d = decision(body, Authenticated("tethys-1", "tethys", "n" * 16, 0.0), 5.0)
+    assert (d.reason, d.ups, d.runtime_s) == (trigger.Reason.peer, "statera", 40)
+    assert d.peer is not None
+    assert (d.peer.peer, d.peer.key_id, d.peer.reason) == ("tethys", "tethys-1", "runtime")
+    state, fresh = trigger.latch(trigger.State(), d)
+    assert fresh
+    assert state.latched == d
+    other = trigger.Decision("pyrphoros", trigger.Reason.low_battery, 6.0, "LB")
+    assert trigger.latch(trigger.State(latched=other), d) == (trigger.State(latched=other), False)

@@ -146,52 +146,11 @@ class Server:
 
     async def _keep_bound(self, listener: Listener, runner: web.AppRunner,
                           bind: Callable[[], list[socket.socket]]) -> None:
-        delay = self.retry[0]
-        while True:
-            try:
-                socks = await asyncio.get_running_loop().run_in_executor(None, bind)
-            except OSError as err:
-                message = _describe(err)
-                listener.bind_failures += 1
-                if listener.listening or listener.error != message:  # once per change, not once per retry
-                    log.error("cannot listen on %s (%s): %s; retrying in the background (every %g s at most), "
-                              "UPS monitoring goes on", listener.address, listener.kind, message, self.retry[1])
-                    listener.since = datetime.now(UTC)
-                listener.listening, listener.error = False, message
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry[1])
-                continue
-            for sock in socks:
-                await _LimitedSite(runner, sock, self.max_connections).start()
-            if listener.bind_failures:
-                log.warning("now listening on %s (%s), after %d failed binds", listener.address, listener.kind,
-                            listener.bind_failures)
-            else:
-                log.info("serving /metrics, /healthz, /readyz and /v1/status on %s (%s)", listener.address,
-                         listener.kind)
-            listener.listening, listener.error, listener.since = True, None, datetime.now(UTC)
-            return
+        await keep_bound(listener, runner, bind, self.retry, self.max_connections,
+                         "/metrics, /healthz, /readyz and /v1/status")
 
     def _bind_tcp(self) -> list[socket.socket]:
-        """Listening sockets for every address ``metrics.listen`` resolves to (as asyncio's create_server)."""
-        host, port = self.config.bind
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        socks: list[socket.socket] = []
-        try:
-            for family, kind, proto, _, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
-                socks.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(128)
-                sock.setblocking(False)
-        except OSError:
-            for sock in socks:
-                sock.close()
-            raise
-        return socks
+        return bind_tcp(*self.config.bind)
 
     def _bind_unix(self) -> list[socket.socket]:
         sock = bind_unix(self.config.socket)
@@ -208,6 +167,59 @@ class Server:
             if (st.st_dev, st.st_ino) == self._socket_inode:
                 os.unlink(self.config.socket)
         self._socket_inode = None
+
+
+async def keep_bound(listener: Listener, runner: web.AppRunner, bind: Callable[[], list[socket.socket]],
+                     retry: tuple[float, float], max_connections: int, serving: str, *,
+                     max_lifetime_s: float | None = None) -> None:
+    """Bind ``listener`` in the background, retrying a failed bind (``retry``: first and longest wait),
+    logging once per change of state; then serve ``runner`` there (each connection closed after
+    ``max_lifetime_s`` when set)."""
+    delay = retry[0]
+    while True:
+        try:
+            socks = await asyncio.get_running_loop().run_in_executor(None, bind)
+        except OSError as err:
+            message = _describe(err)
+            listener.bind_failures += 1
+            if listener.listening or listener.error != message:  # once per change, not once per retry
+                log.error("cannot listen on %s (%s): %s; retrying in the background (every %g s at most), "
+                          "UPS monitoring goes on", listener.address, listener.kind, message, retry[1])
+                listener.since = datetime.now(UTC)
+            listener.listening, listener.error = False, message
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, retry[1])
+            continue
+        for sock in socks:
+            await _LimitedSite(runner, sock, max_connections, max_lifetime_s).start()
+        if listener.bind_failures:
+            log.warning("now listening on %s (%s), after %d failed binds", listener.address, listener.kind,
+                        listener.bind_failures)
+        else:
+            log.info("serving %s on %s (%s)", serving, listener.address, listener.kind)
+        listener.listening, listener.error, listener.since = True, None, datetime.now(UTC)
+        return
+
+
+def bind_tcp(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to (as asyncio's create_server)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def bind_unix(path: Path) -> socket.socket:
@@ -275,10 +287,12 @@ def _describe(err: OSError) -> str:
 class _LimitedSite(web.BaseSite):
     """An aiohttp site on a socket bound here, serving at most ``limit`` connections at once."""
 
-    def __init__(self, runner: web.AppRunner, sock: socket.socket, limit: int) -> None:
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, limit: int,
+                 max_lifetime_s: float | None = None) -> None:
         super().__init__(runner)
         self._sock = sock
         self._limit = limit
+        self._max_lifetime_s = max_lifetime_s
 
     @property
     def name(self) -> str:
@@ -288,14 +302,18 @@ class _LimitedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        limit = self._limit
+        limit, lifetime = self._limit, self._max_lifetime_s
+        loop = asyncio.get_running_loop()
 
         def protocol() -> asyncio.BaseProtocol:
             if len(server.connections) >= limit:
                 return _Refuse()
-            return server()
+            handler = server()
+            if lifetime is not None:  # connected right after this returns; a closed one ignores it
+                loop.call_later(lifetime, handler.force_close)
+            return handler
 
-        self._server = await asyncio.get_running_loop().create_server(protocol, sock=self._sock)
+        self._server = await loop.create_server(protocol, sock=self._sock)
 
 
 class _Refuse(asyncio.Protocol):

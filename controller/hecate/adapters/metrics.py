@@ -47,6 +47,7 @@ class StatusCollector(Collector):
         yield from _policy_metrics(doc.get("policy"))
         yield from _listener_metrics(doc.get("listeners") or [])
         yield from _bookkeeping_metrics(doc.get("state_writes", []), doc.get("shutdown_task"))
+        yield from _peer_metrics(doc.get("peer_listener"))
 
 
 def _gauge(name: str, doc: str, samples: list[tuple[list[str], float]], labels: tuple[str, ...] = ()) -> Metric:
@@ -133,6 +134,17 @@ def _bookkeeping_metrics(failures: list[dict[str, Any]], task: dict[str, Any] | 
                                        "Shutdown runs started again from the plan after they crashed.")
         restarts.add_metric([], task["restarts"])
         yield restarts
+
+
+def _peer_metrics(listener: dict[str, Any] | None) -> Iterator[Metric]:
+    if not listener:
+        return
+    requests = CounterMetricFamily("hecate_peer_requests",
+                                   "Requests to the trigger listener (peer.listen) by result: accepted, or why "
+                                   "they were refused.", labels=["result"])
+    for result, count in sorted(listener["requests"].items()):
+        requests.add_metric([result], count)
+    yield requests
 
 
 def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:

@@ -70,7 +70,12 @@ def status_text(doc: dict[str, Any]) -> str:
     lines.append(policy_line(doc.get("policy")))
     decision = trig["decision"]
     if decision:
-        lines.append(f"Trigger:   SHUTDOWN decided — UPS {decision['ups']}, {decision['reason']}: {decision['detail']}")
+        if decision.get("peer"):
+            lines.append(f"Trigger:   SHUTDOWN decided — peer {decision['peer']['name']} (UPS {decision['ups']}), "
+                         f"{decision['peer']['reason']}: {decision['peer']['detail'] or '-'}")
+        else:
+            lines.append(f"Trigger:   SHUTDOWN decided — UPS {decision['ups']}, {decision['reason']}: "
+                         f"{decision['detail']}")
     else:
         lines.append(f"Trigger:   armed (debounce {trig['debounce_polls']} polls, deadtime {trig['deadtime_s']:g} s)")
     listening = [f"{lst['address']} ({lst['kind']})" for lst in doc.get("listeners", []) if lst["listening"]]
@@ -81,6 +86,7 @@ def status_text(doc: dict[str, Any]) -> str:
         lines.append("Hosts:     " + ", ".join(
             f"{h['name']} (order {h['poweroff_order']}, {h['stop_commands']} stop commands"
             + ("" if h["poweroff"] else ", no power-off") + ")" for h in hosts) + ": after the nodes")
+    lines += _peer_lines(doc.get("peer_listener"))
     for alert in doc["alerts"]:
         lines.append(f"Alert:     {alert['ups'] + ': ' if alert['ups'] else ''}{alert['message']}")
     for failure in doc.get("state_writes", []):
@@ -93,7 +99,26 @@ def status_text(doc: dict[str, Any]) -> str:
     lines += ["", f"Last runs ({doc['runs']['count']} recorded):" if runs else "Last runs: none recorded"]
     for r in runs:
         what = "dry-run " if r["dry_run"] else ""
-        trigger = (r["trigger"].get("ups") and f" ({r['trigger'].get('ups')}: {r['trigger'].get('reason')})") or ""
+        if r["trigger"].get("source") == "peer":
+            trigger = f" (peer {r['trigger'].get('peer')}: {r['trigger'].get('reason')})"
+        else:
+            trigger = (r["trigger"].get("ups") and f" ({r['trigger'].get('ups')}: {r['trigger'].get('reason')})") or ""
         lines.append(f"  {r['started_at'][:19]}  {what}{r['kind']:<9} {r['result'] or 'in flight':<9} "
                      f"{_num(r['duration_s'], ' s', '{:.1f}')}{trigger}")
     return "\n".join(text.clean(line, LINE_CHARS) for line in lines)
+
+
+def _peer_lines(listener: dict[str, Any] | None) -> list[str]:
+    """The trigger listener for peer hosts and, per trusted key, the last trigger its peer sent."""
+    if not listener:
+        return []
+    state = "listening" if listener["listening"] else f"NOT listening ({listener['error'] or 'not bound yet'})"
+    refused = sum(n for r, n in listener["requests"].items() if r != "accepted")
+    lines = [f"Peers:     trigger listener {listener['listen']} {state}; {listener['requests'].get('accepted', 0)} "
+             f"accepted, {refused} refused"]
+    for key in listener["keys"]:
+        last = listener["last_trigger"].get(key["name"])
+        seen = f"last trigger {last['at'][:19]} {last['result']} (key {last['key_id']})" if last else "no trigger yet"
+        usable = "" if key["key_ok"] else " KEY REFUSED"
+        lines.append(f"  {key['name']:<14} key {key['key_id']}{usable}: {seen}")
+    return lines

@@ -13,8 +13,11 @@ while the monitor keeps polling (it tells the run when mains is back); otherwise
 decision is recorded as a dry-run. A shutdown a killed daemon left in the journal is
 resumed at start. With ``flux.bootstrap_objects`` set, the daemon keeps the bootstrap
 cache (what startup applies to break the Flux/Gitea deadlock) fresh while Flux is Ready.
-SIGTERM/SIGINT only set a flag: the loop stops after its poll, but a
-shutdown in progress is never cut short -- the daemon waits for it to finish.
+With ``peer.listen`` set, a separate listener takes signed triggers from trusted peer hosts
+(:mod:`hecate.adapters.peer_listener`): an accepted one is latched and acted on at once like a UPS's
+decision (executed or recorded as a dry-run), without waiting for a poll; the local UPSes being
+on mains never aborts the shutdown a peer triggered. SIGTERM/SIGINT only set a flag: the loop
+stops after its poll, but a shutdown in progress is never cut short -- the daemon waits for it to finish.
 
 Bookkeeping never stops the shutdown: the run shares the daemon's state store, whose
 failed writes (journal, run record, lock on a full or read-only disk) are counted and shown
@@ -44,7 +47,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hecate.adapters import http, nut, systemd
+from hecate.adapters import http, nut, peer_listener, systemd
 from hecate.adapters.store import RunInProgress, StateStore
 from hecate.domain import trigger
 from hecate.domain.budget import Budget
@@ -78,6 +81,8 @@ class Daemon:
         self.shutdown_task: asyncio.Task[None] | None = None
         self.http: http.Server | None = None
         """The HTTP server, once started: where it listens is part of the status."""
+        self.peers: peer_listener.PeerListener | None = None
+        """The trigger listener for peer hosts, when ``peer.listen`` is set."""
         self.shutdown_restarts = 0
         """Shutdown runs started again after a crash, since the daemon started (status, metrics)."""
         self.dry_run = monitor_mod.dry_run_recorder(self.store)
@@ -104,6 +109,8 @@ class Daemon:
         shutdown plans with it. A shutdown already running keeps its plan. The UPS list
         and ``shutdown.execute`` never change this way (a policy cannot set them).
         """
+        if self.peers is not None:
+            self.peers.load_keys(config)  # a rotated secret takes effect with the next configuration applied
         if config == self.config:
             return
         if self.shutting_down():
@@ -126,7 +133,12 @@ class Daemon:
 
     def status_document(self) -> dict[str, Any]:
         listeners = [lst.as_dict() for lst in self.http.listeners] if self.http else None
+        if self.peers is not None:
+            listeners = [*(listeners or []), self.peers.listener.as_dict()]
         doc = status.document(self.monitor, "daemon", self.policy.view, listeners)
+        if self.peers is not None:
+            doc["peer_listener"] = self.peers.status()
+            doc["alerts"] += self.peers.alerts()
         doc["shutdown_task"] = {"running": self.shutting_down(), "restarts": self.shutdown_restarts}
         return doc
 
@@ -146,6 +158,16 @@ class Daemon:
             return
         self.start_shutdown(monitor_mod.trigger_info(decision, budget))
 
+    async def on_peer_trigger(self, decision: trigger.Decision) -> tuple[int, dict[str, Any]]:
+        """An accepted peer trigger: latched and acted on now (202), or joined to the shutdown already
+        decided (200)."""
+        already = (200, {"accepted": True, "already": "shutting down"})
+        if self.shutting_down() or self.monitor.view.state.latched is not None:
+            return already
+        if not await self.monitor.decide_external(decision):
+            return already
+        return 202, {"accepted": True, "run": "shutdown" if self.config.shutdown.execute else "dry-run"}
+
     def start_shutdown(self, trigger_info: dict[str, Any]) -> None:
         self.shutdown_task = asyncio.create_task(self._shutdown(trigger_info), name="shutdown")
         if self.operator is not None:
@@ -156,11 +178,13 @@ class Daemon:
         while not self.monitor.ready:
             await asyncio.sleep(0.05)
         crashes = 0
+        # The local UPSes being on mains says nothing about the peer's: its shutdown is never aborted for it.
+        restored = None if trigger_info.get("source") == "peer" else self.monitor.power_restored
         try:
             while True:
                 try:
                     record = await shutdown.run(self.config, trigger_info, JsonLines(),
-                                                power_restored=self.monitor.power_restored, store=self.store,
+                                                power_restored=restored, store=self.store,
                                                 armed=True)
                     break
                 except RunInProgress as err:  # e.g. a startup or a manual run: the shutdown waits its turn
@@ -194,6 +218,9 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
         log.warning("shutdown.execute is false: shutdown decisions are recorded as dry-runs only")
     server = daemon.http = http.Server(daemon.status_document, lambda: daemon.monitor.ready, config.metrics)
     await server.start()  # binds in the background: returns at once, even when the port is taken
+    if config.peer.listen:
+        daemon.peers = peer_listener.PeerListener(daemon.config, daemon.store, daemon.on_peer_trigger)
+        await daemon.peers.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # The monitor and watchdog stop on `halt`, which follows `stop` only once no shutdown is running:
@@ -241,6 +268,8 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
         if daemon.operator is not None:  # last: it reports the shutdown until it is over
             await daemon.operator.stop()
         daemon.loop = None
+        if daemon.peers is not None:
+            await daemon.peers.stop()
         await server.stop()
 
 

@@ -22,6 +22,9 @@ from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from hecate.domain import timestamps
+from hecate.domain.trigger import Decision, PeerTrigger, Reason
+
 METHOD = "POST"
 PATH = "/v1/trigger"
 MAX_BODY_BYTES = 4096
@@ -59,6 +62,17 @@ _STATUS = {
     Refusal.unknown_key: 401, Refusal.stale: 401, Refusal.bad_signature: 401, Refusal.replayed: 409,
     Refusal.malformed: 400, Refusal.wrong_peer: 401,
 }
+
+
+ACCEPTED = "accepted"
+RESULTS = (ACCEPTED, *(r.value for r in Refusal))
+"""Every value of ``hecate_peer_requests_total{result}``: bounded, never anything a sender chooses."""
+MAX_NONCES = 4096
+"""Nonces remembered at most (only authenticated requests add one); beyond, the oldest are forgotten."""
+LOG_EVERY_S = 60.0
+"""A refusal is logged once per sender and reason in this time."""
+MAX_LOG_KEYS = 256
+"""Senders and reasons whose last log line is remembered; beyond, refusals of new ones are not logged."""
 
 
 class _Strict(BaseModel):
@@ -178,3 +192,69 @@ def parse_body(body: bytes, auth: Authenticated) -> TriggerBody | Refusal:
 
 def encode_body(body: TriggerBody) -> bytes:
     return body.model_dump_json().encode()
+
+
+def decision(body: TriggerBody, auth: Authenticated, now: float) -> Decision:
+    """The shutdown decision an accepted trigger is (``now``: the monitor's clock)."""
+    readings = tuple(r.model_dump() for r in body.ups)
+    names = ", ".join(r.name for r in body.ups) or "-"
+    detail = f"peer {body.peer}: {body.reason}" + (f": {body.detail}" if body.detail else "")
+    runtime = min((r.runtime_s for r in body.ups if r.runtime_s is not None), default=None)
+    return Decision(names, Reason.peer, now, detail, runtime_s=runtime, peer=PeerTrigger(
+        peer=body.peer, key_id=auth.key_id, reason=body.reason, detail=body.detail,
+        decided_at=timestamps.rfc3339(body.decided_at, fraction=True), ups=readings))
+
+
+class Nonces:
+    """The nonces of accepted requests, each remembered for the replay window (wall-clock seconds)."""
+
+    def __init__(self, window_s: float, seen: Mapping[str, float] | None = None, *, now: float = 0.0) -> None:
+        self.window_s = window_s
+        self.seen: dict[str, float] = {}
+        for nonce, at in sorted((seen or {}).items(), key=lambda kv: kv[1]):
+            if re.fullmatch(NONCE_PATTERN, nonce) and now - at <= window_s:
+                self.seen[nonce] = at
+        self._bound()
+
+    def replayed(self, nonce: str) -> bool:
+        return nonce in self.seen
+
+    def remember(self, nonce: str, now: float) -> None:
+        self.prune(now)
+        self.seen[nonce] = now
+        self._bound()
+
+    def prune(self, now: float) -> None:
+        """Forget the nonces older than the window: their timestamps are refused as stale anyway."""
+        for nonce in [n for n, at in self.seen.items() if now - at > self.window_s]:
+            del self.seen[nonce]
+
+    def _bound(self) -> None:
+        while len(self.seen) > MAX_NONCES:
+            del self.seen[next(iter(self.seen))]
+
+
+class LogThrottle:
+    """Whether to log a refusal: once per (sender, reason) per :data:`LOG_EVERY_S`; bounded memory."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S, max_keys: int = MAX_LOG_KEYS) -> None:
+        self.every_s = every_s
+        self.max_keys = max_keys
+        self.last: dict[tuple[str, str], float] = {}
+        self.suppressed: dict[tuple[str, str], int] = {}
+
+    def should_log(self, who: str, reason: str, now: float) -> tuple[bool, int]:
+        """(log it?, how many of the same were not logged since the last line)."""
+        key = (who, reason)
+        at = self.last.get(key)
+        if at is not None and now - at < self.every_s:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return False, 0
+        if at is None and len(self.last) >= self.max_keys:
+            for old in [k for k, t in self.last.items() if now - t >= self.every_s]:
+                del self.last[old]
+                self.suppressed.pop(old, None)
+            if len(self.last) >= self.max_keys:
+                return False, 0
+        self.last[key] = now
+        return True, self.suppressed.pop(key, 0)

@@ -75,7 +75,9 @@ class RunRecord(BaseModel):
     """shutdown, startup or drill."""
     trigger: dict[str, Any] = Field(default_factory=dict)
     """What started the run: `source` (`ups`, `manual`, `resume`, `peer`, `boot`); for `ups` also `ups`, `reason`,
-    `detail`, `runtime_s`, `threshold_s`, `budget_s`, `budget_source`, `decided_at`."""
+    `detail`, `runtime_s`, `threshold_s`, `budget_s`, `budget_source`, `decided_at`; for `peer` (a trusted peer
+    host's signed trigger, docs/peers.md) `peer`, `key_id`, the peer's own `reason` and `detail`, `ups` (its
+    readings: `name`, `status`, `runtime_s`, `charge_pct`, `load_pct`), `peer_decided_at` and `decided_at`."""
     dry_run: bool
     """True when nothing was touched (plan only)."""
     started_at: datetime

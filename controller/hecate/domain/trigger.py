@@ -19,6 +19,8 @@ machine, modelled on NUT's upsmon and hardened against its users' worst complain
   NUT #2454 shut down at once). Lost contact while last seen on mains -- or never seen --
   is an alert, never a shutdown.
 * Only UPSes that protect the cluster can trigger; the others only raise alerts.
+* A signed trigger from a peer host (:mod:`hecate.domain.peer`) is a decision too, reason
+  ``peer``: :func:`latch` puts it in the same latch, so it starts the same shutdown.
 * Once a shutdown is decided it is **latched** (like NUT's FSD): later polls return the
   same decision until the caller ``reset``s the state when the run ends.
 
@@ -52,6 +54,7 @@ class Reason(StrEnum):
     low_battery = "low_battery"
     fsd = "fsd"
     deadtime = "deadtime"
+    peer = "peer"  # a trusted peer host's signed trigger (its own UPS ran out)
 
 
 class AlertKind(StrEnum):
@@ -87,6 +90,21 @@ class UpsState:
 
 
 @dataclass(frozen=True)
+class PeerTrigger:
+    """What a peer host said when it decided (its signed, schema-checked trigger)."""
+
+    peer: str
+    key_id: str
+    reason: str
+    """The peer's own reason (``runtime``, ``low_battery``, ...)."""
+    detail: str
+    decided_at: str
+    """When the peer decided, RFC 3339, as it sent it."""
+    ups: tuple[Mapping[str, object], ...] = ()
+    """The peer's UPS readings (name, status, runtime_s, charge_pct, load_pct)."""
+
+
+@dataclass(frozen=True)
 class Decision:
     """A shutdown decision: which UPS, why, with the readings that led to it."""
 
@@ -96,6 +114,8 @@ class Decision:
     detail: str
     runtime_s: float | None = None
     threshold_s: float | None = None
+    peer: PeerTrigger | None = None
+    """Set for ``Reason.peer``: who triggered and on what readings (``ups`` then names its UPSes)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,14 @@ def reset(state: State) -> State:
         ups={name: replace(s, below_polls=0, phase=_settled(s.phase)) for name, s in state.ups.items()},
         latched=None,
     )
+
+
+def latch(state: State, decision: Decision) -> tuple[State, bool]:
+    """Latch a decision made outside the polls (a peer's trigger); True when it is fresh, False when a
+    shutdown was already latched (that one stands)."""
+    if state.latched is not None:
+        return state, False
+    return State(state.ups, decision), True
 
 
 def decide(previous: State, snapshots: Iterable[Snapshot], thresholds: Thresholds, now: float) -> tuple[State, Outcome]:

@@ -76,6 +76,7 @@ class Monitor:
         self.clock = clock
         self.unlatch_on_mains = unlatch_on_mains
         self._pending: trigger.Decision | None = None  # decided, but the handler has not succeeded yet
+        self._acting = asyncio.Lock()  # a poll and a peer's trigger never hand the same decision over twice
         self._runs_mtime: float | None = None
         self.busy: Callable[[], bool] = lambda: False
         """Whether a run started by a decision is still in progress (the latch holds until it ends)."""
@@ -184,8 +185,20 @@ class Monitor:
                          outcome.shutdown.reason.value, outcome.shutdown.detail)
             self._pending = outcome.shutdown
         if self._pending is not None:
-            # Retried on every poll until the handler succeeds: nothing may drop a shutdown decision
-            # (the handlers themselves never fail on a full or read-only state disk).
+            await self.act()
+        elif (self.unlatch_on_mains and state.latched is not None and not self.busy()
+              and self.power_restored()):
+            log.info("every protecting UPS is back on mains and no run is in progress: the decision is cleared")
+            self.clear_latch()
+        return outcome
+
+    async def act(self) -> None:
+        """Hand the pending decision to the shutdown handler. Retried on every poll until the handler
+        succeeds: nothing may drop a shutdown decision (the handlers themselves never fail on a full or
+        read-only state disk)."""
+        async with self._acting:
+            if self._pending is None:
+                return
             try:
                 await self.on_shutdown(self._pending, self.budget)
                 self._pending = None
@@ -193,11 +206,18 @@ class Monitor:
                 log.exception("acting on the shutdown decision failed; retrying at the next poll")
             finally:
                 self.refresh_budget()
-        elif (self.unlatch_on_mains and state.latched is not None and not self.busy()
-              and self.power_restored()):
-            log.info("every protecting UPS is back on mains and no run is in progress: the decision is cleared")
-            self.clear_latch()
-        return outcome
+
+    async def decide_external(self, decision: trigger.Decision) -> bool:
+        """Latch a decision made outside the polls (a peer's trigger) and act on it now, without
+        waiting for a poll. False (nothing done) when a shutdown is already latched."""
+        state, fresh = trigger.latch(self.view.state, decision)
+        if not fresh:
+            return False
+        self.view.state = state
+        log.critical("shutdown decided: %s", decision.detail)
+        self._pending = decision
+        await self.act()
+        return True
 
     def power_restored(self) -> bool:
         """Every UPS that protects the cluster was on mains, without FSD, at the last poll."""
@@ -239,6 +259,11 @@ class Monitor:
 
 def trigger_info(decision: trigger.Decision, budget: budget_mod.Budget) -> dict[str, object]:
     """What a run record says about the decision that started it."""
+    if decision.peer is not None:
+        p = decision.peer
+        return {"source": "peer", "peer": p.peer, "key_id": p.key_id, "reason": p.reason, "detail": p.detail,
+                "ups": [dict(r) for r in p.ups], "peer_decided_at": p.decided_at,
+                "decided_at": timestamps.rfc3339(wall_time(decision.at), fraction=True)}
     return {
         "source": "ups", "ups": decision.ups, "reason": decision.reason.value, "detail": decision.detail,
         "runtime_s": decision.runtime_s, "threshold_s": decision.threshold_s, "budget_s": budget.seconds,

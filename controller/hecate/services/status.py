@@ -28,8 +28,12 @@ def _iso(monotonic_ts: float | None) -> str | None:
 def _decision(d: Decision | None) -> dict[str, Any] | None:
     if d is None:
         return None
-    return {"ups": d.ups, "reason": d.reason.value, "detail": d.detail, "at": _iso(d.at),
-            "runtime_s": d.runtime_s, "threshold_s": d.threshold_s}
+    doc: dict[str, Any] = {"ups": d.ups, "reason": d.reason.value, "detail": d.detail, "at": _iso(d.at),
+                           "runtime_s": d.runtime_s, "threshold_s": d.threshold_s}
+    if d.peer is not None:  # a peer host's trigger: who, why, and its readings
+        doc["peer"] = {"name": d.peer.peer, "key_id": d.peer.key_id, "reason": d.peer.reason,
+                       "detail": d.peer.detail, "decided_at": d.peer.decided_at, "ups": [dict(r) for r in d.peer.ups]}
+    return doc
 
 
 def _budget(b: Budget, config: HecateConfig) -> dict[str, Any]:
