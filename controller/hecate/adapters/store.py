@@ -28,6 +28,7 @@ Layout (default ``/var/lib/hecate``)::
     policy-cache.yaml    last PowerPolicy that validated, for when the API is gone
     journal/<run>.jsonl  one line per event of an in-flight run (``hecate.domain.journal``)
     lock                 fcntl lock: one startup/shutdown at a time
+    peer-forward.json    on a peer: its last forwarded trigger (``hecate.domain.forward.ForwardRecord``)
 """
 
 from __future__ import annotations
@@ -69,13 +70,15 @@ JOURNAL = "journal"
 RUNS = "runs"
 POLICY_CACHE = "policy-cache"
 SNAPSHOT = "snapshot"
-WRITE_KINDS = (LOCK, JOURNAL, RUNS, POLICY_CACHE, SNAPSHOT)
+PEER_FORWARD = "peer-forward"
+WRITE_KINDS = (LOCK, JOURNAL, RUNS, POLICY_CACHE, SNAPSHOT, PEER_FORWARD)
 CONSEQUENCES = {
     LOCK: "the run goes on (the daemon's armed shutdown without the cross-process lock if it cannot be taken)",
     JOURNAL: "the run goes on in memory; if Hecate dies now the run restarts from the plan",
     RUNS: "the run record is kept in memory only (not in the history, the budget does not learn from it)",
     POLICY_CACHE: "the policy is in force but not cached for when the API is gone",
     SNAPSHOT: "the last bootstrap snapshot written is kept",
+    PEER_FORWARD: "the peer's last forward is shown from memory only (status after a restart does not know it)",
 }
 
 

@@ -74,7 +74,9 @@ class RunRecord(BaseModel):
     kind: RunKind
     """shutdown, startup or drill."""
     trigger: dict[str, Any] = Field(default_factory=dict)
-    """What started the run: `source` (`ups`, `manual`, `resume`, `peer`, `boot`); for `ups` also `ups`, `reason`,
+    """What started the run: `source` (`ups`, `manual`, `resume`, `peer`, `boot`, `peer-fallback`: a peer
+    shutting itself down because its trigger could not be forwarded, with `forward`: how the forward
+    ended); for `ups` also `ups`, `reason`,
     `detail`, `runtime_s`, `threshold_s`, `budget_s`, `budget_source`, `decided_at`."""
     dry_run: bool
     """True when nothing was touched (plan only)."""
@@ -102,6 +104,9 @@ class RunRecord(BaseModel):
 
 RunHistory = TypeAdapter(list[RunRecord])
 
+PEER_FALLBACK = "peer-fallback"
+"""The trigger source of a peer's local shutdown after its trigger could not be forwarded."""
+
 
 def counts_for_budget(run: RunRecord) -> bool:
     """Only executed, complete shutdowns measure the real shutdown budget.
@@ -117,4 +122,5 @@ def counts_for_budget(run: RunRecord) -> bool:
         and run.duration_s is not None
         and not run.trigger.get("resumed")  # its duration includes the time the process was down
         and not run.trigger.get("restarted")  # a crashed attempt did part of its work
+        and run.trigger.get("source") != PEER_FALLBACK  # a peer's own power-off says nothing of the cluster's
     )
