@@ -173,7 +173,8 @@ def test_role_peer_needs_its_coordinator_and_key_and_no_cluster(tmp_path: Path) 
     operator = write(tmp_path, PEER + "policy:\n  name: titan\n")
     assert "policy.name = 'titan': not on a peer" in load_error(operator)
     # Keys of the cluster's a peer does not use, at their defaults or set, are ignored: one file shape for both.
-    assert config.load(write(tmp_path, PEER + "flux:\n  namespace: flux\nstartup:\n  wake: wol\n"), {}).role is Role.peer
+    shared = write(tmp_path, PEER + "flux:\n  namespace: flux\nstartup:\n  wake: wol\n")
+    assert config.load(shared, {}).role is Role.peer
 
 
 NODES = "cluster:\n  nodes:\n    - {name: n0, address: 10.0.0.1, role: server}\n" \
