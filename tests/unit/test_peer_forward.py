@@ -30,12 +30,12 @@ def test_backoff_doubles_from_half_a_second_to_five() -> None:
     assert [forward.backoff(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
 
 
-def test_schedule_stays_within_the_forwarding_time() -> None:
-    # Attempts that each fail at once: 0, 0.5, 1.5, 3.5, 7.5, 12.5, ... all before the window ends.
-    assert forward.schedule(10.0, attempt_s=0.0) == [0.0, 0.5, 1.5, 3.5, 7.5]
-    starts = forward.schedule(60.0)
-    assert starts[-1] < 60.0
-    assert len(starts) == 10  # timeouts of 3 s each: a dead coordinator costs ten attempts a minute
+def test_schedule_uses_the_whole_forwarding_time_and_no_more() -> None:
+    # Attempts that each fail at once: the backoff, and one last attempt just before the end.
+    assert forward.schedule(10.0, attempt_s=0.0) == [0.0, 0.5, 1.5, 3.5, 7.5, 9.75]
+    assert forward.next_wait(5, 0.25) is None
+    # Attempts that each time out after 3 s: ten a minute, the last with half a second left.
+    assert forward.schedule(60.0) == [0.0, 3.5, 7.5, 12.5, 19.5, 27.5, 35.5, 43.5, 51.5, 59.5]
 
 
 @pytest.mark.parametrize(("status", "answer"), [
@@ -173,7 +173,7 @@ async def test_no_coordinator_fails_within_the_forwarding_time(tmp_path: Path, c
     loop = asyncio.get_running_loop()
     begun = loop.time()
     record = await forwarder.forward(settings(tmp_path, 1, forward_for_s=2.0), BODY, started(port))
-    assert loop.time() - begun < 2.5
+    assert 2.0 - forward.MIN_ATTEMPT_S <= loop.time() - begun < 2.5
     assert record.result is ForwardResult.failed
     assert record.attempts == len(forward.schedule(2.0, attempt_s=0.0))  # refused connections fail at once
     assert record.status is None

@@ -30,6 +30,8 @@ BACKOFF_MAX_S = 5.0
 """... up to this, then stays there."""
 ATTEMPT_TIMEOUT_S = 3.0
 """Longest one attempt (connect, send, answer) may take: a coordinator on the LAN answers in milliseconds."""
+MIN_ATTEMPT_S = 0.25
+"""The last attempt starts at least this long before ``peer.forward_for_s`` runs out: the whole time is used."""
 ANSWER_CHARS = 200
 """How much of the coordinator's answer is kept (status, log)."""
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
@@ -71,14 +73,24 @@ def backoff(attempt: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** max(0, attempt - 1))
 
 
+def next_wait(attempt: int, left_s: float) -> float | None:
+    """How long to wait after failed attempt number ``attempt`` with ``left_s`` of the forwarding time left;
+    None: out of time. The backoff, cut short so that one last attempt still starts before the end."""
+    if left_s <= MIN_ATTEMPT_S:
+        return None
+    return min(backoff(attempt), left_s - MIN_ATTEMPT_S)
+
+
 def schedule(window_s: float, attempt_s: float = ATTEMPT_TIMEOUT_S) -> list[float]:
-    """When attempts start (seconds after the first) if every attempt failed after ``attempt_s``: each
-    starts after the previous one's end plus its backoff, and none after ``window_s``."""
+    """When attempts start (seconds after the first) if every attempt fails after ``attempt_s`` (an attempt's
+    timeout never runs past the window)."""
     starts, at = [0.0], 0.0
     while True:
-        at += attempt_s + backoff(len(starts))
-        if at >= window_s:
+        end = at + min(attempt_s, window_s - at)
+        wait = next_wait(len(starts), window_s - end)
+        if wait is None:
             return starts
+        at = end + wait
         starts.append(at)
 
 

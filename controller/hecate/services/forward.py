@@ -80,7 +80,7 @@ class Forwarder:
         attempt = 0
         while True:
             attempt += 1
-            timeout = max(0.1, min(forward.ATTEMPT_TIMEOUT_S, deadline - self.clock()))
+            timeout = max(forward.MIN_ATTEMPT_S, min(forward.ATTEMPT_TIMEOUT_S, deadline - self.clock()))
             try:
                 reply = await self.post(settings.coordinator_url, secret, settings.key_id, data, timeout)
             except peer_client.NoAnswer as err:
@@ -93,11 +93,10 @@ class Forwarder:
                 return self._update(result=ForwardResult.accepted)
             if answer is Answer.refused:
                 return self._update(result=ForwardResult.refused)
-            wait = forward.backoff(attempt)
-            left = deadline - self.clock()
+            wait = forward.next_wait(attempt, deadline - self.clock())
             log.warning("forwarding the trigger, attempt %d: %s; %s", attempt,
                         f"HTTP {status}" if status is not None else self.last.error if self.last else "",
-                        f"again in {wait:g} s" if left > wait else "out of time")
-            if left <= wait:
+                        "out of time" if wait is None else f"again in {wait:.3g} s")
+            if wait is None:
                 return self._update(result=ForwardResult.failed)
             await asyncio.sleep(wait)
