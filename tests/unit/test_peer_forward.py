@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from click.testing import CliRunner
 
+from hecate.adapters import config as config_adapter
 from hecate.adapters import peer_client
+from hecate.cli import cli
 from hecate.adapters.store import StateStore
 from hecate.domain import forward, peer
 from hecate.domain.config import HecateConfig, Peer, Role
@@ -196,3 +199,55 @@ def test_a_corrupt_forward_file_is_moved_aside(tmp_path: Path) -> None:
     assert peer_client.load_forward(store) is None
     assert [p.name.split(".corrupt-")[0] for p in store.dir.iterdir() if "corrupt" in p.name] == [
         peer_client.FORWARD_FILE]
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def peer_examples() -> list[str]:
+    """The peer configurations the docs show: docs/peers.md's and the one commented in the example file."""
+    page = (REPO / "docs" / "peers.md").read_text()
+    block = page.split("```yaml\n", 1)[1].split("```", 1)[0]
+    example = (REPO / "host" / "hecate.example.yaml").read_text().split("# role: peer", 1)[1]
+    commented = "role: peer" + "".join(
+        line.removeprefix("# ") + "\n" for line in example.split("\n#\n", 1)[0].splitlines())
+    return [block, commented]
+
+
+@pytest.mark.parametrize("text", peer_examples(), ids=["docs-peers", "example-file"])
+def test_the_documented_peer_configurations_load(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "hecate.yaml"
+    path.write_text(text)
+    cfg = config_adapter.load(path, {})
+    assert (cfg.role, cfg.host_name, cfg.peer.key_id) == (Role.peer, "tethys", "tethys-1")
+
+
+def peer_config(tmp_path: Path, secret: bytes = SECRET) -> Path:
+    (tmp_path / "peer.secret").write_bytes(secret)
+    (tmp_path / "peer.secret").chmod(0o600)
+    path = tmp_path / "hecate.yaml"
+    path.write_text(f"role: peer\nhost_name: tethys\nstate_dir: {tmp_path / 'state'}\n"
+                    "shutdown:\n  local_poweroff_command: [sh, -c, 'date >> MARKER']\n"
+                    f"peer:\n  coordinator_url: http://127.0.0.1:1\n  key_id: k1\n"
+                    f"  secret_file: {tmp_path / 'peer.secret'}\n")
+    return path
+
+
+def test_the_command_line_on_a_peer(tmp_path: Path) -> None:
+    path = peer_config(tmp_path)
+    validated = CliRunner().invoke(cli, ["config", "validate", "--config", str(path)])
+    assert validated.exit_code == 0, validated.output
+    assert "OK (role peer, forwards to http://127.0.0.1:1 as tethys with key k1" in validated.output
+    planned = CliRunner().invoke(cli, ["shutdown", "--config", str(path)])
+    assert planned.exit_code == 0, planned.output
+    assert "only this host's own steps" in planned.output
+    assert "local-poweroff" in planned.output
+    assert "drain" not in planned.output
+    assert "flux" not in planned.output
+    refused = CliRunner().invoke(cli, ["startup", "--config", str(path)])
+    assert refused.exit_code == 2
+    assert "role peer: a peer starts no cluster" in refused.output
+    empty = CliRunner().invoke(cli, ["config", "validate", "--config", str(peer_config(tmp_path, b"\n"))])
+    assert empty.exit_code == 2
+    assert "peer.secret_file" in empty.output
+    assert "empty: it must hold the shared secret" in empty.output
