@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from hecate.adapters import config as config_adapter
 from hecate.adapters import peer_client
-from hecate.cli import cli
 from hecate.adapters.store import StateStore
+from hecate.cli import cli
 from hecate.domain import forward, peer
 from hecate.domain.config import HecateConfig, Peer, Role
 from hecate.domain.forward import Answer, ForwardRecord, ForwardResult
