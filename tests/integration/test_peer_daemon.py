@@ -192,6 +192,9 @@ def test_a_peer_forwards_a_signed_trigger_and_is_accepted(tmp_path: Path, ups: L
         metrics = get(port, "/metrics")[1].decode()
         assert 'hecate_peer_forwards_total{result="accepted"} 1.0' in metrics
         assert 'hecate_peer_last_forward{result="accepted"} 1.0' in metrics
+        promtool = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True,
+                                  timeout=30, check=False)
+        assert promtool.returncode == 0, promtool.stdout + promtool.stderr
     finally:
         output = stop(proc)
     assert not (tmp_path / "MARKER").exists(), output
