@@ -194,7 +194,12 @@ class Daemon:
             body, started = None, started.model_copy(update={"error": str(err)})
         log.warning("forwarding the shutdown decision to the coordinator %s for at most %g s",
                     settings.coordinator_url, settings.forward_for_s)
-        record = await self.forwarder.forward(settings, body, started)
+        try:
+            record = await self.forwarder.forward(settings, body, started)
+        except Exception as err:  # whatever went wrong, the decision stands: the fallback must still follow
+            log.exception("forwarding the trigger crashed; counting it as failed")
+            record = started.model_copy(update={"result": forward.ForwardResult.failed, "error": f"crashed: {err}",
+                                                "finished_at": datetime.now(UTC)})
         if record.result is forward.ForwardResult.accepted:
             return
         fallback, run_id = await self._fallback(decision, budget, record)
