@@ -151,11 +151,30 @@ def test_a_repeated_name_is_reported_at_the_repeated_field(tmp_path: Path) -> No
     ]
 
 
-def test_role_peer_is_refused_until_peer_forwarding_exists(tmp_path: Path) -> None:
-    peer = write(tmp_path, "role: peer\npeer:\n  coordinator_url: http://titan-db:9560\n")
-    assert load_error(peer).startswith(f"{peer}: role = 'peer': peer forwarding is not built yet: "
-                                       "a peer would act as a second coordinator; use role: coordinator")
+PEER = ("role: peer\nhost_name: tethys\npeer:\n  coordinator_url: http://titan-db:9561\n  key_id: tethys-1\n"
+        "  secret_file: /etc/hecate/peer.secret\n")
+
+
+def test_role_peer_needs_its_coordinator_and_key_and_no_cluster(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, PEER), {})
+    assert cfg.role is Role.peer
+    assert cfg.peer.coordinator_url == "http://titan-db:9561"
+    bare = write(tmp_path, "role: peer\npeer:\n  coordinator_url: http://titan-db:9561\n")
+    assert load_error(bare) == (
+        f"{bare}: role = 'peer': a peer forwards its shutdown decision to the coordinator and needs "
+        "peer.coordinator_url, peer.key_id, peer.secret_file; missing: peer.key_id, peer.secret_file")
     assert load_error(write(tmp_path, ""), {"HECATE_ROLE": "peer"}).startswith("environment HECATE_ROLE: role = 'peer'")
+    nodes = write(tmp_path, PEER + "cluster:\n  nodes:\n    - {name: n0, address: 10.0.0.1, role: server}\n")
+    assert load_error(nodes) == (f"{nodes}: cluster.nodes: not on a peer (a peer has no cluster: the "
+                                 "coordinator shuts the nodes down); remove it, or use role: coordinator")
+    trusted = write(tmp_path, PEER + "  listen: 0.0.0.0:9561\n")
+    assert load_error(trusted).startswith(f"{trusted}: peer.listen = '0.0.0.0:9561': not on a peer (only the "
+                                          "coordinator listens for triggers)")
+    operator = write(tmp_path, PEER + "policy:\n  name: titan\n")
+    assert "policy.name = 'titan': not on a peer" in load_error(operator)
+    # Keys of the cluster's a peer does not use, at their defaults or set, are ignored: one file shape for both.
+    shared = write(tmp_path, PEER + "flux:\n  namespace: flux\nstartup:\n  wake: wol\n")
+    assert config.load(shared, {}).role is Role.peer
 
 
 NODES = "cluster:\n  nodes:\n    - {name: n0, address: 10.0.0.1, role: server}\n" \

@@ -8,6 +8,7 @@ global is mutated from the poll loop. Metric names are documented in docs/metric
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hecate.adapters import store
-from hecate.domain import policy_source
+from hecate.domain import forward, policy_source
 from hecate.domain.ups import Flag
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -48,6 +49,7 @@ class StatusCollector(Collector):
         yield from _listener_metrics(doc.get("listeners") or [])
         yield from _bookkeeping_metrics(doc.get("state_writes", []), doc.get("shutdown_task"))
         yield from _peer_metrics(doc.get("peer_listener"))
+        yield from _forward_metrics(doc.get("peer_forward"))
 
 
 def _gauge(name: str, doc: str, samples: list[tuple[list[str], float]], labels: tuple[str, ...] = ()) -> Metric:
@@ -145,6 +147,29 @@ def _peer_metrics(listener: dict[str, Any] | None) -> Iterator[Metric]:
     for result, count in sorted(listener["requests"].items()):
         requests.add_metric([result], count)
     yield requests
+
+def _forward_metrics(peer: dict[str, Any] | None) -> Iterator[Metric]:
+    """A peer's forwards (only on a peer): how many ended how, and the last one's state."""
+    if peer is None:
+        return
+    total = CounterMetricFamily("hecate_peer_forwards", "Triggers this peer forwarded since the daemon started, by "
+                                "how they ended: accepted, refused (a 4xx no retry changes) or failed (out of time).",
+                                labels=["result"])
+    for result, count in peer["forwards"].items():
+        total.add_metric([result], count)
+    yield total
+    last = peer["last"]
+    yield _gauge("hecate_peer_last_forward", "1 for the state of the last forward (forwarding, accepted, refused, "
+                 "failed); all 0 before the first.",
+                 [([r.value], 1.0 if last and last["result"] == r.value else 0.0) for r in forward.ForwardResult],
+                 ("result",))
+    if last is not None:
+        yield _gauge("hecate_peer_last_forward_attempts", "Attempts the last forward made.", [([], last["attempts"])])
+        yield _gauge("hecate_peer_last_forward_timestamp_seconds", "When the last forward started (Unix time).",
+                     [([], datetime.fromisoformat(last["started_at"]).timestamp())])
+        yield _gauge("hecate_peer_fallback_ran", "1 when the last forward was not accepted and the local shutdown "
+                     "was started (or recorded as a dry-run).",
+                     [([], 1.0 if last["fallback"] in ("ran", "dry_run") else 0.0)])
 
 
 def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:

@@ -29,6 +29,7 @@ Layout (default ``/var/lib/hecate``)::
     journal/<run>.jsonl  one line per event of an in-flight run (``hecate.domain.journal``)
     lock                 fcntl lock: one startup/shutdown at a time
     peer-nonces.json     nonces of accepted peer triggers, for the replay window (adapters/peer_listener.py)
+    peer-forward.json    on a peer: its last forwarded trigger (``hecate.domain.forward.ForwardRecord``)
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ RUNS = "runs"
 POLICY_CACHE = "policy-cache"
 SNAPSHOT = "snapshot"
 NONCES = "nonces"
-WRITE_KINDS = (LOCK, JOURNAL, RUNS, POLICY_CACHE, SNAPSHOT, NONCES)
+PEER_FORWARD = "peer-forward"
+WRITE_KINDS = (LOCK, JOURNAL, RUNS, POLICY_CACHE, SNAPSHOT, NONCES, PEER_FORWARD)
 CONSEQUENCES = {
     LOCK: "the run goes on (the daemon's armed shutdown without the cross-process lock if it cannot be taken)",
     JOURNAL: "the run goes on in memory; if Hecate dies now the run restarts from the plan",
@@ -80,6 +82,7 @@ CONSEQUENCES = {
     SNAPSHOT: "the last bootstrap snapshot written is kept",
     NONCES: "the trigger was accepted; its nonce is remembered in memory only (a replay after a restart "
             "within the replay window is not recognised)",
+    PEER_FORWARD: "the peer's last forward is shown from memory only (status after a restart does not know it)",
 }
 
 

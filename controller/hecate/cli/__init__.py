@@ -133,7 +133,7 @@ def startup(config_path: Path, execute: bool, force_flux_branch: str | None, at_
     """Bring the cluster back in stages after power returns.
 
     Without --execute: print the plan and touch nothing. With --execute: run it; on a
-    healthy cluster it changes nothing, so it is safe at every boot. Exit 0 when the
+    healthy cluster it changes nothing, so it is safe at every boot. Refused (exit 2) on a peer. Exit 0 when the
     cluster is all back, 3 when the run is degraded, 1 when it failed (the summary says what was not done),
     4 when another run holds the lock.
     """
@@ -141,6 +141,9 @@ def startup(config_path: Path, execute: bool, force_flux_branch: str | None, at_
     from hecate.services import startup as startup_mod
 
     cfg = effective_config(load_config(config_path))
+    if cfg.role.value == "peer":
+        fail(f"{config_path}: role peer: a peer starts no cluster (the coordinator, {cfg.peer.coordinator_url}, "
+             "does); nothing to do here", code=EXIT_USAGE)
     _plan_or_run(startup_plan(cfg, force_branch=force_flux_branch), execute,
                  lambda progress: startup_mod.run(cfg, {"source": "boot" if at_boot else "manual"}, progress,
                                                   force_branch=force_flux_branch))
@@ -153,7 +156,8 @@ def shutdown(config_path: Path, execute: bool) -> None:
     """Take the cluster down gracefully and power the hardware off in order.
 
     Without --execute: print the plan and touch nothing. With --execute: run it (or resume
-    the shutdown a killed process left in the journal), showing progress live. Exit 0 when every
+    the shutdown a killed process left in the journal), showing progress live. On a peer
+    (role: peer) the plan is only this host's own steps, its local fallback. Exit 0 when every
     step was done, 3 when the run is degraded (the summary lists what was not done), 1 when it
     failed or was aborted, 4 when another run holds the lock.
     """
@@ -161,6 +165,9 @@ def shutdown(config_path: Path, execute: bool) -> None:
     from hecate.services import shutdown as shutdown_mod
 
     cfg = effective_config(load_config(config_path))
+    if cfg.role.value == "peer":
+        click.echo("hecate: role peer: only this host's own steps (the local fallback); the cluster's shutdown is "
+                   f"the coordinator's ({cfg.peer.coordinator_url})", err=True)
     _plan_or_run(shutdown_plan(cfg), execute, lambda progress: shutdown_mod.run(cfg, {"source": "manual"}, progress))
 
 
@@ -262,7 +269,12 @@ def _poll_directly(cfg: HecateConfig) -> dict[str, Any]:
     view = policy.load_effective(cfg, store) if cfg.policy.name else None  # as a daemon starting now would
     mon = monitor.Monitor(view.config if view else cfg, nut.NutReader(), store, _no_action)
     asyncio.run(mon.poll_once())
-    return status.document(mon, "direct", view)
+    doc = status.document(mon, "direct", view)
+    if cfg.role.value == "peer":
+        from hecate.adapters import peer_client
+
+        doc["peer_forward"] = status.peer_forward(cfg, peer_client.load_forward(store), False, {})
+    return doc
 
 
 async def _no_action(*_: object) -> None:
@@ -283,6 +295,17 @@ def config_validate(config_path: Path) -> None:
     others, known_hosts and the state dir not writable by them.
     """
     cfg = load_config(config_path, check_files=True)
+    if cfg.role.value == "peer":
+        from hecate.adapters import peer_client
+
+        assert cfg.peer.secret_file is not None  # a peer's configuration requires it
+        try:
+            peer_client.read_secret(cfg.peer.secret_file)
+        except peer_client.SecretError as err:
+            fail(f"configuration error:\n{config_path}: {err}", code=EXIT_USAGE)
+        click.echo(f"{config_path}: OK (role peer, forwards to {cfg.peer.coordinator_url} as "
+                   f"{cfg.host_name} with key {cfg.peer.key_id}, {len(cfg.ups)} UPS)")
+        return
     click.echo(
         f"{config_path}: OK (role {cfg.role.value}, {len(cfg.cluster.nodes)} nodes, "
         + (f"{len(cfg.hosts)} other hosts, " if cfg.hosts else "") + f"{len(cfg.ups)} UPS)"

@@ -40,6 +40,32 @@ def policy_line(policy: dict[str, Any] | None) -> str:
     return f"Policy:    {policy['source']} — {what} ({policy['detail']})"
 
 
+FALLBACK_TEXT = {"ran": "the local shutdown ran", "dry_run": "the local shutdown was recorded as a dry-run",
+                 "disabled": "no local shutdown (peer.fallback_local_shutdown: false)",
+                 "power_back": "no local shutdown (mains was back)"}
+
+
+def peer_lines(peer: dict[str, Any] | None) -> list[str]:
+    """A peer's forwarding: ``Peer:`` where to; ``Forward:`` the last trigger sent and what came of it."""
+    if peer is None:
+        return []
+    fallback = "local fallback on" if peer["fallback_local_shutdown"] else "local fallback OFF"
+    lines = [f"Peer:      forwards to {peer['coordinator_url']} (key {peer['key_id']}, for at most "
+             f"{peer['forward_for_s']:g} s, {fallback})"]
+    last = peer["last"]
+    if last is None:
+        return [*lines, "Forward:   no trigger sent yet"]
+    answer = f"HTTP {last['status']}" + (f" {last['answer']}" if last["answer"] else "") if last["status"] else ""
+    why = "; ".join(filter(None, [answer, last["error"]]))
+    state = "forwarding" if last["result"] == "forwarding" else last["result"].upper()
+    lines.append(f"Forward:   {last['started_at'][:19]} {state} after {last['attempts']} attempt(s)"
+                 + (f" ({why})" if why else "") + f" — {last['reason']}: {last['detail']}")
+    if last["fallback"]:
+        lines.append(f"Fallback:  {FALLBACK_TEXT.get(last['fallback'], last['fallback'])}"
+                     + (f" (run {last['fallback_run']})" if last["fallback_run"] else ""))
+    return lines
+
+
 def status_text(doc: dict[str, Any]) -> str:
     budget, trig = doc["budget"], doc["trigger"]
     source = "daemon" if doc["source"] == "daemon" else "polled directly (no daemon answered)"
@@ -78,6 +104,7 @@ def status_text(doc: dict[str, Any]) -> str:
                          f"{decision['detail']}")
     else:
         lines.append(f"Trigger:   armed (debounce {trig['debounce_polls']} polls, deadtime {trig['deadtime_s']:g} s)")
+    lines += peer_lines(doc.get("peer_forward"))
     listening = [f"{lst['address']} ({lst['kind']})" for lst in doc.get("listeners", []) if lst["listening"]]
     if listening:
         lines.append(f"Serving:   {', '.join(listening)}")

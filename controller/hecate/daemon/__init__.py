@@ -36,6 +36,13 @@ the poll interval, the UPS read timeout, the watchdog's staleness and the thresh
 follow it at once (a sleeping monitor wakes), and the next shutdown plans with it (a
 running shutdown keeps the plan it started with). The operator stops after the shutdown,
 last.
+
+On a peer (``role: peer``) a decision is not a shutdown: it is forwarded to the coordinator
+(:mod:`hecate.services.forward`) as its own task while the monitor keeps polling. Accepted, the
+peer does nothing else; not accepted within ``peer.forward_for_s`` (or refused), the peer falls
+back to its own local shutdown (:func:`hecate.domain.plan.peer_plan`) when
+``peer.fallback_local_shutdown`` is true -- executed with ``shutdown.execute``, a dry-run record
+otherwise -- unless mains is back by then.
 """
 
 from __future__ import annotations
@@ -45,15 +52,17 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from hecate.adapters import http, nut, peer_listener, systemd
-from hecate.adapters.store import RunInProgress, StateStore
-from hecate.domain import trigger
+from hecate.adapters import http, nut, peer_client, peer_listener, systemd
+from hecate.adapters.store import RunInProgress, StateStore, new_run_id
+from hecate.domain import forward, trigger
 from hecate.domain.budget import Budget
-from hecate.domain.config import HecateConfig
-from hecate.domain.runs import RunKind
+from hecate.domain.config import HecateConfig, Role
+from hecate.domain.runs import PEER_FALLBACK, RunKind, RunRecord, RunResult
 from hecate.services import bootstrap_cache, shutdown, status
+from hecate.services import forward as forward_mod
 from hecate.services import monitor as monitor_mod
 from hecate.services import policy as policy_mod
 from hecate.services.executor import in_flight
@@ -88,7 +97,10 @@ class Daemon:
         self.dry_run = monitor_mod.dry_run_recorder(self.store)
         self.monitor = monitor_mod.Monitor(self.policy.config, reader or nut.NutReader(), self.store,
                                            self.on_shutdown, unlatch_on_mains=True)
-        self.monitor.busy = self.shutting_down
+        self.forwarder = forward_mod.Forwarder(self.store) if config.role is Role.peer else None
+        """A peer's forwards to its coordinator (None on the coordinator)."""
+        self.forward_task: asyncio.Task[None] | None = None
+        self.monitor.busy = self.busy
 
     @property
     def config(self) -> HecateConfig:
@@ -97,6 +109,13 @@ class Daemon:
 
     def shutting_down(self) -> bool:
         return self.shutdown_task is not None and not self.shutdown_task.done()
+
+    def forwarding(self) -> bool:
+        return self.forward_task is not None and not self.forward_task.done()
+
+    def busy(self) -> bool:
+        """A run or a forward the decision started is in progress: the decision stays latched."""
+        return self.shutting_down() or self.forwarding()
 
     # -- the policy in force -------------------------------------------------------------------
 
@@ -140,6 +159,9 @@ class Daemon:
             doc["peer_listener"] = self.peers.status()
             doc["alerts"] += self.peers.alerts()
         doc["shutdown_task"] = {"running": self.shutting_down(), "restarts": self.shutdown_restarts}
+        if self.forwarder is not None:
+            doc["peer_forward"] = status.peer_forward(self.config, self.forwarder.last, self.forwarding(),
+                                                      self.forwarder.counts)
         return doc
 
     def operator_snapshot(self) -> Snapshot:
@@ -150,6 +172,9 @@ class Daemon:
                         starting_up=in_flight(self.store, RunKind.startup) is not None, policy=self.policy.view)
 
     async def on_shutdown(self, decision: trigger.Decision, budget: Budget) -> None:
+        if self.forwarder is not None:
+            self.on_peer_decision(decision, budget)
+            return
         if not self.config.shutdown.execute:
             await self.dry_run(decision, budget)
             return
@@ -167,6 +192,64 @@ class Daemon:
         if not await self.monitor.decide_external(decision):
             return already
         return 202, {"accepted": True, "run": "shutdown" if self.config.shutdown.execute else "dry-run"}
+
+    # -- a peer's decision: forward it, fall back to the local shutdown --------------------------
+
+    def on_peer_decision(self, decision: trigger.Decision, budget: Budget) -> None:
+        if self.forwarding() or self.shutting_down():
+            log.warning("a forward or local shutdown is already in progress; this decision joins it")
+            return
+        self.forward_task = asyncio.create_task(self._forward(decision, budget), name="forward")
+
+    async def _forward(self, decision: trigger.Decision, budget: Budget) -> None:
+        assert self.forwarder is not None
+        config = self.config
+        settings = config.peer
+        decided_at = monitor_mod.wall_time(decision.at)
+        host = config.host_name or "?"
+        started = forward.ForwardRecord(coordinator_url=settings.coordinator_url or "", peer=host,
+                                        reason=decision.reason.value, detail=decision.detail,
+                                        decided_at=decided_at, started_at=datetime.now(UTC))
+        try:
+            body = forward.trigger_body(host, decision, decided_at, self.monitor.view.snapshots.values())
+        except ValueError as err:
+            body, started = None, started.model_copy(update={"error": str(err)})
+        log.warning("forwarding the shutdown decision to the coordinator %s for at most %g s",
+                    settings.coordinator_url, settings.forward_for_s)
+        try:
+            record = await self.forwarder.forward(settings, body, started)
+        except Exception as err:  # whatever went wrong, the decision stands: the fallback must still follow
+            log.exception("forwarding the trigger crashed; counting it as failed")
+            record = started.model_copy(update={"result": forward.ForwardResult.failed, "error": f"crashed: {err}",
+                                                "finished_at": datetime.now(UTC)})
+        if record.result is forward.ForwardResult.accepted:
+            return
+        fallback, run_id = await self._fallback(decision, budget, record)
+        self.forwarder.last = record.model_copy(update={"fallback": fallback, "fallback_run": run_id})
+        await peer_client.save_forward(self.store, self.forwarder.last)
+
+    async def _fallback(self, decision: trigger.Decision, budget: Budget,
+                        record: forward.ForwardRecord) -> tuple[forward.Fallback, str | None]:
+        """The local shutdown after a forward that was not accepted: what became of it, and its run id."""
+        config = self.config
+        if not config.peer.fallback_local_shutdown:
+            log.error("peer.fallback_local_shutdown is false: this host does NOT shut itself down")
+            return forward.Fallback.disabled, None
+        if self.monitor.power_restored():
+            log.warning("mains is back on the protecting UPSes: no local shutdown")
+            return forward.Fallback.power_back, None
+        info = {**monitor_mod.trigger_info(decision, budget), "source": PEER_FALLBACK,
+                "forward": record.result.value}
+        if not config.shutdown.execute:
+            at = datetime.now(UTC)
+            run = RunRecord(id=new_run_id(at), kind=RunKind.shutdown, dry_run=True, started_at=at, finished_at=at,
+                            duration_s=0.0, result=RunResult.success, trigger=info)
+            await asyncio.to_thread(self.store.append_run, run)
+            log.warning("dry-run: recorded the local shutdown %s; nothing was touched", run.id)
+            return forward.Fallback.dry_run, run.id
+        log.critical("falling back to the local shutdown of this host")
+        self.start_shutdown(info)
+        return forward.Fallback.ran, None
 
     def start_shutdown(self, trigger_info: dict[str, Any]) -> None:
         self.shutdown_task = asyncio.create_task(self._shutdown(trigger_info), name="shutdown")
@@ -214,7 +297,9 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
     loop = asyncio.get_running_loop()
     daemon = Daemon(config, reader)
     daemon.loop = loop
-    if not config.shutdown.execute:
+    if config.role is Role.peer:
+        _announce_peer(config)
+    elif not config.shutdown.execute:
         log.warning("shutdown.execute is false: shutdown decisions are recorded as dry-runs only")
     server = daemon.http = http.Server(daemon.status_document, lambda: daemon.monitor.ready, config.metrics)
     await server.start()  # binds in the background: returns at once, even when the port is taken
@@ -251,6 +336,10 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
             # long counts as wedged follows the policy in force (a PowerPolicy may poll more slowly).
             tasks.append(asyncio.create_task(_watchdog(interval, halt, daemon.monitor.polling), name="watchdog"))
         await stop.wait()
+        if daemon.forwarding():
+            log.warning("stop requested during a forward: finishing it (and its fallback) first")
+            assert daemon.forward_task is not None
+            await asyncio.shield(daemon.forward_task)
         if daemon.shutting_down():
             log.warning("stop requested during a shutdown: finishing the shutdown first")
             systemd.notify("STATUS=finishing the shutdown before stopping")
@@ -263,6 +352,8 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await asyncio.gather(*tasks, return_exceptions=True)
+        if daemon.forward_task is not None:
+            await asyncio.gather(daemon.forward_task, return_exceptions=True)
         if daemon.shutdown_task is not None:  # decided in the very last poll: still finish it
             await asyncio.gather(daemon.shutdown_task, return_exceptions=True)
         if daemon.operator is not None:  # last: it reports the shutdown until it is over
@@ -271,6 +362,20 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
         if daemon.peers is not None:
             await daemon.peers.stop()
         await server.stop()
+
+
+def _announce_peer(config: HecateConfig) -> None:
+    """Say what a peer does with a decision, and whether it can sign (a missing secret fails every forward)."""
+    settings = config.peer
+    fallback = ("off" if not settings.fallback_local_shutdown
+                else "executed" if config.shutdown.execute else "recorded as a dry-run")
+    log.info("role peer: shutdown decisions are forwarded to %s (key %s) for at most %g s; local fallback %s",
+             settings.coordinator_url, settings.key_id, settings.forward_for_s, fallback)
+    if settings.secret_file is not None:
+        try:
+            peer_client.read_secret(settings.secret_file)
+        except peer_client.SecretError as err:
+            log.error("%s: every forward will fail (and fall back to the local shutdown)", err)
 
 
 async def _watchdog(interval: float, stop: asyncio.Event, healthy: Callable[[], bool]) -> None:

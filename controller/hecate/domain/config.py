@@ -638,7 +638,8 @@ class Update(_Section):
 
 class HecateConfig(_Section):
     role: Role = Role.coordinator
-    """`coordinator` shuts the cluster down. `peer` (forward triggers to a coordinator) is refused: not built yet."""
+    """`coordinator` shuts the cluster down; `peer` watches its own UPSes and forwards its decision to the coordinator
+    (`peer.*`), shutting only itself down if that fails (docs/peers.md)."""
     host_name: str | None = None
     """This host's name in logs and status (defaults to the machine's hostname)."""
     state_dir: Path = Path("/var/lib/hecate")
@@ -669,14 +670,6 @@ class HecateConfig(_Section):
     update: Update = Field(default_factory=Update)
     """Self-update of this host's installation (`hecate self-update`)."""
 
-    @field_validator("role")
-    @classmethod
-    def _no_peer_yet(cls, value: Role) -> Role:
-        if value is Role.peer:
-            raise ValueError("peer forwarding is not built yet: a peer would act as a second coordinator; "
-                             "use role: coordinator on the one host that shuts the cluster down")
-        return value
-
     @field_validator("ups")
     @classmethod
     def _unique_ups(cls, value: list[Ups]) -> list[Ups]:
@@ -699,4 +692,46 @@ class HecateConfig(_Section):
         if self.startup.wake is Wake.command and not self.startup.wake_command:
             raise validation.field_error(("startup", "wake"), "needs startup.wake_command (the command to run)",
                                          self.startup.wake.value)
+        if self.role is Role.peer:
+            _peer_rules(self)
         return self
+
+
+PEER_NEEDS = ("coordinator_url", "key_id", "secret_file")
+"""The ``peer.*`` keys a ``role: peer`` must set: where it forwards, and what it signs with."""
+
+
+def _coordinator_only(config: HecateConfig) -> list[tuple[validation.Loc, str, Any]]:
+    """Keys set that only a coordinator uses: (where, why, the value). A peer has no cluster, no operator
+    and no trigger listener; anything else of the cluster's (kubeconfig, flux, startup, ssh) it ignores."""
+    sd = config.shutdown
+    found: list[tuple[validation.Loc, str, Any]] = []
+    if config.cluster.nodes:
+        found.append((("cluster", "nodes"), "a peer has no cluster: the coordinator shuts the nodes down",
+                      [n.name for n in config.cluster.nodes]))
+    if config.peer.listen is not None:
+        found.append((("peer", "listen"), "only the coordinator listens for triggers", config.peer.listen))
+    if config.peer.trusted:
+        found.append((("peer", "trusted"), "only the coordinator accepts triggers",
+                      [t.key_id for t in config.peer.trusted]))
+    if config.policy.name is not None:
+        found.append((("policy", "name"), "a peer runs no operator: the PowerPolicy is the coordinator's",
+                      config.policy.name))
+    if sd.scale_down:
+        found.append((("shutdown", "scale_down"), "a peer scales no workloads", [t.name for t in sd.scale_down]))
+    if sd.storage_quiesce.enabled:
+        found.append((("shutdown", "storage_quiesce", "enabled"), "a peer quiesces no cluster storage", True))
+    return found
+
+
+def _peer_rules(config: HecateConfig) -> None:
+    """A peer names its coordinator and key, and sets nothing only a coordinator uses (field errors)."""
+    missing = [f"peer.{key}" for key in PEER_NEEDS if getattr(config.peer, key) is None]
+    if missing:
+        raise validation.field_error(
+            ("role",), f"a peer forwards its shutdown decision to the coordinator and needs "
+                       f"{', '.join('peer.' + k for k in PEER_NEEDS)}; missing: {', '.join(missing)}", "peer")
+    refused = _coordinator_only(config)
+    if refused:
+        loc, why, value = refused[0]
+        raise validation.field_error(loc, f"not on a peer ({why}); remove it, or use role: coordinator", value)

@@ -27,6 +27,10 @@ Default shutdown plan (stages in order; * = optional)::
     ups-power-cycle*  ask upsd to cut and later restore the outputs (shutdown.return)
     local-poweroff    the coordinator powers itself off, last
 
+On a peer (``role: peer``) the shutdown plan is only the host's own steps (:func:`peer_plan`):
+``ups-power-cycle*`` of its own UPSes and ``local-poweroff`` -- the fallback when its trigger
+could not be forwarded to the coordinator. A peer never plans anything of the cluster's.
+
 Stages before ``scale-down`` are *not disruptive*: if mains returns before the first
 disruptive stage starts, the run aborts cleanly (and undoes the Flux suspension).
 
@@ -61,7 +65,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from hecate.domain import params as params_mod
-from hecate.domain.config import HecateConfig, Host, Node, NodeRole, Wake
+from hecate.domain.config import HecateConfig, Host, Node, NodeRole, Role, Wake
 from hecate.domain.params import (
     DrainParams,
     FluxBootstrapParams,
@@ -217,6 +221,8 @@ def _waves_by_order(nodes: list[Node] | list[Host], start: int = 0) -> dict[str,
 
 
 def shutdown_plan(config: HecateConfig) -> Plan:
+    if config.role is Role.peer:
+        return peer_plan(config)
     sd, ssh = config.shutdown, config.ssh
     api_timeout = config.cluster.api_timeout_s
     agents = _ordered(n for n in config.cluster.nodes if n.role is NodeRole.agent)
@@ -319,6 +325,29 @@ def _host_wake(config: HecateConfig, hosts: list[Host], name: str) -> Stage:
         for h in hosts if h.wake is not Wake.none or h.wait_ssh)
     return Stage(name, steps, parallelism=st.parallelism,
                  deadline_s=max((s.timeout_s for s in steps), default=0) + 30.0)
+
+def _ups_power_cycle(config: HecateConfig) -> Stage:
+    return Stage("ups-power-cycle", tuple(
+        Step(Action.ups_power_cycle, u.name, timeout_s=10.0, retries=2) for u in config.ups if u.protects_cluster),
+        parallelism=config.shutdown.parallelism, deadline_s=config.shutdown.stage_timeout_s)
+
+
+def _local_poweroff(config: HecateConfig) -> Stage:
+    return Stage("local-poweroff", (
+        Step(Action.local_poweroff, "local", timeout_s=config.ssh.command_timeout_s,
+             params=HostCommandParams(tuple(config.shutdown.local_poweroff_command))),), parallelism=1,
+        deadline_s=config.shutdown.stage_timeout_s)
+
+
+def peer_plan(config: HecateConfig) -> Plan:
+    """A peer's own shutdown, its fallback when forwarding failed: only this host's steps, no cluster.
+
+    ``ups-power-cycle`` of its protecting UPSes (with ``shutdown.ups_power_cycle``), then
+    ``local-poweroff`` with ``shutdown.local_poweroff_command``. Purely computational.
+    """
+    stages = [_ups_power_cycle(config)] if config.shutdown.ups_power_cycle else []
+    stages.append(_local_poweroff(config))
+    return Plan("shutdown", tuple(s for s in stages if s.steps))
 
 
 def first_disruptive(plan: Plan) -> int:

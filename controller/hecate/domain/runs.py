@@ -74,10 +74,12 @@ class RunRecord(BaseModel):
     kind: RunKind
     """shutdown, startup or drill."""
     trigger: dict[str, Any] = Field(default_factory=dict)
-    """What started the run: `source` (`ups`, `manual`, `resume`, `peer`, `boot`); for `ups` also `ups`, `reason`,
-    `detail`, `runtime_s`, `threshold_s`, `budget_s`, `budget_source`, `decided_at`; for `peer` (a trusted peer
-    host's signed trigger, docs/peers.md) `peer`, `key_id`, the peer's own `reason` and `detail`, `ups` (its
-    readings: `name`, `status`, `runtime_s`, `charge_pct`, `load_pct`), `peer_decided_at` and `decided_at`."""
+    """What started the run: `source` (`ups`, `manual`, `resume`, `peer`, `boot`, `peer-fallback`); for `ups` also
+    `ups`, `reason`, `detail`, `runtime_s`, `threshold_s`, `budget_s`, `budget_source`, `decided_at`; for `peer` (a
+    trusted peer host's signed trigger, docs/peers.md) `peer`, `key_id`, the peer's own `reason` and `detail`, `ups`
+    (its readings: `name`, `status`, `runtime_s`, `charge_pct`, `load_pct`), `peer_decided_at` and `decided_at`; for
+    `peer-fallback` (a peer shutting itself down because its trigger could not be forwarded) `forward`: how the
+    forward ended."""
     dry_run: bool
     """True when nothing was touched (plan only)."""
     started_at: datetime
@@ -104,6 +106,9 @@ class RunRecord(BaseModel):
 
 RunHistory = TypeAdapter(list[RunRecord])
 
+PEER_FALLBACK = "peer-fallback"
+"""The trigger source of a peer's local shutdown after its trigger could not be forwarded."""
+
 
 def counts_for_budget(run: RunRecord) -> bool:
     """Only executed, complete shutdowns measure the real shutdown budget.
@@ -119,4 +124,5 @@ def counts_for_budget(run: RunRecord) -> bool:
         and run.duration_s is not None
         and not run.trigger.get("resumed")  # its duration includes the time the process was down
         and not run.trigger.get("restarted")  # a crashed attempt did part of its work
+        and run.trigger.get("source") != PEER_FALLBACK  # a peer's own power-off says nothing of the cluster's
     )

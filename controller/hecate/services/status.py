@@ -7,10 +7,11 @@ the same document, so status and metrics can never disagree.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from hecate.domain import timestamps
+from hecate.domain import forward, timestamps
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
 from hecate.domain.policy_source import PolicyView, baseline_view
@@ -140,4 +141,20 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None,
         "policy": policy.as_dict(now),
         "warnings": list(monitor.store.warnings),
         "state_writes": monitor.store.write_failures_doc(),
+    }
+
+
+def peer_forward(config: HecateConfig, last: forward.ForwardRecord | None, forwarding: bool,
+                 counts: Mapping[forward.ForwardResult, int]) -> dict[str, Any]:
+    """A peer's forwarding: where to, the last trigger sent (also from before a restart), and whether its
+    local fallback ran. ``counts``: forwards ended since the daemon started, by result."""
+    settings = config.peer
+    return {
+        "coordinator_url": settings.coordinator_url,
+        "key_id": settings.key_id,
+        "forward_for_s": settings.forward_for_s,
+        "fallback_local_shutdown": settings.fallback_local_shutdown,
+        "forwarding": forwarding,
+        "forwards": {r.value: counts.get(r, 0) for r in forward.FINAL_RESULTS},
+        "last": last.model_dump(mode="json") if last is not None else None,
     }
