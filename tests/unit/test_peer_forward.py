@@ -207,7 +207,7 @@ REPO = Path(__file__).resolve().parents[2]
 def peer_examples() -> list[str]:
     """The peer configurations the docs show: docs/peers.md's and the one commented in the example file."""
     page = (REPO / "docs" / "peers.md").read_text()
-    block = page.split("```yaml\n", 1)[1].split("```", 1)[0]
+    block = next(b for b in (part.split("```", 1)[0] for part in page.split("```yaml\n")[1:]) if "role: peer" in b)
     example = (REPO / "host" / "hecate.example.yaml").read_text().split("# role: peer", 1)[1]
     commented = "role: peer" + "".join(
         line.removeprefix("# ") + "\n" for line in example.split("\n#\n", 1)[0].splitlines())
