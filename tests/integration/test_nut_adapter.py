@@ -268,9 +268,9 @@ def scripted(replies: dict[bytes, bytes], received: list[bytes]) -> Handler:
 async def test_set_fsd_logs_in_as_primary_then_sets_fsd() -> None:
     received: list[bytes] = []
     replies = {b"PRIMARY": b"OK PRIMARY-GRANTED", b"FSD": b"OK FSD-SET", b"LOGOUT": b"OK Goodbye"}
-    async with fake_upsd(scripted(replies, received)) as fake:
-        async with NutClient("127.0.0.1", fake.port, username="hecate", password="pw") as client:
-            assert await client.set_fsd(UPS) == "PRIMARY"
+    async with (fake_upsd(scripted(replies, received)) as fake,
+                NutClient("127.0.0.1", fake.port, username="hecate", password="pw") as client):
+        assert await client.set_fsd(UPS) == "PRIMARY"
     assert received[:4] == [b'USERNAME "hecate"\n', b'PASSWORD "pw"\n', b"PRIMARY pyrphoros\n",
                             b"FSD pyrphoros\n"]
 
@@ -278,10 +278,11 @@ async def test_set_fsd_logs_in_as_primary_then_sets_fsd() -> None:
 async def test_set_fsd_on_an_older_upsd_falls_back_to_master() -> None:
     received: list[bytes] = []
     replies = {b"PRIMARY": b"ERR UNKNOWN-COMMAND", b"MASTER": b"OK MASTER-GRANTED", b"FSD": b"OK FSD-SET"}
-    async with fake_upsd(scripted(replies, received)) as fake:
-        async with NutClient("127.0.0.1", fake.port, username="hecate", password="pw") as client:
-            assert await client.set_fsd(UPS) == "MASTER"
-    assert b"MASTER pyrphoros\n" in received and b"FSD pyrphoros\n" in received
+    async with (fake_upsd(scripted(replies, received)) as fake,
+                NutClient("127.0.0.1", fake.port, username="hecate", password="pw") as client):
+        assert await client.set_fsd(UPS) == "MASTER"
+    assert b"MASTER pyrphoros\n" in received
+    assert b"FSD pyrphoros\n" in received
 
 
 @pytest.mark.parametrize(
@@ -297,10 +298,10 @@ async def test_set_fsd_on_an_older_upsd_falls_back_to_master() -> None:
 async def test_set_fsd_refusals_and_odd_replies(replies: dict[bytes, bytes], error: type[NutError],
                                                 match: str) -> None:
     received: list[bytes] = []
-    async with fake_upsd(scripted(replies, received)) as fake:
-        async with NutClient("127.0.0.1", fake.port, username="hecate", password="pw") as client:
-            with pytest.raises(error, match=match):
-                await client.set_fsd(UPS)
+    async with (fake_upsd(scripted(replies, received)) as fake,
+                NutClient("127.0.0.1", fake.port, username="hecate", password="pw") as client):
+        with pytest.raises(error, match=match):
+            await client.set_fsd(UPS)
 
 
 async def test_no_sockets_leak_over_200_polls(ups: LabUps) -> None:

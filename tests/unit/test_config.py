@@ -271,7 +271,8 @@ def test_wake_command_needs_its_argv(tmp_path: Path) -> None:
 def test_set_fsd_needs_a_credentials_file(tmp_path: Path) -> None:
     path = write(tmp_path, "ups:\n  - {name: pyrphoros, set_fsd: true}\n")
     error = load_error(path)
-    assert "set_fsd needs credentials_file" in error and "upsmon primary" in error
-    ok = write(tmp_path, "ups:\n  - {name: pyrphoros, set_fsd: true, credentials_file: /etc/hecate/nut.credentials}\n")
+    assert "set_fsd needs credentials_file" in error
+    assert "upsmon primary" in error
+    ok = write(tmp_path, "ups:\n  - {name: pyrphoros, set_fsd: true, credentials_file: /etc/nut.credentials}\n")
     assert config.load(ok, {}).ups[0].set_fsd
     assert not config.load(write(tmp_path, "ups:\n  - {name: pyrphoros}\n"), {}).ups[0].set_fsd
