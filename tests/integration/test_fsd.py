@@ -11,33 +11,49 @@ coordinator's own upsmon (power value 0, ``MINSUPPLIES 0``), which must not act 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import Quiet
+from hecate.adapters import config as config_mod
 from hecate.domain.config import HecateConfig
 from hecate.domain.runs import RunRecord, RunResult
 from hecate.services import shutdown
+from hecate_lab.procs import free_port
 from hecate_lab.ups import LAB_PASSWORD, LAB_USER, NUT_BIN, LabUps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
 def fsd_config(ups: LabUps, tmp_path: Path, credentials: Path) -> HecateConfig:
-    return HecateConfig.model_validate({
+    """A coordinator without nodes whose UPS has ``set_fsd``, written to ``hecate.yaml`` and loaded from it."""
+    path = tmp_path / "hecate.yaml"
+    path.write_text(yaml.safe_dump({
         "state_dir": str(tmp_path / "state"),
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},  # no daemon there: `hecate status` polls itself
         "cluster": {"kubeconfig": str(tmp_path / "no-kubeconfig"), "nodes": []},
         "ups": [{"name": ups.name, "host": ups.host, "port": ups.port, "credentials_file": str(credentials),
                  "set_fsd": True}],
         "shutdown": {"execute": True, "flux_suspend": False,
                      "local_poweroff_command": ["/bin/sh", "-c", f"date +%s.%N > {tmp_path / 'coordinator-off'}"]},
-    })
+    }))
+    return config_mod.load(path, {})
+
+
+def hecate_status(tmp_path: Path, *flags: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(tmp_path / "hecate.yaml"),
+                          *flags], capture_output=True, text=True, timeout=30, check=False)
+    assert out.stdout, out.stderr
+    return out.stdout
 
 
 def credentials(tmp_path: Path, line: str) -> Path:
@@ -85,12 +101,21 @@ class Upsmon:
             "POLLFREQ 1\nPOLLFREQALERT 1\nFINALDELAY 0\nHOSTSYNC 2\nDEADTIME 5\n"
             f"POWERDOWNFLAG {dir / 'killpower'}\n")
         conf.chmod(0o600)
+        (dir / "run").mkdir(mode=0o700)
         env = {**os.environ, "NUT_CONFPATH": str(dir), "NUT_STATEPATH": str(dir / "state"),
-               "NUT_ALTPIDPATH": str(dir)}
+               "NUT_ALTPIDPATH": str(dir / "run")}
+        # upsmon (NUT 2.8.0) run as root keeps its PID file in /run/nut whatever the environment says, and
+        # refuses to start next to a live one: each gets a private mount namespace with its own /run/nut.
+        # -p: one privileged process (no forked child to clean up); -D: foreground, its log in our file.
+        script = 'mkdir -p /run/nut && mount --bind "$1" /run/nut && exec "$2" -p -D'
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh",
+                str(dir / "run"), str(NUT_BIN / "upsmon")]
         with open(self.log, "ab") as out:
-            # -p: one privileged process (no forked child to clean up); -D: foreground, its log in our file.
-            self.proc = subprocess.Popen([str(NUT_BIN / "upsmon"), "-p", "-D"], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def pid_file_is_its_own(self) -> bool:
+        return (self.dir / "run" / "upsmon.pid").read_text().strip() == str(self.proc.pid)
 
     def notified(self, kind: str) -> bool:
         return self.notify_log.exists() and kind in self.notify_log.read_text().split()
@@ -110,6 +135,7 @@ def upsmons(ups: LabUps, tmp_path: Path) -> Iterator[tuple[Upsmon, Upsmon]]:
         # Both logged in to upsd (LOGIN): each watches the UPS from now on.
         wait(lambda: len(clients(ups)) >= 2 and all(m.proc.poll() is None for m in started),
              20, "both upsmon to log in to upsd", started[0].log)
+        assert all(m.pid_file_is_its_own() for m in started)
         yield started[0], started[1]
     finally:
         for monitor in started:
@@ -137,6 +163,11 @@ def test_fsd_set_in_upsd_and_a_real_upsmon_secondary_shuts_down(
         time.sleep(0.1)
     assert not watcher.shutdown_marker.exists()
     assert watcher.proc.poll() is None
+
+    # `hecate status` shows FSD in upsd and that Hecate's shutdown set it.
+    [row] = json.loads(hecate_status(tmp_path, "--json"))["ups"]
+    assert (row["fsd"], row["set_fsd"], row["fsd_set_by_hecate"]["run"]) == (True, True, record.id)
+    assert f"FSD:       {ups.name}: set in upsd, set by Hecate (shutdown {record.id})" in hecate_status(tmp_path)
 
 
 def test_wrong_credentials_fail_the_step_clearly_and_the_shutdown_goes_on(ups: LabUps, tmp_path: Path) -> None:
