@@ -450,14 +450,16 @@ LISTEN 127.0.0.1 3493
 LISTEN ::1 3493
 EOF
     [[ $WROTE -eq 0 ]] || NUT_RESTART+=(nut-server.service)
+    # `upsmon primary` lets the login set FSD (hecate.yaml: ups[].set_fsd); upsmon itself still only
+    # watches as a secondary (upsmon.conf below), so nothing but Hecate ever sets it.
     nut_file "$NUT_DIR/upsd.users" 0640 <<EOF
 [$USER_]
     password = $PW
-    upsmon secondary
+    upsmon primary
     instcmds = shutdown.return
 EOF
     [[ $WROTE -eq 0 ]] || NUT_RESTART+=(nut-server.service)
-    # The same login for Hecate's own UPS power cycle (hecate.yaml: ups[].credentials_file).
+    # The same login for Hecate's UPS power cycle and FSD (hecate.yaml: ups[].credentials_file).
     put_file "$CREDENTIALS_FILE" 0600 root <<<"$USER_:$PW"
     # upsmon only watches: power value 0 and MINSUPPLIES 0 mean it never shuts this host down itself
     # (Hecate's ordered shutdown powers the coordinator off last); its SHUTDOWNCMD only logs, and

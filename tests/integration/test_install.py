@@ -155,7 +155,7 @@ def test_nut_files(installed: tuple[Path, str]) -> None:
     assert "LISTEN ::1 3493" in (nut / "upsd.conf").read_text()
     users = (nut / "upsd.users").read_text()
     assert f"password = {password}" in users
-    assert "upsmon secondary" in users
+    assert "upsmon primary" in users  # the login may set FSD (ups[].set_fsd); upsmon only watches
     assert "instcmds = shutdown.return" in users  # Hecate's ups_power_cycle, with the same login
     assert (root / "etc/hecate/nut.credentials").read_text() == f"upsmon:{password}\n"
     assert mode(root / "etc/hecate/nut.credentials") == 0o600

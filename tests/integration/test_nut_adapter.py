@@ -255,6 +255,55 @@ async def test_wrong_password_is_denied_at_the_instcmd(ups: LabUps) -> None:
             await client.instcmd(UPS, "load.off")
 
 
+def scripted(replies: dict[bytes, bytes], received: list[bytes]) -> Handler:
+    """Answer each request by its verb from ``replies`` (``OK`` for others); record every request."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            received.append(line)
+            writer.write(replies.get(line.split(b" ", 1)[0].strip(), b"OK") + b"\n")
+            await writer.drain()
+    return handler
+
+
+async def test_set_fsd_logs_in_as_primary_then_sets_fsd() -> None:
+    received: list[bytes] = []
+    replies = {b"PRIMARY": b"OK PRIMARY-GRANTED", b"FSD": b"OK FSD-SET", b"LOGOUT": b"OK Goodbye"}
+    async with (fake_upsd(scripted(replies, received)) as fake,
+                NutClient("127.0.0.1", fake.port, username="hecate", password="pw") as client):
+        assert await client.set_fsd(UPS) == "PRIMARY"
+    assert received[:4] == [b'USERNAME "hecate"\n', b'PASSWORD "pw"\n', b"PRIMARY pyrphoros\n",
+                            b"FSD pyrphoros\n"]
+
+
+async def test_set_fsd_on_an_older_upsd_falls_back_to_master() -> None:
+    received: list[bytes] = []
+    replies = {b"PRIMARY": b"ERR UNKNOWN-COMMAND", b"MASTER": b"OK MASTER-GRANTED", b"FSD": b"OK FSD-SET"}
+    async with (fake_upsd(scripted(replies, received)) as fake,
+                NutClient("127.0.0.1", fake.port, username="hecate", password="pw") as client):
+        assert await client.set_fsd(UPS) == "MASTER"
+    assert b"MASTER pyrphoros\n" in received
+    assert b"FSD pyrphoros\n" in received
+
+
+@pytest.mark.parametrize(
+    ("replies", "error", "match"),
+    [
+        ({b"PRIMARY": b"ERR ACCESS-DENIED"}, NutAccessDenied, "access denied"),
+        ({b"PRIMARY": b"OK PRIMARY-GRANTED", b"FSD": b"ERR ACCESS-DENIED"}, NutAccessDenied, "access denied"),
+        ({b"PRIMARY": b"OK PRIMARY-GRANTED", b"FSD": b"OK"}, NutProtocolError, "expected OK FSD-SET"),
+        ({b"PRIMARY": b"WHAT"}, NutProtocolError, "expected OK to PRIMARY"),
+        ({b"PRIMARY": b"ERR UNKNOWN-UPS"}, NutUnknownUps, "unknown UPS"),
+    ],
+)
+async def test_set_fsd_refusals_and_odd_replies(replies: dict[bytes, bytes], error: type[NutError],
+                                                match: str) -> None:
+    received: list[bytes] = []
+    async with (fake_upsd(scripted(replies, received)) as fake,
+                NutClient("127.0.0.1", fake.port, username="hecate", password="pw") as client):
+        with pytest.raises(error, match=match):
+            await client.set_fsd(UPS)
+
+
 async def test_no_sockets_leak_over_200_polls(ups: LabUps) -> None:
     await read_ups(ups.host, ups.port, UPS)  # warm up lazily opened fds (resolver, loop)
     before = open_fds()

@@ -285,3 +285,13 @@ def test_wake_command_needs_its_argv(tmp_path: Path) -> None:
     assert load_error(write(tmp_path, ""), {"HECATE_STARTUP__WAKE": "command"}).startswith(
         "environment HECATE_STARTUP__WAKE: startup.wake = 'command': ")
     assert HecateConfig.model_validate({"startup": {"wake": "command", "wake_command": ["wake", "{node}"]}})
+
+
+def test_set_fsd_needs_a_credentials_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "ups:\n  - {name: pyrphoros, set_fsd: true}\n")
+    error = load_error(path)
+    assert "set_fsd needs credentials_file" in error
+    assert "upsmon primary" in error
+    ok = write(tmp_path, "ups:\n  - {name: pyrphoros, set_fsd: true, credentials_file: /etc/nut.credentials}\n")
+    assert config.load(ok, {}).ups[0].set_fsd
+    assert not config.load(write(tmp_path, "ups:\n  - {name: pyrphoros}\n"), {}).ups[0].set_fsd

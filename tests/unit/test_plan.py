@@ -177,3 +177,32 @@ def test_the_plan_is_the_one_source_of_parallelism() -> None:
     plan = startup_plan(startup_config(startup={"parallelism": 3}))
     assert {s.name: s.parallelism for s in plan.stages}["nodes-ready"] == 5  # waits for every node at once...
     assert plan.node_parallelism == 3  # ...but starts k3s on at most 3 at a time
+
+
+def fsd_config(*ups: dict[str, object]) -> HecateConfig:
+    return HecateConfig.model_validate({
+        "ups": list(ups),
+        "cluster": {"nodes": [{"name": "s1", "address": "10.0.0.1", "role": "server"}]},
+    })
+
+
+def test_set_fsd_is_the_first_stage_and_the_point_of_no_return() -> None:
+    plan = shutdown_plan(fsd_config(
+        {"name": "pyr", "set_fsd": True, "credentials_file": "/etc/hecate/nut.credentials"},
+        {"name": "sta", "credentials_file": "/etc/hecate/nut.credentials"},
+        {"name": "side", "protects_cluster": False, "set_fsd": True, "credentials_file": "/etc/x"}))
+    stage = plan.stages[0]
+    assert stage.name == "set-fsd"
+    # only protecting UPSes with set_fsd; a failure is recorded and the shutdown goes on
+    assert [(s.action, s.target, s.on_error) for s in stage.steps] == [(Action.set_fsd, "pyr", OnError.continue_)]
+    assert stage.disruptive  # FSD cannot be taken back: mains returning no longer aborts the run
+    assert first_disruptive(plan) == 0
+    assert [s.name for s in plan.stages][1] == "flux-suspend"
+    # bounded: a hung upsd holds the cluster's shutdown back by at most the stage deadline
+    assert stage.deadline_s <= 15
+    assert Plan.from_dict(plan.to_dict()) == plan  # the journal round trip (resume)
+
+
+def test_no_set_fsd_stage_without_set_fsd() -> None:
+    plan = shutdown_plan(fsd_config({"name": "pyr", "credentials_file": "/etc/hecate/nut.credentials"}))
+    assert "set-fsd" not in [s.name for s in plan.stages]

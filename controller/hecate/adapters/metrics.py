@@ -75,6 +75,9 @@ def _ups_metrics(ups: list[dict[str, Any]]) -> Iterator[Metric]:
     yield _gauge("hecate_ups_status_flag", "1 for each ups.status flag the UPS reports now, else 0.",
                  [([u["name"], f.value], 1.0 if f.value in u["flags"] else 0.0) for u in ups for f in Flag],
                  ("ups", "flag"))
+    yield _gauge("hecate_ups_fsd_set_by_hecate",
+                 "1 when Hecate's latest executed shutdown set FSD on this UPS in upsd (ups[].set_fsd).",
+                 [([u["name"]], 1.0 if u.get("fsd_set_by_hecate") else 0.0) for u in ups], ("ups",))
     yield per_ups("hecate_trigger_debounce_polls",
                   "Consecutive polls this UPS has been on battery at or below the threshold.",
                   "below_threshold_polls")

@@ -3,7 +3,7 @@
 Hecate's whole reason to exist is reacting to what upsd says, so this is our own client
 rather than a dependency such as aionut. The protocol is a handful of line-based
 commands (``LIST UPS``, ``LIST VAR``, ``GET VAR``, ``USERNAME``/``PASSWORD``,
-``INSTCMD``, ``LOGOUT``), and owning it gives us what matters during a power cut: every
+``INSTCMD``, ``PRIMARY``/``FSD``, ``LOGOUT``), and owning it gives us what matters during a power cut: every
 network wait is bounded (connect, each request/response exchange, the polite goodbye),
 a hostile or broken server cannot make us buffer unbounded data (64 KiB per line, 1 MiB
 per reply), no socket is leaked on timeouts or cancellation, and every failure is
@@ -30,7 +30,8 @@ a stale UPS on a live upsd is not the same event as a upsd that is gone.
 into a ``hecate.domain.ups.Snapshot``; it never raises.
 
 Note that upsd accepts any ``PASSWORD`` with ``OK`` (NUT 2.8); wrong credentials only
-show up as ``ERR ACCESS-DENIED`` at the command that needs them (``INSTCMD``).
+show up as ``ERR ACCESS-DENIED`` at the command that needs them (``INSTCMD``, ``PRIMARY``,
+``FSD``).
 """
 
 from __future__ import annotations
@@ -345,6 +346,30 @@ class NutClient:
         if value is not None:
             line += f" {quote(value)}"
         await self._expect_ok(line, ups)
+
+    async def set_fsd(self, ups: str) -> str:
+        """Set FSD (forced shutdown) on ``ups`` as a NUT primary does; returns the login verb upsd granted.
+
+        ``PRIMARY <ups>`` first (upsd before NUT 2.8 only knows ``MASTER``: tried when ``PRIMARY`` is an
+        unknown command), then ``FSD <ups>``, which upsd confirms with ``OK FSD-SET``. The login needs
+        ``upsmon primary`` in upsd.users; without it (or with a wrong password) :class:`NutAccessDenied`.
+        Every ``upsmon`` of the UPS sees ``FSD`` in ``ups.status`` from then on, until upsd restarts.
+        """
+        name = _name("UPS", ups)
+        verb = "PRIMARY"
+        try:
+            words = await self._request(f"PRIMARY {name}", ups)
+        except NutProtocolError as err:
+            if err.code not in ("UNKNOWN-COMMAND", "CMD-NOT-SUPPORTED"):
+                raise
+            verb = "MASTER"
+            words = await self._request(f"MASTER {name}", ups)
+        if not words or words[0] != "OK":
+            raise self._malformed(ups, f"expected OK to {verb}, got {_show(words)}")
+        words = await self._request(f"FSD {name}", ups)
+        if words != ["OK", "FSD-SET"]:
+            raise self._malformed(ups, f"expected OK FSD-SET, got {_show(words)}")
+        return verb
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -66,6 +66,21 @@ def peer_lines(peer: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _fsd_lines(ups: list[dict[str, Any]]) -> list[str]:
+    """One line per UPS whose upsd has FSD set, or on which Hecate sets it (``ups[].set_fsd``)."""
+    lines = []
+    for u in ups:
+        by = u.get("fsd_set_by_hecate")
+        by_hecate = f"set by Hecate (shutdown {by['run']})" if by else ""
+        if u.get("fsd"):
+            lines.append(f"FSD:       {u['name']}: set in upsd, {by_hecate or 'not by Hecate'}")
+        elif by:
+            lines.append(f"FSD:       {u['name']}: not set in upsd now; last {by_hecate}")
+        elif u.get("set_fsd"):
+            lines.append(f"FSD:       {u['name']}: Hecate sets it when it shuts down (set_fsd)")
+    return lines
+
+
 def status_text(doc: dict[str, Any]) -> str:
     budget, trig = doc["budget"], doc["trigger"]
     source = "daemon" if doc["source"] == "daemon" else "polled directly (no daemon answered)"
@@ -81,6 +96,7 @@ def status_text(doc: dict[str, Any]) -> str:
             f"{_num(budget['threshold_s'], ' s', '{:.0f}'):>9} {_num(u['charge_pct'], ' %'):>7} "
             f"{_num(u['load_pct'], ' %'):>6}" + ("" if u["protects_cluster"] else "  (does not protect the cluster)")
         )
+    lines += _fsd_lines(doc["ups"])
     samples = ", ".join(f"{s:.4g}" for s in budget["samples"])
     measured = f" from {len(budget['samples'])} shutdowns: {samples} s" if samples else ", no measured shutdown yet"
     scaled = f"{budget['safety_factor']:g} x budget = {budget['safety_factor'] * budget['seconds']:.0f} s"

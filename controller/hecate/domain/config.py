@@ -179,11 +179,21 @@ class Ups(_Section):
     port: int = Field(default=3493, ge=1, le=65535)
     """upsd TCP port."""
     credentials_file: Path | None = None
-    """File with `username:password` for upsd (only needed for instant commands)."""
+    """File with `username:password` for upsd (only needed for instant commands and `set_fsd`)."""
     protects_cluster: bool = True
     """Whether this UPS feeds the cluster; only such UPSes can trigger a shutdown."""
+    set_fsd: bool = False
+    """When Hecate decides to shut down, set FSD on this UPS in upsd first (as a NUT primary does), so every
+    `upsmon` secondary of it on other machines shuts down by NUT's own rules. Only on a UPS that protects the
+    cluster; needs `credentials_file` with a user that has `upsmon primary` in upsd.users."""
 
     _host = field_validator("host")(host_address)
+
+    @model_validator(mode="after")
+    def _fsd_needs_login(self) -> Ups:
+        if self.set_fsd and self.credentials_file is None:
+            raise ValueError(f"ups {self.name}: set_fsd needs credentials_file (a upsd user with `upsmon primary`)")
+        return self
 
 
 _ARG = re.compile(r"^[^\x00-\x1f\x7f]+$")

@@ -14,6 +14,7 @@ power-off order" without special cases.
 
 Default shutdown plan (stages in order; * = optional)::
 
+    set-fsd*          set FSD in upsd on the protecting UPSes with ``set_fsd`` (their upsmon secondaries go down)
     flux-suspend      suspend Flux Kustomizations/HelmReleases (record which were already)
     scale-down        scale the configured workload tiers to zero, tier by tier
     storage-quiesce*  wait for VolumeAttachments to go; run the host's hooks
@@ -33,6 +34,12 @@ could not be forwarded to the coordinator. A peer never plans anything of the cl
 
 Stages before ``scale-down`` are *not disruptive*: if mains returns before the first
 disruptive stage starts, the run aborts cleanly (and undoes the Flux suspension).
+``set-fsd`` is disruptive and first: FSD cannot be taken back over the NUT protocol (upsd
+keeps it until it restarts), every upsmon secondary of the UPS starts its shutdown at once,
+and Hecate's own monitor reads FSD as a shutdown decision -- an abort after it would leave
+the cluster up on a UPS the rest of the rack is leaving. It runs first because the other
+machines need their own time before the UPS runs out; its failure is recorded and the
+shutdown goes on.
 
 Default startup plan (stages in order; * = optional)::
 
@@ -90,6 +97,7 @@ P = TypeVar("P", bound=StepParams)
 
 
 class Action(StrEnum):
+    set_fsd = "set-fsd"
     flux_suspend = "flux-suspend"
     scale_down = "scale-down"
     wait_volumes = "wait-volumes"
@@ -125,7 +133,8 @@ NODE_COMMANDS = frozenset({Action.stop_service, Action.host_stop, Action.killall
 """Actions that run a command on (or probe) a node or host over SSH."""
 
 PARAMS: dict[Action, type[StepParams]] = {
-    Action.flux_suspend: NoParams, Action.scale_down: ScaleParams, Action.wait_volumes: WaitParams,
+    Action.set_fsd: NoParams, Action.flux_suspend: NoParams, Action.scale_down: ScaleParams,
+    Action.wait_volumes: WaitParams,
     Action.host_hook: HostCommandParams, Action.drain: DrainParams, Action.stop_service: StopServiceParams,
     Action.host_stop: HostStopParams,
     Action.killall: NodeCommandParams, Action.poweroff: PoweroffParams, Action.ups_power_cycle: NoParams,
@@ -210,6 +219,11 @@ class Plan:
             for s in data["stages"]))
 
 
+SET_FSD_TIMEOUT_S = 6.0
+"""One attempt at setting FSD: connect and four exchanges with upsd (2 s each at most); a hung upsd must not hold
+the cluster's shutdown back for long (one retry, for a connection that failed)."""
+
+
 def _ordered(nodes: Iterable[Node]) -> list[Node]:
     return sorted(nodes, key=lambda n: (n.poweroff_order, n.name))
 
@@ -236,6 +250,11 @@ def shutdown_plan(config: HecateConfig) -> Plan:
     stage_deadline = sd.stage_timeout_s
     stages: list[Stage] = []
 
+    fsd = [u for u in config.ups if u.protects_cluster and u.set_fsd]
+    if fsd:
+        stages.append(Stage("set-fsd", tuple(
+            Step(Action.set_fsd, u.name, timeout_s=SET_FSD_TIMEOUT_S, retries=1) for u in fsd),
+            parallelism=len(fsd), deadline_s=2 * SET_FSD_TIMEOUT_S + 2))
     if sd.flux_suspend:
         stages.append(Stage("flux-suspend", (Step(Action.flux_suspend, "flux", timeout_s=4 * api_timeout),),
                             parallelism=1, deadline_s=stage_deadline, disruptive=False))

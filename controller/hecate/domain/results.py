@@ -42,6 +42,8 @@ class RunChanges:
     The fields are those the run record documents (``hecate.domain.runs.RunRecord.changes``).
     """
 
+    # shutdown: the UPSes Hecate set FSD on (startup has nothing to undo: upsd clears FSD when it restarts)
+    fsd_set: list[str] = field(default_factory=list)
     # shutdown: what startup must undo exactly
     flux_suspended: list[str] = field(default_factory=list)
     flux_already_suspended: list[str] = field(default_factory=list)
@@ -61,8 +63,12 @@ class RunChanges:
 
     def as_record(self, kind: RunKind) -> dict[str, Any]:
         if kind is not RunKind.startup:
-            return {"flux_suspended": self.flux_suspended, "flux_already_suspended": self.flux_already_suspended,
-                    "scaled": self.scaled, "cordoned": self.cordoned}
+            shutdown: dict[str, Any] = {
+                "flux_suspended": self.flux_suspended, "flux_already_suspended": self.flux_already_suspended,
+                "scaled": self.scaled, "cordoned": self.cordoned}
+            if self.fsd_set:
+                shutdown["fsd_set"] = self.fsd_set
+            return shutdown
         record: dict[str, Any] = {
             "started": self.started, "woken": self.woken, "uncordoned": self.uncordoned,
             "restarted_pods": self.restarted_pods, "created": self.created, "flux_resumed": self.flux_resumed,
@@ -204,6 +210,26 @@ class Drained(StepResult):
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> Self:
         return cls(bool(data.get("cordoned")), {k: v for k, v in data.items() if k != "cordoned"})
+
+
+@dataclass(frozen=True)
+class FsdSet(StepResult):
+    login: str = "PRIMARY"
+    """The login verb upsd granted before ``FSD`` (``MASTER`` on upsd before NUT 2.8)."""
+
+    @property
+    def detail(self) -> str:
+        return f"FSD set in upsd (as {self.login.lower()}): its upsmon secondaries shut down"
+
+    def record(self, target: str, changes: RunChanges) -> None:
+        changes.fsd_set.append(target)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"login": self.login}
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Self:
+        return cls(str(data.get("login", "PRIMARY")))
 
 
 @dataclass(frozen=True)
@@ -416,7 +442,7 @@ class Restored(StepResult):
 
 RESULTS: dict[Action, type[StepResult]] = {
     Action.flux_suspend: FluxSuspended, Action.scale_down: ScaledDown, Action.wait_volumes: VolumesWaited,
-    Action.drain: Drained, Action.ups_power_cycle: PowerCycled,
+    Action.drain: Drained, Action.ups_power_cycle: PowerCycled, Action.set_fsd: FsdSet,
     Action.wake: Woken, Action.start_service: ServiceStarted, Action.uncordon: Uncordoned,
     Action.wait_workload: WorkloadRecovery, Action.flux_resume: FluxResumed,
     Action.flux_bootstrap: FluxBootstrapped, Action.restore: Restored,

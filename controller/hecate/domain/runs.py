@@ -95,10 +95,11 @@ class RunRecord(BaseModel):
     changes: dict[str, Any] = Field(default_factory=dict)
     """What the run changed. Shutdown (what startup must undo exactly): `flux_suspended` (refs Hecate
     suspended), `flux_already_suspended` (never resume these), `scaled` (ref -> original replicas),
-    `cordoned` (nodes Hecate cordoned). Startup: `started` and `woken` (nodes), `uncordoned`,
-    `restarted_pods`, `created` (objects created from the bootstrap cache), `flux_resumed`, `cleared_marks`
-    (Hecate's annotations left on objects someone uncordoned or resumed by hand), `restored`
-    (ref -> replicas), `deadlock` (the Flux/Gitea deadlock was detected), `branch` (`from`, `to`)."""
+    `cordoned` (nodes Hecate cordoned), `fsd_set` (UPSes Hecate set FSD on in upsd; only when any). Startup:
+    `started` and `woken` (nodes), `uncordoned`, `restarted_pods`, `created` (objects created from the
+    bootstrap cache), `flux_resumed`, `cleared_marks` (Hecate's annotations left on objects someone uncordoned
+    or resumed by hand), `restored` (ref -> replicas), `deadlock` (the Flux/Gitea deadlock was detected),
+    `branch` (`from`, `to`)."""
     not_done: list[StepNotDone] = Field(default_factory=list)
     """Every step that did not complete, in the order the run met it; empty for a `success`. Any entry makes
     the run `degraded` at best. Steps a run `aborted` on purpose (power back) never ran and are not listed."""

@@ -39,7 +39,16 @@ from hecate.domain.params import (
     WaitParams,
 )
 from hecate.domain.plan import Action, Plan, Step, shutdown_plan
-from hecate.domain.results import Done, Drained, FluxSuspended, PowerCycled, ScaledDown, StepResult, VolumesWaited
+from hecate.domain.results import (
+    Done,
+    Drained,
+    FluxSuspended,
+    FsdSet,
+    PowerCycled,
+    ScaledDown,
+    StepResult,
+    VolumesWaited,
+)
 from hecate.domain.runs import RunKind, RunRecord
 from hecate.services import ports, remote
 from hecate.services.executor import ActionFn, Executor, Progress, StepFailed, UndoFn, in_flight
@@ -79,6 +88,38 @@ def api_window(step: Step, stage_timeout_s: float, api_timeout_s: float) -> floa
     timed out. Purely computational.
     """
     return max(0.0, min(step.timeout_s, stage_timeout_s) - api_timeout_s - API_RETRY_MARGIN_S)
+
+
+NUT_TIMEOUT_S = 2.0
+"""Bounds upsd's connect and each exchange (login, PRIMARY, FSD) when setting FSD."""
+
+
+async def set_fsd(config: HecateConfig, step: Step) -> FsdSet:
+    """The ``set-fsd`` action: log in with the UPS's ``credentials_file``, ``PRIMARY``, ``FSD``.
+
+    Wrong credentials or a user without ``upsmon primary`` fail the step with what to fix; a upsd that
+    does not answer fails it as transient (retried within the step's bounds). Nothing here stops the run.
+    """
+    ups = next((u for u in config.ups if u.name == step.target), None)
+    if ups is None:
+        raise StepFailed(f"ups {step.target} is no longer in the configuration")
+    if ups.credentials_file is None:
+        raise StepFailed(f"ups {ups.name} has no credentials_file: upsd needs a login to set FSD")
+    try:
+        user, password = nut.read_credentials_file(ups.credentials_file)
+    except (OSError, ValueError) as err:
+        raise StepFailed(f"ups {ups.name}: cannot read credentials_file: {err}") from err
+    try:
+        async with nut.NutClient(ups.host, ups.port, username=user, password=password,
+                                 connect_timeout=NUT_TIMEOUT_S, read_timeout=NUT_TIMEOUT_S) as client:
+            login = await client.set_fsd(ups.name)
+    except nut.NutAccessDenied as err:
+        raise StepFailed(f"{err}: upsd refused to set FSD for user {user!r} (check the password in "
+                         f"{ups.credentials_file} and that upsd.users gives the user `upsmon primary`)") from err
+    except nut.NutError as err:
+        raise StepFailed(f"setting FSD failed: {err}", transient=not err.upsd_reachable) from err
+    log.warning("set FSD on UPS %s at %s:%s: its upsmon secondaries shut down", ups.name, ups.host, ups.port)
+    return FsdSet(login)
 
 
 def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
@@ -201,8 +242,12 @@ def _capabilities(config: HecateConfig, conn: remote.Remote) -> Capabilities:
             raise StepFailed(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-200:]}")
         return Done()
 
+    async def fsd(step: Step) -> FsdSet:
+        return await set_fsd(config, step)
+
     actions: dict[Action, ActionFn] = {
-        Action.flux_suspend: flux_suspend, Action.scale_down: scale_down, Action.wait_volumes: wait_volumes,
+        Action.set_fsd: fsd, Action.flux_suspend: flux_suspend, Action.scale_down: scale_down,
+        Action.wait_volumes: wait_volumes,
         Action.host_hook: host_command, Action.drain: drain, Action.stop_service: stop_service,
         Action.host_stop: host_stop,
         Action.killall: killall, Action.poweroff: poweroff, Action.ups_power_cycle: ups_power_cycle,

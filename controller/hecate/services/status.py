@@ -15,8 +15,9 @@ from hecate.domain import forward, timestamps
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
 from hecate.domain.policy_source import PolicyView, baseline_view
-from hecate.domain.runs import RunRecord
+from hecate.domain.runs import RunKind, RunRecord
 from hecate.domain.trigger import AlertKind, Decision, UpsState
+from hecate.domain.ups import Flag
 from hecate.services.monitor import Monitor, wall_time
 
 RECENT_RUNS = 5
@@ -66,6 +67,14 @@ def _runs(runs: list[RunRecord]) -> dict[str, Any]:
     }
 
 
+def _fsd_set_by(runs: list[RunRecord], ups: str) -> dict[str, Any] | None:
+    """The latest executed shutdown run, when it set FSD on ``ups`` (its ``set-fsd`` step succeeded)."""
+    last = next((r for r in reversed(runs) if r.kind is RunKind.shutdown and not r.dry_run), None)
+    if last is None or ups not in last.changes.get("fsd_set", []):
+        return None
+    return {"run": last.id, "at": timestamps.rfc3339(last.started_at, fraction=True)}
+
+
 def _listener_alerts(listeners: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"ups": None, "kind": "not_listening",
              "message": f"not listening on {lst['address']} ({lst['kind']}): {lst['error'] or 'not bound yet'}; "
@@ -104,6 +113,9 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None,
             "flags": sorted(f.value for f in snap.flags) if snap else [],
             "unknown_tokens": list(snap.unknown_tokens) if snap else [],
             "on_battery": bool(snap and snap.on_battery),
+            "fsd": bool(snap and Flag.FSD in snap.flags),
+            "set_fsd": u.set_fsd and u.protects_cluster,
+            "fsd_set_by_hecate": _fsd_set_by(view.runs, u.name),
             "phase": st.phase.value,
             "runtime_s": snap.runtime_s if snap else None,
             "charge_pct": snap.charge_pct if snap else None,
