@@ -1,7 +1,7 @@
 """`hecate daemon` with `role: peer` as a process on a real lab upsd, forwarding its decision over loopback to a
 real HTTP server that checks every request as the coordinator does (`peer.authenticate`, `peer.parse_body`):
-accepted; the coordinator down (the local fallback runs); the coordinator back mid-retry (no fallback); and a
-401 answer (no endless retries)."""
+accepted; the coordinator down (the local fallback runs); and a 401 answer (no endless retries). The real
+coordinator coming back mid-retry is tests/integration/test_two_hosts.py."""
 
 from __future__ import annotations
 
@@ -226,26 +226,6 @@ def test_the_coordinator_down_the_peer_shuts_itself_down(tmp_path: Path, ups: La
     runs = json.loads((tmp_path / "state" / "runs.json").read_text())
     assert [(r["trigger"]["source"], r["trigger"]["forward"], r["dry_run"], r["result"]) for r in runs] == [
         ("peer-fallback", "failed", False, "success")]
-
-
-def test_the_coordinator_back_mid_retry_accepts_and_nothing_falls_back(tmp_path: Path, ups: LabUps,
-                                                                       coordinators: list[Coordinator]) -> None:
-    port, coordinator_port = free_port(), free_port()
-    config = write_config(tmp_path, ups, coordinator_port, port, forward_for_s=8)
-    proc = start_daemon(config)
-    try:
-        wait_for(lambda: serving(port), 15, "the peer daemon")
-        on_battery(ups)
-        wait_for(lambda: last_result(port) == "forwarding" and forward_state(port)["last"]["attempts"] >= 2, 5,
-                 "failed attempts")
-        coordinators.append(Coordinator(coordinator_port).start())
-        wait_for(lambda: last_result(port) == "accepted", 8, "the coordinator, back, to accept the trigger")
-        assert forward_state(port)["last"]["attempts"] >= 3
-        time.sleep(0.5)  # a fallback would have started at once
-    finally:
-        output = stop(proc)
-    assert not (tmp_path / "MARKER").exists(), output
-    assert len(coordinators[0].requests) == 1
 
 
 def test_a_refused_trigger_is_not_retried_and_falls_back(tmp_path: Path, ups: LabUps,
