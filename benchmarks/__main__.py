@@ -9,7 +9,7 @@ import importlib
 import json
 import sys
 
-BENCHMARKS = ["lab_bringup", "reaction", "footprint", "shutdown", "coldstart", "dead_node"]
+BENCHMARKS = ["lab_bringup", "reaction", "footprint", "shutdown", "coldstart", "dead_node", "peer"]
 
 
 def main(argv: list[str]) -> int:
