@@ -75,7 +75,7 @@ def test_the_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path: Pat
 
 def test_the_readme_minimal_config_loads_with_the_real_loader(tmp_path: Path) -> None:
     blocks = YAML_BLOCK.findall(README.read_text())
-    assert len(blocks) == 1, "the README has exactly one yaml block: the minimal hecate.yaml"
+    assert len(blocks) == 3, "the README's yaml: the minimal hecate.yaml, then the two-host pair"
     assert 12 <= len(blocks[0].splitlines()) <= 20
     path = tmp_path / "hecate.yaml"
     path.write_text(blocks[0])
@@ -84,3 +84,29 @@ def test_the_readme_minimal_config_loads_with_the_real_loader(tmp_path: Path) ->
     assert [u.name for u in cfg.ups] == ["pyrphoros"]
     assert cfg.shutdown.execute is False
     assert cfg.flux.bootstrap_objects
+
+
+def test_the_readme_two_host_configs_load_with_the_real_loader(tmp_path: Path) -> None:
+    """titan-db's block laid over the minimal config, and tethys's block as it is, with the secret they name."""
+    import yaml
+
+    minimal, coordinator, peer_block = YAML_BLOCK.findall(README.read_text())
+    secret = tmp_path / "peer-tethys.key"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    secret.chmod(0o600)
+    titan = {**yaml.safe_load(minimal), **yaml.safe_load(coordinator)}
+    tethys = yaml.safe_load(peer_block)
+    for doc in (titan["peer"]["trusted"][0], tethys["peer"]):
+        assert doc["secret_file"] == "/etc/hecate/peer-tethys.key"
+        doc["secret_file"] = str(secret)
+    for name, doc in (("titan-db", titan), ("tethys", tethys)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        cfg = config.load(path, {})
+        assert cfg.host_name == name
+    titan_cfg = config.load(tmp_path / "titan-db.yaml", {})
+    tethys_cfg = config.load(tmp_path / "tethys.yaml", {})
+    assert titan_cfg.peer.trusted[0].key_id == tethys_cfg.peer.key_id
+    assert titan_cfg.peer.listen is not None
+    assert tethys_cfg.peer.coordinator_url.endswith(":" + titan_cfg.peer.listen.rpartition(":")[2])
+    assert [h.name for h in titan_cfg.hosts] == ["tethys"]
