@@ -18,7 +18,7 @@ from hecate.adapters import peer_client
 from hecate.adapters.store import StateStore
 from hecate.cli import cli
 from hecate.domain import forward, peer
-from hecate.domain.config import HecateConfig, Peer, Role
+from hecate.domain.config import HecateConfig, Peer, Role, Ups
 from hecate.domain.forward import Answer, ForwardRecord, ForwardResult
 from hecate.domain.plan import Action, shutdown_plan
 from hecate.domain.runs import PEER_FALLBACK, RunKind, RunRecord, RunResult, counts_for_budget
@@ -86,6 +86,10 @@ def test_a_peer_plans_only_its_own_steps() -> None:
     cycled = shutdown_plan(cfg.model_copy(update={"shutdown": cfg.shutdown.model_copy(
         update={"ups_power_cycle": True})}))
     assert [s.name for s in cycled.stages] == ["local-poweroff"]  # no protecting UPS configured: no step
+    statera = Ups(name="statera", credentials_file=Path("/c"), set_fsd=True)
+    with_fsd = shutdown_plan(cfg.model_copy(update={"ups": [statera]}))
+    assert [(s.name, [st.target for st in s.steps]) for s in with_fsd.stages] == [
+        ("set-fsd", ["statera"]), ("local-poweroff", ["local"])]  # its own UPS's other machines go down too
     fallback = RunRecord(id="r", kind=RunKind.shutdown, dry_run=False, started_at=datetime.now(UTC), duration_s=0.1,
                          result=RunResult.success, trigger={"source": PEER_FALLBACK})
     assert not counts_for_budget(fallback)  # a peer's own power-off never teaches the cluster's budget

@@ -250,11 +250,7 @@ def shutdown_plan(config: HecateConfig) -> Plan:
     stage_deadline = sd.stage_timeout_s
     stages: list[Stage] = []
 
-    fsd = [u for u in config.ups if u.protects_cluster and u.set_fsd]
-    if fsd:
-        stages.append(Stage("set-fsd", tuple(
-            Step(Action.set_fsd, u.name, timeout_s=SET_FSD_TIMEOUT_S, retries=1) for u in fsd),
-            parallelism=len(fsd), deadline_s=2 * SET_FSD_TIMEOUT_S + 2))
+    stages.extend(_set_fsd(config))
     if sd.flux_suspend:
         stages.append(Stage("flux-suspend", (Step(Action.flux_suspend, "flux", timeout_s=4 * api_timeout),),
                             parallelism=1, deadline_s=stage_deadline, disruptive=False))
@@ -361,12 +357,24 @@ def _local_poweroff(config: HecateConfig) -> Stage:
 def peer_plan(config: HecateConfig) -> Plan:
     """A peer's own shutdown, its fallback when forwarding failed: only this host's steps, no cluster.
 
-    ``ups-power-cycle`` of its protecting UPSes (with ``shutdown.ups_power_cycle``), then
-    ``local-poweroff`` with ``shutdown.local_poweroff_command``. Purely computational.
+    ``set-fsd`` on its own protecting UPSes with ``set_fsd``, ``ups-power-cycle`` of them (with
+    ``shutdown.ups_power_cycle``), then ``local-poweroff`` with ``shutdown.local_poweroff_command``.
     """
-    stages = [_ups_power_cycle(config)] if config.shutdown.ups_power_cycle else []
+    stages = _set_fsd(config)
+    if config.shutdown.ups_power_cycle:
+        stages.append(_ups_power_cycle(config))
     stages.append(_local_poweroff(config))
     return Plan("shutdown", tuple(s for s in stages if s.steps))
+
+
+def _set_fsd(config: HecateConfig) -> list[Stage]:
+    """``set-fsd`` on the protecting UPSes with ``set_fsd`` (none: no stage), first in a coordinator's or a
+    peer's own shutdown: the other machines on those UPSes need their time."""
+    fsd = [u for u in config.ups if u.protects_cluster and u.set_fsd]
+    if not fsd:
+        return []
+    return [Stage("set-fsd", tuple(Step(Action.set_fsd, u.name, timeout_s=SET_FSD_TIMEOUT_S, retries=1) for u in fsd),
+                  parallelism=len(fsd), deadline_s=2 * SET_FSD_TIMEOUT_S + 2)]
 
 
 def first_disruptive(plan: Plan) -> int:
