@@ -64,7 +64,7 @@ if [ "$NODES" = machines ]; then
 
     step "The installed service on titan-db: hecate.service (Type=notify, watchdog) on the real NUT units"
     on_titan systemctl is-active hecate.service nut-server.service nut-driver@pyrphoros.service
-    on_titan systemctl list-timers --all --no-pager hecate-update.timer | head -n 2
+    on_titan systemctl list-timers --all --no-pager hecate-update.timer
     on_titan hecate config validate --config "$TCONFIG"
     for _ in $(seq 100); do
         on_titan hecate status --config "$TCONFIG" --json 2>/dev/null | grep -q '"phase": "on_mains"' && break

@@ -196,8 +196,9 @@ def _run_inside(node: LabNode, argv: list[str]) -> None:
     pid = machines.pid1(node)
     if pid is None:
         raise click.ClickException(f"lab machine {node.name} is not running")
-    sys.exit(subprocess.run([machines.NSENTER, "-t", str(pid), "-a", *argv], env=machines.MACHINE_ENV,
-                            check=False).returncode)
+    rc = subprocess.run([machines.NSENTER, "-t", str(pid), "-a", *argv], env=machines.MACHINE_ENV,
+                        check=False).returncode
+    sys.exit(128 - rc if rc < 0 else rc)  # killed by a signal: the shell's 128 + N
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True})
