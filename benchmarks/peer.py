@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 import yaml
 
 from benchmarks import spread
-from hecate_lab.procs import free_port, wait_for
+from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
 from hecate_lab.ups import LabUps, start_ups
 
 REPS = 20
@@ -73,22 +72,6 @@ def _configs(work: Path, coordinator_ups: LabUps, peer_ups: LabUps) -> tuple[Pat
         "metrics": {"listen": f"127.0.0.1:{free_port()}", "socket": str(work / "tethys" / "hecate.sock")},
     }))
     return coordinator, peer, port
-
-
-def _start(config: Path) -> subprocess.Popen[bytes]:
-    log = open(config.with_suffix(".log"), "ab")  # noqa: SIM115 - the daemon's output for the life of the process
-    return subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _runs(config: Path) -> list[dict[str, Any]]:
@@ -136,10 +119,10 @@ def run() -> Iterator[dict[str, Any]]:
         work = Path(tmp)
         pyrphoros = start_ups(work / "ups", "pyrphoros")
         statera = start_ups(work / "ups", "statera")
-        daemons: list[subprocess.Popen[bytes]] = []
+        daemons: list[subprocess.Popen[str]] = []
         try:
             coordinator, peer, _ = _configs(work, pyrphoros, statera)
-            daemons = [_start(coordinator), _start(peer)]
+            daemons = [start_daemon(c, log=c.with_suffix(".log")) for c in (coordinator, peer)]
             wait_for(lambda: _serving(coordinator) and _serving(peer), 60, "both daemons serving", interval=0.5)
 
             def via_peer(run: dict[str, Any]) -> float:
@@ -161,6 +144,6 @@ def run() -> Iterator[dict[str, Any]]:
                    "added_ms_median": round((statistics.median(peer_s) - statistics.median(local_s)) * 1000, 1)}
         finally:
             for proc in daemons:
-                _stop(proc)
+                stop_daemon(proc, timeout=15)
             statera.stop()
             pyrphoros.stop()

@@ -63,7 +63,7 @@ from typing import Any
 import yaml
 
 from hecate.adapters.nut import parse_line
-from hecate_lab.procs import LabError, free_port, owned_by, wait_for
+from hecate_lab.procs import LabError, free_port, owned_by, start_daemon, stop_daemon, wait_for
 from hecate_lab.ups import LAB_PASSWORD, LAB_USER, NUT_BIN, LabUps, start_ups
 
 LANES = 3
@@ -119,25 +119,6 @@ def hecate_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "hecate", *args]
 
 
-def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-
-
-def stop_daemon(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM (the daemon stops cleanly), SIGKILL after 10 s; only this PID."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
@@ -148,7 +129,7 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-def wait_daemon_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 30.0) -> None:
+def wait_daemon_ready(proc: subprocess.Popen[str], port: int, log: Path, timeout: float = 30.0) -> None:
     def ready() -> bool:
         if proc.poll() is not None:
             raise LabError(f"hecate daemon exited with {proc.returncode}:\n{log.read_text(errors='replace')[-2000:]}")
@@ -256,7 +237,7 @@ class Upsmon:
     dir: Path
     ups: LabUps
     pid: int | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[str] | None = None
 
     @property
     def notify_log(self) -> Path:
@@ -365,7 +346,7 @@ class Lane:
     dir: Path
     stop_event: threading.Event
     ups: LabUps | None = None
-    daemon: subprocess.Popen[bytes] | None = None
+    daemon: subprocess.Popen[str] | None = None
     http_port: int = 0
     upsmon: Upsmon | None = None
     config: Path | None = None
@@ -394,7 +375,7 @@ class Lane:
     def stop(self) -> None:
         if self.upsmon is not None:
             self.upsmon.stop()
-        stop_daemon(self.daemon)
+        stop_daemon(self.daemon, timeout=10)
         if self.ups is not None:
             self.ups.stop()
 
@@ -432,10 +413,10 @@ class Lane:
             # The latch clears on the first poll that sees every protecting UPS on mains (dry-run only).
             self._wait_daemon("on_mains", "the daemon to clear its dry-run latch back on mains")
             self.latch_cleared += 1
-            stop_daemon(self.daemon)
+            stop_daemon(self.daemon, timeout=10)
             self.daemon = None
         time.sleep(random.uniform(0, 2))
-        self.daemon = start_daemon(self.config, self.daemon_log)
+        self.daemon = start_daemon(self.config, log=self.daemon_log)
         wait_daemon_ready(self.daemon, self.http_port, self.daemon_log)
         if daemon_status(self.http_port)["trigger"]["debounce_polls"] != DEBOUNCE_POLLS:
             raise LabError("the daemon does not run with the default debounce_polls")

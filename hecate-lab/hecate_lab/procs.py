@@ -1,4 +1,4 @@
-"""Small process helpers every part of the lab shares: wait, stop by PID, free ports."""
+"""Small process helpers every part of the lab shares: wait, stop by PID, free ports, a Hecate daemon child."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -79,3 +81,34 @@ def kill_group(pid: int | None, marker: str | None = None, grace: float = 3.0) -
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not alive(pid), 5, f"process {pid} to exit after SIGKILL")
+
+
+def start_daemon(config: Path, *, env: Mapping[str, str] | None = None,
+                 log: Path | None = None) -> subprocess.Popen[str]:
+    """``hecate daemon --config CONFIG`` (this interpreter's Hecate) as a child in its own session, its output
+    piped (:func:`stop_daemon` returns it) or appended to ``log``; ``env`` is laid over this environment."""
+    out = open(log, "a") if log is not None else subprocess.PIPE  # noqa: SIM115 - the child's, for its life
+    try:
+        return subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)],
+                                env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+def stop_daemon(proc: subprocess.Popen[str] | None, sig: int = signal.SIGTERM, timeout: float = 60.0) -> str:
+    """Send ``sig`` to a :func:`start_daemon` daemon's process group (SIGTERM: it stops cleanly, finishing a
+    shutdown first), SIGKILL the group after ``timeout``; its output when piped ("" otherwise)."""
+    if proc is None:
+        return ""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    return out or ""

@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import os
-import signal
 import socket
 import stat
 import subprocess
@@ -22,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hecate_lab.procs import free_port, wait_for
+from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
 from hecate_lab.ups import LabUps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -97,29 +95,12 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
         sock.close()
 
 
-def start_daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
-
-
 def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
     tmp_path: Path, ups: LabUps, notify_socket: socket.socket
 ) -> None:
     port = free_port()
     config = write_config(tmp_path, ups, port)
-    proc = start_daemon(config, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+    proc = start_daemon(config, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
                                  "WATCHDOG_USEC": "1000000"})
     try:
         assert notify_socket.recv(4096).startswith(b"READY=1")
@@ -162,7 +143,7 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
         assert [(lst["kind"], lst["listening"]) for lst in doc["listeners"]] == [("tcp", True), ("unix", True)]
         assert get_unix(sock, "/readyz") == (200, b"ready\n")
     finally:
-        output = stop(proc)
+        output = stop_daemon(proc, timeout=10)
     assert proc.returncode == 0, output
     assert not socket_path(tmp_path).exists()  # removed on the way out
     assert "shutdown decided: UPS pyrphoros, low_battery" in output
@@ -228,7 +209,7 @@ def test_a_squatted_port_neither_stops_the_daemon_nor_fools_hecate_status(
     address = f"127.0.0.1:{port}"
     config = write_config(tmp_path, ups, port)
     sock = socket_path(tmp_path)
-    proc = start_daemon(config, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    proc = start_daemon(config, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
     try:
         # The monitor runs without the port: READY=1 does not wait for it.
         assert notify_socket.recv(4096).startswith(b"READY=1")
@@ -263,7 +244,7 @@ def test_a_squatted_port_neither_stops_the_daemon_nor_fools_hecate_status(
         assert f'hecate_http_listening{{address="{address}",listener="tcp"}} 1.0' in metrics
         assert f'hecate_http_bind_failures_total{{address="{address}",listener="tcp"}}' in metrics
     finally:
-        output = stop(proc)
+        output = stop_daemon(proc, timeout=10)
     assert proc.returncode == 0, output
     assert output.count(f"cannot listen on {address}") == 1  # logged once, not at every retry
     assert f"now listening on {address} (tcp), after" in output

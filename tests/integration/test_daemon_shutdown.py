@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import yaml
 
 from hecate.adapters import daemon_client
 from hecate_lab import nodes
-from hecate_lab.procs import wait_for
+from hecate_lab.procs import start_daemon, stop_daemon, wait_for
 from hecate_lab.testbed import Lab, LabSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -51,22 +50,6 @@ def executed_runs(lab: Lab) -> list[dict[str, Any]]:
     return [r for r in json.loads(path.read_text()) if r["kind"] == "shutdown" and not r["dry_run"]]
 
 
-def daemon(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def finish(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 60) -> str:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return out
-
-
 def ready(lab: Lab) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{lab.metrics_port}/readyz", timeout=1) as resp:
@@ -82,13 +65,13 @@ def all_off(lab: Lab) -> bool:
 def test_decision_executes_the_shutdown_and_sigterm_does_not_cut_it_short(lab: Lab) -> None:
     for node in lab.nodes:  # a slow shutdown: every emulated command takes 1 s
         nodes.set_fault(node.dir, "*", delay_s=1)
-    proc = daemon(write_config(lab))
+    proc = start_daemon(write_config(lab))
     try:
         wait_for(lambda: ready(lab), 20, "the daemon to be ready")
         lab.ups["pyrphoros"].set(ups_status="OB LB DISCHRG", battery_runtime=60)
         wait_for(lambda: any(nodes.read_commands(n.dir) for n in lab.nodes), 20, "the shutdown to start")
     finally:
-        output = finish(proc)  # SIGTERM while the shutdown runs
+        output = stop_daemon(proc)  # SIGTERM while the shutdown runs
     assert proc.returncode == 0, output
     assert "stop requested during a shutdown: finishing the shutdown first" in output
     assert all_off(lab)
@@ -113,7 +96,7 @@ def test_a_squatted_metrics_port_does_not_stop_the_armed_shutdown(lab: Lab) -> N
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", lab.metrics_port))
         squatter.listen()
-        proc = daemon(config)
+        proc = start_daemon(config)
         try:
             wait_for(lambda: (status_over_socket(config) or {}).get("polls"), 20, "the daemon to poll")
             assert not ready(lab)  # nobody answers on the squatted port
@@ -126,12 +109,12 @@ def test_a_squatted_metrics_port_does_not_stop_the_armed_shutdown(lab: Lab) -> N
             assert doc["trigger"]["decision"]["reason"] == "low_battery"
             assert doc["listeners"][0]["listening"] is False
         except BaseException:
-            finish(proc)
+            stop_daemon(proc)
             raise
     try:  # the squatter is gone: the daemon takes the port at its next retry
         wait_for(lambda: ready(lab), 40, "the daemon to bind the freed port")
     finally:
-        output = finish(proc)
+        output = stop_daemon(proc)
     assert proc.returncode == 0, output
     assert all_off(lab)
     assert (lab.dir / "coordinator-poweroff").exists()
@@ -154,25 +137,25 @@ def test_a_killed_daemon_resumes_the_shutdown_when_it_starts_again(lab: Lab) -> 
     server = next(n for n in lab.nodes if n.role == "server")
     nodes.set_fault(server.dir, "systemctl stop k3s", delay_s=30)  # the daemon dies during this step
     config = write_config(lab)
-    proc = daemon(config)
+    proc = start_daemon(config)
     try:
         wait_for(lambda: ready(lab), 20, "the daemon to be ready")
         lab.ups["pyrphoros"].set(ups_status="OB LB DISCHRG", battery_runtime=60)
         wait_for(lambda: journal_started(lab, f"stop-servers/stop-service/{server.name}"), 30,
                  "stop-servers to start")
     finally:
-        finish(proc, signal.SIGKILL)
+        stop_daemon(proc, signal.SIGKILL)
     assert executed_runs(lab) == []
     assert not all_off(lab)
     before = [(n.name, c["cmd"]) for n in lab.nodes for c in nodes.read_commands(n.dir)]
     assert before, "the run had done nothing before it was killed"
     nodes.clear_faults(server.dir)
     lab.ups["pyrphoros"].set(ups_status="OL CHRG", battery_runtime=900)  # power came back meanwhile: too late
-    proc = daemon(config)
+    proc = start_daemon(config)
     try:
         wait_for(lambda: executed_runs(lab), 60, "the resumed run to be recorded")
     finally:
-        output = finish(proc)
+        output = stop_daemon(proc)
     assert "was in flight when Hecate stopped: resuming it" in output
     assert all_off(lab)
     after = [(n.name, c["cmd"]) for n in lab.nodes for c in nodes.read_commands(n.dir)]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +22,7 @@ import pytest
 import yaml
 
 from hecate.domain import forward, peer
-from hecate_lab.procs import free_port, wait_for
+from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
 from hecate_lab.ups import LabUps, start_ups
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -38,22 +36,6 @@ def get(port: int, path: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
-
-
-def start_daemon(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)], env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +178,7 @@ def test_a_peer_forwards_a_signed_trigger_and_is_accepted(tmp_path: Path, ups: L
                                   timeout=30, check=False)
         assert promtool.returncode == 0, promtool.stdout + promtool.stderr
     finally:
-        output = stop(proc)
+        output = stop_daemon(proc, timeout=10)
     assert not (tmp_path / "MARKER").exists(), output
     # The daemon is gone: `hecate status` polls directly and still shows the last forward, from the state dir.
     shown = subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config)],
@@ -221,7 +203,7 @@ def test_the_coordinator_down_the_peer_shuts_itself_down(tmp_path: Path, ups: La
         forwarded_for = datetime.fromisoformat(last["finished_at"]) - datetime.fromisoformat(last["started_at"])
         wait_for(lambda: json.loads(get(port, "/v1/status")[1])["runs"]["count"] == 1, 5, "the run record")
     finally:
-        output = stop(proc)
+        output = stop_daemon(proc, timeout=10)
     assert forwarded_for.total_seconds() >= 2 - forward.MIN_ATTEMPT_S, output  # it tried for its whole time first
     runs = json.loads((tmp_path / "state" / "runs.json").read_text())
     assert [(r["trigger"]["source"], r["trigger"]["forward"], r["dry_run"], r["result"]) for r in runs] == [
@@ -243,5 +225,5 @@ def test_a_refused_trigger_is_not_retried_and_falls_back(tmp_path: Path, ups: La
         assert (last["result"], last["attempts"], last["status"]) == ("refused", 1, 401)
         assert last["answer"] == '{"result": "bad_signature"}'
     finally:
-        stop(proc)
+        stop_daemon(proc, timeout=10)
     assert coordinator.requests == [peer.Refusal.bad_signature]

@@ -9,9 +9,7 @@ import asyncio
 import http.client
 import itertools
 import json
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +28,7 @@ from hecate.domain import peer
 from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.ups import Snapshot
 from hecate_lab import nodes
-from hecate_lab.procs import free_port, wait_for
+from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
 from hecate_lab.testbed import Lab, LabSpec
 from hecate_lab.ups import start_ups
 
@@ -90,22 +88,6 @@ def status_doc(config: Path) -> dict[str, Any]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
-def start(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return out
-
-
 def listening(port: int) -> bool:
     try:
         return send(port, method="GET", path="/")[0] == 404
@@ -121,8 +103,8 @@ class Coordinator:
     proc: subprocess.Popen[str]
 
     def restart(self) -> str:
-        out = finish(self.proc)
-        self.proc = start(self.config)
+        out = stop_daemon(self.proc)
+        self.proc = start_daemon(self.config)
         wait_for(lambda: listening(self.port), 20, "the restarted daemon's trigger listener")
         return out
 
@@ -140,12 +122,12 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
         "metrics": {"listen": f"127.0.0.1:{free_port()}", "socket": str(directory / "run" / "hecate.sock")},
         "peer": peer_section(directory, port),
     }))
-    coord = Coordinator(directory, config, port, start(config))
+    coord = Coordinator(directory, config, port, start_daemon(config))
     try:
         wait_for(lambda: listening(port), 20, "the trigger listener")
         yield coord
     finally:
-        finish(coord.proc)
+        stop_daemon(coord.proc)
         ups.stop()
 
 
@@ -330,7 +312,7 @@ def test_an_accepted_trigger_runs_the_shutdown_on_the_lab_nodes_in_order(tmp_pat
         data["peer"] = peer_section(lab.dir, port)
         config = lab.dir / "hecate-peer.yaml"
         config.write_text(yaml.safe_dump(data))
-        proc = start(config)
+        proc = start_daemon(config)
         try:
             wait_for(lambda: listening(port), 20, "the trigger listener")
             first = body()
@@ -340,7 +322,7 @@ def test_an_accepted_trigger_runs_the_shutdown_on_the_lab_nodes_in_order(tmp_pat
             wait_for(lambda: (lab.dir / "coordinator-poweroff").exists(), 90, "the coordinator's power-off")
             wait_for(lambda: executed(lab), 30, "the run record")
         finally:
-            output = finish(proc)
+            output = stop_daemon(proc)
         [record] = executed(lab)
         assert record["result"] == "success", output
         assert (record["trigger"]["source"], record["trigger"]["peer"]) == ("peer", "tethys")

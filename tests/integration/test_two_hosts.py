@@ -10,8 +10,6 @@ down, a 401 -- is tests/integration/test_peer_daemon.py; every refusal is test_p
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hecate_lab.procs import free_port, wait_for
+from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
 from hecate_lab.testbed import Lab, LabSpec, timeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -76,22 +74,6 @@ def peer_config(lab: Lab, directory: Path, coordinator_port: int, forward_for_s:
     return path
 
 
-def start(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hecate", "daemon", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return out
-
-
 def status(config: Path) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config), "--json"],
                           capture_output=True, text=True, timeout=30, check=False)
@@ -113,9 +95,9 @@ def last_forward(config: Path) -> dict[str, Any]:
 def test_the_peers_decision_shuts_the_cluster_down_through_the_coordinator(two_ups_lab: Lab, tmp_path: Path) -> None:
     lab = two_ups_lab
     port = free_port()
-    coordinator = start(coordinator_config(lab, port, execute=True))
+    coordinator = start_daemon(coordinator_config(lab, port, execute=True))
     tethys = peer_config(lab, tmp_path / "tethys", port, forward_for_s=20)
-    peer = start(tethys)
+    peer = start_daemon(tethys)
     out = ""
     try:
         wait_for(lambda: status(tethys).get("source") == "daemon" and status(lab.dir / "coordinator.yaml")
@@ -125,7 +107,7 @@ def test_the_peers_decision_shuts_the_cluster_down_through_the_coordinator(two_u
                  "the coordinator's shutdown run to finish")
         forwarded = last_forward(tethys)
     finally:
-        out = stop(peer) + stop(coordinator)
+        out = stop_daemon(peer) + stop_daemon(coordinator)
     run = shutdown_runs(lab.state_dir)[-1]
     assert run["result"] == "success", (run["stages"], out[-3000:])
     assert run["dry_run"] is False
@@ -149,19 +131,19 @@ def test_a_coordinator_back_while_the_peer_retries_takes_the_trigger(two_ups_lab
     lab = two_ups_lab
     port = free_port()
     tethys = peer_config(lab, tmp_path / "tethys", port, forward_for_s=15)
-    peer = start(tethys)
+    peer = start_daemon(tethys)
     coordinator: subprocess.Popen[str] | None = None
     try:
         wait_for(lambda: status(tethys).get("source") == "daemon", 30, "the peer daemon serving", interval=0.5)
         lab.ups["statera"].set(ups_status="OB LB", battery_runtime=40, battery_charge=8)
         wait_for(lambda: last_forward(tethys).get("attempts", 0) >= 2, 20, "the peer retrying", interval=0.3)
-        coordinator = start(coordinator_config(lab, port, execute=False))  # a dry-run: the nodes stay up
+        coordinator = start_daemon(coordinator_config(lab, port, execute=False))  # a dry-run: the nodes stay up
         wait_for(lambda: last_forward(tethys).get("result") == "accepted", 20, "the peer's trigger accepted",
                  interval=0.3)
         time.sleep(0.5)
         forwarded = last_forward(tethys)
     finally:
-        out = stop(peer) + (stop(coordinator) if coordinator is not None else "")
+        out = stop_daemon(peer) + stop_daemon(coordinator)
     assert forwarded["attempts"] >= 3, forwarded
     assert forwarded["fallback"] is None, out[-2000:]
     assert not (tmp_path / "tethys" / "OFF").exists()
