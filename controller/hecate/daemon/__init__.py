@@ -60,7 +60,7 @@ from hecate.adapters.store import RunInProgress, StateStore, new_run_id
 from hecate.domain import forward, trigger
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig, Role
-from hecate.domain.runs import PEER_FALLBACK, RunKind, RunRecord, RunResult
+from hecate.domain.runs import PEER_FALLBACK, RunKind, RunRecord, RunResult, RunTally
 from hecate.services import bootstrap_cache, shutdown, status
 from hecate.services import forward as forward_mod
 from hecate.services import monitor as monitor_mod
@@ -101,6 +101,11 @@ class Daemon:
         """A peer's forwards to its coordinator (None on the coordinator)."""
         self.forward_task: asyncio.Task[None] | None = None
         self.monitor.busy = self.busy
+        self.run_tally = RunTally(self.monitor.view.runs)
+        """Finished runs recorded since the daemon started (``hecate_runs_total``): the history only goes up to
+        ``MAX_RUNS_KEPT``."""
+        self.cache_refresh: bootstrap_cache.RefreshState | None = None
+        """How the bootstrap cache's refreshes went, while the daemon keeps it fresh."""
 
     @property
     def config(self) -> HecateConfig:
@@ -159,6 +164,10 @@ class Daemon:
             doc["peer_listener"] = self.peers.status()
             doc["alerts"] += self.peers.alerts()
         doc["shutdown_task"] = {"running": self.shutting_down(), "restarts": self.shutdown_restarts}
+        self.run_tally.observe(self.monitor.view.runs)
+        doc["runs"]["recorded"] = self.run_tally.as_rows()
+        if self.cache_refresh is not None:
+            doc["bootstrap_cache"] = self.cache_refresh.as_dict()
         if self.forwarder is not None:
             doc["peer_forward"] = status.peer_forward(self.config, self.forwarder.last, self.forwarding(),
                                                       self.forwarder.counts)
@@ -313,8 +322,10 @@ async def run(config: HecateConfig, stop: asyncio.Event | None = None,
     halt = asyncio.Event()
     tasks = [asyncio.create_task(daemon.monitor.run(halt), name="monitor")]
     if daemon.config.flux.bootstrap_objects or config.policy.name:  # a policy may add bootstrap objects later
+        daemon.cache_refresh = bootstrap_cache.RefreshState.from_snapshot(daemon.config.flux.fallback_manifests_dir)
         tasks.append(asyncio.create_task(bootstrap_cache.keep_fresh(lambda: daemon.config, halt,
-                                                                    daemon.shutting_down, daemon.store),
+                                                                    daemon.shutting_down, daemon.store,
+                                                                    daemon.cache_refresh),
                                          name="bootstrap-cache"))
     if config.policy.name:  # after the monitor and the HTTP server; kopf lives in its own thread and loop
         from hecate.operator import Operator

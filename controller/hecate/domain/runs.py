@@ -127,3 +127,28 @@ def counts_for_budget(run: RunRecord) -> bool:
         and not run.trigger.get("restarted")  # a crashed attempt did part of its work
         and run.trigger.get("source") != PEER_FALLBACK  # a peer's own power-off says nothing of the cluster's
     )
+
+
+class RunTally:
+    """Finished runs recorded since a point in time (the daemon's start), by kind, result and dry-run.
+
+    ``runs.json`` keeps only the newest runs, so counting it can go down; this only goes up.
+    Seeded with the history at start (those are not counted), it counts each finished run
+    it has not seen before, whoever recorded it (the daemon, or ``hecate startup``/``drill``).
+    """
+
+    def __init__(self, history: list[RunRecord]) -> None:
+        self._seen = {r.id for r in history if r.result is not None}
+        self.counts: dict[tuple[str, str, bool], int] = {}
+
+    def observe(self, history: list[RunRecord]) -> None:
+        for r in history:
+            if r.result is None or r.id in self._seen:
+                continue
+            self._seen.add(r.id)
+            key = (r.kind.value, r.result.value, r.dry_run)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        return [{"kind": k, "result": res, "dry_run": dry, "count": n}
+                for (k, res, dry), n in sorted(self.counts.items())]

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,38 @@ from hecate.services import ports
 log = logging.getLogger(__name__)
 
 SNAPSHOT = "hecate-snapshot.yaml"
+
+
+@dataclass
+class RefreshState:
+    """How the daemon's refreshes went (status ``bootstrap_cache``, metrics): the last one that wrote the
+    snapshot, and the refreshes that failed since the daemon started."""
+
+    last_refresh_at: datetime | None = None
+    errors: int = 0
+    last_error: str | None = None
+
+    @classmethod
+    def from_snapshot(cls, directory: Path) -> RefreshState:
+        """Seeded with the snapshot file's time, so a daemon that restarts does not forget the last refresh."""
+        try:
+            mtime = (directory / SNAPSHOT).stat().st_mtime
+        except OSError:
+            return cls()
+        return cls(last_refresh_at=datetime.fromtimestamp(mtime, UTC))
+
+    def failed(self, err: BaseException) -> None:
+        self.errors += 1
+        self.last_error = str(err) or type(err).__name__
+
+    def refreshed(self) -> None:
+        self.last_refresh_at = datetime.now(UTC)
+        self.last_error = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"last_refresh_at": None if self.last_refresh_at is None
+                else timestamps.rfc3339(self.last_refresh_at, fraction=True),
+                "errors": self.errors, "last_error": self.last_error}
 
 
 class CacheError(Exception):
@@ -100,14 +133,17 @@ async def refresh(config: HecateConfig, kube: ports.CacheSource) -> dict[str, An
 
 
 async def keep_fresh(config_now: Callable[[], HecateConfig], stop: asyncio.Event,
-                     busy: Callable[[], bool] = lambda: False, store: store_mod.StateStore | None = None) -> None:
+                     busy: Callable[[], bool] = lambda: False, store: store_mod.StateStore | None = None,
+                     state: RefreshState | None = None) -> None:
     """The daemon's loop: refresh the snapshot now and every ``flux.cache_refresh_interval_s``.
 
     ``config_now`` gives the policy in force at each round (a PowerPolicy may change the
     bootstrap objects). Skipped while a run is busy with the cluster or nothing is listed;
     a failure is logged and retried next time. A snapshot that cannot be written (a full or
-    read-only disk) is counted in ``store``'s write failures and logged once.
+    read-only disk) is counted in ``store``'s write failures and logged once. ``state``
+    records each refresh that wrote the snapshot and counts each that failed.
     """
+    state = state if state is not None else RefreshState()
     first = config_now()
     kube = kube_mod.Kube(first.cluster.kubeconfig, first.cluster.api_timeout_s)
     try:
@@ -117,16 +153,20 @@ async def keep_fresh(config_now: Callable[[], HecateConfig], stop: asyncio.Event
                 try:
                     result = await refresh(config, kube)
                 except kube_mod.KubeError as err:
+                    state.failed(err)
                     log.warning("bootstrap cache not refreshed: %s", err)
                 except OSError as err:  # e.g. a full disk: the loop goes on, the old copy stays
+                    state.failed(err)
                     if store is not None:
                         store.write_failed(store_mod.SNAPSHOT, config.flux.fallback_manifests_dir / SNAPSHOT, err)
                     else:
                         log.warning("bootstrap cache not refreshed: %s", err)
-                except Exception:  # the loop must go on, the old copy stays
+                except Exception as err:  # the loop must go on, the old copy stays
+                    state.failed(err)
                     log.exception("bootstrap cache not refreshed")
                 else:
                     if result["written"]:
+                        state.refreshed()
                         if store is not None:
                             store.write_ok(store_mod.SNAPSHOT)
                         log.info("bootstrap cache refreshed: %d objects", result["objects"])
