@@ -26,7 +26,7 @@ from hecate_lab.ups import LabUps
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def write_config(tmp_path: Path, ups: LabUps, port: int) -> Path:
+def write_config(tmp_path: Path, ups: LabUps, port: int, **extra: Any) -> Path:
     path = tmp_path / "hecate.yaml"
     path.write_text(yaml.safe_dump({
         "host_name": "titan-db",
@@ -34,6 +34,7 @@ def write_config(tmp_path: Path, ups: LabUps, port: int) -> Path:
         "ups": [{"name": ups.name, "host": ups.host, "port": ups.port}],
         "trigger": {"poll_interval_s": 0.5, "poll_interval_on_battery_s": 0.2, "debounce_polls": 2},
         "metrics": {"listen": f"127.0.0.1:{port}", "socket": str(socket_path(tmp_path))},
+        **extra,
     }))
     return path
 
@@ -99,7 +100,10 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
     tmp_path: Path, ups: LabUps, notify_socket: socket.socket
 ) -> None:
     port = free_port()
-    config = write_config(tmp_path, ups, port)
+    # A bootstrap cache with no cluster behind it: every refresh fails, and is counted.
+    config = write_config(tmp_path, ups, port, cluster={"kubeconfig": str(tmp_path / "no-kubeconfig")},
+                          flux={"bootstrap_objects": ["/namespace/gitea"],
+                                "fallback_manifests_dir": str(tmp_path / "bootstrap")})
     proc = start_daemon(config, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
                                  "WATCHDOG_USEC": "1000000"})
     try:
@@ -127,9 +131,30 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
         assert 'hecate_ups_status_flag{flag="LB",ups="pyrphoros"} 1.0' in text
         assert "hecate_shutdown_triggered 1.0" in text
         assert 'hecate_runs_total{dry_run="true",kind="shutdown",result="success"} 1.0' in text
+        doc = json.loads(get(port, "/v1/status")[1])
+        assert doc["armed"] is False
+        assert doc["bootstrap_cache"]["errors"] >= 1, doc["bootstrap_cache"]
+        assert doc["bootstrap_cache"]["last_refresh_at"] is None
+        assert "hecate_bootstrap_cache_refresh_errors_total " in text
+        assert "hecate_bootstrap_cache_last_refresh_timestamp_seconds" not in text  # never refreshed
+        assert 'hecate_build_info{version="' in text
+        assert "hecate_armed 0.0" in text  # shutdown.execute is false here
+        assert 'hecate_ups_last_success_timestamp_seconds{ups="pyrphoros"} ' in text
+        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+                     "process_start_time_seconds"):
+            assert f"\n{name} " in text
         promtool = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True,
                                   timeout=30, check=False)
         assert promtool.returncode == 0, promtool.stdout + promtool.stderr
+        # OpenMetrics for a scraper that asks for it (as Prometheus does)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+            resp = conn.getresponse()
+            assert resp.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+            assert resp.read().endswith(b"# EOF\n")
+        finally:
+            conn.close()
 
         # hecate status asks the daemon, on its root-only socket
         sock = socket_path(tmp_path)

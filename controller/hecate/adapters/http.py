@@ -49,10 +49,11 @@ SHUTDOWN_TIMEOUT_S = 2.0
 
 def make_app(status: Callable[[], dict[str, Any]], not_ready: Callable[[], list[str]]) -> web.Application:
     """The endpoints. ``not_ready``: why the daemon is not ready (empty: ready)."""
-    registry = metrics.registry_for(status)
+    registry = metrics.registry_for(status, process=True)
 
-    async def get_metrics(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(registry), headers={"Content-Type": metrics.CONTENT_TYPE})
+    async def get_metrics(request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition(registry, request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")

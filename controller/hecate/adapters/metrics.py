@@ -3,6 +3,10 @@
 A custom collector rather than module-level gauges: every scrape reads the same
 document ``/v1/status`` serves, so metrics and status cannot disagree and nothing
 global is mutated from the poll loop. Metric names are documented in docs/metrics.md.
+
+Gauges are rounded to 6 decimals at exposition (a computed 0.35000000000000003 reads 0.35);
+the daemon's registry adds the process collector (CPU, memory, descriptors, start time), and
+the exposition follows the scraper's Accept header (OpenMetrics when asked for).
 """
 
 from __future__ import annotations
@@ -11,15 +15,19 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from hecate import __version__
 from hecate.adapters import store
 from hecate.domain import forward, policy_source
 from hecate.domain.ups import Flag
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DECIMALS = 6
+"""Gauges are rounded to this many decimals: float arithmetic (35 / 100, durations) leaves noise in the last digits."""
 
 
 class StatusCollector(Collector):
@@ -28,6 +36,10 @@ class StatusCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         doc = self.status()
+        yield InfoMetricFamily("hecate_build", "Hecate's version (always 1).", value={"version": __version__})
+        if doc.get("armed") is not None:
+            yield _gauge("hecate_armed", "1 when shutdown.execute is true (a decision runs the shutdown), 0 when "
+                         "decisions are only recorded as dry-runs.", [([], 1.0 if doc["armed"] else 0.0)])
         yield from _ups_metrics(doc["ups"])
         budget, trig = doc["budget"], doc["trigger"]
         yield _gauge("hecate_shutdown_budget_seconds",
@@ -50,27 +62,35 @@ class StatusCollector(Collector):
         yield from _bookkeeping_metrics(doc.get("state_writes", []), doc.get("shutdown_task"))
         yield from _peer_metrics(doc.get("peer_listener"))
         yield from _forward_metrics(doc.get("peer_forward"))
+        yield from _bootstrap_cache_metrics(doc.get("bootstrap_cache"))
 
 
 def _gauge(name: str, doc: str, samples: list[tuple[list[str], float]], labels: tuple[str, ...] = ()) -> Metric:
     family = GaugeMetricFamily(name, doc, labels=list(labels))
     for values, value in samples:
-        family.add_metric(values, value)
+        family.add_metric(values, round(value, DECIMALS))
     return family
 
 
+def _timestamp(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
 def _ups_metrics(ups: list[dict[str, Any]]) -> Iterator[Metric]:
-    def per_ups(name: str, doc: str, key: str, scale: float = 1.0) -> Metric:
-        rows = [([u["name"]], u[key] * scale) for u in ups if u[key] is not None]
+    def per_ups(name: str, doc: str, key: str, divisor: float = 1.0) -> Metric:
+        rows = [([u["name"]], u[key] / divisor) for u in ups if u[key] is not None]
         return _gauge(name, doc, rows, ("ups",))
 
     yield _gauge("hecate_ups_reachable", "1 when upsd answered with current data for this UPS.",
                  [([u["name"]], 1.0 if u["reachable"] and not u["stale"] else 0.0) for u in ups], ("ups",))
+    yield _gauge("hecate_ups_last_success_timestamp_seconds",
+                 "When upsd last answered with current data for this UPS (Unix time; absent before the first).",
+                 [([u["name"]], _timestamp(u["last_seen_at"])) for u in ups if u.get("last_seen_at")], ("ups",))
     yield _gauge("hecate_ups_on_battery", "1 when the UPS reports OB (on battery).",
                  [([u["name"]], 1.0 if u["on_battery"] else 0.0) for u in ups], ("ups",))
     yield per_ups("hecate_ups_battery_runtime_seconds", "Remaining runtime the UPS reports.", "runtime_s")
-    yield per_ups("hecate_ups_battery_charge_ratio", "Battery charge, 0 to 1.", "charge_pct", 0.01)
-    yield per_ups("hecate_ups_load_ratio", "Output load, 0 to 1 (above 1 when overloaded).", "load_pct", 0.01)
+    yield per_ups("hecate_ups_battery_charge_ratio", "Battery charge, 0 to 1.", "charge_pct", 100)
+    yield per_ups("hecate_ups_load_ratio", "Output load, 0 to 1 (above 1 when overloaded).", "load_pct", 100)
     yield per_ups("hecate_ups_input_voltage_volts", "Input (mains) voltage.", "input_voltage")
     yield _gauge("hecate_ups_status_flag", "1 for each ups.status flag the UPS reports now, else 0.",
                  [([u["name"], f.value], 1.0 if f.value in u["flags"] else 0.0) for u in ups for f in Flag],
@@ -87,9 +107,10 @@ def _ups_metrics(ups: list[dict[str, Any]]) -> Iterator[Metric]:
 
 
 def _run_metrics(runs: dict[str, Any]) -> Iterator[Metric]:
-    total = CounterMetricFamily("hecate_runs", "Runs recorded in the run history (runs.json).",
+    total = CounterMetricFamily("hecate_runs", "Finished runs recorded since the daemon started (by the daemon or "
+                                "by hecate startup/drill), by kind, result and dry-run.",
                                 labels=["kind", "result", "dry_run"])
-    for row in runs["counts"]:
+    for row in runs.get("recorded", []):  # the daemon's; runs.json's counts are capped and can go down
         total.add_metric([row["kind"], row["result"], "true" if row["dry_run"] else "false"], row["count"])
     yield total
     yield _gauge("hecate_last_run_duration_seconds", "Duration of the last executed run of each kind.",
@@ -169,17 +190,41 @@ def _forward_metrics(peer: dict[str, Any] | None) -> Iterator[Metric]:
     if last is not None:
         yield _gauge("hecate_peer_last_forward_attempts", "Attempts the last forward made.", [([], last["attempts"])])
         yield _gauge("hecate_peer_last_forward_timestamp_seconds", "When the last forward started (Unix time).",
-                     [([], datetime.fromisoformat(last["started_at"]).timestamp())])
+                     [([], _timestamp(last["started_at"]))])
         yield _gauge("hecate_peer_fallback_ran", "1 when the last forward was not accepted and the local shutdown "
                      "was started (or recorded as a dry-run).",
                      [([], 1.0 if last["fallback"] in ("ran", "dry_run") else 0.0)])
 
 
-def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+def _bootstrap_cache_metrics(cache: dict[str, Any] | None) -> Iterator[Metric]:
+    """Only while the daemon keeps the bootstrap cache fresh (flux.bootstrap_objects or policy.name set)."""
+    if cache is None:
+        return
+    errors = CounterMetricFamily("hecate_bootstrap_cache_refresh_errors", "Refreshes of the bootstrap cache that "
+                                 "failed since the daemon started (Kubernetes error, e.g. a 404, or a write).")
+    errors.add_metric([], cache["errors"])
+    yield errors
+    if cache["last_refresh_at"] is not None:
+        yield _gauge("hecate_bootstrap_cache_last_refresh_timestamp_seconds",
+                     "When the bootstrap cache snapshot was last written from the live cluster (Unix time).",
+                     [([], _timestamp(cache["last_refresh_at"]))])
+
+
+def registry_for(status: Callable[[], dict[str, Any]], process: bool = False) -> CollectorRegistry:
+    """The collector of ``status``'s document; with ``process`` (the daemon's) also this process's metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status))
+    if process:
+        ProcessCollector(registry=registry)
     return registry
 
 
 def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The metrics in the format the ``Accept`` header asks for (OpenMetrics or the text format) and its
+    content type."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
