@@ -51,8 +51,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,7 +61,7 @@ from typing import Any
 import yaml
 
 from hecate.adapters.nut import parse_line
-from hecate_lab.procs import LabError, free_port, owned_by, start_daemon, stop_daemon, wait_for
+from hecate_lab.procs import LabError, free_port, http_get, owned_by, start_daemon, stop_daemon, wait_for
 from hecate_lab.ups import LAB_PASSWORD, LAB_USER, NUT_BIN, LabUps, start_ups
 
 LANES = 3
@@ -119,26 +117,22 @@ def hecate_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "hecate", *args]
 
 
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
-            return int(resp.status), bytes(resp.read())
-    except urllib.error.HTTPError as err:
-        return int(err.code), bytes(err.read())
-    except OSError:
-        return 0, b""
-
-
 def wait_daemon_ready(proc: subprocess.Popen[str], port: int, log: Path, timeout: float = 30.0) -> None:
     def ready() -> bool:
         if proc.poll() is not None:
             raise LabError(f"hecate daemon exited with {proc.returncode}:\n{log.read_text(errors='replace')[-2000:]}")
-        return http_get(port, "/readyz")[0] == 200
+        try:
+            return http_get(port, "/readyz")[0] == 200
+        except OSError:
+            return False
     wait_for(ready, timeout, "hecate daemon /readyz", log)
 
 
 def daemon_status(port: int) -> dict[str, Any]:
-    code, body = http_get(port, "/v1/status")
+    try:
+        code, body = http_get(port, "/v1/status")
+    except OSError:
+        return {}
     if code != 200:
         return {}
     doc: dict[str, Any] = json.loads(body)

@@ -19,6 +19,7 @@ from hecate.domain.plan import Stage
 from hecate.domain.runs import RunRecord, StageRecord
 from hecate.services.executor import StepOutcome
 from hecate_lab import wheelhouse as wheelhouse_mod
+from hecate_lab.cluster_sim import Delays
 from hecate_lab.testbed import Lab, LabSpec
 from hecate_lab.ups import LabUps, start_ups
 
@@ -58,6 +59,12 @@ def wheelhouse() -> Path:
     """Wheels of this checkout's product and its dependencies (built once, cached by content), for
     offline installs: ``pip install --no-index --find-links <wheelhouse> hecate``."""
     return wheelhouse_mod.build()
+
+
+def coordinator_lab_spec(wheelhouse: Path) -> LabSpec:
+    """The smallest lab with the coordinator as a machine: 1 server, 1 agent, titan-db; quick simulator delays."""
+    return LabSpec(servers=1, agents=1, machines=True, coordinator=True, wheelhouse=wheelhouse,
+                   delays=Delays(api=0.2, node=0.1, pod=0.1))
 
 
 @pytest.fixture(scope="session")

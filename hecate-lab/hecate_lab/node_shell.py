@@ -238,23 +238,24 @@ class Proc:
         self.argv = argv  # as in /proc/PID/cmdline (sshd rewrites it into one string)
 
 
+def read_proc(pid: int) -> Proc | None:
+    """One process's /proc entry, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode(errors="replace")
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return Proc(ppid=int(fields[1]), state=fields[0],
+                argv=tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a))
+
+
 def process_table() -> dict[int, Proc]:
-    """A snapshot of /proc: pid -> parent, state and argv."""
-    table: dict[int, Proc] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read().decode(errors="replace")
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                raw = fh.read()
-        except OSError:
-            continue  # exited meanwhile
-        fields = stat[stat.rfind(")") + 2 :].split()
-        argv = tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a)
-        table[int(entry)] = Proc(ppid=int(fields[1]), state=fields[0], argv=argv)
-    return table
+    """A snapshot of /proc: pid -> parent, state and argv (processes that exit meanwhile are left out)."""
+    table = {int(entry): read_proc(int(entry)) for entry in os.listdir("/proc") if entry.isdigit()}
+    return {pid: proc for pid, proc in table.items() if proc is not None}
 
 
 def is_sshd_of(proc: Proc | None, node_dir: Path) -> bool:
@@ -368,20 +369,6 @@ def kill_trees(
 
 
 # --------------------------------------------------------------------------- entry points
-
-
-def read_proc(pid: int) -> Proc | None:
-    """One process's /proc entry, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode(errors="replace")
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return Proc(ppid=int(fields[1]), state=fields[0],
-                argv=tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a))
 
 
 def halt_helper(node_dir: Path) -> int | None:

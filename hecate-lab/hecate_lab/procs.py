@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -112,3 +114,13 @@ def stop_daemon(proc: subprocess.Popen[str] | None, sig: int = signal.SIGTERM, t
             os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
     return out or ""
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """GET ``http://127.0.0.1:PORT/PATH``: the status and body (an HTTP error's too); ``OSError`` when nothing
+    answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return int(resp.status), bytes(resp.read())
+    except urllib.error.HTTPError as err:
+        return int(err.code), bytes(err.read())

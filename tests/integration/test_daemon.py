@@ -11,8 +11,6 @@ import stat
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
+from hecate_lab.procs import free_port, http_get, start_daemon, stop_daemon, wait_for
 from hecate_lab.ups import LabUps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -69,18 +67,10 @@ def hecate_status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30, check=False)
 
 
-def get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
 def answers(port: int, path: str) -> int | None:
     """The HTTP status on ``port``, or None while nothing listens there."""
     try:
-        return get(port, path)[0]
+        return http_get(port, path)[0]
     except OSError:
         return None
 
@@ -108,11 +98,11 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
                                  "WATCHDOG_USEC": "1000000"})
     try:
         assert notify_socket.recv(4096).startswith(b"READY=1")
-        assert get(port, "/healthz") == (200, b"ok\n")
-        assert get(port, "/readyz")[0] == 200
+        assert http_get(port, "/healthz") == (200, b"ok\n")
+        assert http_get(port, "/readyz")[0] == 200
         assert notify_socket.recv(4096) == b"WATCHDOG=1"
 
-        code, body = get(port, "/v1/status")
+        code, body = http_get(port, "/v1/status")
         doc = json.loads(body)
         assert code == 200
         assert doc["source"] == "daemon"
@@ -122,8 +112,8 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
         ups.set(ups_status="OB LB DISCHRG", battery_runtime=42, battery_charge=12)
         # The decision shows at once; its dry-run record is written by the handler just after.
         wait_for(lambda: (lambda d: d["trigger"]["shutdown_triggered"] and d["runs"]["count"] >= 1)(
-            json.loads(get(port, "/v1/status")[1])), 5, "the daemon to decide and record the dry-run")
-        code, metrics = get(port, "/metrics")
+            json.loads(http_get(port, "/v1/status")[1])), 5, "the daemon to decide and record the dry-run")
+        code, metrics = http_get(port, "/metrics")
         text = metrics.decode()
         assert 'hecate_ups_on_battery{ups="pyrphoros"} 1.0' in text
         assert 'hecate_ups_battery_runtime_seconds{ups="pyrphoros"} 42.0' in text
@@ -131,7 +121,7 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
         assert 'hecate_ups_status_flag{flag="LB",ups="pyrphoros"} 1.0' in text
         assert "hecate_shutdown_triggered 1.0" in text
         assert 'hecate_runs_total{dry_run="true",kind="shutdown",result="success"} 1.0' in text
-        doc = json.loads(get(port, "/v1/status")[1])
+        doc = json.loads(http_get(port, "/v1/status")[1])
         assert doc["armed"] is False
         assert doc["bootstrap_cache"]["errors"] >= 1, doc["bootstrap_cache"]
         assert doc["bootstrap_cache"]["last_refresh_at"] is None
@@ -265,7 +255,7 @@ def test_a_squatted_port_neither_stops_the_daemon_nor_fools_hecate_status(
         squatter.shutdown()
         squatter.server_close()  # the squatter goes: the daemon takes the port at its next retry (<= 30 s)
         wait_for(lambda: answers(port, "/readyz") == 200, 40, "the daemon to bind the freed port")
-        metrics = get(port, "/metrics")[1].decode()
+        metrics = http_get(port, "/metrics")[1].decode()
         assert f'hecate_http_listening{{address="{address}",listener="tcp"}} 1.0' in metrics
         assert f'hecate_http_bind_failures_total{{address="{address}",listener="tcp"}}' in metrics
     finally:

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import coordinator_lab_spec
 from hecate_lab import cluster_seed, machines, wheelhouse
-from hecate_lab.cluster_sim import Delays
-from hecate_lab.testbed import Lab, LabSpec
+from hecate_lab.testbed import Lab
 
 _why = machines.unavailable()
 pytestmark = [pytest.mark.integration, pytest.mark.machines, pytest.mark.timeout(240),
@@ -41,8 +41,7 @@ seen: dict[str, object] = {}
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iterator[Lab]:
     running = Lab.up(tmp_path_factory.mktemp("installed") / "lab",
-                     LabSpec(servers=1, agents=1, machines=True, coordinator=True, wheelhouse=wheelhouse,
-                             delays=Delays(api=0.2, node=0.1, pod=0.1)))
+                     coordinator_lab_spec(wheelhouse))
     try:
         cluster_seed.seed_workloads(running.kubeconfig)  # CoreDNS, Gitea, Flux: what startup brings back
         yield running

@@ -19,10 +19,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from conftest import coordinator_lab_spec
 from hecate_lab import machines
 from hecate_lab.cli import lab as lab_cli
-from hecate_lab.cluster_sim import Delays
-from hecate_lab.testbed import COORDINATOR_NAME, Lab, LabSpec, timeline
+from hecate_lab.testbed import COORDINATOR_NAME, Lab, timeline
 
 _why = machines.unavailable()
 pytestmark = [pytest.mark.integration, pytest.mark.machines, pytest.mark.timeout(240),
@@ -36,8 +36,7 @@ SSH_OPTIONS = ["-i", "/etc/hecate/id_ed25519", "-o", "UserKnownHostsFile=/etc/he
 @pytest.fixture(scope="module")
 def coord_lab(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iterator[Lab]:
     lab = Lab.up(tmp_path_factory.mktemp("coordinator") / "lab",
-                 LabSpec(servers=1, agents=1, machines=True, coordinator=True, wheelhouse=wheelhouse,
-                         delays=Delays(api=0.2, node=0.1, pod=0.1)))
+                 coordinator_lab_spec(wheelhouse))
     try:
         yield lab
     finally:

@@ -11,8 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,20 +20,12 @@ import pytest
 import yaml
 
 from hecate.domain import forward, peer
-from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
+from hecate_lab.procs import free_port, http_get, start_daemon, stop_daemon, wait_for
 from hecate_lab.ups import LabUps, start_ups
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 SECRET = b"integration-test-shared-secret-0123456789"
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +117,7 @@ def write_config(tmp_path: Path, ups: LabUps, coordinator_port: int, port: int, 
 
 
 def forward_state(port: int) -> dict[str, Any]:
-    doc = json.loads(get(port, "/v1/status")[1])
+    doc = json.loads(http_get(port, "/v1/status")[1])
     assert doc["role"] == "peer"
     return doc["peer_forward"]
 
@@ -171,7 +161,7 @@ def test_a_peer_forwards_a_signed_trigger_and_is_accepted(tmp_path: Path, ups: L
         assert isinstance(body, peer.TriggerBody)
         assert (body.peer, body.reason) == ("tethys", "low_battery")
         assert [(u.name, u.status, u.runtime_s) for u in body.ups] == [("statera", "OB LB DISCHRG", 40.0)]
-        metrics = get(port, "/metrics")[1].decode()
+        metrics = http_get(port, "/metrics")[1].decode()
         assert 'hecate_peer_forwards_total{result="accepted"} 1.0' in metrics
         assert 'hecate_peer_last_forward{result="accepted"} 1.0' in metrics
         promtool = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True,
@@ -201,7 +191,7 @@ def test_the_coordinator_down_the_peer_shuts_itself_down(tmp_path: Path, ups: La
         assert last["attempts"] >= 2
         assert "cannot connect" in last["error"]
         forwarded_for = datetime.fromisoformat(last["finished_at"]) - datetime.fromisoformat(last["started_at"])
-        wait_for(lambda: json.loads(get(port, "/v1/status")[1])["runs"]["count"] == 1, 5, "the run record")
+        wait_for(lambda: json.loads(http_get(port, "/v1/status")[1])["runs"]["count"] == 1, 5, "the run record")
     finally:
         output = stop_daemon(proc, timeout=10)
     assert forwarded_for.total_seconds() >= 2 - forward.MIN_ATTEMPT_S, output  # it tried for its whole time first
