@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,25 @@ class LabUps:
             wait_for(lambda: _matches(self.read(), changes), timeout,
                       f"upsd to serve {changes} for {self.name}", self.dir / "driver.log")
 
+    def play(self, steps: Sequence[tuple[int, Mapping[str, str | float | int]]]) -> None:
+        """Play an outage trace through ``dummy-ups`` itself: each step waits its whole seconds (a ``TIMER``
+        line, as NUT's own sequence files do), then serves its changes (NUT names, ``{"battery.charge": 80}``).
+        Returns at once; the driver plays the steps in order, once, and the last step's values stay served.
+        :meth:`set` afterwards starts from the trace's last values.
+        """
+        for delay, _ in steps:
+            if int(delay) != delay or delay < 0:
+                raise ValueError(f"a trace step waits whole seconds (dummy-ups' TIMER), not {delay!r}")
+        first = dict(self.values)
+        trace = []
+        for delay, changes in steps:
+            trace.append(f"TIMER {int(delay)}\n" + "".join(f"{k}: {v}\n" for k, v in changes.items()))
+            self.values.update({k: str(v) for k, v in changes.items()})
+        with open(self.dir / "events.jsonl", "a") as fh:
+            fh.write(json.dumps({"t": time.time(), "ups": self.name,
+                                 "play": [[d, {k: str(v) for k, v in c.items()}] for d, c in steps]}) + "\n")
+        self._write_dev(first, "".join(trace))
+
     def read(self) -> dict[str, str]:
         """Every variable upsd serves for this UPS right now, read with the real ``upsc``."""
         try:
@@ -188,8 +208,9 @@ class LabUps:
             return {}
         return _parse_upsc(out.stdout)
 
-    def _write_dev(self) -> None:
-        text = "".join(f"{k}: {v}\n" for k, v in sorted(self.values.items()))
+    def _write_dev(self, values: Mapping[str, str] | None = None, trace: str = "") -> None:
+        text = "".join(f"{k}: {v}\n" for k, v in sorted((self.values if values is None else values).items()))
+        text += trace
         tmp = self.dev_path.with_suffix(".dev.tmp")
         tmp.write_text(text)
         # Readable by a driver that runs as another user (NUT's own units, in the coordinator machine: `nut`).

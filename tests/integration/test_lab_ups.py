@@ -70,3 +70,22 @@ def test_killed_driver_makes_upsd_report_it(ups: LabUps) -> None:
         assert time.monotonic() < deadline, "upsd kept serving a dead driver's data"
         time.sleep(0.2)
     assert "Driver not connected" in out.stderr or "Data stale" in out.stderr
+
+
+def test_a_played_trace_is_served_in_order_once_and_set_goes_on_from_its_end(ups: LabUps) -> None:
+    ups.play([(0, {"ups.status": "OB DISCHRG", "battery.charge": 90}), (1, {"battery.charge": 80})])
+    seen: list[str] = []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and (not seen or seen[-1] != "80"):
+        charge = ups.read().get("battery.charge", "")
+        if not seen or seen[-1] != charge:
+            seen.append(charge)
+        time.sleep(0.1)
+    assert seen[-2:] == ["90", "80"], seen
+    time.sleep(1.5)  # played once: the trace does not start again
+    assert ups.read()["battery.charge"] == "80"
+    ups.set(ups_status="OL")
+    assert ups.read()["battery.charge"] == "80"
+    with pytest.raises(ValueError, match="whole seconds"):
+        ups.play([(0, {"battery.charge": 70}), (0.5, {"battery.charge": 60})])
+    assert ups.values["battery.charge"] == "80"  # a refused trace changes nothing
