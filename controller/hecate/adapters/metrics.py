@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from hecate import __version__
 from hecate.adapters import store
 from hecate.domain import forward, policy_source
+from hecate.domain.runs import RunResult
 from hecate.domain.ups import Flag
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -63,6 +64,7 @@ class StatusCollector(Collector):
         yield from _peer_metrics(doc.get("peer_listener"))
         yield from _forward_metrics(doc.get("peer_forward"))
         yield from _bootstrap_cache_metrics(doc.get("bootstrap_cache"))
+        yield from _alert_metrics(doc.get("alerts", []))
 
 
 def _gauge(name: str, doc: str, samples: list[tuple[list[str], float]], labels: tuple[str, ...] = ()) -> Metric:
@@ -115,6 +117,13 @@ def _run_metrics(runs: dict[str, Any]) -> Iterator[Metric]:
     yield total
     yield _gauge("hecate_last_run_duration_seconds", "Duration of the last executed run of each kind.",
                  [([kind], seconds) for kind, seconds in sorted(runs["last_duration_s"].items())], ("kind",))
+    last = sorted(runs.get("last", {}).items())
+    yield _gauge("hecate_last_run_result", "1 for the result of the last finished run of each kind (dry-runs "
+                 "included), else 0.",
+                 [([kind, r.value], 1.0 if run["result"] == r.value else 0.0) for kind, run in last for r in RunResult],
+                 ("kind", "result"))
+    yield _gauge("hecate_last_run_timestamp_seconds", "When the last finished run of each kind ended (Unix time).",
+                 [([kind], _timestamp(run["finished_at"])) for kind, run in last], ("kind",))
 
 
 def _policy_metrics(policy: dict[str, Any] | None) -> Iterator[Metric]:
@@ -124,6 +133,8 @@ def _policy_metrics(policy: dict[str, Any] | None) -> Iterator[Metric]:
                  "1 for where the policy in force comes from: the cluster's PowerPolicy, the cache of the last "
                  "valid one, or hecate.yaml alone (host).",
                  [([s.value], 1.0 if policy["source"] == s.value else 0.0) for s in policy_source.Source], ("source",))
+    yield _gauge("hecate_policy_rejected", "1 while the cluster's PowerPolicy is rejected (invalid; the cache or "
+                 "hecate.yaml is in force), else 0.", [([], 1.0 if policy.get("cluster_object") == "invalid" else 0.0)])
     if policy.get("age_s") is not None:
         yield _gauge("hecate_policy_age_seconds", "Time since the PowerPolicy in force was taken (cached) by Hecate.",
                      [([], policy["age_s"])])
@@ -204,10 +215,20 @@ def _bootstrap_cache_metrics(cache: dict[str, Any] | None) -> Iterator[Metric]:
                                  "failed since the daemon started (Kubernetes error, e.g. a 404, or a write).")
     errors.add_metric([], cache["errors"])
     yield errors
+    yield _gauge("hecate_bootstrap_cache_refresh_failing", "1 while the last refresh of the bootstrap cache failed "
+                 "(none has worked since), else 0.", [([], 1.0 if cache["last_error"] else 0.0)])
     if cache["last_refresh_at"] is not None:
         yield _gauge("hecate_bootstrap_cache_last_refresh_timestamp_seconds",
                      "When the bootstrap cache snapshot was last written from the live cluster (Unix time).",
                      [([], _timestamp(cache["last_refresh_at"]))])
+
+
+def _alert_metrics(alerts: list[dict[str, Any]]) -> Iterator[Metric]:
+    """One series per alert the status lists now (``ups`` empty for the daemon's own): a kind added to the
+    status shows up here, and in the alert rules' catch-all, without more work."""
+    active = sorted({(a["ups"] or "", a["kind"]) for a in alerts})
+    yield _gauge("hecate_alert_active", "1 for each alert the status document lists now, by UPS (empty for the "
+                 "daemon's own) and kind.", [([ups, kind], 1.0) for ups, kind in active], ("ups", "kind"))
 
 
 def registry_for(status: Callable[[], dict[str, Any]], process: bool = False) -> CollectorRegistry:

@@ -55,14 +55,20 @@ def _run(r: RunRecord) -> dict[str, Any]:
 def _runs(runs: list[RunRecord]) -> dict[str, Any]:
     counts = Counter((r.kind.value, r.result.value if r.result else "in_flight", r.dry_run) for r in runs)
     last_duration: dict[str, float] = {}
+    last: dict[str, dict[str, Any]] = {}
     for r in runs:
         if r.duration_s is not None and not r.dry_run:
             last_duration[r.kind.value] = r.duration_s
+        if r.result is not None:  # the last finished run of each kind, dry-runs included
+            finished = r.finished_at or r.started_at
+            last[r.kind.value] = {"result": r.result.value, "dry_run": r.dry_run,
+                                  "finished_at": timestamps.rfc3339(finished, fraction=True)}
     return {
         "count": len(runs),
         "counts": [{"kind": k, "result": res, "dry_run": dry, "count": n}
                    for (k, res, dry), n in sorted(counts.items())],
         "last_duration_s": last_duration,
+        "last": last,
         "recent": [_run(r) for r in runs[-RECENT_RUNS:]][::-1],
     }
 
