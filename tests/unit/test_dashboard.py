@@ -88,6 +88,8 @@ def test_panels_have_unique_ids_a_place_on_the_grid_and_queries_on_the_data_sour
         for target in panel["targets"]:
             assert target["expr"].strip(), panel["title"]
             assert target["datasource"] == panel["datasource"], panel["title"]
+    titles = [p["title"] for p in panels]
+    assert len(titles) == len(set(titles)), titles  # a title names one panel (the docs and the tests use them)
     rows = [p["title"] for p in panels if p["type"] == "row"]
     assert rows[0] == "Overview"
 

@@ -154,10 +154,10 @@ def _battery() -> list[tuple[dict[str, Any], int, int]]:
                   (f"max(hecate_shutdown_threshold_seconds{{{DAEMONS}}})", "threshold"),
                   (f"max(hecate_shutdown_budget_seconds{{{DAEMONS}}})", "budget")], "s",
                  overrides=[_dashed("threshold")]), 24, 8),
-        (_series("Charge", "Battery charge per UPS.", [(f"hecate_ups_battery_charge_ratio{{{UPSES}}}", "{{ups}}")],
-                 "percentunit"), 8, 7),
-        (_series("Load", "Output load per UPS.", [(f"hecate_ups_load_ratio{{{UPSES}}}", "{{ups}}")], "percentunit"),
-         8, 7),
+        (_series("Battery charge", "Battery charge per UPS.",
+                 [(f"hecate_ups_battery_charge_ratio{{{UPSES}}}", "{{ups}}")], "percentunit"), 8, 7),
+        (_series("Output load", "Output load per UPS.",
+                 [(f"hecate_ups_load_ratio{{{UPSES}}}", "{{ups}}")], "percentunit"), 8, 7),
         (_series("On battery and reachable", "1 while on battery (OB) / while upsd answers with current data.",
                  [(f"hecate_ups_on_battery{{{UPSES}}}", "{{ups}} on battery"),
                   (f"hecate_ups_reachable{{{UPSES}}}", "{{ups}} reachable")]), 8, 7),
@@ -175,7 +175,7 @@ def _decisions() -> list[tuple[dict[str, Any], int, int]]:
         (_series("Runs", "Runs finished per interval by kind, result and dry-run (hecate_runs_total).",
                  [(delta("hecate_runs_total", RUNS_BY), "{{kind}} {{result}} (dry-run {{dry_run}})")], bars=True),
          8, 8),
-        (_series("Last run duration", "Duration of the last executed run of each kind: what the budget learns from.",
+        (_series("Run durations", "Duration of the last executed run of each kind: what the budget learns from.",
                  [(f"hecate_last_run_duration_seconds{{{DAEMONS}}}", "{{kind}}")], "s"), 8, 8),
     ]
 
