@@ -9,6 +9,7 @@ directory the caller owns, listening on a free loopback port. Nothing of the hos
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import urllib.parse
@@ -111,3 +112,21 @@ def _ready(server: Prometheus) -> bool:
     except OSError:
         return False
     return status == 200
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_IDENTIFIER = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)(?![\w:]|\s*\()")
+_KEYWORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                       "offset", "inf", "nan", "atan2"})
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (``foo`` and ``foo{…}``; not functions, label names in
+    matchers or groupings, keywords, strings or durations). A parser's view is better: Prometheus 2.42 has no
+    ``parse_query`` endpoint, so this is lexical, for a query that Prometheus has already accepted."""
+    text = _STRING.sub('""', expr)
+    text = re.sub(r"\{[^}]*\}", "{}", text)
+    text = re.sub(r"\[[^\]]*\]", "[]", text)
+    text = _GROUPING.sub(" ", text)
+    return {name for name in _IDENTIFIER.findall(text) if name.lower() not in _KEYWORDS}
