@@ -238,6 +238,20 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return {}
 
 
+def kstatus(obj: dict[str, Any]) -> str:
+    """kstatus's generic rules (cli-utils ``checkGenericProperties``), what Flux health checks compute for a custom
+    resource: a generation not yet observed is in progress, ``Reconciling=True`` too, ``Stalled=True`` failed."""
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if observed is not None and observed != obj["metadata"].get("generation"):
+        return "InProgress"
+    for row in (obj.get("status") or {}).get("conditions") or []:
+        if row["type"] == "Reconciling" and row["status"] == "True":
+            return "InProgress"
+        if row["type"] == "Stalled" and row["status"] == "True":
+            return "Failed"
+    return "Current"
+
+
 def cache_of(config: HecateConfig) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((config.state_dir / "policy-cache.yaml").read_text())
     return data
@@ -265,6 +279,7 @@ async def test_create_update_invalid_delete(tmp_path: Path, kube: KubeLab) -> No
             return obj if ok else None
 
         obj = await until(lambda: accepted(1), 15, "Ready=True for generation 1")
+        assert kstatus(obj) == "Current"
         cached = cache_of(config)
         assert cached["spec"] == obj["spec"]
         assert cached["metadata"]["name"] == "titan"
@@ -301,7 +316,7 @@ async def test_create_update_invalid_delete(tmp_path: Path, kube: KubeLab) -> No
         assert doc["policy"]["age_s"] is not None
 
         # update -> cache follows, observedGeneration follows
-        await asyncio.to_thread(kube.patch_spec, {"trigger": {"safety_factor": 3.0}})
+        assert kstatus(await asyncio.to_thread(kube.patch_spec, {"trigger": {"safety_factor": 3.0}})) == "InProgress"
         obj = await until(lambda: accepted(2), 15, "Ready=True for generation 2")
         assert cache_of(config)["metadata"]["generation"] == 2
         assert cache_of(config)["spec"]["trigger"]["safety_factor"] == 3.0
@@ -321,7 +336,8 @@ async def test_create_update_invalid_delete(tmp_path: Path, kube: KubeLab) -> No
         assert "spec.ups" in message
         assert "ghost" in message
         assert message.endswith("; generation 2 stays in force from Hecate's cache")
-        assert condition(obj, "Stalled")["status"] == "True"  # kstatus: Failed
+        assert condition(obj, "Stalled")["status"] == "True"
+        assert kstatus(obj) == "Failed"
         assert condition(obj, "Stalled")["message"] == message
         done = await asyncio.to_thread(kubectl, kube.kubeconfig, "wait", "--for=condition=Ready", "pp/titan",
                                        "--timeout=1s")

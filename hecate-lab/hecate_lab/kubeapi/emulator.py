@@ -293,7 +293,10 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         """Serve a CRD's resources (discovery) and their printer columns (the ``Table`` format)."""
         registered = register_crd(self, crd)
         for res in registered:
-            self.printer_columns[res] = printer_columns(crd, str(res.version))
+            try:
+                self.printer_columns[res] = printer_columns(crd, str(res.version))
+            except ValueError as e:  # served, as plain lists (kubectl prints NAME AGE)
+                log.warning("no Table for %s: %s", res.plural, e)
         return registered
 
     @staticmethod
