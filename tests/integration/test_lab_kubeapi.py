@@ -553,7 +553,7 @@ def test_kubectl_get_shows_the_printer_columns_and_wait_watches_for_a_condition(
     # Ready=False, or a Ready=True written for an older generation: the wait times out (non-zero)
     for status, generation in (("False", 1), ("True", 0)):
         ready(status, generation)
-        done = kubectl(lab.kubeconfig, "wait", "--for=condition=Ready", "pp/titan", "--timeout=1s")
+        done = kubectl(lab.kubeconfig, "wait", "--for=condition=Ready", "pp/titan", "--timeout=500ms")
         assert done.returncode != 0, (status, generation)
         assert "timed out" in done.stderr
     assert set(ok("get", "nodes", "--no-headers").split()[0::2]) == set(NODES)  # built-in kinds: kubectl's fallback

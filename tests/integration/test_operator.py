@@ -340,7 +340,7 @@ async def test_create_update_invalid_delete(tmp_path: Path, kube: KubeLab) -> No
         assert kstatus(obj) == "Failed"
         assert condition(obj, "Stalled")["message"] == message
         done = await asyncio.to_thread(kubectl, kube.kubeconfig, "wait", "--for=condition=Ready", "pp/titan",
-                                       "--timeout=1s")
+                                       "--timeout=500ms")
         assert done.returncode != 0, done
         assert "timed out" in done.stderr, done
         assert obj["status"]["phase"] == "Invalid"
