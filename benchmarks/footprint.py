@@ -14,7 +14,7 @@ against the running daemon (over its unix socket) and, after it stopped, with no
 The embedded operator's cost (``daemon_operator_rss``): the same daemon (1 lab UPS) run
 twice against the lab's emulated API holding the PowerPolicy CRD and the example
 policy -- once without ``policy.name`` (no operator, kopf never imported), once with it
-(kopf connected, the policy Accepted, the status written every 30 s) -- each sampled for
+(kopf connected, the policy Ready, the status written every 30 s) -- each sampled for
 ``OPERATOR_WATCH_S`` after it settled. ``python -m benchmarks.footprint operator`` runs
 only that part.
 """
@@ -202,7 +202,7 @@ def _accepted(kubeconfig: Path) -> bool:
     with urllib.request.urlopen(api_url(kubeconfig) + "/apis/hecate.io/v1alpha1/powerpolicies/titan",  # noqa: S310
                                 timeout=2) as rsp:
         obj = json.loads(rsp.read())
-    return any(c["type"] == "Accepted" and c["status"] == "True"
+    return any(c["type"] == "Ready" and c["status"] == "True"
                for c in (obj.get("status") or {}).get("conditions") or [])
 
 
@@ -247,7 +247,7 @@ def operator_rss() -> Iterator[dict[str, Any]]:
                 daemon = start_daemon(config, log)
                 wait_daemon_ready(daemon, port, log)
                 if policy:
-                    wait_for(lambda: _accepted(kubeconfig), 30, "the PowerPolicy Accepted", log)
+                    wait_for(lambda: _accepted(kubeconfig), 30, "the PowerPolicy Ready", log)
                     source = daemon_status(port)["policy"]["source"]
                     if source != "cluster":
                         raise RuntimeError(f"the operator did not put the cluster's policy in force: {source}")

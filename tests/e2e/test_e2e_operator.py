@@ -100,8 +100,9 @@ def test_the_daemon_reports_conditions_on_a_real_cluster(tmp_path: Path, api: An
         return {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
 
     try:
-        wait_for(lambda: conditions().get("Accepted") == "True", 120, "Accepted=True")
-        assert conditions() == {"Accepted": "True", "Cached": "True", "Armed": "False", "ShutdownInProgress": "False"}
+        wait_for(lambda: conditions().get("Ready") == "True", 120, "Ready=True")
+        assert conditions() == {"Ready": "True", "Stalled": "False", "Cached": "True", "Armed": "False",
+                                "ShutdownInProgress": "False"}
         status = objects.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)["status"]
         assert status["source"] == "cluster"
         assert status["phase"] == "Active"

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import http.client
 import json
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -21,14 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client, config, watch
 
 from hecate_lab.cluster_seed import LabApi, seed_workloads
-from hecate_lab.kubeapi import LabKubeApiError, api_url, read_events, start_kubeapi, stop_kubeapi
+from hecate_lab.kubeapi import LabKubeApiError, api_url, kubectl, read_events, start_kubeapi, stop_kubeapi
 from hecate_lab.kubeapi.emulator import parse_namespace_path
 from hecate_lab.kubeapi.manifest import DEFAULT_K3S_VERSION, LabNode, parse_manifest
 from hecate_lab.kubeapi.node_objects import node_object, node_ready_condition
+from hecate_lab.kubeapi.process import kubectl_command
 from hecate_lab.kubeapi.selectors import match_field_selector, match_label_selector
+from hecate_lab.kubeapi.tables import cell, human_duration, printer_columns, table, wants_table
 from hecate_lab.nodestate import initial_state, service_for, write_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -450,6 +454,109 @@ def test_created_crds_become_served_resources(lab: Lab, api: client.ApiClient) -
     listed = crs.list_cluster_custom_object("hecate.io", "v1alpha1", "powerpolicies")
     assert [(i["metadata"]["name"], i["spec"], i["status"]) for i in listed["items"]] == \
         [("default", {"shutdownAt": "40%"}, {"phase": "Armed"})]
+
+
+KUBECTL_TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io," \
+    "application/json"
+HECATE_CRD = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "powerpolicy.yaml").read_text())
+
+
+@pytest.mark.parametrize(("seconds", "printed"), [
+    (-5, "<invalid>"), (-0.5, "0s"), (45, "45s"), (119, "119s"), (120, "2m"), (200, "3m20s"), (600, "10m"),
+    (179 * 60, "179m"), (3 * 3600, "3h"), (3 * 3600 + 60, "3h1m"), (9 * 3600, "9h"), (50 * 3600, "2d2h"),
+    (48 * 3600, "2d"), (30 * 86400, "30d"), (800 * 86400, "2y70d"), (3000 * 86400, "8y")])
+def test_ages_print_as_kubectl_prints_them(seconds: float, printed: str) -> None:
+    assert human_duration(seconds) == printed
+
+
+def test_a_table_from_the_crds_printer_columns() -> None:
+    assert wants_table(KUBECTL_TABLE)
+    assert not wants_table("application/json")
+    assert not wants_table(None)
+    columns = printer_columns(HECATE_CRD, "v1alpha1")
+    assert printer_columns({"spec": {"versions": [{"name": "v1"}]}}, "v1") == \
+        [{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]  # the API server's default
+    with pytest.raises(ValueError, match="simple"):
+        printer_columns({"spec": {"versions": [{"name": "v1", "additionalPrinterColumns": [
+            {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'}]}]}}, "v1")
+    obj = {"metadata": {"name": "titan", "creationTimestamp": T0S},
+           "status": {"phase": "Active", "ups": {"state": "on_mains", "runtimeSeconds": 900},
+                      "thresholdSeconds": 600.5, "lastRun": {"dryRun": True, "finishedAt": ats(-30)}}}
+    result = table([obj], columns, "7", at(200))
+    assert (result["kind"], result["apiVersion"]) == ("Table", "meta.k8s.io/v1")
+    assert result["metadata"] == {"resourceVersion": "7"}
+    names = [c["name"] for c in result["columnDefinitions"]]
+    assert names == ["Name", "Phase", "UPS", "Runtime", "Threshold", "Budget", "Last run", "Dry run", "Result",
+                     "Source", "Age"]
+    row = result["rows"][0]
+    assert row["cells"] == ["titan", "Active", "on_mains", 900.0, 600.5, None, "3m50s", True, None, None, "3m20s"]
+    assert row["object"] == {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                             "metadata": obj["metadata"]}
+    assert "object" not in table([obj], columns, "7", at(0), "None")["rows"][0]
+    assert table([obj], columns, "7", at(0), "Object")["rows"][0]["object"] == obj
+    assert cell({"type": "string"}, 2.0, T0) == "2"
+    assert cell({"type": "string"}, False, T0) == "false"
+    assert cell({"type": "integer"}, 2.7, T0) == 2
+    assert cell({"type": "date"}, "yesterday", T0) == "<invalid>"
+    assert cell({"type": "boolean"}, "yes", T0) is None
+
+
+@pytest.mark.timeout(60)
+def test_kubectl_get_shows_the_printer_columns_and_wait_watches_for_a_condition(lab: Lab) -> None:
+    """The real kubectl: ``get`` asks for a Table (the CRD's columns), ``wait`` lists then watches."""
+    def ok(*args: str) -> str:
+        done = kubectl(lab.kubeconfig, *args)
+        assert done.returncode == 0, done.stderr
+        assert "Warning" not in done.stderr, done.stderr  # e.g. a short name also matching a subresource
+        return done.stdout
+
+    for name, doc in (("crd", HECATE_CRD), ("titan", {"apiVersion": "hecate.io/v1alpha1", "kind": "PowerPolicy",
+                                                       "metadata": {"name": "titan"}, "spec": {}})):
+        manifest = lab.kubeconfig.parent / f"{name}.yaml"
+        manifest.write_text(yaml.safe_dump(doc))
+        ok("create", "--validate=false", "-f", str(manifest))  # the lab serves no OpenAPI document
+    header, row = ok("get", "pp").splitlines()
+    assert header.split() == ["NAME", "PHASE", "UPS", "RUNTIME", "THRESHOLD", "BUDGET", "LAST", "RUN", "DRY", "RUN",
+                              "AGE"]
+    assert row.split()[0] == "titan"
+    assert len(row.split()) == 2  # no status yet: blank cells, then the age
+
+    def ready(status: str, generation: int) -> None:
+        ok("patch", "pp", "titan", "--subresource=status", "--type=merge", "-p", json.dumps({"status": {
+            "phase": "Active" if status == "True" else "Invalid", "observedGeneration": generation,
+            "ups": {"state": "on_mains", "runtimeSeconds": 900}, "thresholdSeconds": 600, "budgetSeconds": 300,
+            "lastRun": {"dryRun": True, "result": "success", "finishedAt": T0S},
+            "conditions": [{"type": "Ready", "status": status, "reason": "InForce" if status == "True" else "Invalid",
+                            "message": "", "lastTransitionTime": T0S, "observedGeneration": generation}]}}))
+
+    # kubectl wait started before the condition holds: it lists, then watches until it does
+    argv, env = kubectl_command(lab.kubeconfig, "wait", "--for=condition=Ready", "pp/titan", "--timeout=20s")
+    waiting = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # let it reach its watch (a wait that finds the condition at once proves nothing)
+        ready("True", 1)
+        out, err = waiting.communicate(timeout=25)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+    assert waiting.returncode == 0, err
+    assert "condition met" in out
+    assert "Unhandled Error" not in err, err  # e.g. a watch stream kubectl cannot decode
+
+    cells = ok("get", "pp", "titan", "--no-headers").split()
+    assert cells[:7] == ["titan", "Active", "on_mains", "900", "600", "300", cells[6]]
+    assert cells[6].endswith(("d", "y"))  # last run: an age
+    assert cells[7] == "true"  # dry run
+    assert {"RESULT", "SOURCE"} <= set(ok("get", "pp", "-o", "wide").splitlines()[0].split())  # priority 1
+
+    # Ready=False, or a Ready=True written for an older generation: the wait times out (non-zero)
+    for status, generation in (("False", 1), ("True", 0)):
+        ready(status, generation)
+        done = kubectl(lab.kubeconfig, "wait", "--for=condition=Ready", "pp/titan", "--timeout=500ms")
+        assert done.returncode != 0, (status, generation)
+        assert "timed out" in done.stderr
+    assert set(ok("get", "nodes", "--no-headers").split()[0::2]) == set(NODES)  # built-in kinds: kubectl's fallback
 
 
 def test_sigterm_stops_cleanly(tmp_path: Path) -> None:

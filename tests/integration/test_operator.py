@@ -39,12 +39,12 @@ from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.ups import Snapshot, from_variables
 from hecate.operator import OperatorOptions
 from hecate.operator.status import Snapshot as StatusSnapshot
-from hecate.operator.status import status_body
+from hecate.operator.status import rejection, status_body
 from hecate.services import monitor as monitor_mod
 from hecate.services import policy as policy_mod
 from hecate.services import status as status_mod
 from hecate_lab import nodes
-from hecate_lab.kubeapi import api_url, start_kubeapi, stop_kubeapi
+from hecate_lab.kubeapi import api_url, kubectl, start_kubeapi, stop_kubeapi
 from hecate_lab.nodestate import initial_state, write_state
 from hecate_lab.procs import free_port, wait_for
 from hecate_lab.testbed import Lab, LabSpec
@@ -238,6 +238,20 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return {}
 
 
+def kstatus(obj: dict[str, Any]) -> str:
+    """kstatus's generic rules (cli-utils ``checkGenericProperties``), what Flux health checks compute for a custom
+    resource: a generation not yet observed is in progress, ``Reconciling=True`` too, ``Stalled=True`` failed."""
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if observed is not None and observed != obj["metadata"].get("generation"):
+        return "InProgress"
+    for row in (obj.get("status") or {}).get("conditions") or []:
+        if row["type"] == "Reconciling" and row["status"] == "True":
+            return "InProgress"
+        if row["type"] == "Stalled" and row["status"] == "True":
+            return "Failed"
+    return "Current"
+
+
 def cache_of(config: HecateConfig) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((config.state_dir / "policy-cache.yaml").read_text())
     return data
@@ -255,16 +269,17 @@ async def test_create_update_invalid_delete(tmp_path: Path, kube: KubeLab) -> No
         assert doc["policy"]["source"] == "host"  # nothing cached yet, no object yet
         assert doc["budget"]["threshold_s"] == pytest.approx(330)
 
-        # create -> Accepted, cached, in force
+        # create -> Ready, cached, in force
         await asyncio.to_thread(kube.create_policy, {"trigger": {"safety_factor": 2.0}, "ups": ["pyrphoros"]})
 
         async def accepted(generation: int) -> dict[str, Any] | None:
             obj = await asyncio.to_thread(kube.policy)
-            ok = (condition(obj, "Accepted").get("status") == "True"
+            ok = (condition(obj, "Ready").get("status") == "True"
                   and (obj or {}).get("status", {}).get("observedGeneration") == generation)
             return obj if ok else None
 
-        obj = await until(lambda: accepted(1), 15, "Accepted=True for generation 1")
+        obj = await until(lambda: accepted(1), 15, "Ready=True for generation 1")
+        assert kstatus(obj) == "Current"
         cached = cache_of(config)
         assert cached["spec"] == obj["spec"]
         assert cached["metadata"]["name"] == "titan"
@@ -274,7 +289,7 @@ async def test_create_update_invalid_delete(tmp_path: Path, kube: KubeLab) -> No
         assert (config.state_dir / "policy-cache.yaml").stat().st_mode & 0o777 == 0o600
         status = obj["status"]
         assert {c["type"]: c["status"] for c in status["conditions"]} == {
-            "Accepted": "True", "Cached": "True", "Armed": "False", "ShutdownInProgress": "False"}
+            "Ready": "True", "Stalled": "False", "Cached": "True", "Armed": "False", "ShutdownInProgress": "False"}
         assert status["phase"] == "Active"
         assert status["source"] == "cluster"
         assert status["thresholdSeconds"] == pytest.approx(600)
@@ -286,6 +301,14 @@ async def test_create_update_invalid_delete(tmp_path: Path, kube: KubeLab) -> No
         annotations = obj["metadata"].get("annotations") or {}
         assert annotations
         assert all(k.startswith("hecate.io/") for k in annotations), annotations
+        # the real kubectl: Hecate's columns with their values; Ready is met
+        got = await asyncio.to_thread(kubectl, kube.kubeconfig, "get", "pp", "titan", "--no-headers")
+        cells = got.stdout.split()
+        assert cells[:6] == ["titan", "Active", "on_mains", "900", "600", "300"], got  # runtime, threshold, budget
+        assert len(cells) == 7, got  # no run yet: blank last run and dry run, then the age
+        done = await asyncio.to_thread(kubectl, kube.kubeconfig, "wait", "--for=condition=Ready", "pp/titan",
+                                       "--timeout=10s")
+        assert done.returncode == 0, done.stderr
         doc = await until(daemon.status, 5, "status")
         assert doc["policy"]["source"] == "cluster"
         assert doc["policy"]["generation"] == 1
@@ -293,25 +316,33 @@ async def test_create_update_invalid_delete(tmp_path: Path, kube: KubeLab) -> No
         assert doc["policy"]["age_s"] is not None
 
         # update -> cache follows, observedGeneration follows
-        await asyncio.to_thread(kube.patch_spec, {"trigger": {"safety_factor": 3.0}})
-        obj = await until(lambda: accepted(2), 15, "Accepted=True for generation 2")
+        assert kstatus(await asyncio.to_thread(kube.patch_spec, {"trigger": {"safety_factor": 3.0}})) == "InProgress"
+        obj = await until(lambda: accepted(2), 15, "Ready=True for generation 2")
         assert cache_of(config)["metadata"]["generation"] == 2
         assert cache_of(config)["spec"]["trigger"]["safety_factor"] == 3.0
         assert obj["status"]["thresholdSeconds"] == pytest.approx(900)
         assert all(c["observedGeneration"] == 2 for c in obj["status"]["conditions"])
 
-        # invalid -> Accepted=False naming the field, cache unchanged, still monitoring
+        # invalid -> Ready=False naming the field, cache unchanged, still monitoring
         before = (config.state_dir / "policy-cache.yaml").read_bytes()
         await asyncio.to_thread(kube.patch_spec, {"ups": ["ghost"]})
 
         async def rejected() -> dict[str, Any] | None:
             obj = await asyncio.to_thread(kube.policy)
-            return obj if condition(obj, "Accepted").get("status") == "False" else None
+            return obj if condition(obj, "Ready").get("status") == "False" else None
 
-        obj = await until(rejected, 15, "Accepted=False")
-        message = condition(obj, "Accepted")["message"]
+        obj = await until(rejected, 15, "Ready=False")
+        message = condition(obj, "Ready")["message"]
         assert "spec.ups" in message
         assert "ghost" in message
+        assert message.endswith("; generation 2 stays in force from Hecate's cache")
+        assert condition(obj, "Stalled")["status"] == "True"
+        assert kstatus(obj) == "Failed"
+        assert condition(obj, "Stalled")["message"] == message
+        done = await asyncio.to_thread(kubectl, kube.kubeconfig, "wait", "--for=condition=Ready", "pp/titan",
+                                       "--timeout=500ms")
+        assert done.returncode != 0, done
+        assert "timed out" in done.stderr, done
         assert obj["status"]["phase"] == "Invalid"
         assert obj["status"]["observedGeneration"] == 3
         assert obj["status"]["source"] == "cache"
@@ -354,14 +385,14 @@ async def _detail(daemon: Running, text: str) -> dict[str, Any] | None:
 
 async def _accepted(kube: KubeLab, generation: int) -> dict[str, Any] | None:
     obj = await asyncio.to_thread(kube.policy)
-    ok = (condition(obj, "Accepted").get("status") == "True"
+    ok = (condition(obj, "Ready").get("status") == "True"
           and (obj or {}).get("status", {}).get("observedGeneration") == generation)
     return obj if ok else None
 
 
 async def _rejected(kube: KubeLab, generation: int) -> dict[str, Any] | None:
     obj = await asyncio.to_thread(kube.policy)
-    ok = (condition(obj, "Accepted").get("status") == "False"
+    ok = (condition(obj, "Ready").get("status") == "False"
           and (obj or {}).get("status", {}).get("observedGeneration") == generation)
     return obj if ok else None
 
@@ -373,20 +404,21 @@ async def test_a_policy_outside_the_envelope_is_rejected_naming_the_field_and_th
     config = make_config(tmp_path, kube.kubeconfig)
     async with running(config, FakeReader()) as daemon:
         await asyncio.to_thread(kube.create_policy, {"trigger": {"safety_factor": 2.0, "poll_interval_s": 4}})
-        await until(lambda: _accepted(kube, 1), 15, "Accepted=True for generation 1")
+        await until(lambda: _accepted(kube, 1), 15, "Ready=True for generation 1")
         cached = (config.state_dir / "policy-cache.yaml").read_bytes()
 
         # the API server takes it (the CRD allows a day), the host's envelope does not
         await asyncio.to_thread(kube.patch_spec, {"trigger": {"poll_interval_s": 86400}})
-        obj = await until(lambda: _rejected(kube, 2), 15, "Accepted=False for generation 2")
+        obj = await until(lambda: _rejected(kube, 2), 15, "Ready=False for generation 2")
         why = "spec.trigger.poll_interval_s: 86400 is above the host's limit 5 (policy.envelope.max_poll_interval_s)"
-        assert condition(obj, "Accepted")["message"] == why
+        assert condition(obj, "Ready")["message"] == \
+            f"generation 2 rejected: {why}; generation 1 stays in force from Hecate's cache"
         assert obj["status"]["phase"] == "Invalid"
         assert obj["status"]["source"] == "cache"
         events = [e for e in await asyncio.to_thread(kube.events)
                   if e.get("involvedObject", {}).get("name") == "titan"]
         assert [e["reason"] for e in events] == ["PolicyRejected"]
-        assert f"generation 2 rejected: {why}" in events[0]["message"]
+        assert events[0]["message"] == f"generation 2 rejected: {why}; generation 1 stays in force from Hecate's cache"
 
         # the previous policy stays in force and cached
         assert (config.state_dir / "policy-cache.yaml").read_bytes() == cached
@@ -485,7 +517,7 @@ async def test_api_unreachable_at_start_decides_from_cache_then_connects(tmp_pat
             doc = await until(lambda: _source(daemon, "cluster"), 20, "the operator to connect")
             assert doc["budget"]["threshold_s"] == pytest.approx(750)
             obj = await asyncio.to_thread(kube.policy)
-            assert condition(obj, "Accepted")["status"] == "True"
+            assert condition(obj, "Ready")["status"] == "True"
             assert cache_of(config)["metadata"]["generation"] == 1
         runs = store.load_runs()
         assert [(r.dry_run, r.trigger["threshold_s"]) for r in runs] == [(True, pytest.approx(600))]
@@ -538,7 +570,7 @@ async def test_api_lost_mid_run_keeps_the_cache_and_status_resumes(tmp_path: Pat
 
         obj = await until(resumed, 15, "the status written again")
         assert obj["status"]["source"] == "cluster"
-        assert condition(obj, "Accepted")["status"] == "True"
+        assert condition(obj, "Ready")["status"] == "True"
 
 
 # -- SIGTERM during an executing shutdown, with the operator running ---------------------------------
@@ -576,7 +608,7 @@ def test_sigterm_during_a_shutdown_with_the_operator_running_does_not_cut_it_sho
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         wait_for(lambda: condition(kube.policy(), "Armed").get("status") == "True", 30, "the policy armed")
-        assert condition(kube.policy(), "Accepted")["status"] == "True"
+        assert condition(kube.policy(), "Ready")["status"] == "True"
         lab.ups["pyrphoros"].set(ups_status="OB LB DISCHRG", battery_runtime=60)
         wait_for(lambda: condition(kube.policy(), "ShutdownInProgress").get("status") == "True", 20,
                  "ShutdownInProgress=True")
@@ -750,15 +782,40 @@ def test_conditions_keep_their_transition_time_and_the_status_fits_the_crd(tmp_p
     busy = StatusSnapshot(document=doc, shutting_down=True, starting_up=False, policy=state.view)
     second = status_body(busy, previous, t2, "/var/lib/hecate/policy-cache.yaml")
     times = {c["type"]: c["lastTransitionTime"] for c in second["conditions"]}
-    assert times["Accepted"] == "2026-11-27T04:00:00Z"  # unchanged status: unchanged time
+    assert times["Ready"] == "2026-11-27T04:00:00Z"  # unchanged status: unchanged time
     assert times["ShutdownInProgress"] == "2026-11-27T05:00:00Z"
     assert second["phase"] == "ShuttingDown"
     assert second["ups"]["name"] == "pyrphoros"  # the summary is about the protecting UPSes
     assert second["ups"]["onBattery"] is True
     assert second["lastRun"]["startedAt"] == "2026-11-27T03:50:00Z"
+    assert second["lastRun"]["dryRun"] is True
     schema = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     clean = {k: v for k, v in second.items() if v is not None}
     jsonschema.validate(clean, _openapi_to_jsonschema(schema))
+
+
+def test_a_rejected_generation_is_not_ready_and_stalled_saying_once_what_stays_in_force(tmp_path: Path) -> None:
+    config = _baseline(tmp_path)
+    state = policy_mod.PolicyInForce(config, StateStore(config.state_dir))
+    state.connected()
+    doc: dict[str, Any] = {"ups": [], "budget": {}, "runs": {"recent": []}}
+    with pytest.raises(policy_mod.PolicyRejected):
+        state.accept(_spec_doc({"ups": ["ghost"]}))
+    snap = StatusSnapshot(document=doc, shutting_down=False, starting_up=False, policy=state.view)
+    rows = {c["type"]: c for c in status_body(snap, {}, datetime(2026, 11, 27, tzinfo=UTC), "cache")["conditions"]}
+    assert (rows["Ready"]["status"], rows["Ready"]["reason"]) == ("False", "Invalid")
+    assert (rows["Stalled"]["status"], rows["Stalled"]["reason"]) == ("True", "Invalid")
+    message = rows["Ready"]["message"]
+    assert message.startswith("generation 1 rejected: spec.ups")
+    assert message.endswith("; hecate.yaml's policy stays in force")
+    assert message.count("rejected") == 1, message
+    assert message.count("ghost") == 1, message
+    assert all(c["observedGeneration"] == 1 for c in rows.values())
+
+    state.accept(_spec_doc({"trigger": {"safety_factor": 2.0}}, generation=2))
+    with pytest.raises(policy_mod.PolicyRejected):
+        state.accept(_spec_doc({"ups": ["ghost"]}, generation=3))
+    assert rejection(state.view).endswith("; generation 2 stays in force from Hecate's cache")
 
 
 def _openapi_to_jsonschema(node: Any) -> Any:

@@ -58,9 +58,11 @@ def test_the_crd_names_and_version() -> None:
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "UPS", "Runtime", "Threshold", "Budget", "Last run", "Result", "Source", "Age"]
+    assert list(columns) == ["Phase", "UPS", "Runtime", "Threshold", "Budget", "Last run", "Dry run", "Result",
+                            "Source", "Age"]
     assert columns["Phase"] == ".status.phase"
     assert columns["UPS"] == ".status.ups.state"
+    assert columns["Dry run"] == ".status.lastRun.dryRun"
 
 
 def test_printer_columns_point_into_the_schema() -> None:

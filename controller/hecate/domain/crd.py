@@ -142,8 +142,9 @@ def status_schema() -> dict[str, Any]:
         "chargePercent": _num("Battery charge; null when not known.", nullable=True),
     }, required=["name", "state"])
     condition = _obj("A metav1.Condition.", {
-        "type": _str("Condition type: `Accepted` (the spec is valid), `Cached` (saved on the host for when the API "
-                     "is gone), `Armed` (the host's shutdown.execute), `ShutdownInProgress`.", maxLength=316),
+        "type": _str("Condition type: `Ready` (this generation is valid and in force), `Stalled` (kstatus: True "
+                     "when it is rejected), `Cached` (saved on the host for when the API is gone), `Armed` (the "
+                     "host's shutdown.execute), `ShutdownInProgress`.", maxLength=316),
         "status": _str("True, False or Unknown.", enum=["True", "False", "Unknown"]),
         "reason": _str("CamelCase reason.", maxLength=1024),
         "message": _str("Human-readable detail, e.g. the field a rejected policy got wrong.", maxLength=32768),
@@ -174,7 +175,8 @@ def status_schema() -> dict[str, Any]:
             "id": _str("Run id."),
             "kind": _str("shutdown, startup or drill.", enum=["shutdown", "startup", "drill"]),
             "result": _str("Outcome; absent while in flight.", enum=[r.value for r in RunResult]),
-            "dryRun": {"type": "boolean", "description": "True when nothing was touched."},
+            "dryRun": {"type": "boolean", "description": "True for a dry run (shutdown.execute false): the "
+                                                     "decision was recorded, nothing was stopped or powered off."},
             "startedAt": {**_TIME, "description": "Start."},
             "finishedAt": {**_TIME, "nullable": True, "description": "End; null while in flight."},
             "durationSeconds": _num("How long it took.", minimum=0, nullable=True),
@@ -216,6 +218,8 @@ def definition() -> dict[str, Any]:
                     _column("Threshold", "number", ".status.thresholdSeconds", "Shutdown threshold (s)"),
                     _column("Budget", "number", ".status.budgetSeconds", "Shutdown budget (s)"),
                     _column("Last run", "date", ".status.lastRun.finishedAt", "When the last run ended"),
+                    _column("Dry run", "boolean", ".status.lastRun.dryRun",
+                            "Whether the last run was a dry run (nothing powered off)"),
                     _column("Result", "string", ".status.lastRun.result", "How the last run ended", priority=1),
                     _column("Source", "string", ".status.source", "Where the policy in force comes from",
                             priority=1),
@@ -225,7 +229,8 @@ def definition() -> dict[str, Any]:
                     "type": "object",
                     "description": ("The cluster's power policy for Hecate: when and how to shut the cluster down "
                                     "and bring it back. Hecate validates it again with the models of hecate.yaml; "
-                                    "keys this schema does not know are pruned by the API server (ignored)."),
+                                    "keys this schema does not know are pruned by the API server (ignored). spec "
+                                    "keys are hecate.yaml's own (snake_case), status keys camelCase."),
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},

@@ -5,7 +5,7 @@ What it does. It watches that one cluster-scoped PowerPolicy (a field selector o
 (re)connection (kopf's resume) it validates the object with the models of hecate.yaml and
 the host's envelope (:meth:`hecate.services.policy.PolicyInForce.accept`): a valid one is
 cached atomically and put in force at once (the daemon's monitor and its next shutdown plan use it); an invalid
-one is reported (``Accepted=False`` naming the field, and one Kubernetes Event, reason
+one is reported (``Ready=False``/``Stalled=True`` naming the field, and one Kubernetes Event, reason
 ``PolicyRejected``) while the last valid policy stays in force from the cache. A deleted
 object leaves the cache in force. The status (:mod:`hecate.operator.status`) is written
 right after each of those and every ``status_interval_s`` (30 s) -- the UPS summary,
@@ -66,7 +66,7 @@ from hecate.adapters.kube.powerpolicy import CrdMissing, PolicyApi
 from hecate.domain import policy as policy_mod
 from hecate.domain.config import HecateConfig
 from hecate.domain.policy_source import ClusterObject, OperatorLink
-from hecate.operator.status import Snapshot, status_body
+from hecate.operator.status import Snapshot, rejection, status_body
 from hecate.services.policy import PolicyInForce, PolicyRejected
 
 log = logging.getLogger(__name__)
@@ -318,14 +318,13 @@ class Operator:
                     self._conditions[row["type"]] = row
         try:
             await asyncio.to_thread(self.state.accept, obj)
-        except PolicyRejected as err:
-            log.warning("PowerPolicy %s generation %s rejected: %s; %s", self.name, meta.get("generation"), err,
-                        self.state.view.detail)
+        except PolicyRejected:
+            message = rejection(self.state.view)
+            log.warning("PowerPolicy %s %s", self.name, message)
             key = (meta.get("uid"), meta.get("generation"))
             if key != self._warned:
                 self._warned = key
-                kopf.warn(body, reason="PolicyRejected",
-                          message=f"generation {meta.get('generation')} rejected: {err}; {self.state.view.detail}")
+                kopf.warn(body, reason="PolicyRejected", message=message)
         except OSError as err:
             self._poked.set()
             raise kopf.TemporaryError(f"the policy is in force but could not be cached: {err}", delay=30) from err

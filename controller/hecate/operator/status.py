@@ -6,10 +6,17 @@ conditions last written (for ``lastTransitionTime``, which only moves when a con
 -- every key, ``None`` for "remove" (it is sent as a JSON merge patch) -- matching the
 CRD's status schema (:func:`hecate.domain.crd.status_schema`).
 
-Conditions:
+Conditions (kstatus conventions: ``Ready`` is the summary, ``Stalled`` the abnormal-true
+condition kstatus reads as ``Failed``; every condition and the status carry
+``observedGeneration``, so a generation Hecate has not processed yet reads as in progress):
 
-``Accepted``
-    The object is a valid policy for this host (``False``: the message names the field).
+``Ready``
+    This generation is a valid policy for this host and in force (``False``, reason
+    ``Invalid``: the message names the field and says which policy stays in force).
+    ``kubectl wait --for=condition=Ready`` waits on it.
+``Stalled``
+    ``True`` exactly when ``Ready`` is ``False``: Hecate will not act on this generation until
+    it is edited (kstatus, Flux health checks: ``Failed``).
 ``Cached``
     This generation is in ``policy-cache.yaml`` (``False``: a rejected object, whose last
     valid predecessor stays cached, or a failed write).
@@ -28,10 +35,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hecate.domain import timestamps
-from hecate.domain.policy_source import ClusterObject, PolicyView
+from hecate.domain.policy_source import ClusterObject, PolicyView, Source
 from hecate.domain.trigger import Phase as UpsPhase
 
-CONDITION_TYPES = ("Accepted", "Cached", "Armed", "ShutdownInProgress")
+CONDITION_TYPES = ("Ready", "Stalled", "Cached", "Armed", "ShutdownInProgress")
 
 # Worst first: the UPS summary is about the protecting UPS closest to a shutdown.
 _SEVERITY = {UpsPhase.critical.value: 5, UpsPhase.below_threshold.value: 4, UpsPhase.on_battery.value: 3,
@@ -61,15 +68,31 @@ def _condition(type_: str, ok: bool, reason: str, message: str, generation: int 
     return condition
 
 
+def still_in_force(view: PolicyView) -> str:
+    """Which policy stays in force while the cluster object is rejected."""
+    if view.source is Source.cache and view.policy is not None:
+        return f"generation {view.policy.generation} stays in force from Hecate's cache"
+    return "hecate.yaml's policy stays in force"
+
+
+def rejection(view: PolicyView) -> str:
+    """Why the observed generation was rejected and what Hecate acts on instead (condition and Event)."""
+    return f"generation {view.observed_generation} rejected: {view.rejected or 'invalid'}; {still_in_force(view)}"
+
+
 def conditions(snap: Snapshot, previous: Mapping[str, Mapping[str, Any]], now: datetime,
                cache_path: str) -> list[dict[str, Any]]:
     view = snap.policy
     gen = view.observed_generation
     rows = []
     if view.cluster is ClusterObject.invalid:
-        rows.append(_condition("Accepted", False, "Invalid", view.rejected or "invalid", gen, previous, now))
+        why = rejection(view)
+        rows.append(_condition("Ready", False, "Invalid", why, gen, previous, now))
+        rows.append(_condition("Stalled", True, "Invalid", why, gen, previous, now))
     else:
-        rows.append(_condition("Accepted", True, "Valid", "the policy is valid for this host", gen, previous, now))
+        rows.append(_condition("Ready", True, "InForce", f"generation {gen} is valid for this host and in force",
+                               gen, previous, now))
+        rows.append(_condition("Stalled", False, "Valid", "nothing blocks this generation", gen, previous, now))
     cached = view.cached
     cached_at = timestamps.rfc3339(cached.cached_at) if cached is not None else None
     if view.cluster is ClusterObject.valid and view.cache_error is None and cached is not None \

@@ -28,6 +28,7 @@ from hecate_lab.kubeapi.manifest import DEFAULT_K3S_VERSION, LabManifest
 from hecate_lab.kubeapi.node_objects import lease_object, node_object, node_ready_condition, read_node_state
 from hecate_lab.kubeapi.resources import CRDS, LEASES, NODES, PDBS, PODS, format_time, status_body, utcnow
 from hecate_lab.kubeapi.selectors import match_field_selector, match_label_selector
+from hecate_lab.kubeapi.tables import printer_columns, table, wants_table
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
     _outage: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)  # set while down: watches end
     changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     """Set on every write a client makes (the simulator wakes up at once)."""
+    printer_columns: dict[kmock.resource, list[dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    """The ``Table`` columns of each resource a CRD defines (``kubectl get``)."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -109,6 +112,9 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         discovery["get", re.compile(r"/api/[^/]+/")] << self._serve_version
         discovery["get /apis/"] << self._serve_apis
         discovery["get /api/"] << self._serve_api
+        # A watch is a stream of JSON objects: kubectl's watch decoder refuses kmock's octet-stream.
+        (self.fallback ** 1)[kmock.action.WATCH] << kmock.headers({"Content-Type": "application/json"}) \
+            << self._serve_watch
 
     # -- resource versions and server-set metadata --
 
@@ -272,7 +278,7 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         if res is not None and response.status < 400:
             if request.action == kmock.action.CREATE and res == CRDS:
                 try:
-                    registered = register_crd(self, request.data)
+                    registered = self.register_crd(request.data)
                     log.info("CRD %s registered: %s", request.data["metadata"]["name"], registered)
                 except (ValueError, KeyError, TypeError) as e:
                     log.warning("CRD not registered: %s", e)
@@ -282,6 +288,16 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
             if request.action in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
                 self.changed.set()
         return response
+
+    def register_crd(self, crd: Mapping[str, Any]) -> list[kmock.resource]:
+        """Serve a CRD's resources (discovery) and their printer columns (the ``Table`` format)."""
+        registered = register_crd(self, crd)
+        for res in registered:
+            try:
+                self.printer_columns[res] = printer_columns(crd, str(res.version))
+            except ValueError as e:  # served, as plain lists (kubectl prints NAME AGE)
+                log.warning("no Table for %s: %s", res.plural, e)
+        return registered
 
     @staticmethod
     def _not_found(request: kmock.Request) -> kmock.KubernetesError:
@@ -346,6 +362,10 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         result = await super()._serve_version(request)
         if isinstance(result, dict) and result.get("groupVersion") == "/v1":
             result["groupVersion"] = "v1"  # kmock writes "/v1" for the core group
+        if isinstance(result, dict):
+            for entry in result.get("resources") or []:
+                if "/" in entry.get("name", ""):  # a subresource: no short names (kubectl warns of a clash)
+                    entry.update(shortNames=[], categories=[], verbs=["get", "patch", "update"])
         return result
 
     async def _serve_server_version(self, request: kmock.Request) -> kmock.Payload:
@@ -374,12 +394,29 @@ class LabKubernetesEmulator(kmock.KubernetesEmulator):
         res = cast(kmock.resource, request.resource)
         items = [obj for obj in result.get("items", []) if self._selected(request, obj)]
         kind = self.resources[res].kind if res in self.resources else None
+        if self._table_wanted(request):
+            return self._table(request, items)
         return {
             "apiVersion": f"{res.group}/{res.version}" if res.group else res.version,
             "kind": f"{kind}List" if kind else "List",
             "metadata": {"resourceVersion": self.resource_version},
             "items": items,
         }
+
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
+        obj = await super()._serve_fetch(request)
+        if self._table_wanted(request) and isinstance(obj, Mapping):
+            return self._table(request, [obj])
+        return obj
+
+    def _table_wanted(self, request: kmock.Request) -> bool:
+        """A ``Table`` for resources a CRD defines; the others keep their plain answer (kubectl prints NAME AGE)."""
+        accept = next((v for k, v in request.headers.items() if k.lower() == "accept"), None)
+        return request.resource in self.printer_columns and wants_table(accept)
+
+    def _table(self, request: kmock.Request, items: list[Any]) -> dict[str, Any]:
+        columns = self.printer_columns[cast(kmock.resource, request.resource)]
+        return table(items, columns, self.resource_version, utcnow(), request.params.get("includeObject"))
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
         res = request.resource
@@ -463,7 +500,7 @@ def build_emulator(manifest: LabManifest, now: dt.datetime | None = None) -> Lab
     if manifest.flux:
         for crd in FLUX_CRDS:
             emulator.seed(CRDS, crd)
-            register_crd(emulator, crd)
+            emulator.register_crd(crd)
     for index, node in enumerate(manifest.nodes):
         ready = node_ready_condition(read_node_state(node) or {}, None, now)
         emulator.seed(NODES, node_object(node, ready, k3s_version=manifest.k3s_version, index=index))

@@ -2,7 +2,8 @@
 
 What the orchestrator (:mod:`hecate_lab.testbed`), the tests and the benchmarks use:
 :func:`start_kubeapi` spawns ``python -m hecate_lab.kubeapi`` and returns once it serves,
-:func:`stop_kubeapi` stops it, :func:`api_url` reads its URL from the kubeconfig.
+:func:`stop_kubeapi` stops it, :func:`api_url` reads its URL from the kubeconfig, :func:`kubectl` runs the
+real kubectl against it.
 """
 
 from __future__ import annotations
@@ -179,3 +180,21 @@ def stop_kubeapi(pid: int | subprocess.Popen[bytes], timeout: float = 10.0) -> N
                 return
             time.sleep(0.05)
     raise LabKubeApiError(f"the lab API process {pid} does not die")
+
+
+KUBECTL = "/usr/bin/kubectl"
+
+
+def kubectl_command(kubeconfig_path: str | os.PathLike[str], *args: str) -> tuple[list[str], dict[str, str]]:
+    """The real ``kubectl`` against the lab API: argv and environment (its cache beside the kubeconfig, not ~/.kube)."""
+    kubeconfig = Path(kubeconfig_path)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(kubeconfig.parent),
+           "KUBECONFIG": str(kubeconfig)}
+    return [KUBECTL, "--cache-dir", str(kubeconfig.parent / ".kube-cache"), *args], env
+
+
+def kubectl(kubeconfig_path: str | os.PathLike[str], *args: str,
+            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run the real ``kubectl`` against the lab API and wait for it."""
+    argv, env = kubectl_command(kubeconfig_path, *args)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
