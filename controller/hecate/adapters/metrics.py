@@ -103,6 +103,15 @@ def _ups_metrics(ups: list[dict[str, Any]]) -> Iterator[Metric]:
     yield per_ups("hecate_trigger_debounce_polls",
                   "Consecutive polls this UPS has been on battery at or below the threshold.",
                   "below_threshold_polls")
+    yield _gauge("hecate_ups_runtime_estimate_seconds",
+                 "Remaining runtime the learned discharge model estimates (absent without a model or a charge).",
+                 [([u["name"]], u["runtime_estimate"]["seconds"]) for u in ups if u.get("runtime_estimate")], ("ups",))
+    yield _gauge("hecate_ups_runtime_estimate_uncertainty_seconds",
+                 "Uncertainty of the estimated runtime; the trigger uses the estimate minus this.",
+                 [([u["name"]], u["runtime_estimate"]["uncertainty_s"]) for u in ups if u.get("runtime_estimate")],
+                 ("ups",))
+    yield _gauge("hecate_ups_discharge_outages", "Recorded outages the discharge model learns from (0: no model).",
+                 [([u["name"]], float(u.get("discharge_outages", 0))) for u in ups], ("ups",))
     yield _gauge("hecate_ups_runtime_short",
                  "1 when on mains at full charge the runtime is below the threshold (batteries too weak).",
                  [([u["name"]], 1.0 if u["runtime_short"] else 0.0) for u in ups], ("ups",))

@@ -30,6 +30,7 @@ Layout (default ``/var/lib/hecate``)::
     lock                 fcntl lock: one startup/shutdown at a time
     peer-nonces.json     nonces of accepted peer triggers, for the replay window (adapters/peer_listener.py)
     peer-forward.json    on a peer: its last forwarded trigger (``hecate.domain.forward.ForwardRecord``)
+    discharge.json       recent outages' on-battery samples per UPS (``hecate.domain.discharge``)
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ from pydantic import ValidationError
 from hecate.adapters import statefiles
 from hecate.adapters.policy_cache import POLICY_CACHE_FILE, PolicyCacheCorrupt, parse_policy_cache, policy_cache_text
 from hecate.adapters.statefiles import FILE_MODE, SymlinkRefused, atomic_write, move_aside, open_nofollow, read_nofollow
-from hecate.domain import journal, timestamps, validation
+from hecate.domain import discharge, journal, timestamps, validation
 from hecate.domain.policy_source import CachedPolicy
 from hecate.domain.runs import RunHistory, RunRecord
 
 log = logging.getLogger(__name__)
 
 RUNS_FILE = "runs.json"
+DISCHARGE_FILE = "discharge.json"
 JOURNAL_DIR = "journal"
 LOCK_FILE = "lock"
 MAX_RUNS_KEPT = 500
@@ -73,7 +75,8 @@ POLICY_CACHE = "policy-cache"
 SNAPSHOT = "snapshot"
 NONCES = "nonces"
 PEER_FORWARD = "peer-forward"
-WRITE_KINDS = (LOCK, JOURNAL, RUNS, POLICY_CACHE, SNAPSHOT, NONCES, PEER_FORWARD)
+DISCHARGE = "discharge"
+WRITE_KINDS = (LOCK, JOURNAL, RUNS, POLICY_CACHE, SNAPSHOT, NONCES, PEER_FORWARD, DISCHARGE)
 CONSEQUENCES = {
     LOCK: "the run goes on (the daemon's armed shutdown without the cross-process lock if it cannot be taken)",
     JOURNAL: "the run goes on in memory; if Hecate dies now the run restarts from the plan",
@@ -83,6 +86,7 @@ CONSEQUENCES = {
     NONCES: "the trigger was accepted; its nonce is remembered in memory only (a replay after a restart "
             "within the replay window is not recognised)",
     PEER_FORWARD: "the peer's last forward is shown from memory only (status after a restart does not know it)",
+    DISCHARGE: "the outage is not recorded: the discharge model does not learn from it",
 }
 
 
@@ -256,8 +260,13 @@ class StateStore:
 
     @contextlib.contextmanager
     def _runs_lock(self) -> Iterator[None]:
+        with self._file_lock(RUNS_FILE):
+            yield
+
+    @contextlib.contextmanager
+    def _file_lock(self, name: str) -> Iterator[None]:
         try:
-            fd = open_nofollow(self.dir / f".{RUNS_FILE}.lock", os.O_RDWR | os.O_CREAT)
+            fd = open_nofollow(self.dir / f".{name}.lock", os.O_RDWR | os.O_CREAT)
         except OSError:  # a read-only or full state dir (e.g. `hecate status` as a user): go unlocked
             yield
             return
@@ -272,6 +281,60 @@ class StateStore:
         for tmp in self.dir.glob(f".{name}.*.tmp"):
             with contextlib.suppress(OSError):  # gone already, or a read-only disk: the write says so
                 tmp.unlink()
+
+    # -- discharge history --------------------------------------------------------------
+
+    @property
+    def discharge_path(self) -> Path:
+        return self.dir / DISCHARGE_FILE
+
+    def load_discharge(self) -> dict[str, list[discharge.Outage]]:
+        """The recorded outages per UPS, oldest first; a corrupt file is moved aside and reads as empty."""
+        with self._file_lock(DISCHARGE_FILE):
+            return self._load_discharge_locked()[0]
+
+    def record_outages(self, outages: list[discharge.Outage]) -> dict[str, list[discharge.Outage]]:
+        """Add (or replace: same UPS and start) outages, capped (:func:`hecate.domain.discharge.merge`); the
+        history as it now is. A failed write is counted (:data:`DISCHARGE`), never raised; a file that could
+        not be read, or was corrupt and could not be moved aside, is left as it is (not overwritten)."""
+        with self._file_lock(DISCHARGE_FILE):
+            self._remove_stale_temps(DISCHARGE_FILE)
+            history, writable = self._load_discharge_locked()
+            merged = discharge.merge(history, outages)
+            if not writable:
+                self.write_failed(DISCHARGE, self.discharge_path,
+                                  OSError(f"{self.discharge_path} could not be read: left as it is, not overwritten"))
+                return merged
+            try:
+                atomic_write(self.discharge_path, discharge.dump(merged))
+            except OSError as err:
+                self.write_failed(DISCHARGE, self.discharge_path, err)
+                return merged
+            self.write_ok(DISCHARGE)
+            return merged
+
+    def _load_discharge_locked(self) -> tuple[dict[str, list[discharge.Outage]], bool]:
+        """The history, and whether the file may be written (False: it is there but could not be read)."""
+        try:
+            raw = read_nofollow(self.discharge_path)
+        except FileNotFoundError:
+            return {}, True
+        except OSError as err:
+            self._report(f"{self.discharge_path} cannot be read ({err}); the discharge model starts empty")
+            return {}, False
+        try:
+            return discharge.parse(raw), True
+        except discharge.Corrupt as err:
+            why = str(err)
+        try:
+            aside = move_aside(self.discharge_path)
+        except OSError as err:
+            self._report(f"{self.discharge_path} is corrupt ({why}) and could not be moved aside ({err}); "
+                         "the discharge model starts empty")
+            return {}, False
+        self._report(f"{self.discharge_path} is corrupt ({why}); moved it to {aside}; the discharge model "
+                     "starts empty")
+        return {}, True
 
     # -- policy cache ----------------------------------------------------------------
 

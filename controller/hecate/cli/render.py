@@ -81,6 +81,25 @@ def _fsd_lines(ups: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _runtime_lines(ups: list[dict[str, Any]]) -> list[str]:
+    """One line per UPS that reports no runtime: the learned estimate, or what is left to trigger on."""
+    lines = []
+    for u in ups:
+        if u.get("runtime_s") is not None or not u.get("reachable") or u.get("stale"):
+            continue
+        est = u.get("runtime_estimate")
+        if est:
+            n = est["outages"]
+            lines.append(f"Runtime:   {u['name']}: runtime {est['seconds']:.0f} s "
+                         f"(estimated ± {est['uncertainty_s']:.0f} s from {n} outage{'s' if n != 1 else ''}); "
+                         f"the trigger uses {est['conservative_s']:.0f} s")
+        else:
+            lines.append(f"Runtime:   {u['name']}: no runtime: the charge floor (if set) and LB only"
+                         + (f" ({u['discharge_recorded']} outages recorded, none long enough to learn from)"
+                            if u.get("discharge_recorded") else ""))
+    return lines
+
+
 def status_text(doc: dict[str, Any]) -> str:
     budget, trig = doc["budget"], doc["trigger"]
     source = "daemon" if doc["source"] == "daemon" else "polled directly (no daemon answered)"
@@ -97,6 +116,7 @@ def status_text(doc: dict[str, Any]) -> str:
             f"{_num(u['load_pct'], ' %'):>6}" + ("" if u["protects_cluster"] else "  (does not protect the cluster)")
         )
     lines += _fsd_lines(doc["ups"])
+    lines += _runtime_lines(doc["ups"])
     samples = ", ".join(f"{s:.4g}" for s in budget["samples"])
     measured = f" from {len(budget['samples'])} shutdowns: {samples} s" if samples else ", no measured shutdown yet"
     scaled = f"{budget['safety_factor']:g} x budget = {budget['safety_factor'] * budget['seconds']:.0f} s"

@@ -9,7 +9,9 @@ machine, modelled on NUT's upsmon and hardened against its users' worst complain
 * **Runtime**: a protecting UPS on battery whose ``battery.runtime <= threshold`` for
   ``debounce_polls`` consecutive polls is critical. A reading above the threshold, or
   mains, resets the count (a one-poll glitch, or mains flapping faster than the debounce,
-  never triggers). A poll whose runtime is not known neither counts nor resets.
+  never triggers). A poll whose runtime is not known neither counts nor resets -- unless the
+  learned discharge model (:mod:`hecate.domain.discharge`) has an estimate for the UPS: then its
+  conservative bound (estimate minus uncertainty) stands in for the runtime, debounced the same way.
 * **Low battery / FSD**: ``OB`` + ``LB`` is critical on the first poll that shows it, as is
   ``FSD`` (another upsmon forcing shutdown).
 * **Calibration** (``CAL``) is a deliberate discharge: its runtime and LB readings do not
@@ -35,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from hecate.domain.discharge import RuntimeEstimate
 from hecate.domain.ups import Flag, Snapshot
 
 FULL_CHARGE_PCT = 95.0
@@ -76,6 +79,8 @@ class Thresholds:
     deadtime_s: float = 15.0
     protecting: frozenset[str] = frozenset()
     """UPS names that feed the cluster; only these can trigger a shutdown."""
+    estimates: Mapping[str, RuntimeEstimate] = field(default_factory=dict)
+    """The discharge model's runtime estimate per UPS, used when the UPS reports no runtime."""
 
 
 @dataclass(frozen=True)
@@ -211,16 +216,21 @@ def _step(state: UpsState, snap: Snapshot, thresholds: Thresholds, now: float) -
         return replace(seen, phase=Phase.critical), Decision(
             snap.ups, Reason.low_battery, now, f"UPS on battery reports low battery ({snap.status})",
             snap.runtime_s, thresholds.threshold_s)
-    if snap.runtime_s is None:  # not known: neither counts nor resets
+    runtime, estimate = snap.runtime_s, None
+    if runtime is None and (estimate := thresholds.estimates.get(snap.ups)) is not None:
+        runtime = estimate.conservative_s
+    if runtime is None:  # not known: neither counts nor resets
         return replace(seen, phase=state.phase if state.phase is Phase.below_threshold else Phase.on_battery), None
-    if snap.runtime_s > thresholds.threshold_s:
+    if runtime > thresholds.threshold_s:
         return replace(seen, phase=Phase.on_battery, below_polls=0), None
     below = state.below_polls + 1
     if below >= thresholds.debounce_polls:
-        detail = (f"runtime {snap.runtime_s:g} s <= threshold {thresholds.threshold_s:g} s "
-                  f"for {below} consecutive polls")
+        what = f"runtime {runtime:g} s" if estimate is None else (
+            f"estimated runtime {runtime:.0f} s ({estimate.seconds:.0f} s - {estimate.uncertainty_s:.0f} s, "
+            f"from {estimate.outages} recorded outage{'s' if estimate.outages != 1 else ''})")
+        detail = f"{what} <= threshold {thresholds.threshold_s:g} s for {below} consecutive polls"
         return replace(seen, phase=Phase.critical, below_polls=below), Decision(
-            snap.ups, Reason.runtime, now, detail, snap.runtime_s, thresholds.threshold_s)
+            snap.ups, Reason.runtime, now, detail, runtime, thresholds.threshold_s)
     return replace(seen, phase=Phase.below_threshold, below_polls=below), None
 
 

@@ -13,7 +13,9 @@ runtime). Applying wakes a sleeping loop at once, which plans its next poll agai
 new interval -- a policy that shortens the interval does not wait out the old one.
 
 The monitor keeps the latest snapshots, decision and alerts for ``/v1/status``,
-``/metrics`` and ``hecate status``; it never raises out of a poll.
+``/metrics`` and ``hecate status``; it never raises out of a poll. It records every outage
+for the learned discharge model (:mod:`hecate.services.discharge`), whose runtime estimate
+the decision uses for a UPS that reports no runtime.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from typing import Protocol
 
 from hecate.adapters.store import StateStore, new_run_id
 from hecate.domain import budget as budget_mod
-from hecate.domain import timestamps, trigger
+from hecate.domain import discharge, timestamps, trigger
 from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.runs import RunKind, RunRecord, RunResult
 from hecate.domain.ups import Flag, Snapshot
+from hecate.services.discharge import OutageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class MonitorView:
     polls: int = 0
     last_poll_at: float | None = None
     runs: list[RunRecord] = field(default_factory=list)
+    estimates: dict[str, discharge.RuntimeEstimate] = field(default_factory=dict)
+    """The discharge model's runtime estimate per UPS at the last poll."""
 
 
 class Monitor:
@@ -85,6 +90,8 @@ class Monitor:
         self.budget = budget_mod.Budget(config.trigger.default_budget_s, budget_mod.BudgetSource.default, (),
                                         config.trigger.safety_factor, config.trigger.min_budget_s)
         self.refresh_budget()
+        self.outages = OutageRecorder(store)
+        self._was_busy = False
 
     # -- the configuration in force -----------------------------------------------------
 
@@ -143,6 +150,7 @@ class Monitor:
             debounce_polls=t.debounce_polls,
             deadtime_s=t.deadtime_s,
             protecting=frozenset(u.name for u in self.config.ups if u.protects_cluster),
+            estimates=self.view.estimates,
         )
 
     # -- polling -------------------------------------------------------------------------
@@ -166,6 +174,7 @@ class Monitor:
         timeout = self.read_timeout()
         snapshots: Sequence[Snapshot] = await asyncio.gather(*(self.reader.read(u, timeout) for u in self.config.ups))
         now = self.clock()
+        self.view.estimates = self.outages.estimates(snapshots)
         state, outcome = trigger.decide(self.view.state, snapshots, self.thresholds(), now)
         self.view.snapshots = {s.ups: s for s in snapshots}
         self.view.state, self.view.outcome = state, outcome
@@ -190,7 +199,21 @@ class Monitor:
               and self.power_restored()):
             log.info("every protecting UPS is back on mains and no run is in progress: the decision is cleared")
             self.clear_latch()
+        self._record_outages(snapshots, now, outcome)
         return outcome
+
+    def _record_outages(self, snapshots: Sequence[Snapshot], now: float, outcome: trigger.Outcome) -> None:
+        """Outages that ended go to the history; at a fresh decision, and when the run it started ends, the
+        ongoing ones too (the host may power off before mains return). Written in the background."""
+        try:
+            done = self.outages.observe(snapshots, now)
+            busy = self.busy()
+            if outcome.fresh or (self._was_busy and not busy):
+                done += self.outages.in_progress()
+            self._was_busy = busy
+            self.outages.save(done)
+        except Exception:  # bookkeeping never stops a poll
+            log.exception("recording outages failed")
 
     async def act(self) -> None:
         """Hand the pending decision to the shutdown handler. Retried on every poll until the handler

@@ -14,6 +14,7 @@ from typing import Any
 from hecate.domain import forward, timestamps
 from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
+from hecate.domain.discharge import RuntimeEstimate
 from hecate.domain.policy_source import PolicyView, baseline_view
 from hecate.domain.runs import RunKind, RunRecord
 from hecate.domain.trigger import AlertKind, Decision, UpsState
@@ -44,6 +45,13 @@ def _budget(b: Budget, config: HecateConfig) -> dict[str, Any]:
             "default_s": config.trigger.default_budget_s, "target_s": b.target_s,
             "min_budget_s": b.min_budget_s, "floor_s": b.floor_s,
             "threshold_basis": b.basis.value, "threshold_why": b.why}
+
+
+def _estimate(e: RuntimeEstimate | None) -> dict[str, Any] | None:
+    if e is None:
+        return None
+    return {"seconds": e.seconds, "uncertainty_s": e.uncertainty_s, "conservative_s": e.conservative_s,
+            "outages": e.outages, "rate_pct_per_s": e.rate_pct_per_s, "empty_pct": e.empty_pct}
 
 
 def _run(r: RunRecord) -> dict[str, Any]:
@@ -128,6 +136,9 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None,
             "load_pct": snap.load_pct if snap else None,
             "input_voltage": snap.input_voltage if snap else None,
             "below_threshold_polls": st.below_polls,
+            "runtime_estimate": _estimate(view.estimates.get(u.name)),
+            "discharge_outages": len(m.rates) if (m := monitor.outages.models.get(u.name)) else 0,
+            "discharge_recorded": len(monitor.outages.history.get(u.name, [])),
             "last_seen_at": _iso(st.last_seen_at),
         })
     runs = view.runs
