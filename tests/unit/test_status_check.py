@@ -202,11 +202,11 @@ def test_the_check_line_names_the_worst_findings() -> None:
                    alerts=[{"ups": "pyr", "message": "replace the battery"}])
     document["check"] = check.evaluate(document).as_dict()
     lines = render.status_text(document).splitlines()
-    assert lines[:3] == ["Hecate on titan-db (coordinator) — daemon",
-                         "Check:     CRITICAL (exit 2): UPS pyr: critical (OB LB) (and 2 more findings)", ""]
+    assert lines[:3] == ["Check:     CRITICAL (exit 2): UPS pyr: critical (OB LB) (and 2 more findings)",
+                         "Hecate on titan-db (coordinator) — daemon", ""]  # the verdict first, as monitors show it
     healthy = doc()
     healthy["check"] = check.evaluate(healthy).as_dict()
-    assert render.status_text(healthy).splitlines()[1] == "Check:     OK (exit 0)"
+    assert render.status_text(healthy).splitlines()[0] == "Check:     OK (exit 0)"
 
 
 HOSTILE = "OB [bold]LB[/x] \x1b[2J"

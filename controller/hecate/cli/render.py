@@ -102,16 +102,17 @@ def ups_rows(doc: dict[str, Any]) -> list[tuple[list[str], bool]]:
 
 
 def head_lines(doc: dict[str, Any]) -> list[str]:
-    """Whose status this is, and where it comes from; the check's verdict when the document has one."""
-    source = "daemon" if doc["source"] == "daemon" else "polled directly (no daemon answered)"
-    lines = [f"Hecate on {doc['host'] or '?'} ({doc['role']}) — {source}"]
+    """The check's verdict when the document has one (first: the line a Nagios-style monitor shows); whose
+    status this is, and where it comes from."""
+    lines = []
     check = doc.get("check")
     if check:  # the worst findings; the others are the Alert/Warning lines below (all: --json's check.reasons)
         worst = [r["message"] for r in check["reasons"] if r["state"] == check["state"]]
         others = len(check["reasons"]) - len(worst)
         lines.append(f"Check:     {check['state'].upper()} (exit {check['code']})" + "".join(
             [": " + "; ".join(worst) if worst else "", f" (and {others} more findings)" if others else ""]))
-    return [*lines, ""]
+    source = "daemon" if doc["source"] == "daemon" else "polled directly (no daemon answered)"
+    return [*lines, f"Hecate on {doc['host'] or '?'} ({doc['role']}) — {source}", ""]
 
 
 def status_text(doc: dict[str, Any]) -> str:
