@@ -152,10 +152,13 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
         assert stat.S_ISSOCK(sock.stat().st_mode)
         cli = hecate_status(config, "--json")
-        assert cli.returncode == 0, cli.stderr
+        assert cli.returncode == 2, cli.stderr  # CRITICAL: a shutdown is decided (a dry-run here)
         doc = json.loads(cli.stdout)
         assert doc["source"] == "daemon"
         assert [(lst["kind"], lst["listening"]) for lst in doc["listeners"]] == [("tcp", True), ("unix", True)]
+        assert (doc["armed"], doc["check"]["state"], doc["check"]["code"]) == (False, "critical", 2)
+        assert doc["check"]["reasons"][0]["message"] == "shutdown decided (UPS pyrphoros, low_battery): a dry-run, " \
+                                                        "only recorded"
         assert get_unix(sock, "/readyz") == (200, b"ready\n")
     finally:
         output = stop_daemon(proc, timeout=10)
@@ -170,16 +173,23 @@ def test_daemon_serves_status_and_metrics_notifies_systemd_and_stops_on_sigterm(
 def test_status_without_a_daemon_polls_directly(tmp_path: Path, ups: LabUps) -> None:
     config = write_config(tmp_path, ups, free_port())
     ups.set(ups_status="OB DISCHRG", battery_runtime=250, battery_charge=61, ups_load=33)
-    text = subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config)],
-                          capture_output=True, text=True, timeout=30, check=True).stdout
+    shown = subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config)],
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert shown.returncode == 2, shown.stderr  # CRITICAL: on battery at or below the threshold (debouncing)
+    text = shown.stdout
     assert "polled directly" in text
+    assert text.splitlines()[0].startswith("Check:     CRITICAL (exit 2): UPS pyrphoros: on battery at or below "
+                                           "the threshold (runtime 250 s <= 330 s, 1 of 2 polls)")
     row = next(line for line in text.splitlines() if line.startswith("pyrphoros"))
     assert row.split()[:5] == ["pyrphoros", "below", "(1/2)", "OB", "DISCHRG"]
     assert "250 s" in row
     assert "61 %" in row
     assert "Budget:    300 s (default, no measured shutdown yet); threshold = 1.1 x budget = 330 s" in text
-    doc = json.loads(subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config), "--json"],
-                                    capture_output=True, text=True, timeout=30, check=True).stdout)
+    shown = subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config), "--json"],
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert shown.returncode == 2, shown.stderr  # the same with --json
+    doc = json.loads(shown.stdout)
+    assert doc["check"]["state"] == "critical"
     assert doc["source"] == "direct"
     assert doc["ups"][0]["runtime_s"] == 250.0
     assert doc["trigger"]["shutdown_triggered"] is False  # one poll never decides a runtime trigger
@@ -237,7 +247,7 @@ def test_a_squatted_port_neither_stops_the_daemon_nor_fools_hecate_status(
             json.loads(get_unix(sock, "/v1/status")[1])), 10, "the daemon to decide and record the dry-run")
 
         cli = hecate_status(config, "--json")
-        assert cli.returncode == 0, cli.stderr
+        assert cli.returncode == 2, cli.stderr  # CRITICAL: the (dry-run) shutdown decided
         doc = json.loads(cli.stdout)
         assert doc["host"] == "titan-db"  # not the squatter's forged "on mains"
         assert doc["source"] == "daemon"

@@ -102,9 +102,10 @@ def test_a_squatted_metrics_port_does_not_stop_the_armed_shutdown(lab: Lab) -> N
             assert not ready(lab)  # nobody answers on the squatted port
             lab.ups["pyrphoros"].set(ups_status="OB LB DISCHRG", battery_runtime=60)
             wait_for(lambda: executed_runs(lab), 60, "the shutdown to be recorded")
-            doc = json.loads(subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config),
-                                             "--json"], capture_output=True, text=True, timeout=30,
-                                            check=True).stdout)
+            shown = subprocess.run([sys.executable, "-m", "hecate", "status", "--config", str(config), "--json"],
+                                   capture_output=True, text=True, timeout=30, check=False)
+            assert shown.returncode == 2, shown.stderr  # CRITICAL: OB LB
+            doc = json.loads(shown.stdout)
             assert doc["source"] == "daemon"
             assert doc["trigger"]["decision"]["reason"] == "low_battery"
             assert doc["listeners"][0]["listening"] is False

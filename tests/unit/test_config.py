@@ -268,7 +268,7 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     assert empty.returncode == 2
     assert "no UPS configured" in empty.stderr
     missing = run_cli("status", "--config", str(tmp_path / "absent.yaml"))
-    assert missing.returncode == 2
+    assert missing.returncode == 3  # status exits with Nagios states: an unusable configuration is UNKNOWN
     assert "file not found" in missing.stderr
     typo = run_cli("config", "validate", "--config", str(EXAMPLE), env={"HECATE_TRIGER__SAFETY_FACTOR": "2"})
     assert typo.returncode == 2

@@ -7,8 +7,10 @@ distributions (the lab's ``hecate lab``) join by entry point: :mod:`hecate.cli.p
 Exit codes (documented in README.md, "The command line"): 0 success; 1 the command or its run
 failed (or was aborted); 2 bad usage or an unusable configuration; 3 the run finished degraded
 (some steps failed or were skipped: its summary lists them); 4 refused, nothing was done
-(another run holds the lock, a drill's preconditions). Every error is one line on stderr
-prefixed ``hecate:`` (never a traceback); log records of a run go there with the same prefix.
+(another run holds the lock, a drill's preconditions). ``hecate status`` alone exits with a
+Nagios-like check state instead (:mod:`hecate.domain.check`; docs/metrics.md, "Exit codes").
+Every error is one line on stderr prefixed ``hecate:`` (never a traceback); log records of a run
+go there with the same prefix.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ execute_option = click.option(
 )
 
 
-def load_config(path: Path, *, check_files: bool = False) -> HecateConfig:
-    """Load the configuration or exit 2 with the loader's readable message.
+def load_config(path: Path, *, check_files: bool = False, code: int = EXIT_USAGE) -> HecateConfig:
+    """Load the configuration or exit ``code`` (2; ``hecate status``: 3, UNKNOWN) with the loader's readable message.
 
     ``check_files``: also refuse secret files others may read and a state dir others may write.
     """
@@ -65,7 +67,7 @@ def load_config(path: Path, *, check_files: bool = False) -> HecateConfig:
         if check_files:
             config.check_files(cfg)
     except config.ConfigError as err:
-        fail(f"configuration error:\n{err}", code=EXIT_USAGE)
+        fail(f"configuration error:\n{err}", code=code)
     return cfg
 
 
@@ -220,27 +222,53 @@ def daemon(config_path: Path) -> None:
         fail(str(err))
 
 
-@cli.command()
+EXIT_UNKNOWN = 3
+"""``hecate status`` only: UNKNOWN, as Nagios plugins say it (also for bad usage or an unusable configuration)."""
+
+
+class CheckUsageError(click.UsageError):
+    exit_code = EXIT_UNKNOWN
+
+
+class CheckCommand(click.Command):
+    """A command whose exit codes are Nagios states: its usage errors exit 3 (UNKNOWN), not click's 2 (CRITICAL)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            raise CheckUsageError(err.message, err.ctx) from err
+
+
+@cli.command(cls=CheckCommand)
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(config_path: Path, as_json: bool) -> None:
-    """Show UPS state, budget, threshold and recent runs.
+    """Show UPS state, budget, threshold and recent runs; exit with a Nagios-like check state.
 
     Asks the running daemon on its unix socket (metrics.socket, never a TCP port) and
-    otherwise polls the UPSes once itself. Exit 1 when the socket answered but not usably
-    (too big, too slow, untrusted): then the status shown was polled directly.
+    otherwise polls the UPSes once itself. On a terminal the UPSes are a table; piped, plain text.
+    Exit 0 OK; 1 WARNING (an alert, a UPS on battery above its threshold, not armed, no daemon
+    running, the daemon's answer unusable); 2 CRITICAL (a protecting UPS at or below its threshold,
+    LB/FSD, a shutdown decided or running); 3 UNKNOWN (neither the daemon nor upsd answered, bad
+    usage or an unusable configuration). `--json` carries the same verdict under `check`.
     """
-    from hecate.adapters import daemon_client
-    from hecate.cli import render
+    from rich.console import Console
 
-    cfg = load_config(config_path)
+    from hecate.adapters import daemon_client
+    from hecate.cli import status_table
+    from hecate.domain import check
+
+    cfg = load_config(config_path, code=EXIT_UNKNOWN)
     log_to_stderr("ERROR")  # warnings (a corrupt runs.json moved aside) are in the document: printed once, there
-    problem = None
+    problem, daemon_down = None, False
     try:
         doc = daemon_client.fetch_status(cfg.metrics.socket)
     except daemon_client.NoDaemon as err:
         if isinstance(err, daemon_client.NotAllowed):
             click.echo(f"hecate: {err}: polling the UPSes directly", err=True)
+        else:
+            daemon_down = True
         doc = None
     except daemon_client.DaemonError as err:
         problem = f"daemon status unusable: {err}"
@@ -250,9 +278,13 @@ def status(config_path: Path, as_json: bool) -> None:
         doc = _poll_directly(cfg)
         if problem:
             doc["warnings"].append(problem)
-    click.echo(json.dumps(doc, indent=2) if as_json else render.status_text(doc))
-    if problem:
-        sys.exit(1)
+    verdict = check.evaluate(doc, daemon_down=daemon_down)
+    doc["check"] = verdict.as_dict()
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        status_table.show(doc, Console(highlight=False))
+    sys.exit(verdict.code)
 
 
 def _poll_directly(cfg: HecateConfig) -> dict[str, Any]:
@@ -265,7 +297,7 @@ def _poll_directly(cfg: HecateConfig) -> dict[str, Any]:
     try:
         store = StateStore(cfg.state_dir)
     except StoreError as err:
-        fail(str(err))
+        fail(str(err), code=EXIT_UNKNOWN)
     view = policy.load_effective(cfg, store) if cfg.policy.name else None  # as a daemon starting now would
     mon = monitor.Monitor(view.config if view else cfg, nut.NutReader(), store, _no_action)
     asyncio.run(mon.poll_once())

@@ -1,4 +1,4 @@
-"""Plain-text rendering of the status document for people (``hecate status``).
+"""Plain-text rendering of the status document for people and scripts (``hecate status``).
 
 The document quotes upsd (status, errors), the API and the state dir; every line is cleaned
 (``hecate.domain.text``) before it reaches the terminal -- whatever the adapters already did,
@@ -100,23 +100,56 @@ def _runtime_lines(ups: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def status_text(doc: dict[str, Any]) -> str:
+UPS_COLUMNS = (("UPS", "<", 12), ("state", "<", 16), ("status", "<", 14), ("runtime", ">", 8),
+               ("threshold", ">", 9), ("charge", ">", 7), ("load", ">", 6))
+"""The UPS table's columns: name, alignment and width of the plain text (stable: scripts read it)."""
+NOT_PROTECTING = "does not protect the cluster"
+
+
+def ups_rows(doc: dict[str, Any]) -> list[tuple[list[str], bool]]:
+    """Each UPS's cells (as :data:`UPS_COLUMNS`) and whether it protects the cluster."""
     budget, trig = doc["budget"], doc["trigger"]
-    source = "daemon" if doc["source"] == "daemon" else "polled directly (no daemon answered)"
-    lines = [f"Hecate on {doc['host'] or '?'} ({doc['role']}) — {source}", ""]
-    header = f"{'UPS':<12} {'state':<16} {'status':<14} {'runtime':>8} {'threshold':>9} {'charge':>7} {'load':>6}"
-    lines += [header, "-" * len(header)]
+    rows = []
     for u in doc["ups"]:
         state = u["phase"] if u["reachable"] and not u["stale"] else ("stale" if u["stale"] else "unreachable")
         if u["phase"] == "below_threshold":
             state = f"below ({u['below_threshold_polls']}/{trig['debounce_polls']})"
-        lines.append(
-            f"{u['name']:<12} {state:<16} {(u['status'] or '-'):<14} {_num(u['runtime_s'], ' s'):>8} "
-            f"{_num(budget['threshold_s'], ' s', '{:.0f}'):>9} {_num(u['charge_pct'], ' %'):>7} "
-            f"{_num(u['load_pct'], ' %'):>6}" + ("" if u["protects_cluster"] else "  (does not protect the cluster)")
-        )
-    lines += _fsd_lines(doc["ups"])
-    lines += _runtime_lines(doc["ups"])
+        rows.append(([u["name"], state, u["status"] or "-", _num(u["runtime_s"], " s"),
+                      _num(budget["threshold_s"], " s", "{:.0f}"), _num(u["charge_pct"], " %"),
+                      _num(u["load_pct"], " %")], u["protects_cluster"]))
+    return rows
+
+
+def head_lines(doc: dict[str, Any]) -> list[str]:
+    """The check's verdict when the document has one (first: the line a Nagios-style monitor shows); whose
+    status this is, and where it comes from."""
+    lines = []
+    check = doc.get("check")
+    if check:  # the worst findings; the others are the Alert/Warning lines below (all: --json's check.reasons)
+        worst = [r["message"] for r in check["reasons"] if r["state"] == check["state"]]
+        others = len(check["reasons"]) - len(worst)
+        lines.append(f"Check:     {check['state'].upper()} (exit {check['code']})" + "".join(
+            [": " + "; ".join(worst) if worst else "", f" (and {others} more findings)" if others else ""]))
+    source = "daemon" if doc["source"] == "daemon" else "polled directly (no daemon answered)"
+    return [*lines, f"Hecate on {doc['host'] or '?'} ({doc['role']}) — {source}", ""]
+
+
+def status_text(doc: dict[str, Any]) -> str:
+    lines = head_lines(doc)
+    header = " ".join(f"{name:{align}{width}}" for name, align, width in UPS_COLUMNS)
+    lines += [header, "-" * len(header)]
+    for cells, protects in ups_rows(doc):
+        lines.append(" ".join(f"{cell:{align}{width}}" for cell, (_, align, width) in zip(cells, UPS_COLUMNS,
+                                                                                           strict=True))
+                     + ("" if protects else f"  ({NOT_PROTECTING})"))
+    lines += detail_lines(doc)
+    return "\n".join(text.clean(line, LINE_CHARS) for line in lines)
+
+
+def detail_lines(doc: dict[str, Any]) -> list[str]:
+    """Everything under the UPS table: FSD, budget, policy, trigger, peers, alerts, warnings, last runs."""
+    budget, trig = doc["budget"], doc["trigger"]
+    lines = _fsd_lines(doc["ups"]) + _runtime_lines(doc["ups"])
     samples = ", ".join(f"{s:.4g}" for s in budget["samples"])
     measured = f" from {len(budget['samples'])} shutdowns: {samples} s" if samples else ", no measured shutdown yet"
     scaled = f"{budget['safety_factor']:g} x budget = {budget['safety_factor'] * budget['seconds']:.0f} s"
@@ -130,16 +163,21 @@ def status_text(doc: dict[str, Any]) -> str:
             threshold += f"; the budget falls towards {target:.4g} s, at most halfway per run"
     lines += ["", f"Budget:    {budget['seconds']:.4g} s ({budget['source']}{measured}); threshold = {threshold}"]
     lines.append(policy_line(doc.get("policy")))
-    decision = trig["decision"]
+    decision, armed = trig["decision"], doc.get("armed") is True
+    # A peer forwards its decisions whatever shutdown.execute says: that arms only its local fallback.
+    recorded = "the local fallback is only recorded" if doc["role"] == "peer" else "decisions are only recorded"
+    dry_run = "" if armed else f" (dry-run: {recorded})"
     if decision:
         if decision.get("peer"):
             lines.append(f"Trigger:   SHUTDOWN decided — peer {decision['peer']['name']} (UPS {decision['ups']}), "
-                         f"{decision['peer']['reason']}: {decision['peer']['detail'] or '-'}")
+                         f"{decision['peer']['reason']}: {decision['peer']['detail'] or '-'}{dry_run}")
         else:
             lines.append(f"Trigger:   SHUTDOWN decided — UPS {decision['ups']}, {decision['reason']}: "
-                         f"{decision['detail']}")
+                         f"{decision['detail']}{dry_run}")
     else:
-        lines.append(f"Trigger:   armed (debounce {trig['debounce_polls']} polls, deadtime {trig['deadtime_s']:g} s)")
+        watch = f"debounce {trig['debounce_polls']} polls, deadtime {trig['deadtime_s']:g} s"
+        lines.append(f"Trigger:   armed ({watch})" if armed else
+                     f"Trigger:   dry-run: {recorded}, nothing is shut down (shutdown.execute: false; {watch})")
     lines += peer_lines(doc.get("peer_forward"))
     listening = [f"{lst['address']} ({lst['kind']})" for lst in doc.get("listeners", []) if lst["listening"]]
     if listening:
@@ -168,7 +206,7 @@ def status_text(doc: dict[str, Any]) -> str:
             trigger = (r["trigger"].get("ups") and f" ({r['trigger'].get('ups')}: {r['trigger'].get('reason')})") or ""
         lines.append(f"  {r['started_at'][:19]}  {what}{r['kind']:<9} {r['result'] or 'in flight':<9} "
                      f"{_num(r['duration_s'], ' s', '{:.1f}')}{trigger}")
-    return "\n".join(text.clean(line, LINE_CHARS) for line in lines)
+    return lines
 
 
 def _peer_lines(listener: dict[str, Any] | None) -> list[str]:

@@ -1,0 +1,135 @@
+"""The verdict of ``hecate status`` for scripts and monitoring: one Nagios-like state from the status document.
+
+This is a purely computational function with no side-effects: :func:`evaluate` reads the status
+document (docs/metrics.md, "Status") and returns the state, its exit code and every reason for
+it, so a Nagios/Icinga check, a cron script or a person at the terminal get the same answer:
+
+* **critical** (2): a shutdown is decided (also a dry-run's), running, or being forwarded to the
+  coordinator; a protecting UPS is at or below its threshold (debouncing) or critical (LB, FSD,
+  deadtime).
+* **unknown** (3): neither the daemon nor any upsd answered, so nothing is known about the power.
+* **warning** (1): an alert, a failing state-dir write or a state-dir warning; a UPS on battery
+  above its threshold; not armed (a decision would only be recorded); no daemon running.
+* **ok** (0): none of these.
+
+The worst state wins, in that order (critical before unknown: what is known to be critical is
+not hidden by what is not known). The reasons list every finding, the worst first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class CheckState(StrEnum):
+    ok = "ok"
+    warning = "warning"
+    critical = "critical"
+    unknown = "unknown"
+
+    @property
+    def code(self) -> int:
+        """The exit code, as Nagios plugins use them."""
+        return EXIT_CODES[self]
+
+
+EXIT_CODES = {CheckState.ok: 0, CheckState.warning: 1, CheckState.critical: 2, CheckState.unknown: 3}
+SEVERITY = (CheckState.critical, CheckState.unknown, CheckState.warning, CheckState.ok)
+"""Which state wins when there are several findings: the first present."""
+
+
+@dataclass(frozen=True)
+class Reason:
+    state: CheckState
+    message: str
+
+
+@dataclass(frozen=True)
+class Check:
+    state: CheckState
+    reasons: tuple[Reason, ...] = ()
+
+    @property
+    def code(self) -> int:
+        return self.state.code
+
+    def as_dict(self) -> dict[str, Any]:
+        """``check`` in ``hecate status --json``: ``state``, ``code`` and ``reasons[]`` (``state``, ``message``)."""
+        return {"state": self.state.value, "code": self.code,
+                "reasons": [{"state": r.state.value, "message": r.message} for r in self.reasons]}
+
+
+def _seconds(value: object) -> str:
+    return f"{value:.0f} s" if isinstance(value, int | float) else "?"
+
+
+def _critical(doc: Mapping[str, Any]) -> list[str]:
+    found = []
+    armed = doc.get("armed") is True
+    trigger = doc.get("trigger") or {}
+    decision = trigger.get("decision")
+    if decision or trigger.get("shutdown_triggered"):
+        what = (f"peer {decision['peer'].get('name')}" if decision and decision.get("peer")
+                else f"UPS {decision.get('ups')}" if decision else "latched")
+        why = f", {decision.get('reason')}" if decision else ""
+        found.append(f"shutdown decided ({what}{why})" + ("" if armed else ": a dry-run, only recorded"))
+    if (doc.get("shutdown_task") or {}).get("running"):
+        found.append("a shutdown is running")
+    if (doc.get("peer_forward") or {}).get("forwarding"):
+        found.append("forwarding a shutdown trigger to the coordinator")
+    threshold = _seconds((doc.get("budget") or {}).get("threshold_s"))
+    for u in doc.get("ups", []):
+        if not u.get("protects_cluster", True):
+            continue
+        if u.get("phase") == "below_threshold":
+            found.append(f"UPS {u.get('name')}: on battery at or below the threshold (runtime "
+                         f"{_seconds(u.get('runtime_s'))} <= {threshold}, {u.get('below_threshold_polls')} of "
+                         f"{trigger.get('debounce_polls')} polls)")
+        elif u.get("phase") == "critical":
+            found.append(f"UPS {u.get('name')}: critical ({u.get('status') or 'no status'})")
+    return found
+
+
+def _unknown(doc: Mapping[str, Any]) -> list[str]:
+    if doc.get("source") == "daemon" or any(u.get("reachable") for u in doc.get("ups", [])):
+        return []
+    errors = "; ".join(f"{u.get('name')}: {u.get('error') or 'not read'}" for u in doc.get("ups", []))
+    return ["neither the daemon nor upsd answered: the power state is unknown" + (f" ({errors})" if errors else "")]
+
+
+def _warning(doc: Mapping[str, Any], daemon_down: bool) -> list[str]:
+    found = []
+    for u in doc.get("ups", []):
+        below = u.get("protects_cluster", True) and u.get("phase") in ("below_threshold", "critical")
+        if (u.get("on_battery") or u.get("phase") == "on_battery") and not below:
+            found.append(f"UPS {u.get('name')}: on battery (runtime {_seconds(u.get('runtime_s'))}"
+                         + (")" if u.get("protects_cluster", True) else ", does not protect the cluster)"))
+    found += [f"alert: {a['ups'] + ': ' if a.get('ups') else ''}{a.get('message')}" for a in doc.get("alerts", [])]
+    found += [f"alert: bookkeeping: {w.get('what')} writes fail ({w.get('error')})"
+              for w in doc.get("state_writes", []) if w.get("active")]
+    found += [f"warning: {w}" for w in doc.get("warnings", [])]
+    peer = doc.get("peer_forward")
+    # A peer's decisions are forwarded whatever shutdown.execute says; it arms only the local fallback.
+    needs_arming = doc.get("role") != "peer" or bool(peer and peer.get("fallback_local_shutdown"))
+    if doc.get("armed") is not True and needs_arming:
+        found.append("not armed (shutdown.execute: false): a shutdown decision is only recorded as a dry-run"
+                     + (" (the local fallback)" if doc.get("role") == "peer" else ""))
+    if daemon_down:
+        found.append("no daemon answered: the UPSes were polled once, nothing is watching them")
+    return found
+
+
+def evaluate(doc: Mapping[str, Any], *, daemon_down: bool = False) -> Check:
+    """The check state of a status document.
+
+    ``daemon_down``: no daemon listens on the status socket (``hecate status`` then polled the UPSes
+    itself). Not set when the socket is only not ours to use (root's), so an unprivileged check
+    does not warn about a daemon it cannot ask.
+    """
+    findings = {CheckState.critical: _critical(doc), CheckState.unknown: _unknown(doc),
+                CheckState.warning: _warning(doc, daemon_down)}
+    reasons = tuple(Reason(state, message) for state in SEVERITY if state in findings for message in findings[state])
+    return Check(reasons[0].state if reasons else CheckState.ok, reasons)
