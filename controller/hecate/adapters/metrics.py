@@ -101,6 +101,10 @@ def _ups_metrics(ups: list[dict[str, Any]]) -> Iterator[Metric]:
     yield per_ups("hecate_trigger_debounce_polls",
                   "Consecutive polls this UPS has been on battery at or below the threshold.",
                   "below_threshold_polls")
+    yield _gauge("hecate_ups_runtime_trusted",
+                 "1 when the UPS's battery.runtime is trusted by the runtime trigger; 0 when missing or untrusted "
+                 "(zero at high charge, implausible, frozen, rising: ups[].runtime_untrusted_reason).",
+                 [([u["name"]], 1.0 if u.get("runtime_trusted") else 0.0) for u in ups if u.get("polled")], ("ups",))
     yield _gauge("hecate_ups_runtime_short",
                  "1 when on mains at full charge the runtime is below the threshold (batteries too weak).",
                  [([u["name"]], 1.0 if u["runtime_short"] else 0.0) for u in ups], ("ups",))

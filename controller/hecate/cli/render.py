@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hecate.cli.runtime_lines import runtime_lines
 from hecate.domain import text
 
 LINE_CHARS = 2 * text.MAX_CHARS
@@ -97,6 +98,7 @@ def status_text(doc: dict[str, Any]) -> str:
             f"{_num(u['load_pct'], ' %'):>6}" + ("" if u["protects_cluster"] else "  (does not protect the cluster)")
         )
     lines += _fsd_lines(doc["ups"])
+    lines += runtime_lines(doc["ups"], trig)
     samples = ", ".join(f"{s:.4g}" for s in budget["samples"])
     measured = f" from {len(budget['samples'])} shutdowns: {samples} s" if samples else ", no measured shutdown yet"
     scaled = f"{budget['safety_factor']:g} x budget = {budget['safety_factor'] * budget['seconds']:.0f} s"

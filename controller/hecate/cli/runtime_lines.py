@@ -1,0 +1,27 @@
+"""Status text lines for UPSes whose runtime is missing or not trusted: why, and which triggers are left."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TRIGGER_TEXT = {"low_battery": "LB", "fsd": "FSD", "runtime": "runtime", "deadtime": "deadtime"}
+
+
+def runtime_lines(ups: list[dict[str, Any]], trig: dict[str, Any]) -> list[str]:
+    lines = []
+    for u in ups:
+        reason = u.get("runtime_untrusted_reason")
+        if not u.get("polled") or reason is None:
+            continue
+        named = []
+        for t in u.get("triggers", []):
+            if t == "charge_floor":
+                named.append(f"charge floor {trig['charge_floor_pct']:g} %")
+            elif t == "time_on_battery":
+                named.append(f"{trig['max_on_battery_s']:g} s on battery")
+            else:
+                named.append(TRIGGER_TEXT.get(t, t))
+        what = ("no runtime reported" if reason == "missing"
+                else f"runtime not trusted ({u['runtime_untrusted_detail']})")
+        lines.append(f"Runtime:   {u['name']}: {what}; it triggers on {', '.join(named)}")
+    return lines
