@@ -74,7 +74,8 @@ def test_a_missing_runtime_is_not_alerted() -> None:
 def test_low_battery_still_triggers_with_an_untrusted_runtime() -> None:
     _, outcomes = run([snap("OB DISCHRG", "0", "100", at=0), snap("OB LB", "0", "100", at=1)], BASE)
     assert first(outcomes) == (1, Reason.low_battery)
-    assert outcomes[1].shutdown is not None and outcomes[1].shutdown.runtime_s is None  # not trusted: not quoted
+    assert outcomes[1].shutdown is not None
+    assert outcomes[1].shutdown.runtime_s is None  # not trusted: not quoted as the runtime
 
 
 def test_a_frozen_runtime_stops_counting_below_the_threshold() -> None:
