@@ -91,7 +91,8 @@ def status_text(doc: dict[str, Any]) -> str:
     for u in doc["ups"]:
         state = u["phase"] if u["reachable"] and not u["stale"] else ("stale" if u["stale"] else "unreachable")
         if u["phase"] == "below_threshold":
-            state = f"below ({u['below_threshold_polls']}/{trig['debounce_polls']})"
+            polls = max(u["below_threshold_polls"], u.get("charge_floor_polls", 0), u.get("time_on_battery_polls", 0))
+            state = f"below ({polls}/{trig['debounce_polls']})"
         lines.append(
             f"{u['name']:<12} {state:<16} {(u['status'] or '-'):<14} {_num(u['runtime_s'], ' s'):>8} "
             f"{_num(budget['threshold_s'], ' s', '{:.0f}'):>9} {_num(u['charge_pct'], ' %'):>7} "
