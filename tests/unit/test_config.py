@@ -90,8 +90,9 @@ def test_unknown_key_names_path_and_allowed_keys(tmp_path: Path) -> None:
     path = write(tmp_path, "trigger:\n  debouce_polls: 3\n")
     msg = load_error(path)
     assert msg == (
-        f"{path}: trigger.debouce_polls: unknown key (allowed here: budget_history, deadtime_s, "
-        "debounce_polls, default_budget_s, min_budget_s, poll_interval_on_battery_s, poll_interval_s, safety_factor)"
+        f"{path}: trigger.debouce_polls: unknown key (allowed here: budget_history, charge_floor_pct, deadtime_s, "
+        "debounce_polls, default_budget_s, max_on_battery_s, max_plausible_runtime_s, min_budget_s, "
+        "poll_interval_on_battery_s, poll_interval_s, runtime_frozen_polls, runtime_zero_charge_pct, safety_factor)"
     )
 
 

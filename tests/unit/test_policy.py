@@ -237,7 +237,7 @@ def test_describe_error_names_the_field_path() -> None:
                                "shutdown": {"scale_down": [{"name": "apps"}]}}))
     message = describe_error(info.value)
     assert "spec.trigger.safety_factor = 11: Input should be less than or equal to 10" in message
-    assert "spec.trigger.bogus: unknown key (allowed here: budget_history, deadtime_s," in message
+    assert "spec.trigger.bogus: unknown key (allowed here: budget_history, charge_floor_pct, deadtime_s," in message
     assert "spec.shutdown.scale_down[0].selector: required field is missing" in message
     assert "\n" not in message
     assert message.count("; ") == 2

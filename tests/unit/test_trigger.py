@@ -211,7 +211,7 @@ def test_property_sustained_crossing_triggers_within_debounce_polls(
 ) -> None:
     thresholds = Thresholds(threshold_s=330, debounce_polls=debounce, protecting=frozenset({"pyr"}))
     prefix = [snap(status, str(rt)) for status, rt in before]
-    crossing = [snap("OB DISCHRG", str(rt)) for rt in runtimes + [0] * debounce]
+    crossing = [snap("OB DISCHRG", str(rt), charge="20") for rt in runtimes + [0] * debounce]
     outcomes = run(prefix + crossing, thresholds)
     index = first_shutdown(outcomes)
     assert index is not None
@@ -223,7 +223,7 @@ def test_property_sustained_crossing_triggers_within_debounce_polls(
 def test_a_driver_restart_does_not_erase_last_seen_on_battery() -> None:
     readings = [snap("OB DISCHRG", "900", at=0), snap("WAIT", None, at=1)] + [lost(at=i) for i in range(2, 30)]
     outcomes = run(readings)
-    assert first_shutdown(outcomes) == 17  # deadtime counted from the last reading at t=1
+    assert first_shutdown(outcomes) == 16  # deadtime counted from the last reading with data, at t=0 (WAIT has none)
 
 
 def test_calibration_raises_an_alert() -> None:

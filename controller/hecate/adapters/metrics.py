@@ -103,11 +103,16 @@ def _ups_metrics(ups: list[dict[str, Any]]) -> Iterator[Metric]:
     yield per_ups("hecate_trigger_debounce_polls",
                   "Consecutive polls this UPS has been on battery at or below the threshold.",
                   "below_threshold_polls")
+    yield _gauge("hecate_ups_runtime_trusted",
+                 "1 when the UPS's battery.runtime is trusted by the runtime trigger; 0 when missing or untrusted "
+                 "(zero at high charge, implausible, frozen, rising: ups[].runtime_untrusted_reason).",
+                 [([u["name"]], 1.0 if u.get("runtime_trusted") else 0.0) for u in ups if u.get("polled")], ("ups",))
     yield _gauge("hecate_ups_runtime_estimate_seconds",
                  "Remaining runtime the learned discharge model estimates (absent without a model or a charge).",
                  [([u["name"]], u["runtime_estimate"]["seconds"]) for u in ups if u.get("runtime_estimate")], ("ups",))
     yield _gauge("hecate_ups_runtime_estimate_uncertainty_seconds",
-                 "Uncertainty of the estimated runtime; the trigger uses the estimate minus this.",
+                 "Uncertainty of the estimated runtime; the trigger uses the estimate minus this when the runtime is "
+                 "missing or untrusted.",
                  [([u["name"]], u["runtime_estimate"]["uncertainty_s"]) for u in ups if u.get("runtime_estimate")],
                  ("ups",))
     yield _gauge("hecate_ups_discharge_outages", "Recorded outages the discharge model learns from (0: no model).",

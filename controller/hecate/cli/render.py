@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hecate.cli.runtime_lines import runtime_lines
 from hecate.domain import text
 
 LINE_CHARS = 2 * text.MAX_CHARS
@@ -81,31 +82,6 @@ def _fsd_lines(ups: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _runtime_lines(ups: list[dict[str, Any]]) -> list[str]:
-    """One line per UPS that reports no runtime: the learned estimate, or what is left to trigger on."""
-    lines = []
-    for u in ups:
-        if u.get("runtime_s") is not None or not u.get("reachable") or u.get("stale"):
-            continue
-        est = u.get("runtime_estimate")
-        if est:
-            n = est["outages"]
-            lines.append(f"Runtime:   {u['name']}: runtime {est['seconds']:.0f} s "
-                         f"(estimated ± {est['uncertainty_s']:.0f} s from {n} outage{'s' if n != 1 else ''}); "
-                         f"the trigger uses {est['conservative_s']:.0f} s")
-        else:
-            lines.append(f"Runtime:   {u['name']}: no runtime: the charge floor (if set) and LB only"
-                         + (f" ({u['discharge_recorded']} outages recorded, none long enough to learn from)"
-                            if u.get("discharge_recorded") else ""))
-    return lines
-
-
-UPS_COLUMNS = (("UPS", "<", 12), ("state", "<", 16), ("status", "<", 14), ("runtime", ">", 8),
-               ("threshold", ">", 9), ("charge", ">", 7), ("load", ">", 6))
-"""The UPS table's columns: name, alignment and width of the plain text (stable: scripts read it)."""
-NOT_PROTECTING = "does not protect the cluster"
-
-
 def ups_rows(doc: dict[str, Any]) -> list[tuple[list[str], bool]]:
     """Each UPS's cells (as :data:`UPS_COLUMNS`) and whether it protects the cluster."""
     budget, trig = doc["budget"], doc["trigger"]
@@ -113,7 +89,8 @@ def ups_rows(doc: dict[str, Any]) -> list[tuple[list[str], bool]]:
     for u in doc["ups"]:
         state = u["phase"] if u["reachable"] and not u["stale"] else ("stale" if u["stale"] else "unreachable")
         if u["phase"] == "below_threshold":
-            state = f"below ({u['below_threshold_polls']}/{trig['debounce_polls']})"
+            polls = max(u["below_threshold_polls"], u.get("charge_floor_polls", 0), u.get("time_on_battery_polls", 0))
+            state = f"below ({polls}/{trig['debounce_polls']})"
         rows.append(([u["name"], state, u["status"] or "-", _num(u["runtime_s"], " s"),
                       _num(budget["threshold_s"], " s", "{:.0f}"), _num(u["charge_pct"], " %"),
                       _num(u["load_pct"], " %")], u["protects_cluster"]))
@@ -149,7 +126,7 @@ def status_text(doc: dict[str, Any]) -> str:
 def detail_lines(doc: dict[str, Any]) -> list[str]:
     """Everything under the UPS table: FSD, budget, policy, trigger, peers, alerts, warnings, last runs."""
     budget, trig = doc["budget"], doc["trigger"]
-    lines = _fsd_lines(doc["ups"]) + _runtime_lines(doc["ups"])
+    lines = _fsd_lines(doc["ups"]) + runtime_lines(doc["ups"], trig)
     samples = ", ".join(f"{s:.4g}" for s in budget["samples"])
     measured = f" from {len(budget['samples'])} shutdowns: {samples} s" if samples else ", no measured shutdown yet"
     scaled = f"{budget['safety_factor']:g} x budget = {budget['safety_factor'] * budget['seconds']:.0f} s"

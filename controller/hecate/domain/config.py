@@ -277,6 +277,20 @@ class Trigger(_Section):
     the recorded shutdowns (a fifth of the default budget; host only, a PowerPolicy cannot set it)."""
     deadtime_s: Seconds = 15.0
     """A UPS last seen on battery and silent this long counts as critical (NUT DEADTIME)."""
+    charge_floor_pct: float | None = Field(default=None, ge=0, le=95)
+    """Optional trigger (apcupsd's BATTERYLEVEL): on battery, `battery.charge` at or below this for `debounce_polls`
+    polls shuts down; off when unset."""
+    max_on_battery_s: Seconds | None = None
+    """Optional trigger (apcupsd's TIMEOUT): on battery this long, from the outage's first on-battery poll, shuts
+    down (debounced like the others); off when unset."""
+    max_plausible_runtime_s: Seconds = 86_400.0
+    """A `battery.runtime` above this (or at 65535, an unset register) is not trusted (host only)."""
+    runtime_zero_charge_pct: float = Field(default=50.0, ge=1, le=100)
+    """A `battery.runtime` of 0 with the charge at or above this is not trusted (firmware without an estimate; host
+    only)."""
+    runtime_frozen_polls: int = Field(default=5, ge=2, le=1000)
+    """A `battery.runtime` unchanged this many polls on battery while the charge fell 5 points is frozen, not trusted
+    (host only)."""
 
 
 class StorageQuiesce(_Section):
@@ -531,6 +545,11 @@ class Envelope(_Section):
     """Shortest `flux.cache_refresh_interval_s` a policy may set (shorter floods the API and the log)."""
     min_startup_charge_percent: float = Field(default=20.0, ge=0, le=100)
     """Lowest `startup.min_charge_percent`: a cut soon after a start must still find runtime for a shutdown."""
+    max_charge_floor_pct: float = Field(default=60.0, ge=0, le=95)
+    """Highest `trigger.charge_floor_pct` a policy may set: above it any outage powers the cluster off soon after
+    it starts."""
+    min_on_battery_limit_s: Seconds = 120.0
+    """Shortest `trigger.max_on_battery_s` a policy may set: shorter, a blip powers the cluster off."""
 
     @field_validator("locked")
     @classmethod

@@ -87,6 +87,8 @@ RULES: Final[Mapping[str, Rule]] = MappingProxyType({
     "trigger.default_budget_s": Between("min_default_budget_s", "max_default_budget_s"),
     "trigger.budget_history": Between("min_budget_history", None),
     "trigger.deadtime_s": Between("min_deadtime_s", "max_deadtime_s"),
+    "trigger.charge_floor_pct": Between(None, "max_charge_floor_pct"),
+    "trigger.max_on_battery_s": Between("min_on_battery_limit_s", None),
     "shutdown.parallelism": NotBelowHost(),
     "shutdown.flux_suspend": Free("off, Flux may re-create what is scaled down; the stop and power-off steps "
                                   "run all the same"),
@@ -216,6 +218,9 @@ def check(rule: Rule, host: HecateConfig, path: tuple[str, ...], value: Any) -> 
                     f"(policy.envelope.min_timeout_fraction {show(envelope.min_timeout_fraction)} x hecate.yaml's "
                     f"{show(own)})")
         return None
+    if value is None:  # an optional trigger switched off: only where hecate.yaml leaves it off (own is not None)
+        return (f"off is not allowed: hecate.yaml sets {field} to {show(own)} (a policy may change it within the "
+                "limits, never switch it off)")
     if rule.low is not None and value < getattr(envelope, rule.low):
         return (f"{show(value)} is below the host's limit {show(getattr(envelope, rule.low))} "
                 f"(policy.envelope.{rule.low})")

@@ -64,11 +64,16 @@ _SOURCE = ("which Git branch Flux deploys after a deadlock is a host decision: w
            "and push a branch would choose what the cluster runs; set it in hecate.yaml")
 _FLOOR = ("the floor under the learned budget is the host's safety net: whoever can edit the PowerPolicy must not "
           "be able to make the runtime trigger fire later than the host allows; set it in hecate.yaml")
+_SANITY = ("which runtime readings are trusted judges the host's own UPS hardware: whoever can edit the PowerPolicy "
+           "must not be able to make the runtime trigger ignore (or trust) them; set it in hecate.yaml")
 _ARMING = ("arming stays a host decision: whoever can edit the PowerPolicy must not be able to make Hecate "
            "power the cluster off; set it in hecate.yaml on the coordinator")
 
 EXCLUDED_FIELDS: Final[Mapping[str, str]] = MappingProxyType({
     "trigger.min_budget_s": _FLOOR,
+    "trigger.max_plausible_runtime_s": _SANITY,
+    "trigger.runtime_zero_charge_pct": _SANITY,
+    "trigger.runtime_frozen_polls": _SANITY,
     "shutdown.execute": _ARMING,
     "shutdown.remote_poweroff_command": _COMMAND,
     "shutdown.local_poweroff_command": _COMMAND,

@@ -12,10 +12,19 @@ machine, modelled on NUT's upsmon and hardened against its users' worst complain
   never triggers). A poll whose runtime is not known neither counts nor resets -- unless the
   learned discharge model (:mod:`hecate.domain.discharge`) has an estimate for the UPS: then its
   conservative bound (estimate minus uncertainty) stands in for the runtime, debounced the same way.
+* **Charge floor / time on battery** (optional, off by default; apcupsd's BATTERYLEVEL and
+  TIMEOUT): a protecting UPS on battery whose ``battery.charge <= charge_floor_pct``, or
+  that has been on battery for ``max_on_battery_s`` since the first on-battery poll of the
+  outage (lost polls do not reset it, mains does), is critical after ``debounce_polls``
+  consecutive polls, counted like the runtime's. The first trigger to fire wins.
+* **Runtime sanity** (:mod:`hecate.domain.battery`): a runtime that is missing, implausible,
+  ``0`` at a high charge, frozen, or rising against the charge is not trusted: the runtime
+  trigger treats it as not known, and an untrusted reading raises ``runtime_untrusted``.
 * **Low battery / FSD**: ``OB`` + ``LB`` is critical on the first poll that shows it, as is
   ``FSD`` (another upsmon forcing shutdown).
 * **Calibration** (``CAL``) is a deliberate discharge: its runtime and LB readings do not
   trigger (NUT #2104: a self-test led to a shutdown); FSD still does.
+* **Driver starting** (``WAIT``): no data yet -- nothing changes but the deadtime clock.
 * **Lost contact** (upsd unreachable, or data stale): critical only if the UPS was last
   seen on battery *and* has not been seen for longer than ``deadtime`` (NUT's DEADTIME;
   NUT #2454 shut down at once). Lost contact while last seen on mains -- or never seen --
@@ -37,6 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from hecate.domain import battery
 from hecate.domain.discharge import RuntimeEstimate
 from hecate.domain.ups import Flag, Snapshot
 
@@ -58,6 +68,8 @@ class Reason(StrEnum):
     fsd = "fsd"
     deadtime = "deadtime"
     peer = "peer"  # a trusted peer host's signed trigger (its own UPS ran out)
+    charge_floor = "charge_floor"
+    time_on_battery = "time_on_battery"
 
 
 class AlertKind(StrEnum):
@@ -68,6 +80,7 @@ class AlertKind(StrEnum):
     overload = "overload"
     unknown_status = "unknown_status"
     calibrating = "calibrating"
+    runtime_untrusted = "runtime_untrusted"
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,11 @@ class Thresholds:
     deadtime_s: float = 15.0
     protecting: frozenset[str] = frozenset()
     """UPS names that feed the cluster; only these can trigger a shutdown."""
+    charge_floor_pct: float | None = None
+    """On battery, ``battery.charge`` at or below this triggers (debounced); None: off."""
+    max_on_battery_s: float | None = None
+    """On battery this long (from the outage's first on-battery poll) triggers (debounced); None: off."""
+    sanity: battery.Limits = field(default_factory=battery.Limits)
     estimates: Mapping[str, RuntimeEstimate] = field(default_factory=dict)
     """The discharge model's runtime estimate per UPS, used when the UPS reports no runtime."""
 
@@ -92,6 +110,15 @@ class UpsState:
     """When upsd last served current data for this UPS."""
     last_on_battery: bool = False
     """Whether that last current reading was on battery."""
+    floor_polls: int = 0
+    """Consecutive polls on battery with the charge <= the charge floor."""
+    overtime_polls: int = 0
+    """Consecutive polls on battery past ``max_on_battery_s``."""
+    on_battery_since: float | None = None
+    """When the first on-battery poll of this outage read (None on mains)."""
+    runtime: battery.Verdict = field(default_factory=battery.Verdict)
+    """Whether the last current reading's runtime is trusted, and if not why."""
+    runtime_memory: battery.Memory = field(default_factory=battery.Memory)
 
 
 @dataclass(frozen=True)
@@ -158,7 +185,8 @@ class Outcome:
 def reset(state: State) -> State:
     """Clear the latch (the run ended) and every debounce count; keep what was last seen."""
     return State(
-        ups={name: replace(s, below_polls=0, phase=_settled(s.phase)) for name, s in state.ups.items()},
+        ups={name: replace(s, below_polls=0, floor_polls=0, overtime_polls=0, phase=_settled(s.phase))
+             for name, s in state.ups.items()},
         latched=None,
     )
 
@@ -191,47 +219,68 @@ def decide(previous: State, snapshots: Iterable[Snapshot], thresholds: Threshold
 
 
 def _step(state: UpsState, snap: Snapshot, thresholds: Thresholds, now: float) -> tuple[UpsState, Decision | None]:
-    if not snap.ok:
+    if not snap.ok or snap.waiting:  # no current data (a starting driver's WAIT: none yet)
         silent_for = None if state.last_seen_at is None else now - state.last_seen_at
         if state.last_on_battery and silent_for is not None and silent_for > thresholds.deadtime_s:
             detail = (f"last seen on battery {silent_for:.1f} s ago, longer than deadtime "
-                      f"{thresholds.deadtime_s:g} s ({snap.error})")
+                      f"{thresholds.deadtime_s:g} s ({snap.error or snap.status})")
             return replace(state, phase=Phase.critical), Decision(snap.ups, Reason.deadtime, now, detail)
-        if state.phase is Phase.critical:
+        if state.phase is Phase.critical or snap.waiting:
             return state, None
         return replace(state, phase=Phase.lost), None
 
     # Only a reading that says OB or OL updates "last seen on battery": a driver restarting
     # (WAIT, OFF, empty) must not erase it, or a UPS that then goes silent never reaches deadtime.
     knows = Flag.OB in snap.flags or Flag.OL in snap.flags
-    seen = replace(state, last_seen_at=snap.at, last_on_battery=snap.on_battery if knows else state.last_on_battery)
+    verdict, memory = battery.judge(state.runtime_memory, snap, thresholds.sanity)
+    seen = replace(state, last_seen_at=snap.at, last_on_battery=snap.on_battery if knows else state.last_on_battery,
+                   runtime=verdict, runtime_memory=memory)
+    runtime = snap.runtime_s if verdict.trusted else None  # the runtime trigger uses a trusted runtime only
     if Flag.FSD in snap.flags:
         return replace(seen, phase=Phase.critical), Decision(
-            snap.ups, Reason.fsd, now, f"UPS reports forced shutdown ({snap.status})", snap.runtime_s)
+            snap.ups, Reason.fsd, now, f"UPS reports forced shutdown ({snap.status})", runtime)
     if not snap.on_battery:
-        return replace(seen, phase=Phase.on_mains if snap.on_mains else Phase.unknown, below_polls=0), None
+        since = None if snap.on_mains else state.on_battery_since
+        return replace(seen, phase=Phase.on_mains if snap.on_mains else Phase.unknown, below_polls=0, floor_polls=0,
+                       overtime_polls=0, on_battery_since=since), None
     if Flag.CAL in snap.flags:  # a deliberate discharge: watch, do not act
-        return replace(seen, phase=Phase.on_battery, below_polls=0), None
+        return replace(seen, phase=Phase.on_battery, below_polls=0, floor_polls=0, overtime_polls=0,
+                       on_battery_since=None), None
     if Flag.LB in snap.flags:
         return replace(seen, phase=Phase.critical), Decision(
             snap.ups, Reason.low_battery, now, f"UPS on battery reports low battery ({snap.status})",
-            snap.runtime_s, thresholds.threshold_s)
-    runtime, estimate = snap.runtime_s, None
+            runtime, thresholds.threshold_s)
+    estimate = None  # no trusted runtime: the discharge model's conservative bound stands in, when it has one
     if runtime is None and (estimate := thresholds.estimates.get(snap.ups)) is not None:
         runtime = estimate.conservative_s
-    if runtime is None:  # not known: neither counts nor resets
-        return replace(seen, phase=state.phase if state.phase is Phase.below_threshold else Phase.on_battery), None
-    if runtime > thresholds.threshold_s:
-        return replace(seen, phase=Phase.on_battery, below_polls=0), None
-    below = state.below_polls + 1
-    if below >= thresholds.debounce_polls:
+    since = snap.at if state.on_battery_since is None else state.on_battery_since
+    floor, limit = thresholds.charge_floor_pct, thresholds.max_on_battery_s
+    below = _count(state.below_polls, None if runtime is None else runtime <= thresholds.threshold_s)
+    low = _count(state.floor_polls, None if floor is None or snap.charge_pct is None else snap.charge_pct <= floor)
+    over = _count(state.overtime_polls, None if limit is None else snap.at - since >= limit)
+    after = replace(seen, below_polls=below, floor_polls=low, overtime_polls=over, on_battery_since=since)
+    n = thresholds.debounce_polls
+    decision = None
+    if runtime is not None and below >= n:  # a trigger fires on a poll that shows its condition
         what = f"runtime {runtime:g} s" if estimate is None else (
             f"estimated runtime {runtime:.0f} s ({estimate.seconds:.0f} s - {estimate.uncertainty_s:.0f} s, "
             f"from {estimate.outages} recorded outage{'s' if estimate.outages != 1 else ''})")
         detail = f"{what} <= threshold {thresholds.threshold_s:g} s for {below} consecutive polls"
-        return replace(seen, phase=Phase.critical, below_polls=below), Decision(
-            snap.ups, Reason.runtime, now, detail, runtime, thresholds.threshold_s)
-    return replace(seen, phase=Phase.below_threshold, below_polls=below), None
+        decision = Decision(snap.ups, Reason.runtime, now, detail, runtime, thresholds.threshold_s)
+    elif floor is not None and snap.charge_pct is not None and low >= n:
+        detail = f"charge {snap.charge_pct:g} % <= charge floor {floor:g} % for {low} consecutive polls"
+        decision = Decision(snap.ups, Reason.charge_floor, now, detail, runtime, thresholds.threshold_s)
+    elif limit is not None and over >= n:
+        detail = f"on battery for {snap.at - since:.1f} s >= max_on_battery_s {limit:g} s for {over} consecutive polls"
+        decision = Decision(snap.ups, Reason.time_on_battery, now, detail, runtime, thresholds.threshold_s)
+    if decision is not None:
+        return replace(after, phase=Phase.critical), decision
+    return replace(after, phase=Phase.below_threshold if below or low or over else Phase.on_battery), None
+
+
+def _count(polls: int, holds: bool | None) -> int:
+    """A debounce count after one poll: ``holds`` None (not known) neither counts nor resets."""
+    return polls if holds is None else (polls + 1 if holds else 0)
 
 
 def _alerts(snap: Snapshot, state: UpsState, thresholds: Thresholds) -> list[Alert]:
@@ -240,9 +289,14 @@ def _alerts(snap: Snapshot, state: UpsState, thresholds: Thresholds) -> list[Ale
         out.append(Alert(snap.ups, AlertKind.unreachable, f"upsd unreachable: {snap.error}"))
     elif snap.stale:
         out.append(Alert(snap.ups, AlertKind.stale, f"no current data: {snap.error}"))
-    if not snap.ok:
+    if not snap.ok or snap.waiting:
         return out
-    if (snap.on_mains and snap.charge_pct is not None and snap.charge_pct >= FULL_CHARGE_PCT
+    trusted = state.runtime.trusted
+    if not trusted and state.runtime.doubt is not battery.Doubt.missing:
+        out.append(Alert(snap.ups, AlertKind.runtime_untrusted,
+                         f"runtime not trusted ({state.runtime.doubt}): {state.runtime.why}; the runtime trigger "
+                         "ignores it"))
+    if (trusted and snap.on_mains and snap.charge_pct is not None and snap.charge_pct >= FULL_CHARGE_PCT
             and snap.runtime_s is not None and snap.runtime_s < thresholds.threshold_s):
         out.append(Alert(snap.ups, AlertKind.runtime_short, (
             f"on mains at {snap.charge_pct:g} % charge the runtime is {snap.runtime_s:g} s, below the "

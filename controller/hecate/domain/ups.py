@@ -115,6 +115,11 @@ class Snapshot:
     def on_mains(self) -> bool:
         return self.ok and Flag.OL in self.flags and Flag.OB not in self.flags
 
+    @property
+    def waiting(self) -> bool:
+        """upsd serves ``WAIT`` alone: its driver has started and sent no data yet (about a second)."""
+        return self.ok and not self.flags and self.unknown_tokens == ("WAIT",)
+
 
 def from_variables(ups: str, variables: Mapping[str, str], at: float) -> Snapshot:
     """Parse the variables upsd served for ``ups`` (``LIST VAR``) into a snapshot.

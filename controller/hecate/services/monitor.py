@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from hecate.adapters.store import StateStore, new_run_id
+from hecate.domain import battery, discharge, timestamps, trigger
 from hecate.domain import budget as budget_mod
-from hecate.domain import discharge, timestamps, trigger
 from hecate.domain.config import HecateConfig, Ups
 from hecate.domain.runs import RunKind, RunRecord, RunResult
 from hecate.domain.ups import Flag, Snapshot
@@ -151,6 +151,9 @@ class Monitor:
             deadtime_s=t.deadtime_s,
             protecting=frozenset(u.name for u in self.config.ups if u.protects_cluster),
             estimates=self.view.estimates,
+            charge_floor_pct=t.charge_floor_pct,
+            max_on_battery_s=t.max_on_battery_s,
+            sanity=battery.Limits(t.runtime_zero_charge_pct, t.max_plausible_runtime_s, t.runtime_frozen_polls),
         )
 
     # -- polling -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from hecate.domain.policy_source import PolicyView, baseline_view
 from hecate.domain.runs import RunKind, RunRecord
 from hecate.domain.trigger import AlertKind, Decision, UpsState
 from hecate.domain.ups import Flag
+from hecate.services import battery_view
 from hecate.services.monitor import Monitor, wall_time
 
 RECENT_RUNS = 5
@@ -140,6 +141,8 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None,
             "discharge_outages": len(m.rates) if (m := monitor.outages.models.get(u.name)) else 0,
             "discharge_recorded": len(monitor.outages.history.get(u.name, [])),
             "last_seen_at": _iso(st.last_seen_at),
+            **battery_view.ups_fields(st, snap is not None, config.trigger, monitor.clock(),
+                                      estimated=u.name in view.estimates),
         })
     runs = view.runs
     short = {a.ups for a in (outcome.alerts if outcome else ()) if a.kind is AlertKind.runtime_short}
@@ -158,6 +161,8 @@ def document(monitor: Monitor, source: str, policy: PolicyView | None = None,
         "trigger": {
             "debounce_polls": config.trigger.debounce_polls,
             "deadtime_s": config.trigger.deadtime_s,
+            "charge_floor_pct": config.trigger.charge_floor_pct,
+            "max_on_battery_s": config.trigger.max_on_battery_s,
             "shutdown_triggered": view.state.latched is not None,
             "decision": _decision(view.state.latched),
         },

@@ -1,0 +1,196 @@
+"""The charge-floor and time-on-battery triggers, untrusted runtimes in the decision, and WAIT."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hecate.domain import trigger
+from hecate.domain.trigger import AlertKind, Phase, Reason, State, Thresholds
+from hecate.domain.ups import Snapshot, failed, from_variables
+
+BASE = Thresholds(threshold_s=330.0, debounce_polls=3, deadtime_s=15.0, protecting=frozenset({"pyr"}))
+FLOOR = Thresholds(threshold_s=330.0, debounce_polls=3, protecting=frozenset({"pyr"}), charge_floor_pct=30.0)
+TIMEOUT = Thresholds(threshold_s=330.0, debounce_polls=3, deadtime_s=15.0, protecting=frozenset({"pyr"}),
+                     max_on_battery_s=10.0)
+
+
+def snap(status: str = "OB DISCHRG", runtime: str | None = "1800", charge: str | None = "80",
+         at: float = 0.0) -> Snapshot:
+    variables = {"ups.status": status}
+    if runtime is not None:
+        variables["battery.runtime"] = runtime
+    if charge is not None:
+        variables["battery.charge"] = charge
+    return from_variables("pyr", variables, at)
+
+
+def run(readings: Iterable[Snapshot], thresholds: Thresholds) -> tuple[State, list[trigger.Outcome]]:
+    """One poll per reading, at the reading's own time."""
+    state, outcomes = State(), []
+    for reading in readings:
+        state, outcome = trigger.decide(state, [reading], thresholds, now=reading.at)
+        outcomes.append(outcome)
+    return state, outcomes
+
+
+def first(outcomes: list[trigger.Outcome]) -> tuple[int, Reason] | None:
+    return next(((i, o.shutdown.reason) for i, o in enumerate(outcomes) if o.shutdown is not None), None)
+
+
+def kinds(outcome: trigger.Outcome) -> list[AlertKind]:
+    return [a.kind for a in outcome.alerts]
+
+
+# -- untrusted runtimes -------------------------------------------------------------------
+
+
+def test_a_zero_runtime_at_full_charge_never_triggers_and_raises_the_untrusted_alert() -> None:
+    state, outcomes = run([snap("OB DISCHRG", "0", "100", at=i) for i in range(20)], BASE)
+    assert first(outcomes) is None
+    assert state.ups["pyr"].phase is Phase.on_battery
+    assert kinds(outcomes[-1]) == [AlertKind.runtime_untrusted]
+    assert "(zero)" in outcomes[-1].alerts[0].message
+
+
+def test_a_zero_runtime_on_mains_is_not_runtime_short() -> None:
+    """nutdrv_qx units report 0 on mains at full charge: that is not a weak battery."""
+    _, outcomes = run([snap("OL", "0", "100")], BASE)
+    assert kinds(outcomes[0]) == [AlertKind.runtime_untrusted]
+
+
+def test_a_trusted_short_runtime_on_mains_is_still_runtime_short() -> None:
+    _, outcomes = run([snap("OL", "100", "100")], BASE)
+    assert kinds(outcomes[0]) == [AlertKind.runtime_short]
+
+
+def test_a_missing_runtime_is_not_alerted() -> None:
+    _, outcomes = run([snap("OL", None, "100")], BASE)
+    assert kinds(outcomes[0]) == []
+
+
+def test_low_battery_still_triggers_with_an_untrusted_runtime() -> None:
+    _, outcomes = run([snap("OB DISCHRG", "0", "100", at=0), snap("OB LB", "0", "100", at=1)], BASE)
+    assert first(outcomes) == (1, Reason.low_battery)
+    assert outcomes[1].shutdown is not None
+    assert outcomes[1].shutdown.runtime_s is None  # not trusted: not quoted as the runtime
+
+
+def test_a_frozen_runtime_stops_counting_below_the_threshold() -> None:
+    """Frozen at 300 s (below the threshold) while the charge falls fast: the count stops at the doubt."""
+    readings = [snap("OB DISCHRG", "300", str(100 - 3 * i), at=i) for i in range(10)]
+    thresholds = Thresholds(threshold_s=330.0, debounce_polls=6, protecting=frozenset({"pyr"}))
+    state, outcomes = run(readings, thresholds)
+    assert first(outcomes) is None  # frozen from the 5th poll (5 polls, 12 points down), before 6 counted
+    assert state.ups["pyr"].runtime.doubt is not None
+
+
+# -- the charge floor ---------------------------------------------------------------------
+
+
+def test_the_charge_floor_triggers_after_debounce_polls() -> None:
+    readings = [snap(charge=c, at=i) for i, c in enumerate(["40", "31", "30", "29", "28", "27"])]
+    _, outcomes = run(readings, FLOOR)
+    assert first(outcomes) == (4, Reason.charge_floor)  # at or below 30 % on polls 2, 3, 4
+    assert outcomes[4].shutdown is not None
+    assert outcomes[4].shutdown.detail == "charge 28 % <= charge floor 30 % for 3 consecutive polls"
+
+
+def test_the_charge_floor_is_off_by_default() -> None:
+    _, outcomes = run([snap(charge="5", at=i) for i in range(10)], BASE)
+    assert first(outcomes) is None
+
+
+def test_the_charge_floor_debounces_a_glitch_and_ignores_an_unknown_charge() -> None:
+    readings = [snap(charge=c, at=i) for i, c in enumerate(["25", "25", "90", "25", "unknown", "25", "25"])]
+    _, outcomes = run(readings, FLOOR)
+    assert first(outcomes) == (6, Reason.charge_floor)
+
+
+def test_the_charge_floor_on_mains_does_not_trigger() -> None:
+    _, outcomes = run([snap("OL CHRG", charge="5", at=i) for i in range(10)], FLOOR)
+    assert first(outcomes) is None
+
+
+def test_the_charge_floor_works_for_a_ups_without_runtime() -> None:
+    readings = [snap(runtime=None, charge=c, at=i) for i, c in enumerate(["80", "30", "20", "10"])]
+    _, outcomes = run(readings, FLOOR)
+    assert first(outcomes) == (3, Reason.charge_floor)
+
+
+# -- the longest time on battery ------------------------------------------------------------
+
+
+def test_time_on_battery_counts_from_the_first_on_battery_poll_and_debounces() -> None:
+    readings = [snap(at=float(t)) for t in range(0, 20)]
+    _, outcomes = run(readings, TIMEOUT)
+    assert first(outcomes) == (12, Reason.time_on_battery)  # 10 s at t=10; 3 polls: 10, 11, 12
+
+
+def test_time_on_battery_survives_lost_polls() -> None:
+    readings = [snap(at=0.0), snap(at=1.0)] + [failed("pyr", float(t), "timed out", stale=False)
+                                               for t in range(2, 8)] + [snap(at=float(t)) for t in range(8, 20)]
+    _, outcomes = run(readings, TIMEOUT)
+    assert first(outcomes) == (12, Reason.time_on_battery)
+
+
+def test_time_on_battery_resets_on_mains() -> None:
+    readings = [snap(at=float(t)) for t in range(0, 9)] + [snap("OL CHRG", at=9.0)] + [
+        snap(at=float(t)) for t in range(10, 30)]
+    _, outcomes = run(readings, TIMEOUT)
+    assert first(outcomes) == (22, Reason.time_on_battery)  # the clock starts again at t=10
+
+
+def test_calibration_does_not_count_as_time_on_battery() -> None:
+    _, outcomes = run([snap("OB CAL DISCHRG", at=float(t)) for t in range(30)], TIMEOUT)
+    assert first(outcomes) is None
+
+
+# -- combining --------------------------------------------------------------------------
+
+
+def test_first_one_wins_and_runtime_comes_first_on_the_same_poll() -> None:
+    both = Thresholds(threshold_s=330.0, debounce_polls=3, protecting=frozenset({"pyr"}), charge_floor_pct=30.0)
+    _, outcomes = run([snap(runtime="100", charge="20", at=i) for i in range(5)], both)
+    assert first(outcomes) == (2, Reason.runtime)
+
+
+def test_the_charge_floor_wins_when_it_crosses_first() -> None:
+    readings = [snap(runtime=str(r), charge=c, at=i)
+                for i, (r, c) in enumerate([(900, "28"), (800, "27"), (300, "26"), (290, "25")])]
+    _, outcomes = run(readings, FLOOR)
+    assert first(outcomes) == (2, Reason.charge_floor)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["OL", "OB", "OB DISCHRG", "OL CHRG", "WAIT", ""]),
+                          st.integers(0, 100), st.one_of(st.none(), st.integers(0, 5000))), max_size=40))
+def test_property_mains_alone_never_triggers_with_every_trigger_on(
+        readings: list[tuple[str, int, int | None]]) -> None:
+    every = Thresholds(threshold_s=330.0, debounce_polls=1, protecting=frozenset({"pyr"}), charge_floor_pct=95.0,
+                       max_on_battery_s=1.0)
+    on_mains = [snap("OL" if "OB" in s else s, None if r is None else str(r), str(c), at=i)
+                for i, (s, c, r) in enumerate(readings)]
+    _, outcomes = run(on_mains, every)
+    assert first(outcomes) is None
+
+
+# -- WAIT -----------------------------------------------------------------------------------
+
+
+def test_wait_at_driver_start_is_no_data_yet() -> None:
+    state, outcomes = run([snap("WAIT", None, None, at=0), snap("OL", at=1)], BASE)
+    assert kinds(outcomes[0]) == []
+    assert outcomes[0].transitions == ()
+    assert state.ups["pyr"].phase is Phase.on_mains
+
+
+def test_wait_during_an_outage_keeps_the_phase_and_the_counts() -> None:
+    readings = [snap(runtime="300", charge="20", at=0), snap(runtime="300", charge="20", at=1),
+                snap("WAIT", None, None, at=2), snap(runtime="300", charge="20", at=3)]
+    state, outcomes = run(readings, BASE)
+    assert outcomes[2].transitions == ()
+    assert kinds(outcomes[2]) == []
+    assert first(outcomes) == (3, Reason.runtime)  # the WAIT neither counted nor reset
+    assert state.ups["pyr"].last_on_battery
