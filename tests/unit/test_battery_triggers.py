@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hecate.domain import trigger
+from hecate.domain.discharge import RuntimeEstimate
 from hecate.domain.trigger import AlertKind, Phase, Reason, State, Thresholds
 from hecate.domain.ups import Snapshot, failed, from_variables
 
@@ -194,3 +196,28 @@ def test_wait_during_an_outage_keeps_the_phase_and_the_counts() -> None:
     assert kinds(outcomes[2]) == []
     assert first(outcomes) == (3, Reason.runtime)  # the WAIT neither counted nor reset
     assert state.ups["pyr"].last_on_battery
+
+
+# -- an untrusted runtime and the discharge model's estimate --------------------------------
+
+
+def test_the_estimate_takes_over_from_a_runtime_once_it_is_untrusted() -> None:
+    """Runtime frozen at 18358 while the charge falls: trusted at first (the estimate is not used), untrusted
+    after the frozen polls, and then the discharge model's conservative bound decides -- said as estimated."""
+    estimate = RuntimeEstimate(seconds=300.0, uncertainty_s=60.0, outages=3, rate_pct_per_s=0.2, empty_pct=0.0)
+    with_model = replace(BASE, estimates={"pyr": estimate})  # 240 s <= 330 s: the estimate alone would trigger
+    readings = [snap("OB DISCHRG", "18358", str(90 - 2 * i), at=i) for i in range(12)]
+
+    state, outcomes = run(readings, with_model)
+    _, without = run(readings, BASE)
+
+    frozen_at = next(i for i, o in enumerate(outcomes) if AlertKind.runtime_untrusted in kinds(o))
+    decided = first(outcomes)
+    assert frozen_at > 0  # trusted at first: the runtime's 18358 s, above the threshold, kept the estimate out
+    assert decided == (frozen_at + BASE.debounce_polls - 1, Reason.runtime)
+    decision = outcomes[decided[0]].shutdown
+    assert decision is not None
+    assert decision.runtime_s == 240.0
+    assert "estimated runtime 240 s (300 s - 60 s, from 3 recorded outages)" in decision.detail
+    assert first(without) is None  # no model: an untrusted runtime alone never triggers
+    assert state.ups["pyr"].phase is Phase.critical

@@ -82,6 +82,12 @@ def _fsd_lines(ups: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+UPS_COLUMNS = (("UPS", "<", 12), ("state", "<", 16), ("status", "<", 14), ("runtime", ">", 8),
+               ("threshold", ">", 9), ("charge", ">", 7), ("load", ">", 6))
+"""The UPS table's columns: name, alignment and width of the plain text (stable: scripts read it)."""
+NOT_PROTECTING = "does not protect the cluster"
+
+
 def ups_rows(doc: dict[str, Any]) -> list[tuple[list[str], bool]]:
     """Each UPS's cells (as :data:`UPS_COLUMNS`) and whether it protects the cluster."""
     budget, trig = doc["budget"], doc["trigger"]
