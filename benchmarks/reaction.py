@@ -239,7 +239,7 @@ class Upsmon:
     dir: Path
     ups: LabUps
     pid: int | None = None
-    proc: subprocess.Popen[str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def notify_log(self) -> Path:
