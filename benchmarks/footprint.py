@@ -1,9 +1,11 @@
-"""Footprint: ``hecate daemon`` watching 4 lab UPSes, each polled every second; ``hecate status``.
+"""Footprint: ``hecate daemon`` watching 4 lab UPSes, polled every second and every 2 s; ``hecate status``.
 
-The daemon (a subprocess, ``poll_interval_s: 1`` and ``poll_interval_on_battery_s: 1``)
-settles for a few seconds, then for 60 s we read its CPU time (utime + stime from
-``/proc/<pid>/stat``, every thread included) and sample its RSS (``VmRSS`` from
-``/proc/<pid>/status``) every second. Nothing talks to the daemon during that window.
+The daemon (a subprocess, ``poll_interval_s`` 1 s -- the default -- then 2 s, the default
+before it, as the baseline; ``poll_interval_on_battery_s: 1``) settles for a few seconds,
+then for 60 s we read its CPU time (utime + stime from ``/proc/<pid>/stat``, every thread
+included) and sample its RSS (``VmRSS`` from ``/proc/<pid>/status``) every second. Nothing
+talks to the daemon during that window. One ``daemon_idle`` result per interval, in the
+same run; ``python -m benchmarks.footprint idle`` runs only that part.
 
 In the same run, so readers see the floor: the RSS of an idle ``python`` (the same
 interpreter) and of one that has only imported ``hecate.daemon``, and the wall time of
@@ -38,13 +40,11 @@ from benchmarks.reaction import (
     daemon_status,
     hecate_argv,
     progress,
-    start_daemon,
-    stop_daemon,
     wait_daemon_ready,
     write_daemon_config,
 )
 from hecate_lab.kubeapi import api_url, start_kubeapi, stop_kubeapi
-from hecate_lab.procs import free_port, wait_for
+from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
 from hecate_lab.ups import LabUps, start_ups
 
 UPSES = 4
@@ -54,6 +54,8 @@ SAMPLE_EVERY_S = 1.0
 REPEAT = 10
 TARGET_CPU_PCT = 0.5
 TARGET_STATUS_S = 0.4
+POLL_INTERVAL_S = 1.0
+BASELINE_POLL_INTERVAL_S = 2.0
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 OPERATOR_WATCH_S = 40.0  # longer than the 30 s status interval: one status write falls in the window
@@ -107,38 +109,100 @@ def summary(times: list[float]) -> dict[str, float]:
             "min_s": round(min(times), 3)}
 
 
-def run() -> Iterator[dict[str, Any]]:
+def idle_daemon(work: Path, upses: list[LabUps], interval: float) -> dict[str, Any]:
+    """Start a daemon polling ``upses`` every ``interval`` on mains, watch it idle, stop it."""
+    port = free_port()
+    trigger = {"poll_interval_s": interval, "poll_interval_on_battery_s": 1.0}
+    config = write_daemon_config(work / f"idle-{interval:g}s.yaml", work / f"state-{interval:g}s", upses, port,
+                                 trigger)
+    log = work / f"idle-{interval:g}s.log"
+    daemon = start_daemon(config, log=log)
+    try:
+        wait_daemon_ready(daemon, port, log)
+        progress(f"footprint: daemon at {interval:g} s polls ready; settling {SETTLE_S:g} s, "
+                 f"then watching {WATCH_S:g} s")
+        time.sleep(SETTLE_S)
+        polls_before = daemon_status(port)["polls"]
+        cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        rss: list[float] = []
+        while time.monotonic() - t0 < WATCH_S:
+            rss.append(rss_mib(daemon.pid))
+            time.sleep(SAMPLE_EVERY_S)
+        cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+        polls = daemon_status(port)["polls"] - polls_before
+    finally:
+        stop_daemon(daemon)
+    cpu_s, wall_s = cpu1 - cpu0, t1 - t0
+    cpu_pct = 100 * cpu_s / wall_s
+    return {
+        "upses": len(upses),
+        "poll_interval_s": interval,
+        "watch_s": round(wall_s, 1),
+        "polls": polls,
+        "cpu_s": round(cpu_s, 3),
+        "cpu_pct_of_one_core": round(cpu_pct, 3),
+        "cpu_ms_per_poll": round(1000 * cpu_s / polls, 2) if polls else None,
+        "rss_mean_mib": round(statistics.mean(rss), 1),
+        "rss_max_mib": round(max(rss), 1),
+        "rss_first_mib": round(rss[0], 1),
+        "rss_last_mib": round(rss[-1], 1),
+        "daemon_exit_code_on_sigterm": daemon.returncode,
+        "target_cpu_pct": TARGET_CPU_PCT,
+        "cpu_pass": cpu_pct <= TARGET_CPU_PCT,
+    }
+
+
+def idle(work: Path, upses: list[LabUps]) -> Iterator[dict[str, Any]]:
+    """The daemon idle at 1 s polls (the default) and at 2 s (the baseline), against an idle Python."""
     progress("footprint: baselines")
     idle_python = idle_rss("pass")
     import_daemon = idle_rss("import hecate.daemon")
+    fast, slow = idle_daemon(work, upses, POLL_INTERVAL_S), idle_daemon(work, upses, BASELINE_POLL_INTERVAL_S)
+    floor = {"baseline_idle_python_rss_mib": round(idle_python, 1),
+             "baseline_python_import_hecate_daemon_rss_mib": round(import_daemon, 1)}
+    yield {"result": "daemon_idle", **fast, **floor,
+           "vs_2s_cpu_pct_delta": round(fast["cpu_pct_of_one_core"] - slow["cpu_pct_of_one_core"], 3),
+           "vs_2s_rss_mean_delta_mib": round(fast["rss_mean_mib"] - slow["rss_mean_mib"], 1)}
+    yield {"result": "daemon_idle", **slow, **floor, "note": "baseline: the mains poll interval before 1 s"}
+
+
+def start_upses(work: Path) -> list[LabUps]:
+    progress(f"footprint: starting {UPSES} lab UPSes")
+    upses: list[LabUps] = []
+    try:
+        for i in range(1, UPSES + 1):
+            upses.append(start_ups(work, f"ups{i}"))
+    except BaseException:
+        for ups in upses:
+            ups.stop()
+        raise
+    return upses
+
+
+def run_idle() -> Iterator[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="hecate-bench-footprint-") as tmp:
+        upses = start_upses(Path(tmp))
+        try:
+            yield from idle(Path(tmp), upses)
+        finally:
+            for ups in upses:
+                ups.stop()
+
+
+def run() -> Iterator[dict[str, Any]]:
     version = wall(hecate_argv("--version"), REPEAT, expect="hecate")
     with tempfile.TemporaryDirectory(prefix="hecate-bench-footprint-") as tmp:
         work = Path(tmp)
-        upses: list[LabUps] = []
+        upses = start_upses(work)
         daemon = None
         try:
-            progress(f"footprint: starting {UPSES} lab UPSes")
-            for i in range(1, UPSES + 1):
-                upses.append(start_ups(work, f"ups{i}"))
+            yield from idle(work, upses)
             port = free_port()
-            trigger = {"poll_interval_s": 1.0, "poll_interval_on_battery_s": 1.0}
+            trigger = {"poll_interval_s": POLL_INTERVAL_S, "poll_interval_on_battery_s": 1.0}
             config = write_daemon_config(work / "hecate.yaml", work / "state", upses, port, trigger)
             log = work / "daemon.log"
-            daemon = start_daemon(config, log)
+            daemon = start_daemon(config, log=log)
             wait_daemon_ready(daemon, port, log)
-            progress(f"footprint: daemon ready; settling {SETTLE_S:g} s, then watching {WATCH_S:g} s")
-            time.sleep(SETTLE_S)
-            polls_before = daemon_status(port)["polls"]
-            cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
-            rss: list[float] = []
-            while time.monotonic() - t0 < WATCH_S:
-                rss.append(rss_mib(daemon.pid))
-                time.sleep(SAMPLE_EVERY_S)
-            cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
-            polls = daemon_status(port)["polls"] - polls_before
-            cpu_s, wall_s = cpu1 - cpu0, t1 - t0
-            cpu_pct = 100 * cpu_s / wall_s
-
             progress(f"footprint: hecate status x{REPEAT} against the daemon")
             json_doc = json.loads(subprocess.run(hecate_argv("status", "--config", str(config), "--json"),
                                                  capture_output=True, text=True, timeout=30, check=False).stdout)
@@ -146,7 +210,6 @@ def run() -> Iterator[dict[str, Any]]:
                 raise RuntimeError(f"hecate status did not ask the daemon: source {json_doc['source']!r}")
             with_daemon = wall(hecate_argv("status", "--config", str(config)), REPEAT, codes=STATUS_RAN)
             stop_daemon(daemon)
-            daemon_rc = daemon.returncode
             daemon = None
 
             progress(f"footprint: hecate status x{REPEAT} with no daemon (direct poll)")
@@ -158,25 +221,6 @@ def run() -> Iterator[dict[str, Any]]:
             for ups in upses:
                 ups.stop()
 
-    yield {
-        "result": "daemon_idle",
-        "upses": UPSES,
-        "poll_interval_s": 1.0,
-        "watch_s": round(wall_s, 1),
-        "polls": polls,
-        "cpu_s": round(cpu_s, 3),
-        "cpu_pct_of_one_core": round(cpu_pct, 3),
-        "cpu_ms_per_poll": round(1000 * cpu_s / polls, 2) if polls else None,
-        "rss_mean_mib": round(statistics.mean(rss), 1),
-        "rss_max_mib": round(max(rss), 1),
-        "rss_first_mib": round(rss[0], 1),
-        "rss_last_mib": round(rss[-1], 1),
-        "baseline_idle_python_rss_mib": round(idle_python, 1),
-        "baseline_python_import_hecate_daemon_rss_mib": round(import_daemon, 1),
-        "daemon_exit_code_on_sigterm": daemon_rc,
-        "target_cpu_pct": TARGET_CPU_PCT,
-        "cpu_pass": cpu_pct <= TARGET_CPU_PCT,
-    }
     yield {
         "result": "status_wall_time",
         "repeat": REPEAT,
@@ -249,7 +293,7 @@ def operator_rss() -> Iterator[dict[str, Any]]:
                 data.update(cluster={"kubeconfig": str(kubeconfig)}, policy=policy)
                 config.write_text(yaml.safe_dump(data))
                 log = work / f"{label}.log"
-                daemon = start_daemon(config, log)
+                daemon = start_daemon(config, log=log)
                 wait_daemon_ready(daemon, port, log)
                 if policy:
                     wait_for(lambda: _accepted(kubeconfig), 30, "the PowerPolicy Ready", log)
@@ -284,5 +328,6 @@ def operator_rss() -> Iterator[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    for result in (operator_rss() if sys.argv[1:] == ["operator"] else run()):
+    parts = {"operator": operator_rss, "idle": run_idle}
+    for result in (parts[sys.argv[1]]() if sys.argv[1:] and sys.argv[1] in parts else run()):
         print(json.dumps({"benchmark": "footprint", **result}), flush=True)

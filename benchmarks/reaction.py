@@ -5,10 +5,11 @@ Two results:
 * **vs upsmon** -- a lab UPS goes from ``OL`` to ``OB LB``. Measured from t0, the moment
   upsd first serves the change, to Hecate's shutdown decision (``trigger.decided_at`` of
   the dry-run run it records in ``runs.json``), and to upsmon's first ``LOWBATT``
-  NOTIFYCMD and its SHUTDOWNCMD. Both run with their defaults: Hecate polls every 2 s on
-  mains and 1 s on battery; upsmon (the real ``/lib/nut/upsmon``, run directly because
-  ``/usr/sbin/upsmon`` is Debian's wrapper that exits while ``/etc/nut/nut.conf`` says
-  ``MODE=none``) gets no timing directive at all, so POLLFREQ 5, POLLFREQALERT 5,
+  NOTIFYCMD and its SHUTDOWNCMD. Both run with their defaults: Hecate polls every second,
+  on mains and on battery (the ``trigger`` defaults, read from ``hecate.domain.config``);
+  upsmon (the real ``/lib/nut/upsmon``, run directly because ``/usr/sbin/upsmon`` is
+  Debian's wrapper that exits while ``/etc/nut/nut.conf`` says ``MODE=none``) gets no
+  timing directive at all, so POLLFREQ 5, POLLFREQALERT 5,
   DEADTIME 15, HOSTSYNC 15 and FINALDELAY 5 apply. upsmon runs as a ``secondary`` so it
   never sets FSD on the lab UPS (a primary would, and upsd keeps FSD until it restarts);
   a secondary that sees ``OB LB`` waits up to HOSTSYNC for a primary before it gives up,
@@ -33,8 +34,12 @@ was back on mains, as it must (``latch_cleared_on_mains``).
 Each repetition with upsmon lasts ~30 s, nearly all of it upsmon's HOSTSYNC + FINALDELAY,
 so the repetitions run in ``LANES`` independent lanes at once (own UPS, own daemon, own
 upsmon); nothing is shared between lanes but the machine. The upsmon helper scripts
-only append a timestamp to a file in the lab dir; POWERDOWNFLAG and upsmon's PID file
-(``NUT_ALTPIDPATH``) point there too, and upsmon's configuration stays in the lab dir.
+only append a timestamp to a file in the lab dir; POWERDOWNFLAG points there too, and
+upsmon's configuration stays in the lab dir. Its PID file too: each upsmon runs in its own
+mount namespace where ``/run/nut`` is its lane's run dir (``hecate_lab.upsmon``: NUT 2.8.0
+ignores ``NUT_ALTPIDPATH`` for upsmon), so three lanes, a stale file or the host's own
+upsmon never stop one from starting, and the host's ``/run/nut`` is never written. If the
+host's upsmon really runs, the benchmark says so and stops before it starts anything.
 """
 
 from __future__ import annotations
@@ -61,8 +66,10 @@ from typing import Any
 import yaml
 
 from hecate.adapters.nut import parse_line
+from hecate.domain.config import Trigger
 from hecate_lab.procs import LabError, free_port, http_get, owned_by, start_daemon, stop_daemon, wait_for
 from hecate_lab.ups import LAB_PASSWORD, LAB_USER, NUT_BIN, LabUps, start_ups
+from hecate_lab.upsmon import NUT_PIDPATH, host_upsmon, private_pid_argv, upsmon_env
 
 LANES = 3
 REPS_PER_LANE = 4  # x LANES = 12 repetitions against upsmon
@@ -74,9 +81,10 @@ RANDOM_DELAY_ON_BATTERY_S = 1.0
 # Targets from issue #3.
 TARGET_HECATE_MEDIAN_S = 1.5
 TARGET_SPEEDUP = 3.0
-# Defaults of the trigger section (checked against the daemon's own status document).
-DEBOUNCE_POLLS = 3
-POLL_ON_BATTERY_S = 1.0
+# Defaults of the trigger section (debounce_polls is checked against the daemon's own status document).
+TRIGGER_DEFAULTS = Trigger()
+DEBOUNCE_POLLS = TRIGGER_DEFAULTS.debounce_polls
+POLL_ON_BATTERY_S = TRIGGER_DEFAULTS.poll_interval_on_battery_s
 TARGET_THRESHOLD_S = DEBOUNCE_POLLS * POLL_ON_BATTERY_S + 0.5
 
 UPSMON_DEFAULTS = {"POLLFREQ": 5, "POLLFREQALERT": 5, "DEADTIME": 15, "HOSTSYNC": 15, "FINALDELAY": 5}
@@ -231,7 +239,7 @@ class Upsmon:
     dir: Path
     ups: LabUps
     pid: int | None = None
-    proc: subprocess.Popen[str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def notify_log(self) -> Path:
@@ -267,12 +275,15 @@ class Upsmon:
             os.chmod(self.dir / name, 0o640)
 
     def start(self) -> None:
-        env = {**os.environ, "NUT_CONFPATH": str(self.dir), "NUT_STATEPATH": str(self.dir / "state"),
-               "NUT_ALTPIDPATH": str(self.dir / "state")}  # else its PID file goes to /run/nut
+        """upsmon in its own mount namespace, its PID file in the lab dir (``hecate_lab.upsmon``)."""
+        run_dir = self.dir / "run"
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        (run_dir / "upsmon.pid").unlink(missing_ok=True)  # the previous repetition's, killed
+        env = upsmon_env(self.dir, self.dir / "state", run_dir)
+        argv = private_pid_argv([str(NUT_BIN / "upsmon"), "-F", "-u", "root"], run_dir)
         with open(self.dir / "upsmon.log", "ab") as out:
-            self.proc = subprocess.Popen([str(NUT_BIN / "upsmon"), "-F", "-u", "root"], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
 
     def stop(self) -> None:
@@ -501,7 +512,22 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return round(statistics.median(values), 3), round(max(values), 3)
 
 
+def check_host_upsmon() -> None:
+    """Stop with a clear error when an upsmon outside the lab runs (the host's own, left alone)."""
+    pid = host_upsmon()
+    if pid is None:
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmdline = "?"
+    raise LabError(f"an upsmon outside this benchmark runs: PID {pid} ({cmdline}), named by "
+                   f"{NUT_PIDPATH / 'upsmon.pid'}. The benchmark does not touch the host's NUT; stop that "
+                   "upsmon first (the host's own: its nut-monitor service), then run the benchmark again")
+
+
 def run() -> Iterator[dict[str, Any]]:
+    check_host_upsmon()
     stop_event = threading.Event()
     with tempfile.TemporaryDirectory(prefix="hecate-bench-reaction-") as tmp:
         lanes = [Lane(i, Path(tmp) / f"lane{i}", stop_event) for i in range(1, LANES + 1)]
@@ -560,7 +586,8 @@ def run() -> Iterator[dict[str, Any]]:
         "misses": misses,
         "latch_cleared_on_mains": f"{sum(lane.latch_cleared for lane in lanes)}/"
                                   f"{LANES * (REPS_PER_LANE + THRESHOLD_REPS_PER_LANE)}",
-        "hecate_settings": {"poll_interval_s": 2.0, "poll_interval_on_battery_s": 1.0,
+        "hecate_settings": {"poll_interval_s": TRIGGER_DEFAULTS.poll_interval_s,
+                            "poll_interval_on_battery_s": TRIGGER_DEFAULTS.poll_interval_on_battery_s,
                             "debounce_polls": DEBOUNCE_POLLS, "note": "trigger defaults, not overridden"},
         "upsmon_settings": {
             "version": upsmon_version(), "mode": "secondary", "MINSUPPLIES": 1, **UPSMON_DEFAULTS,

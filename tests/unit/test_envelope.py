@@ -26,7 +26,7 @@ HOST = HecateConfig.model_validate({
     "ups": [{"name": "pyrphoros"}, {"name": "statera", "protects_cluster": False}],
     "policy": {"name": "titan"},
 })
-"""hecate.yaml's defaults (poll 2 s, debounce 3, safety factor 1.1, budget 300 s, ...) and the shipped envelope."""
+"""hecate.yaml's defaults (poll 1 s, debounce 3, safety factor 1.1, budget 300 s, ...) and the shipped envelope."""
 
 
 def nested(path: str, value: Any) -> dict[str, Any]:
@@ -368,7 +368,7 @@ def test_a_cache_written_before_the_envelope_tightened_does_not_bypass_it(tmp_pa
     tightened = HOST.model_copy(update={"state_dir": tmp_path})  # the shipped envelope: polls <= 5 s
     view = PolicyInForce(tightened, store).load()
     assert view.source is Source.host
-    assert view.config.trigger.poll_interval_s == 2.0  # hecate.yaml's, not the cache's 30
+    assert view.config.trigger.poll_interval_s == 1.0  # hecate.yaml's, not the cache's 30
     assert store.policy_cache_path.exists()  # kept (a looser envelope would take it again), not used
     assert any("spec.trigger.poll_interval_s: 30 is above the host's limit 5" in w for w in store.warnings)
 

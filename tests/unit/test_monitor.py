@@ -75,7 +75,8 @@ def test_standing_fsd_on_mains_is_recorded_once(tmp_path: Path) -> None:
 
 def test_faster_polls_on_battery(tmp_path: Path) -> None:
     reader = FakeReader()
-    monitor = Monitor(config(tmp_path), reader, StateStore(tmp_path), dry_run_recorder(StateStore(tmp_path)),
+    slow_on_mains = _with_trigger(config(tmp_path), poll_interval_s=2.0)  # the default polls every 1 s on both
+    monitor = Monitor(slow_on_mains, reader, StateStore(tmp_path), dry_run_recorder(StateStore(tmp_path)),
                       clock=lambda: reader.now)
     poll(monitor, reader)
     assert monitor.interval() == 2.0

@@ -259,7 +259,7 @@ class Host(_Section):
 
 
 class Trigger(_Section):
-    poll_interval_s: Seconds = 2.0
+    poll_interval_s: Seconds = 1.0
     """Poll interval while every UPS is on mains."""
     poll_interval_on_battery_s: Seconds = 1.0
     """Poll interval while any UPS is on battery."""
