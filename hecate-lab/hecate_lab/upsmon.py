@@ -13,8 +13,10 @@ instance is already running!"), and where it looks depends on the NUT release:
 
 So a lab upsmon runs in a private mount namespace where ``/run/nut`` is the lab's own
 run dir (bind-mounted: nothing outside the namespace sees it), with ``NUT_PIDPATH`` and
-``NUT_ALTPIDPATH`` pointing there too for later releases. The host's ``/run/nut`` is only
-read, by :func:`host_upsmon`, to say clearly when the host's own upsmon really runs.
+``NUT_ALTPIDPATH`` pointing there too for later releases. Nothing of the host's ``/run/nut``
+is written: at most the empty directory is created, as the nut-client package does, when a
+fresh machine lacks it (the bind needs a mount point); its files are only read, by
+:func:`host_upsmon`, to say clearly when the host's own upsmon really runs.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from pathlib import Path
 # upsmon's compiled-in PID directory (``PIDPATH``), Debian's build.
 NUT_PIDPATH = Path(os.environ.get("HECATE_LAB_NUT_PIDPATH", "/run/nut"))
 
-# Bind the lab's run dir ($1) over upsmon's PID directory ($2) when that exists (when it
-# does not, upsmon 2.8.0 finds no PID file and cannot write one: nothing to hide), then
-# become upsmon ($3 and on): same PID, so the caller's process group still holds it.
-_SCRIPT = 'if [ -d "$2" ]; then mount --bind "$1" "$2" || exit 1; fi; shift 2; exec "$@"'
+# Bind the lab's run dir ($1) over upsmon's PID directory ($2), created empty when missing
+# (upsmon writes its PID file there), then become upsmon ($3 and on): same PID, so the
+# caller's process group still holds it.
+_SCRIPT = 'mkdir -p "$2" && mount --bind "$1" "$2" || exit 1; shift 2; exec "$@"'
 
 
 def host_upsmon(pidpath: Path = NUT_PIDPATH) -> int | None:

@@ -30,6 +30,7 @@ from hecate.domain.runs import RunRecord, RunResult
 from hecate.services import shutdown
 from hecate_lab.procs import free_port
 from hecate_lab.ups import LAB_PASSWORD, LAB_USER, NUT_BIN, LabUps
+from hecate_lab.upsmon import private_pid_argv, upsmon_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -102,14 +103,9 @@ class Upsmon:
             f"POWERDOWNFLAG {dir / 'killpower'}\n")
         conf.chmod(0o600)
         (dir / "run").mkdir(mode=0o700)
-        env = {**os.environ, "NUT_CONFPATH": str(dir), "NUT_STATEPATH": str(dir / "state"),
-               "NUT_ALTPIDPATH": str(dir / "run")}
-        # upsmon (NUT 2.8.0) run as root keeps its PID file in /run/nut whatever the environment says, and
-        # refuses to start next to a live one: each gets a private mount namespace with its own /run/nut.
+        env = upsmon_env(dir, dir / "state", dir / "run")
         # -p: one privileged process (no forked child to clean up); -D: foreground, its log in our file.
-        script = 'mkdir -p /run/nut && mount --bind "$1" /run/nut && exec "$2" -p -D'
-        argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh",
-                str(dir / "run"), str(NUT_BIN / "upsmon")]
+        argv = private_pid_argv([str(NUT_BIN / "upsmon"), "-p", "-D"], dir / "run")
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)

@@ -69,9 +69,14 @@ def test_upsmon_sees_its_lab_run_dir_in_place_of_the_hosts(tmp_path: Path) -> No
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root, as the lab's upsmon does")
-def test_no_pid_directory_means_nothing_to_hide(tmp_path: Path) -> None:
+def test_a_missing_pid_directory_is_created_empty_and_the_lab_dir_takes_its_place(tmp_path: Path) -> None:
+    """A fresh machine may lack /run/nut: upsmon 2.8.0 would then write nowhere (and fail its own check), so the
+    mount point is created, empty, and upsmon writes in the lab's dir."""
     lab = _pidfile(tmp_path / "lab-run", "lab\n")
-    out = subprocess.run(private_pid_argv(["/bin/echo", "started"], lab, pidpath=tmp_path / "absent"),
-                         capture_output=True, text=True, timeout=10, check=True)
-    assert out.stdout == "started\n"
-    assert not (tmp_path / "absent").exists()
+    absent = tmp_path / "absent"
+    write = ["/bin/sh", "-c", f'echo written > "{absent}/upsmon.pid"']
+    subprocess.run(private_pid_argv(write, lab, pidpath=absent), capture_output=True, text=True, timeout=10,
+                   check=True)
+    assert (lab / "upsmon.pid").read_text() == "written\n"
+    assert absent.is_dir()
+    assert list(absent.iterdir()) == []
