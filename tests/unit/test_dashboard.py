@@ -3,6 +3,7 @@ imports (ids, grid, targets, data source variable), and every query parses in a 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from hecate.domain import dashboard
+import dashboard
 from hecate_lab import prometheus
 from hecate_lab.procs import LabError
 
@@ -92,6 +93,12 @@ def test_panels_have_unique_ids_a_place_on_the_grid_and_queries_on_the_data_sour
     assert len(titles) == len(set(titles)), titles  # a title names one panel (the docs and the tests use them)
     rows = [p["title"] for p in panels if p["type"] == "row"]
     assert rows[0] == "Overview"
+
+
+def test_the_dashboard_is_not_part_of_the_product() -> None:
+    """Only the docs generator and the tests use the layout: the installed package does not carry it."""
+    assert Path(dashboard.__file__).parent == REPO / "scripts"
+    assert importlib.util.find_spec("hecate.domain.dashboard") is None
 
 
 def test_queries_substitute_every_variable_and_name_an_unknown_one() -> None:
