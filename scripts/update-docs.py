@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from hecate.domain import crd, dashboard
+import dashboard
+from hecate.domain import crd
 from hecate.domain.config import HecateConfig
 from hecate.domain.reference import markdown_table
 from hecate.domain.runs import RunRecord

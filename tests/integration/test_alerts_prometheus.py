@@ -1,5 +1,6 @@
 """The host alert rules in a real Prometheus scraping a real daemon on the lab's upsd: the UPS goes on battery
-and HecateUpsOnBattery fires within its `for:` plus two scrape intervals; mains back, it resolves.
+and HecateUpsOnBattery fires within its `for:` plus two scrape intervals; mains back, it resolves. Then the
+daemon (not armed) decides a shutdown: HecateShutdownDecidedDryRun fires, HecateShutdownDecided does not.
 
 The rules are loaded as shipped except for one thing: in the test's copy HecateUpsOnBattery waits
 ``FOR_S`` rather than 30 s, so the test takes seconds. Everything else (expressions, labels,
@@ -113,3 +114,17 @@ def test_on_battery_fires_within_for_plus_two_scrapes_and_resolves_on_mains(stac
     stack.ups.set(ups_status="OL CHRG", battery_runtime=2400, battery_charge=92)
     wait_for(lambda: not alerts(stack.prom, ALERT), 10, f"{ALERT} to resolve")
     assert stack.prom.query('hecate_ups_on_battery{ups="pyrphoros"}')[0]["value"][1] == "0"
+
+
+def test_a_decision_of_a_host_not_armed_warns_and_does_not_page(stack: Stack) -> None:
+    """Last (the decision is latched): the daemon, not armed, decides on OB LB and records a dry-run. The
+    real series (one scrape's job and instance on both metrics) match: the dry-run warning fires, the page not."""
+    stack.ups.set(ups_status="OB LB DISCHRG", battery_runtime=60, battery_charge=8)
+    dry_run = "HecateShutdownDecidedDryRun"
+    wait_for(lambda: [a for a in alerts(stack.prom, dry_run) if a["state"] == "firing"], 20, f"{dry_run} to fire")
+    [alert] = alerts(stack.prom, dry_run)
+    assert alert["labels"] == {"alertname": dry_run, "severity": "warning", "job": "hecate",
+                               "instance": alert["labels"]["instance"]}
+    assert stack.prom.query("hecate_shutdown_triggered")[0]["value"][1] == "1"
+    assert stack.prom.query("hecate_armed")[0]["value"][1] == "0"
+    assert alerts(stack.prom, "HecateShutdownDecided") == []

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+import dashboard
 from hecate.adapters.store import StateStore
-from hecate.domain import dashboard
 from hecate.domain.runs import RunKind, RunRecord, RunResult
 from hecate_lab import prometheus
 from hecate_lab.procs import free_port, http_get, start_daemon, stop_daemon, wait_for

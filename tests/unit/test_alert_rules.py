@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from hecate.domain.trigger import Reason
+
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "host" / "prometheus" / "hecate-alerts.rules.yaml"
 MANIFEST = REPO / "manifests" / "hecate-alerts.yaml"
@@ -122,3 +124,21 @@ def test_the_unit_tests_catch_a_changed_rule(tmp_path: Path) -> None:
         copy.write_text(yaml.safe_dump({**yaml.safe_load(CASES.read_text()), "rule_files": ["rules.yaml"]}))
         run = promtool("test", "rules", str(copy))
         assert run.returncode != 0, f"{old} -> {new} went unnoticed"
+
+
+def test_the_decision_runbooks_name_every_trigger_reason() -> None:
+    """An operator paged for a decision looks its reason up here: every reason the trigger can give is listed."""
+    runbooks = PAGE.read_text().split("## Runbooks", 1)[1]
+    for name in ("HecateShutdownDecided", "HecateShutdownDecidedDryRun"):
+        paragraph = runbooks.split(f"### {name}\n", 1)[1].split("\n### ", 1)[0]
+        missing = [reason.value for reason in Reason if f"`{reason.value}`" not in paragraph]
+        assert missing == [], f"{name}'s runbook does not name {missing}"
+
+
+def test_only_an_armed_decision_pages() -> None:
+    """A dry-run decision is a warning of its own: HecateNotArmed already covers a host that is not armed."""
+    rules = {rule["alert"]: rule for rule in ALERTS}
+    assert rules["HecateShutdownDecided"]["labels"]["severity"] == "critical"
+    assert "hecate_armed == 1" in rules["HecateShutdownDecided"]["expr"]
+    assert rules["HecateShutdownDecidedDryRun"]["labels"]["severity"] == "warning"
+    assert "hecate_armed == 0" in rules["HecateShutdownDecidedDryRun"]["expr"]

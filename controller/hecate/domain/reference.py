@@ -7,6 +7,8 @@ test keeps them in step, so the documentation cannot drift from the code.
 from __future__ import annotations
 
 import json
+import types
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,31 @@ def model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 def _type_name(annotation: Any) -> str:
+    """A field's type as the reference shows it: ``float \\| None``, an enum as its values, constraints
+    (``Annotated[float, Field(gt=0)]``) as their type alone -- wherever they are nested."""
+    return _plain_type(annotation).replace("|", "\\|")
+
+
+def _plain_type(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _plain_type(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_plain_type(arg) for arg in args)
+    if origin is typing.Literal:
+        return " | ".join(str(arg) for arg in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_plain_type(arg) for arg in args)}]"
+    if annotation is None or annotation is type(None):
+        return "None"
+    if annotation is Any:
+        return "Any"
     if isinstance(annotation, type):
         if issubclass(annotation, Enum):
-            return " \\| ".join(str(m.value) for m in annotation)
+            return " | ".join(str(m.value) for m in annotation)
         return annotation.__name__
-    text = str(annotation).replace("typing.", "").replace("pathlib.", "")
-    for prefix in ("hecate.domain.config.", "hecate.domain.runs.", "datetime."):
-        text = text.replace(prefix, "")
-    return text.replace("|", "\\|")
+    return str(annotation).replace("typing.", "")
 
 
 def _default(field: Any) -> str:

@@ -5,7 +5,8 @@ source references cannot drift apart, and without a dashboard SDK as a dependenc
 ``scripts/update-docs.py`` writes :func:`definition` as JSON under ``host/grafana/`` and, from that
 JSON, the ConfigMap the Grafana sidecar loads (``manifests/grafana-dashboard.yaml``); ``make lint``
 fails when either is stale. Every query names only metrics of docs/metrics.md (tests check each one
-parses in a real Prometheus and returns data from a live daemon). Pure.
+parses and returns data from a live daemon). Pure. A module of the repository beside update-docs.py,
+not of the product: an install has no use for a dashboard's layout (mypy checks it strictly).
 """
 
 from __future__ import annotations
