@@ -58,9 +58,17 @@ def test_a_zero_runtime_at_full_charge_never_triggers_and_raises_the_untrusted_a
     assert "(zero)" in outcomes[-1].alerts[0].message
 
 
-def test_a_zero_runtime_on_mains_is_not_runtime_short() -> None:
-    """nutdrv_qx units report 0 on mains at full charge: that is not a weak battery."""
-    _, outcomes = run([snap("OL", "0", "100")], BASE)
+def test_a_zero_runtime_on_mains_is_neither_runtime_short_nor_alerted() -> None:
+    """nutdrv_qx units report 0 on mains at full charge, always: not a weak battery, and an alert nobody can fix.
+    Status still shows the doubt; on battery the alert is raised."""
+    state, outcomes = run([snap("OL", "0", "100", at=0), snap("OB DISCHRG", "0", "100", at=1),
+                           snap("OL CHRG", "0", "100", at=2)], BASE)
+    assert [kinds(o) for o in outcomes] == [[], [AlertKind.runtime_untrusted], []]
+    assert state.ups["pyr"].runtime.doubt is Doubt.zero
+
+
+def test_an_implausible_runtime_is_alerted_on_mains_too() -> None:
+    _, outcomes = run([snap("OL", "65535", "100")], BASE)
     assert kinds(outcomes[0]) == [AlertKind.runtime_untrusted]
 
 

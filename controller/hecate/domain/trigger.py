@@ -19,7 +19,8 @@ machine, modelled on NUT's upsmon and hardened against its users' worst complain
   consecutive polls, counted like the runtime's. The first trigger to fire wins.
 * **Runtime sanity** (:mod:`hecate.domain.battery`): a runtime that is missing, implausible,
   ``0`` at a high charge, frozen, or rising against the charge is not trusted: the runtime
-  trigger treats it as not known, and an untrusted reading raises ``runtime_untrusted``. ``frozen`` and
+  trigger treats it as not known, and an untrusted reading raises ``runtime_untrusted`` (``zero`` only on
+  battery: a nutdrv_qx unit reports it on mains always, an alert nobody can fix). ``frozen`` and
   ``rising`` doubt that the runtime is too *high*: such a reading at or below the threshold still counts.
 * **Low battery / FSD**: ``OB`` + ``LB`` is critical on the first poll that shows it, as is
   ``FSD`` (another upsmon forcing shutdown).
@@ -300,7 +301,8 @@ def _alerts(snap: Snapshot, state: UpsState, thresholds: Thresholds) -> list[Ale
         return out
     trusted = state.runtime.trusted
     doubt = state.runtime.doubt
-    if not trusted and doubt is not battery.Doubt.missing:
+    # missing is shown in status, not alerted; nutdrv_qx units report a zero on mains always: on battery only
+    if not trusted and doubt is not battery.Doubt.missing and (doubt is not battery.Doubt.zero or snap.on_battery):
         ignored = ("counts it only at or below the threshold" if doubt in (battery.Doubt.frozen, battery.Doubt.rising)
                    else "ignores it")
         out.append(Alert(snap.ups, AlertKind.runtime_untrusted,
