@@ -87,6 +87,18 @@ CASES: list[tuple[str, dict[str, Any], bool, CheckState, list[str]]] = [
      doc(ups_row(phase="below_threshold", status="OB DISCHRG", on_battery=True, runtime_s=250,
                  below_threshold_polls=1)), False, CheckState.critical,
      ["UPS pyr: on battery at or below the threshold (runtime 250 s <= 330 s, 1 of 3 polls)"]),
+    ("below the charge floor, debouncing",
+     doc(ups_row(phase="below_threshold", status="OB DISCHRG", on_battery=True, runtime_s=900, charge_pct=28,
+                 charge_floor_polls=2, time_on_battery_polls=0),
+         trigger={"debounce_polls": 3, "deadtime_s": 15, "charge_floor_pct": 30, "max_on_battery_s": None,
+                  "shutdown_triggered": False, "decision": None}), False, CheckState.critical,
+     ["UPS pyr: on battery at or below the charge floor (charge 28 % <= 30 %, 2 of 3 polls)"]),
+    ("past the time-on-battery limit, debouncing",
+     doc(ups_row(phase="below_threshold", status="OB DISCHRG", on_battery=True, runtime_s=900, on_battery_for_s=601,
+                 charge_floor_polls=0, time_on_battery_polls=1),
+         trigger={"debounce_polls": 3, "deadtime_s": 15, "charge_floor_pct": None, "max_on_battery_s": 600,
+                  "shutdown_triggered": False, "decision": None}), False, CheckState.critical,
+     ["UPS pyr: on battery past the time-on-battery limit (601 s >= 600 s, 1 of 3 polls)"]),
     ("critical (LB)", doc(ups_row(phase="critical", status="OB LB", on_battery=True)), False, CheckState.critical,
      ["UPS pyr: critical (OB LB)"]),
     ("below the threshold on a UPS that protects nothing",
@@ -132,6 +144,7 @@ def test_every_case_has_its_state_and_reasons(document: dict[str, Any], daemon_d
     assert len(verdict.reasons) == len(fragments), verdict.reasons
     for reason, fragment in zip(verdict.reasons, fragments, strict=True):
         assert fragment in reason.message
+        assert "runtime 900 s <= 330 s" not in reason.message  # the runtime is above: not what is debouncing
     assert [r.state for r in verdict.reasons] == sorted((r.state for r in verdict.reasons),
                                                          key=check.SEVERITY.index)  # the worst first
     if fragments:

@@ -5,8 +5,8 @@ document (docs/metrics.md, "Status") and returns the state, its exit code and ev
 it, so a Nagios/Icinga check, a cron script or a person at the terminal get the same answer:
 
 * **critical** (2): a shutdown is decided (also a dry-run's), running, or being forwarded to the
-  coordinator; a protecting UPS is at or below its threshold (debouncing) or critical (LB, FSD,
-  deadtime).
+  coordinator; a protecting UPS is at or below its threshold, its charge floor or past its time on
+  battery (debouncing: the reason names the count that runs) or critical (LB, FSD, deadtime).
 * **unknown** (3): neither the daemon nor any upsd answered, so nothing is known about the power.
 * **warning** (1): an alert, a failing state-dir write or a state-dir warning; a UPS on battery
   above its threshold; not armed (a decision would only be recorded); no daemon running.
@@ -85,12 +85,31 @@ def _critical(doc: Mapping[str, Any]) -> list[str]:
         if not u.get("protects_cluster", True):
             continue
         if u.get("phase") == "below_threshold":
-            found.append(f"UPS {u.get('name')}: on battery at or below the threshold (runtime "
-                         f"{_seconds(u.get('runtime_s'))} <= {threshold}, {u.get('below_threshold_polls')} of "
-                         f"{trigger.get('debounce_polls')} polls)")
+            found.append(f"UPS {u.get('name')}: on battery {_debouncing(u, threshold, trigger)}")
         elif u.get("phase") == "critical":
             found.append(f"UPS {u.get('name')}: critical ({u.get('status') or 'no status'})")
     return found
+
+
+def _debouncing(u: Mapping[str, Any], threshold: str, trigger: Mapping[str, Any]) -> str:
+    """What a debouncing UPS is below -- the runtime threshold, the charge floor, the time on battery -- and its
+    count: every trigger whose count is running (the runtime's when none is)."""
+    of = f"of {trigger.get('debounce_polls')} polls"
+    found = []
+    if u.get("charge_floor_polls"):
+        found.append(f"at or below the charge floor (charge {_number(u.get('charge_pct'), ' %')} <= "
+                     f"{_number(trigger.get('charge_floor_pct'), ' %')}, {u.get('charge_floor_polls')} {of})")
+    if u.get("time_on_battery_polls"):
+        found.append(f"past the time-on-battery limit ({_seconds(u.get('on_battery_for_s'))} >= "
+                     f"{_seconds(trigger.get('max_on_battery_s'))}, {u.get('time_on_battery_polls')} {of})")
+    if u.get("below_threshold_polls") or not found:
+        found.insert(0, f"at or below the threshold (runtime {_seconds(u.get('runtime_s'))} <= {threshold}, "
+                        f"{u.get('below_threshold_polls')} {of})")
+    return " and ".join(found)
+
+
+def _number(value: object, unit: str) -> str:
+    return f"{value:g}{unit}" if isinstance(value, int | float) else "?"
 
 
 def _unknown(doc: Mapping[str, Any]) -> list[str]:
