@@ -7,7 +7,8 @@ it, so a Nagios/Icinga check, a cron script or a person at the terminal get the 
 * **critical** (2): a shutdown is decided (also a dry-run's), running, or being forwarded to the
   coordinator; a protecting UPS is at or below its threshold, its charge floor or past its time on
   battery (debouncing: the reason names the count that runs) or critical (LB, FSD, deadtime).
-* **unknown** (3): neither the daemon nor any upsd answered, so nothing is known about the power.
+* **unknown** (3): neither the daemon nor any upsd answered, or the daemon answered with current data for
+  no protecting UPS (all unreachable or stale, or none polled yet): the power state cannot be determined.
 * **warning** (1): an alert, a failing state-dir write or a state-dir warning; a UPS on battery
   above its threshold; not armed (a decision would only be recorded); no daemon running.
 * **ok** (0): none of these.
@@ -113,7 +114,15 @@ def _number(value: object, unit: str) -> str:
 
 
 def _unknown(doc: Mapping[str, Any]) -> list[str]:
-    if doc.get("source") == "daemon" or any(u.get("reachable") for u in doc.get("ups", [])):
+    if doc.get("source") == "daemon":
+        protecting = [u for u in doc.get("ups", []) if u.get("protects_cluster", True)]
+        if any(u.get("reachable") and not u.get("stale") for u in protecting):
+            return []
+        errors = "; ".join(f"{u.get('name')}: {u.get('error') or ('stale' if u.get('stale') else 'not read')}"
+                           for u in protecting)
+        return ["the daemon has current data for no UPS that protects the cluster: the power state is unknown"
+                + (f" ({errors})" if errors else " (no UPS has ups[].protects_cluster)")]
+    if any(u.get("reachable") for u in doc.get("ups", [])):
         return []
     errors = "; ".join(f"{u.get('name')}: {u.get('error') or 'not read'}" for u in doc.get("ups", []))
     return ["neither the daemon nor upsd answered: the power state is unknown" + (f" ({errors})" if errors else "")]
