@@ -96,6 +96,9 @@ def test_a_frozen_runtime_at_or_below_the_threshold_still_counts() -> None:
     state, outcomes = run(readings, thresholds)
     assert state.ups["pyr"].runtime.doubt is Doubt.frozen  # frozen from the 5th poll (5 polls, 12 points down)
     assert first(outcomes) == (5, Reason.runtime)
+    assert outcomes[5].shutdown is not None
+    assert outcomes[5].shutdown.detail == ("runtime 300 s (frozen: doubted as too high, counted at or below) <= "
+                                           "threshold 330 s for 6 consecutive polls")
     assert "runtime not trusted (frozen)" in outcomes[5].alerts[0].message
 
 

@@ -264,7 +264,8 @@ def _step(state: UpsState, snap: Snapshot, thresholds: Thresholds, now: float) -
     n = thresholds.debounce_polls
     decision = None
     if runtime is not None and below >= n:  # a trigger fires on a poll that shows its condition
-        what = f"runtime {runtime:g} s" if estimate is None else (
+        doubted = "" if verdict.trusted else f" ({verdict.doubt}: doubted as too high, counted at or below)"
+        what = f"runtime {runtime:g} s{doubted}" if estimate is None else (
             f"estimated runtime {runtime:.0f} s ({estimate.seconds:.0f} s - {estimate.uncertainty_s:.0f} s, "
             f"from {estimate.outages} recorded outage{'s' if estimate.outages != 1 else ''})")
         detail = f"{what} <= threshold {thresholds.threshold_s:g} s for {below} consecutive polls"
