@@ -289,8 +289,8 @@ class Trigger(_Section):
     """A `battery.runtime` of 0 with the charge at or above this is not trusted (firmware without an estimate; host
     only)."""
     runtime_frozen_polls: int = Field(default=5, ge=2, le=1000)
-    """A `battery.runtime` unchanged this many polls on battery while the charge fell 5 points is frozen, not trusted
-    (host only)."""
+    """A `battery.runtime` unchanged this many polls on battery while the charge fell 5 points is frozen, not trusted;
+    a new level after a `rising` one that holds this many polls becomes the trusted reference (host only)."""
 
 
 class StorageQuiesce(_Section):
