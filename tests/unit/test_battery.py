@@ -109,6 +109,17 @@ def test_a_rise_is_judged_against_the_last_trusted_reading_so_it_stays_untrusted
     assert doubts(readings) == [None, Doubt.rising, Doubt.rising]
 
 
+def test_a_new_level_that_holds_becomes_the_reference() -> None:
+    """One low reading right after the transfer, then the real level: trusted once it held for frozen_polls."""
+    readings = [snap("OB DISCHRG", "200", "100")] + [snap("OB DISCHRG", str(1500 - 10 * i), "99") for i in range(8)]
+    assert doubts(readings) == [None] + [Doubt.rising] * 4 + [None] * 4
+
+
+def test_a_level_that_keeps_rising_is_never_the_reference() -> None:
+    readings = [snap("OB DISCHRG", "200", "100")] + [snap("OB DISCHRG", str(1500 + 10 * i), "99") for i in range(12)]
+    assert doubts(readings) == [None] + [Doubt.rising] * 12
+
+
 def test_the_reason_is_named() -> None:
     verdict, _ = battery.judge(Memory(), snap("OL", "0", "100"), LIMITS)
     assert verdict.why == "battery.runtime 0 s at 100 % charge (at or above 50 %): firmware that reports no estimate"

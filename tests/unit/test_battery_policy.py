@@ -43,6 +43,23 @@ def test_a_policy_may_not_switch_off_a_trigger_hecate_yaml_sets() -> None:
     assert problems(HOST, {"charge_floor_pct": None, "max_on_battery_s": None}) == []  # already off
 
 
+def test_a_policy_may_only_tighten_a_trigger_hecate_yaml_sets() -> None:
+    """A floor of 0 % or a day on battery would switch the host's trigger off without saying so."""
+    assert problems(HOST_WITH_TRIGGERS, {"charge_floor_pct": 0, "max_on_battery_s": 86400}) == [
+        "trigger.charge_floor_pct: 0 is below the host's limit 30 (hecate.yaml's trigger.charge_floor_pct: a policy "
+        "may raise it, never lower it)",
+        "trigger.max_on_battery_s: 86400 is above the host's limit 1800 (hecate.yaml's trigger.max_on_battery_s: a "
+        "policy may lower it, never raise it)",
+    ]
+    assert problems(HOST_WITH_TRIGGERS, {"charge_floor_pct": 29.9, "max_on_battery_s": 1801}) != []
+    assert problems(HOST_WITH_TRIGGERS, {"charge_floor_pct": 45, "max_on_battery_s": 600}) == []  # tighter
+    assert problems(HOST_WITH_TRIGGERS, {"charge_floor_pct": 61, "max_on_battery_s": 60}) == [  # the envelope still
+        "trigger.charge_floor_pct: 61 is above the host's limit 60 (policy.envelope.max_charge_floor_pct)",
+        "trigger.max_on_battery_s: 60 is below the host's limit 120 (policy.envelope.min_on_battery_limit_s)",
+    ]
+    assert problems(HOST, {"charge_floor_pct": 5, "max_on_battery_s": 86400}) == []  # hecate.yaml leaves them off
+
+
 @pytest.mark.parametrize("field", ["max_plausible_runtime_s", "runtime_zero_charge_pct", "runtime_frozen_polls"])
 def test_the_sanity_settings_are_host_only(field: str) -> None:
     with pytest.raises(ValidationError, match="cannot be set in a PowerPolicy"):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hecate.domain import trigger
+from hecate.domain import battery, trigger
+from hecate.domain.battery import Doubt
 from hecate.domain.discharge import RuntimeEstimate
 from hecate.domain.trigger import AlertKind, Phase, Reason, State, Thresholds
 from hecate.domain.ups import Snapshot, failed, from_variables
@@ -20,8 +21,8 @@ TIMEOUT = Thresholds(threshold_s=330.0, debounce_polls=3, deadtime_s=15.0, prote
 
 
 def snap(status: str = "OB DISCHRG", runtime: str | None = "1800", charge: str | None = "80",
-         at: float = 0.0) -> Snapshot:
-    variables = {"ups.status": status}
+         at: float = 0.0, load: str | None = None) -> Snapshot:
+    variables = {"ups.status": status} | ({} if load is None else {"ups.load": load})
     if runtime is not None:
         variables["battery.runtime"] = runtime
     if charge is not None:
@@ -57,9 +58,17 @@ def test_a_zero_runtime_at_full_charge_never_triggers_and_raises_the_untrusted_a
     assert "(zero)" in outcomes[-1].alerts[0].message
 
 
-def test_a_zero_runtime_on_mains_is_not_runtime_short() -> None:
-    """nutdrv_qx units report 0 on mains at full charge: that is not a weak battery."""
-    _, outcomes = run([snap("OL", "0", "100")], BASE)
+def test_a_zero_runtime_on_mains_is_neither_runtime_short_nor_alerted() -> None:
+    """nutdrv_qx units report 0 on mains at full charge, always: not a weak battery, and an alert nobody can fix.
+    Status still shows the doubt; on battery the alert is raised."""
+    state, outcomes = run([snap("OL", "0", "100", at=0), snap("OB DISCHRG", "0", "100", at=1),
+                           snap("OL CHRG", "0", "100", at=2)], BASE)
+    assert [kinds(o) for o in outcomes] == [[], [AlertKind.runtime_untrusted], []]
+    assert state.ups["pyr"].runtime.doubt is Doubt.zero
+
+
+def test_an_implausible_runtime_is_alerted_on_mains_too() -> None:
+    _, outcomes = run([snap("OL", "65535", "100")], BASE)
     assert kinds(outcomes[0]) == [AlertKind.runtime_untrusted]
 
 
@@ -80,13 +89,70 @@ def test_low_battery_still_triggers_with_an_untrusted_runtime() -> None:
     assert outcomes[1].shutdown.runtime_s is None  # not trusted: not quoted as the runtime
 
 
-def test_a_frozen_runtime_stops_counting_below_the_threshold() -> None:
-    """Frozen at 300 s (below the threshold) while the charge falls fast: the count stops at the doubt."""
+def test_a_frozen_runtime_at_or_below_the_threshold_still_counts() -> None:
+    """Frozen at 300 s (below the threshold) while the charge falls fast: the doubt is that it is too high."""
     readings = [snap("OB DISCHRG", "300", str(100 - 3 * i), at=i) for i in range(10)]
     thresholds = Thresholds(threshold_s=330.0, debounce_polls=6, protecting=frozenset({"pyr"}))
     state, outcomes = run(readings, thresholds)
-    assert first(outcomes) is None  # frozen from the 5th poll (5 polls, 12 points down), before 6 counted
-    assert state.ups["pyr"].runtime.doubt is not None
+    assert state.ups["pyr"].runtime.doubt is Doubt.frozen  # frozen from the 5th poll (5 polls, 12 points down)
+    assert first(outcomes) == (5, Reason.runtime)
+    assert outcomes[5].shutdown is not None
+    assert outcomes[5].shutdown.detail == ("runtime 300 s (frozen: doubted as too high, counted at or below) <= "
+                                           "threshold 330 s for 6 consecutive polls")
+    assert "runtime not trusted (frozen)" in outcomes[5].alerts[0].message
+
+
+def test_a_low_first_reading_does_not_delay_the_runtime_trigger() -> None:
+    """Right after the transfer one reading of 200 s, then the real runtime, falling 10 s a poll from 1500 s."""
+    thresholds = Thresholds(threshold_s=1200.0, debounce_polls=3, protecting=frozenset({"pyr"}))
+    readings = [snap("OB DISCHRG", "200", "100", at=0, load="30")] + [
+        snap("OB DISCHRG", str(1500 - 10 * i), f"{99 - i * 0.5:g}", at=1 + i, load="30") for i in range(120)]
+    state, outcomes = run(readings, thresholds)
+    below = next(i for i, r in enumerate(readings[1:], 1) if r.runtime_s is not None and r.runtime_s <= 1200)
+    assert first(outcomes) == (below + 2, Reason.runtime)
+    assert outcomes[below + 2].shutdown is not None
+    assert "for 3 consecutive polls" in outcomes[below + 2].shutdown.detail
+    _, before = run(readings[:below], thresholds)  # the level held: trusted again, the count starts over
+    assert [kinds(o) for o in before[6:]] == [[]] * (below - 6)
+    state, _ = run(readings[:below], thresholds)
+    assert state.ups["pyr"].below_polls == 0
+    assert state.ups["pyr"].phase is Phase.on_battery
+
+
+statuses = st.sampled_from(["OB DISCHRG", "OB", "OL", "OB DISCHRG", "WAIT"])
+runtimes = st.one_of(st.sampled_from([0, 100, 300, 900, 1200, 1201, 2000, 5000]), st.integers(0, 6000))
+charges = st.one_of(st.none(), st.sampled_from([100, 60, 50, 49, 20]), st.integers(0, 100))
+
+
+@settings(max_examples=300)
+@example([("OB DISCHRG", 100, 80, 30), ("OB DISCHRG", 500, 80, 30)], 2, 5)  # rising, at or below: counts
+@example([("OB DISCHRG", 300, 100 - 3 * i, 30) for i in range(8)], 6, 5)  # frozen, at or below: counts
+@given(st.lists(st.tuples(statuses, runtimes, charges, st.integers(25, 35)), max_size=40),
+       st.integers(1, 5), st.integers(2, 8))
+def test_property_a_runtime_at_or_below_the_threshold_on_battery_decides(
+        readings: list[tuple[str, int, int | None, int]], debounce: int, frozen_polls: int) -> None:
+    """Whatever came before, debounce_polls on-battery polls at or below the threshold decide (a runtime of 0 at
+    a high charge excepted: firmware with no estimate)."""
+    thresholds = Thresholds(threshold_s=1200.0, debounce_polls=debounce, protecting=frozenset({"pyr"}),
+                            sanity=battery.Limits(frozen_polls=frozen_polls))
+    state = State()
+    run_of = 0
+    for i, (status, runtime, charge, load) in enumerate(readings):
+        variables = {"ups.status": status, "battery.runtime": str(runtime), "ups.load": str(load)}
+        if charge is not None:
+            variables["battery.charge"] = str(charge)
+        reading = from_variables("pyr", variables, float(i))
+        state, outcome = trigger.decide(state, [reading], thresholds, now=float(i))
+        if outcome.shutdown is not None:
+            return
+        zero = runtime == 0 and charge is not None and charge >= thresholds.sanity.zero_charge_pct
+        if status == "WAIT":  # no data yet: neither counts nor resets
+            continue
+        if not reading.on_battery:
+            run_of = 0
+        elif not zero:
+            run_of = run_of + 1 if runtime <= thresholds.threshold_s else 0
+        assert run_of < debounce, (i, state.ups["pyr"])
 
 
 # -- the charge floor ---------------------------------------------------------------------

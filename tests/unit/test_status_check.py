@@ -87,10 +87,23 @@ CASES: list[tuple[str, dict[str, Any], bool, CheckState, list[str]]] = [
      doc(ups_row(phase="below_threshold", status="OB DISCHRG", on_battery=True, runtime_s=250,
                  below_threshold_polls=1)), False, CheckState.critical,
      ["UPS pyr: on battery at or below the threshold (runtime 250 s <= 330 s, 1 of 3 polls)"]),
+    ("below the charge floor, debouncing",
+     doc(ups_row(phase="below_threshold", status="OB DISCHRG", on_battery=True, runtime_s=900, charge_pct=28,
+                 charge_floor_polls=2, time_on_battery_polls=0),
+         trigger={"debounce_polls": 3, "deadtime_s": 15, "charge_floor_pct": 30, "max_on_battery_s": None,
+                  "shutdown_triggered": False, "decision": None}), False, CheckState.critical,
+     ["UPS pyr: on battery at or below the charge floor (charge 28 % <= 30 %, 2 of 3 polls)"]),
+    ("past the time-on-battery limit, debouncing",
+     doc(ups_row(phase="below_threshold", status="OB DISCHRG", on_battery=True, runtime_s=900, on_battery_for_s=601,
+                 charge_floor_polls=0, time_on_battery_polls=1),
+         trigger={"debounce_polls": 3, "deadtime_s": 15, "charge_floor_pct": None, "max_on_battery_s": 600,
+                  "shutdown_triggered": False, "decision": None}), False, CheckState.critical,
+     ["UPS pyr: on battery past the time-on-battery limit (601 s >= 600 s, 1 of 3 polls)"]),
     ("critical (LB)", doc(ups_row(phase="critical", status="OB LB", on_battery=True)), False, CheckState.critical,
      ["UPS pyr: critical (OB LB)"]),
     ("below the threshold on a UPS that protects nothing",
-     doc(ups_row(protects_cluster=False, phase="below_threshold", on_battery=True, runtime_s=20)), False,
+     doc(ups_row(name="statera"), ups_row(protects_cluster=False, phase="below_threshold", on_battery=True,
+                                          runtime_s=20)), False,
      CheckState.warning, ["UPS pyr: on battery (runtime 20 s, does not protect the cluster)"]),
     ("a shutdown decided",
      doc(ups_row(phase="critical", status="OB LB", on_battery=True),
@@ -113,9 +126,24 @@ CASES: list[tuple[str, dict[str, Any], bool, CheckState, list[str]]] = [
                                 "no daemon answered"]),
     ("no daemon, no UPS configured", doc(source="direct", ups=[]), True, CheckState.unknown,
      ["neither the daemon nor upsd answered", "no daemon answered"]),
-    ("the daemon answers, upsd does not: the daemon's alert", doc(
-        ups_row(reachable=False, phase="lost", status=None), alerts=[{"ups": "pyr", "message": "upsd unreachable"}]),
-     False, CheckState.warning, ["alert: pyr: upsd unreachable"]),
+    ("the daemon answers, upsd does not: unknown", doc(
+        ups_row(reachable=False, phase="lost", status=None, error="connection refused"),
+        alerts=[{"ups": "pyr", "message": "upsd unreachable"}]),
+     False, CheckState.unknown, ["the daemon has current data for no UPS that protects the cluster: the power state "
+                                 "is unknown (pyr: connection refused)", "alert: pyr: upsd unreachable"]),
+    ("the daemon answers, its data is stale: unknown", doc(ups_row(stale=True, phase="lost"),
+                                                           alerts=[{"ups": "pyr", "message": "no current data"}]),
+     False, CheckState.unknown, ["current data for no UPS that protects the cluster: the power state is unknown "
+                                 "(pyr: stale)", "alert: pyr: no current data"]),
+    ("the daemon answers, only a UPS that protects nothing is read: unknown", doc(
+        ups_row(reachable=False, phase="lost", status=None), ups_row(name="lab", protects_cluster=False)),
+     False, CheckState.unknown, ["current data for no UPS that protects the cluster: the power state is unknown "
+                                 "(pyr: not read)"]),
+    ("the daemon answers, no UPS protects the cluster: unknown", doc(ups_row(protects_cluster=False)),
+     False, CheckState.unknown, ["the power state is unknown (no UPS has ups[].protects_cluster)"]),
+    ("the daemon answers, one protecting UPS of two is read", doc(
+        ups_row(reachable=False, phase="lost", status=None), ups_row(name="statera")),
+     False, CheckState.ok, []),
     ("a stale UPS is upsd answering", doc(ups_row(stale=True, phase="lost"), source="direct"), False, CheckState.ok,
      []),
     ("critical outranks unknown", doc(ups_row(reachable=False), source="direct", shutdown_task={"running": True}),
@@ -132,6 +160,7 @@ def test_every_case_has_its_state_and_reasons(document: dict[str, Any], daemon_d
     assert len(verdict.reasons) == len(fragments), verdict.reasons
     for reason, fragment in zip(verdict.reasons, fragments, strict=True):
         assert fragment in reason.message
+        assert "runtime 900 s <= 330 s" not in reason.message  # the runtime is above: not what is debouncing
     assert [r.state for r in verdict.reasons] == sorted((r.state for r in verdict.reasons),
                                                          key=check.SEVERITY.index)  # the worst first
     if fragments:

@@ -17,7 +17,12 @@ naming the doubt. The rules (docs/decisions.md, "Runtime sanity"):
   the charge fell by at least :data:`FROZEN_CHARGE_DROP_PCT` points.
 * **rising** -- on battery at steady load (within :data:`STEADY_LOAD_PCT` points), the runtime
   rose above :data:`RISE_FACTOR` x the last trusted on-battery reading + :data:`RISE_MIN_S`
-  while the charge did not rise.
+  while the charge did not rise. A new level that then holds (does not rise further) for
+  ``Limits.frozen_polls`` polls becomes the reference: one low reading (common right after the
+  transfer to battery) must not leave every later reading untrusted.
+
+``frozen`` and ``rising`` are doubts that the runtime is too *high*: the trigger still counts
+such a reading when it is at or below the threshold (:mod:`hecate.domain.trigger`).
 
 The memory these rules need is a small immutable :class:`Memory` kept per UPS.
 """
@@ -65,7 +70,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Memory:
-    """What the rules remember of one UPS between polls (bounded: six numbers)."""
+    """What the rules remember of one UPS between polls (bounded: eight numbers)."""
 
     same_runtime: float | None = None
     """The runtime of the current on-battery run of identical readings."""
@@ -77,6 +82,10 @@ class Memory:
     """The last trusted on-battery runtime, its charge and load (the reference of the ``rising`` rule)."""
     trusted_charge: float | None = None
     trusted_load: float | None = None
+    rise_level: float | None = None
+    """The level of the current run of ``rising`` readings that did not rise further (the first and highest)."""
+    rise_polls: int = 0
+    """How many consecutive ``rising`` polls have held at or below ``rise_level``."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,14 @@ def judge(memory: Memory, snap: Snapshot, limits: Limits) -> tuple[Verdict, Memo
         else:
             memory = replace(memory, same_runtime=value, same_polls=1, same_charge=charge)
     doubt = _doubt(memory, snap, value, limits)
+    if doubt is Doubt.rising and value is not None:
+        held = memory.rise_level is not None and value <= memory.rise_level
+        memory = (replace(memory, rise_polls=memory.rise_polls + 1) if held
+                  else replace(memory, rise_level=value, rise_polls=1))
+        if memory.rise_polls >= limits.frozen_polls:  # the new level held: it is the reference now
+            doubt = None
+    if doubt is not Doubt.rising:
+        memory = replace(memory, rise_level=None, rise_polls=0)
     if doubt is None:
         if snap.on_battery and value is not None:
             memory = replace(memory, trusted_runtime=value, trusted_charge=charge, trusted_load=load)

@@ -5,9 +5,10 @@ document (docs/metrics.md, "Status") and returns the state, its exit code and ev
 it, so a Nagios/Icinga check, a cron script or a person at the terminal get the same answer:
 
 * **critical** (2): a shutdown is decided (also a dry-run's), running, or being forwarded to the
-  coordinator; a protecting UPS is at or below its threshold (debouncing) or critical (LB, FSD,
-  deadtime).
-* **unknown** (3): neither the daemon nor any upsd answered, so nothing is known about the power.
+  coordinator; a protecting UPS is at or below its threshold, its charge floor or past its time on
+  battery (debouncing: the reason names the count that runs) or critical (LB, FSD, deadtime).
+* **unknown** (3): neither the daemon nor any upsd answered, or the daemon answered with current data for
+  no protecting UPS (all unreachable or stale, or none polled yet): the power state cannot be determined.
 * **warning** (1): an alert, a failing state-dir write or a state-dir warning; a UPS on battery
   above its threshold; not armed (a decision would only be recorded); no daemon running.
 * **ok** (0): none of these.
@@ -85,16 +86,43 @@ def _critical(doc: Mapping[str, Any]) -> list[str]:
         if not u.get("protects_cluster", True):
             continue
         if u.get("phase") == "below_threshold":
-            found.append(f"UPS {u.get('name')}: on battery at or below the threshold (runtime "
-                         f"{_seconds(u.get('runtime_s'))} <= {threshold}, {u.get('below_threshold_polls')} of "
-                         f"{trigger.get('debounce_polls')} polls)")
+            found.append(f"UPS {u.get('name')}: on battery {_debouncing(u, threshold, trigger)}")
         elif u.get("phase") == "critical":
             found.append(f"UPS {u.get('name')}: critical ({u.get('status') or 'no status'})")
     return found
 
 
+def _debouncing(u: Mapping[str, Any], threshold: str, trigger: Mapping[str, Any]) -> str:
+    """What a debouncing UPS is below -- the runtime threshold, the charge floor, the time on battery -- and its
+    count: every trigger whose count is running (the runtime's when none is)."""
+    of = f"of {trigger.get('debounce_polls')} polls"
+    found = []
+    if u.get("charge_floor_polls"):
+        found.append(f"at or below the charge floor (charge {_number(u.get('charge_pct'), ' %')} <= "
+                     f"{_number(trigger.get('charge_floor_pct'), ' %')}, {u.get('charge_floor_polls')} {of})")
+    if u.get("time_on_battery_polls"):
+        found.append(f"past the time-on-battery limit ({_seconds(u.get('on_battery_for_s'))} >= "
+                     f"{_seconds(trigger.get('max_on_battery_s'))}, {u.get('time_on_battery_polls')} {of})")
+    if u.get("below_threshold_polls") or not found:
+        found.insert(0, f"at or below the threshold (runtime {_seconds(u.get('runtime_s'))} <= {threshold}, "
+                        f"{u.get('below_threshold_polls')} {of})")
+    return " and ".join(found)
+
+
+def _number(value: object, unit: str) -> str:
+    return f"{value:g}{unit}" if isinstance(value, int | float) else "?"
+
+
 def _unknown(doc: Mapping[str, Any]) -> list[str]:
-    if doc.get("source") == "daemon" or any(u.get("reachable") for u in doc.get("ups", [])):
+    if doc.get("source") == "daemon":
+        protecting = [u for u in doc.get("ups", []) if u.get("protects_cluster", True)]
+        if any(u.get("reachable") and not u.get("stale") for u in protecting):
+            return []
+        errors = "; ".join(f"{u.get('name')}: {u.get('error') or ('stale' if u.get('stale') else 'not read')}"
+                           for u in protecting)
+        return ["the daemon has current data for no UPS that protects the cluster: the power state is unknown"
+                + (f" ({errors})" if errors else " (no UPS has ups[].protects_cluster)")]
+    if any(u.get("reachable") for u in doc.get("ups", [])):
         return []
     errors = "; ".join(f"{u.get('name')}: {u.get('error') or 'not read'}" for u in doc.get("ups", []))
     return ["neither the daemon nor upsd answered: the power state is unknown" + (f" ({errors})" if errors else "")]

@@ -289,8 +289,8 @@ class Trigger(_Section):
     """A `battery.runtime` of 0 with the charge at or above this is not trusted (firmware without an estimate; host
     only)."""
     runtime_frozen_polls: int = Field(default=5, ge=2, le=1000)
-    """A `battery.runtime` unchanged this many polls on battery while the charge fell 5 points is frozen, not trusted
-    (host only)."""
+    """A `battery.runtime` unchanged this many polls on battery while the charge fell 5 points is frozen, not trusted;
+    a new level after a `rising` one that holds this many polls becomes the trusted reference (host only)."""
 
 
 class StorageQuiesce(_Section):
@@ -547,9 +547,10 @@ class Envelope(_Section):
     """Lowest `startup.min_charge_percent`: a cut soon after a start must still find runtime for a shutdown."""
     max_charge_floor_pct: float = Field(default=60.0, ge=0, le=95)
     """Highest `trigger.charge_floor_pct` a policy may set: above it any outage powers the cluster off soon after
-    it starts."""
+    it starts. When hecate.yaml sets a floor, a policy may only raise it (up to this)."""
     min_on_battery_limit_s: Seconds = 120.0
-    """Shortest `trigger.max_on_battery_s` a policy may set: shorter, a blip powers the cluster off."""
+    """Shortest `trigger.max_on_battery_s` a policy may set: shorter, a blip powers the cluster off. When
+    hecate.yaml sets a time, a policy may only shorten it (down to this)."""
 
     @field_validator("locked")
     @classmethod

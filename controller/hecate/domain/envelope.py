@@ -9,6 +9,9 @@ in hecate.yaml says what this host *accepts*:
   the startup charge lie within the envelope's static limits;
 - a timeout or wait lies between ``min_timeout_fraction`` of hecate.yaml's own value and that
   value: a policy may shorten it, never hold the power-off back longer than the host would;
+- an optional trigger hecate.yaml sets may only be tightened: ``trigger.charge_floor_pct`` raised
+  (up to the envelope's maximum), ``trigger.max_on_battery_s`` shortened (down to its minimum),
+  never switched off -- a floor of 0 % or a day on battery would switch it off all the same;
 - ``shutdown.parallelism`` may be raised, never lowered below hecate.yaml's (a hung node would
   keep the others from their power-off until the stage deadline cancels them);
 - ``shutdown.ups_power_cycle`` (the UPS cuts its outputs) may be switched off, never on when
@@ -30,7 +33,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel
 
@@ -44,6 +47,9 @@ class Between:
 
     low: str | None
     high: str | None
+    tighten: Literal["raise", "lower"] | None = None
+    """When hecate.yaml sets the field, a policy may only tighten it: ``raise`` never below hecate.yaml's value,
+    ``lower`` never above it (None: hecate.yaml's value is no limit)."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,8 @@ RULES: Final[Mapping[str, Rule]] = MappingProxyType({
     "trigger.default_budget_s": Between("min_default_budget_s", "max_default_budget_s"),
     "trigger.budget_history": Between("min_budget_history", None),
     "trigger.deadtime_s": Between("min_deadtime_s", "max_deadtime_s"),
-    "trigger.charge_floor_pct": Between(None, "max_charge_floor_pct"),
-    "trigger.max_on_battery_s": Between("min_on_battery_limit_s", None),
+    "trigger.charge_floor_pct": Between(None, "max_charge_floor_pct", tighten="raise"),
+    "trigger.max_on_battery_s": Between("min_on_battery_limit_s", None, tighten="lower"),
     "shutdown.parallelism": NotBelowHost(),
     "shutdown.flux_suspend": Free("off, Flux may re-create what is scaled down; the stop and power-off steps "
                                   "run all the same"),
@@ -221,6 +227,12 @@ def check(rule: Rule, host: HecateConfig, path: tuple[str, ...], value: Any) -> 
     if value is None:  # an optional trigger switched off: only where hecate.yaml leaves it off (own is not None)
         return (f"off is not allowed: hecate.yaml sets {field} to {show(own)} (a policy may change it within the "
                 "limits, never switch it off)")
+    if rule.tighten == "raise" and own is not None and value < own:
+        return (f"{show(value)} is below the host's limit {show(own)} (hecate.yaml's {field}: a policy may raise "
+                "it, never lower it)")
+    if rule.tighten == "lower" and own is not None and value > own:
+        return (f"{show(value)} is above the host's limit {show(own)} (hecate.yaml's {field}: a policy may lower "
+                "it, never raise it)")
     if rule.low is not None and value < getattr(envelope, rule.low):
         return (f"{show(value)} is below the host's limit {show(getattr(envelope, rule.low))} "
                 f"(policy.envelope.{rule.low})")

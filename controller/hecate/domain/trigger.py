@@ -19,7 +19,9 @@ machine, modelled on NUT's upsmon and hardened against its users' worst complain
   consecutive polls, counted like the runtime's. The first trigger to fire wins.
 * **Runtime sanity** (:mod:`hecate.domain.battery`): a runtime that is missing, implausible,
   ``0`` at a high charge, frozen, or rising against the charge is not trusted: the runtime
-  trigger treats it as not known, and an untrusted reading raises ``runtime_untrusted``.
+  trigger treats it as not known, and an untrusted reading raises ``runtime_untrusted`` (``zero`` only on
+  battery: a nutdrv_qx unit reports it on mains always, an alert nobody can fix). ``frozen`` and
+  ``rising`` doubt that the runtime is too *high*: such a reading at or below the threshold still counts.
 * **Low battery / FSD**: ``OB`` + ``LB`` is critical on the first poll that shows it, as is
   ``FSD`` (another upsmon forcing shutdown).
 * **Calibration** (``CAL``) is a deliberate discharge: its runtime and LB readings do not
@@ -235,7 +237,7 @@ def _step(state: UpsState, snap: Snapshot, thresholds: Thresholds, now: float) -
     verdict, memory = battery.judge(state.runtime_memory, snap, thresholds.sanity)
     seen = replace(state, last_seen_at=snap.at, last_on_battery=snap.on_battery if knows else state.last_on_battery,
                    runtime=verdict, runtime_memory=memory)
-    runtime = snap.runtime_s if verdict.trusted else None  # the runtime trigger uses a trusted runtime only
+    runtime = snap.runtime_s if verdict.trusted or _too_high_at_most(verdict, snap, thresholds) else None
     if Flag.FSD in snap.flags:
         return replace(seen, phase=Phase.critical), Decision(
             snap.ups, Reason.fsd, now, f"UPS reports forced shutdown ({snap.status})", runtime)
@@ -262,7 +264,8 @@ def _step(state: UpsState, snap: Snapshot, thresholds: Thresholds, now: float) -
     n = thresholds.debounce_polls
     decision = None
     if runtime is not None and below >= n:  # a trigger fires on a poll that shows its condition
-        what = f"runtime {runtime:g} s" if estimate is None else (
+        doubted = "" if verdict.trusted else f" ({verdict.doubt}: doubted as too high, counted at or below)"
+        what = f"runtime {runtime:g} s{doubted}" if estimate is None else (
             f"estimated runtime {runtime:.0f} s ({estimate.seconds:.0f} s - {estimate.uncertainty_s:.0f} s, "
             f"from {estimate.outages} recorded outage{'s' if estimate.outages != 1 else ''})")
         detail = f"{what} <= threshold {thresholds.threshold_s:g} s for {below} consecutive polls"
@@ -276,6 +279,12 @@ def _step(state: UpsState, snap: Snapshot, thresholds: Thresholds, now: float) -
     if decision is not None:
         return replace(after, phase=Phase.critical), decision
     return replace(after, phase=Phase.below_threshold if below or low or over else Phase.on_battery), None
+
+
+def _too_high_at_most(verdict: battery.Verdict, snap: Snapshot, thresholds: Thresholds) -> bool:
+    """A runtime doubted as too high (frozen, rising) that is at or below the threshold anyway: it counts."""
+    return (verdict.doubt in (battery.Doubt.frozen, battery.Doubt.rising) and snap.runtime_s is not None
+            and snap.runtime_s <= thresholds.threshold_s)
 
 
 def _count(polls: int, holds: bool | None) -> int:
@@ -292,10 +301,13 @@ def _alerts(snap: Snapshot, state: UpsState, thresholds: Thresholds) -> list[Ale
     if not snap.ok or snap.waiting:
         return out
     trusted = state.runtime.trusted
-    if not trusted and state.runtime.doubt is not battery.Doubt.missing:
+    doubt = state.runtime.doubt
+    # missing is shown in status, not alerted; nutdrv_qx units report a zero on mains always: on battery only
+    if not trusted and doubt is not battery.Doubt.missing and (doubt is not battery.Doubt.zero or snap.on_battery):
+        ignored = ("counts it only at or below the threshold" if doubt in (battery.Doubt.frozen, battery.Doubt.rising)
+                   else "ignores it")
         out.append(Alert(snap.ups, AlertKind.runtime_untrusted,
-                         f"runtime not trusted ({state.runtime.doubt}): {state.runtime.why}; the runtime trigger "
-                         "ignores it"))
+                         f"runtime not trusted ({doubt}): {state.runtime.why}; the runtime trigger {ignored}"))
     if (trusted and snap.on_mains and snap.charge_pct is not None and snap.charge_pct >= FULL_CHARGE_PCT
             and snap.runtime_s is not None and snap.runtime_s < thresholds.threshold_s):
         out.append(Alert(snap.ups, AlertKind.runtime_short, (
