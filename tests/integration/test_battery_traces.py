@@ -89,10 +89,10 @@ def alert_kinds(outcome: trigger.Outcome) -> set[trigger.AlertKind]:
 def test_a_zero_runtime_at_full_charge_never_triggers_but_the_charge_floor_and_lb_do(
         tmp_path: Path, lab_ups: LabUps) -> None:
     lab_ups.set(ups_status="OL", battery_charge=100, battery_runtime=0)
-    # A 0 below runtime_zero_charge_pct is a runtime and acts (a frozen 0 too: at or below the threshold it counts);
-    # at 20 % the trace's 25 % stays a doubtful 0 until LB, so what is left to trigger is the floor and LB.
-    floor, floor_rec = make_monitor(tmp_path, lab_ups, "floor", charge_floor_pct=30, runtime_zero_charge_pct=20)
-    plain, plain_rec = make_monitor(tmp_path, lab_ups, "plain", runtime_zero_charge_pct=20)
+    # A UPS that reported 0 at full charge reports 0 for "no estimate": its 0 at 25 % is no runtime either, so
+    # what is left to trigger is the floor and LB.
+    floor, floor_rec = make_monitor(tmp_path, lab_ups, "floor", charge_floor_pct=30)
+    plain, plain_rec = make_monitor(tmp_path, lab_ups, "plain")
     [before] = poll_until([plain], lambda: plain.view.polls >= 1, 5)
     assert alert_kinds(before[0][0]) == set()  # on mains: neither runtime_short nor alerted (status shows it)
 

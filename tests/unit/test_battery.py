@@ -54,6 +54,14 @@ def test_zero_at_low_charge_is_a_runtime() -> None:
     assert doubts([snap("OB DISCHRG", "0", "20")]) == [None]
 
 
+def test_a_ups_that_reported_zero_at_a_high_charge_reports_zero_for_no_estimate_at_any_charge() -> None:
+    """nutdrv_qx: 0 on mains at full charge, then 0 all through the outage; its 0 at 20 % means no more."""
+    readings = [snap("OL", "0", "100"), snap("OL", "1800", "100"), snap("OB DISCHRG", "0", "20"),
+                snap("OL", "0", "30"), snap("OB DISCHRG", "0", "10")]
+    assert doubts(readings) == [Doubt.zero, None, Doubt.zero, Doubt.zero, Doubt.zero]
+    assert doubts(readings[2:]) == [None, None, None]  # never seen at a high charge: a 0 is a runtime
+
+
 def test_zero_with_the_charge_unknown_is_a_runtime() -> None:
     assert doubts([snap("OB DISCHRG", "0", None)]) == [None]  # nothing says it is wrong: act on it
 

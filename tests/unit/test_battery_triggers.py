@@ -131,12 +131,13 @@ charges = st.one_of(st.none(), st.sampled_from([100, 60, 50, 49, 20]), st.intege
        st.integers(1, 5), st.integers(2, 8))
 def test_property_a_runtime_at_or_below_the_threshold_on_battery_decides(
         readings: list[tuple[str, int, int | None, int]], debounce: int, frozen_polls: int) -> None:
-    """Whatever came before, debounce_polls on-battery polls at or below the threshold decide (a runtime of 0 at
-    a high charge excepted: firmware with no estimate)."""
+    """Whatever came before, debounce_polls on-battery polls at or below the threshold decide (a runtime of 0
+    excepted from a UPS that reported 0 at a high charge: firmware with no estimate)."""
     thresholds = Thresholds(threshold_s=1200.0, debounce_polls=debounce, protecting=frozenset({"pyr"}),
                             sanity=battery.Limits(frozen_polls=frozen_polls))
     state = State()
     run_of = 0
+    zero_means_unknown = False  # the UPS reported 0 at a high charge: its every later 0 is "no estimate"
     for i, (status, runtime, charge, load) in enumerate(readings):
         variables = {"ups.status": status, "battery.runtime": str(runtime), "ups.load": str(load)}
         if charge is not None:
@@ -145,12 +146,13 @@ def test_property_a_runtime_at_or_below_the_threshold_on_battery_decides(
         state, outcome = trigger.decide(state, [reading], thresholds, now=float(i))
         if outcome.shutdown is not None:
             return
-        zero = runtime == 0 and charge is not None and charge >= thresholds.sanity.zero_charge_pct
         if status == "WAIT":  # no data yet: neither counts nor resets
             continue
+        high_zero = runtime == 0 and charge is not None and charge >= thresholds.sanity.zero_charge_pct
+        zero_means_unknown = zero_means_unknown or high_zero
         if not reading.on_battery:
             run_of = 0
-        elif not zero:
+        elif not (runtime == 0 and zero_means_unknown):
             run_of = run_of + 1 if runtime <= thresholds.threshold_s else 0
         assert run_of < debounce, (i, state.ups["pyr"])
 

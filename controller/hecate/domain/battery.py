@@ -12,7 +12,10 @@ naming the doubt. The rules (docs/decisions.md, "Runtime sanity"):
   Many UPSes never report one; this is shown in status, not alerted.
 * **implausible** -- negative, at or above :data:`SENTINEL_S` (65535, an unset register), or
   above ``Limits.max_plausible_s``.
-* **zero** -- ``0`` while the charge is at or above ``Limits.zero_charge_pct``.
+* **zero** -- ``0`` while the charge is at or above ``Limits.zero_charge_pct``; and, once a UPS has
+  reported that (on mains or on battery), every later ``0`` from it: its firmware reports ``0`` for
+  "no estimate" (nutdrv_qx), so a ``0`` at a low charge means no more than the one at full charge did.
+  This is remembered for the daemon's life, across outages.
 * **frozen** -- on battery, the same value for ``Limits.frozen_polls`` consecutive polls while
   the charge fell by at least :data:`FROZEN_CHARGE_DROP_PCT` points.
 * **rising** -- on battery at steady load (within :data:`STEADY_LOAD_PCT` points), the runtime
@@ -70,7 +73,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Memory:
-    """What the rules remember of one UPS between polls (bounded: eight numbers)."""
+    """What the rules remember of one UPS between polls (bounded: eight numbers and a flag)."""
 
     same_runtime: float | None = None
     """The runtime of the current on-battery run of identical readings."""
@@ -86,6 +89,8 @@ class Memory:
     """The level of the current run of ``rising`` readings that did not rise further (the first and highest)."""
     rise_polls: int = 0
     """How many consecutive ``rising`` polls have held at or below ``rise_level``."""
+    zero_means_unknown: bool = False
+    """This UPS has reported ``0`` at a high charge: its ``0`` is "no estimate" at any charge (kept off battery)."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ def judge(memory: Memory, snap: Snapshot, limits: Limits) -> tuple[Verdict, Memo
     value = raw_runtime(snap)
     charge, load = snap.charge_pct, snap.load_pct
     if not snap.on_battery:
-        memory = Memory()
+        memory = Memory(zero_means_unknown=memory.zero_means_unknown)
     elif value is not None:
         if value == memory.same_runtime:
             seen = [c for c in (memory.same_charge, charge) if c is not None]
@@ -123,6 +128,8 @@ def judge(memory: Memory, snap: Snapshot, limits: Limits) -> tuple[Verdict, Memo
         else:
             memory = replace(memory, same_runtime=value, same_polls=1, same_charge=charge)
     doubt = _doubt(memory, snap, value, limits)
+    if doubt is Doubt.zero and not memory.zero_means_unknown:
+        memory = replace(memory, zero_means_unknown=True)
     if doubt is Doubt.rising and value is not None:
         held = memory.rise_level is not None and value <= memory.rise_level
         memory = (replace(memory, rise_polls=memory.rise_polls + 1) if held
@@ -144,7 +151,7 @@ def _doubt(memory: Memory, snap: Snapshot, value: float | None, limits: Limits) 
         return Doubt.missing
     if value < 0 or value >= SENTINEL_S or value > limits.max_plausible_s:
         return Doubt.implausible
-    if value == 0 and charge is not None and charge >= limits.zero_charge_pct:
+    if value == 0 and (memory.zero_means_unknown or (charge is not None and charge >= limits.zero_charge_pct)):
         return Doubt.zero
     if not snap.on_battery:
         return None
@@ -168,8 +175,11 @@ def _explain(doubt: Doubt, value: float | None, snap: Snapshot, memory: Memory, 
             return (f"battery.runtime {shown} is implausible (negative, the 65535 sentinel, or above "
                     f"max_plausible_runtime_s {limits.max_plausible_s:g} s)")
         case Doubt.zero:
-            return (f"battery.runtime 0 s at {snap.charge_pct:g} % charge (at or above {limits.zero_charge_pct:g} %): "
-                    "firmware that reports no estimate")
+            if snap.charge_pct is not None and snap.charge_pct >= limits.zero_charge_pct:
+                return (f"battery.runtime 0 s at {snap.charge_pct:g} % charge (at or above "
+                        f"{limits.zero_charge_pct:g} %): firmware that reports no estimate")
+            return ("battery.runtime 0 s from a UPS that reported 0 s at a high charge before: firmware that "
+                    "reports no estimate")
         case Doubt.frozen:
             return (f"battery.runtime frozen at {shown} for {memory.same_polls} polls on battery while the charge "
                     f"fell from {memory.same_charge:g} % to {snap.charge_pct:g} %")
