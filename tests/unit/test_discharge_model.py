@@ -82,6 +82,10 @@ def test_the_estimate_is_monotone_in_charge_and_never_negative(specs: list[tuple
     model = model_of(specs)
     low, high = sorted((a, b))
     e_low, e_high = model.estimate(low, load), model.estimate(high, load)
+    if model.scattered:
+        assert e_low is None
+        assert e_high is None
+        return
     assert e_low is not None
     assert e_high is not None
     assert 0 <= e_low.seconds <= e_high.seconds
@@ -108,6 +112,30 @@ def test_inconsistent_outages_are_less_certain_than_consistent_ones() -> None:
     assert scattered.uncertainty_s / scattered.seconds > same.uncertainty_s / same.seconds
 
 
+def test_scattered_outages_give_no_estimate_rather_than_a_bound_of_zero() -> None:
+    model = model_of([(0.1, 40.0), (0.1, 40.0), (1.0, 40.0)])  # one outage ten times faster than the others
+    assert model.scattered
+    assert model.estimate(100.0, 40.0) is None
+    assert model.estimate(100.0, None) is None
+
+
+@given(outage_sets, st.floats(min_value=50, max_value=100), loads)
+def test_a_scattered_history_never_bounds_the_runtime_at_zero(specs: list[tuple[float, float | None]], charge: float,
+                                                              load: float | None) -> None:
+    est = model_of(specs).estimate(charge, load)
+    assert est is None or est.conservative_s >= (1 - discharge.MAX_REL) * est.seconds > 0
+
+
+def test_status_says_why_a_scattered_model_gives_no_estimate() -> None:
+    from hecate.cli.runtime_lines import runtime_lines
+
+    row = {"name": "pyr", "polled": True, "reachable": True, "stale": False, "runtime_untrusted_reason": "missing",
+           "runtime_estimate": None, "triggers": ["low_battery", "fsd", "deadtime"], "discharge_recorded": 3,
+           "discharge_note": discharge.SCATTERED}
+    [line] = runtime_lines([row], {})
+    assert line.endswith("it triggers on LB, FSD, deadtime (3 outages recorded, outages too scattered to estimate)")
+
+
 garbage_numbers = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
                             st.floats(min_value=-1e300, max_value=1e300))
 
@@ -120,7 +148,8 @@ def test_garbage_samples_never_raise(raw: list[tuple[float | None, float | None,
     model = discharge.fit("pyr", [Outage("pyr", "2026-01-01T00:00:00Z", samples)])
     if model is not None:
         est = model.estimate(charge, load, empty)
-        assert est is None or (0 <= est.conservative_s <= est.seconds and math.isfinite(est.seconds))
+        assert est is None or ((1 - discharge.MAX_REL) * est.seconds <= est.conservative_s <= est.seconds
+                               and math.isfinite(est.seconds))
 
 
 json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),

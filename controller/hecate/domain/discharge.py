@@ -26,7 +26,9 @@ The model, per UPS (docs/decisions.md, "The learned discharge model"):
   ``spread`` is the RMS of the outages' relative deviations from the model, and the prior
   term (:data:`PRIOR_REL`) stands for what few outages cannot show (one outage: +-30 %),
   shrinking as consistent outages add up. The trigger uses the conservative bound, the
-  estimate minus its uncertainty.
+  estimate minus its uncertainty. At :data:`MAX_REL` or more the outages disagree too much
+  to say anything: the model gives no estimate (:attr:`Model.scattered`), and the UPS keeps
+  the triggers it has without a runtime.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ MIN_DROP_PCT = 3.0
 MIN_LOAD_RANGE_PCT = 5.0
 RATE_FLOOR_FRACTION = 0.25
 PRIOR_REL = 0.3
-MAX_REL = 1.0
-"""The relative uncertainty is capped here: the conservative bound is then 0 (no trust at all)."""
+MAX_REL = 0.5
+"""At this relative uncertainty or more there is no estimate: a bound of less than half the estimate (down to
+0, which would trigger at once) says the outages disagree, not how long the battery lasts."""
+SCATTERED = "outages too scattered to estimate"
 
 
 class Corrupt(ValueError):
@@ -119,6 +123,11 @@ class Model:
     """%/s per load percent (0: flat)."""
     rel_uncertainty: float
 
+    @property
+    def scattered(self) -> bool:
+        """The outages disagree too much (:data:`MAX_REL`): the model gives no estimate."""
+        return self.rel_uncertainty >= MAX_REL
+
     def rate_at(self, load_pct: float | None) -> float:
         fastest = max(r.rate_pct_per_s for r in self.rates)
         if load_pct is None or not math.isfinite(load_pct):
@@ -128,7 +137,9 @@ class Model:
     def estimate(self, charge_pct: float | None, load_pct: float | None, empty_pct: float | None = None) -> \
             RuntimeEstimate | None:
         """The runtime from ``charge_pct`` at ``load_pct`` down to ``empty_pct`` (None: 0 %); None without a
-        usable charge."""
+        usable charge, or when the model is :attr:`scattered`."""
+        if self.scattered:
+            return None
         if charge_pct is None or not math.isfinite(charge_pct) or not 0 <= charge_pct <= 100:
             return None
         empty = empty_pct if empty_pct is not None and math.isfinite(empty_pct) and 0 <= empty_pct < 100 else 0.0
@@ -190,7 +201,7 @@ def fit(ups: str, outages: Iterable[Outage]) -> Model | None:
     model = Model(ups, used, intercept, slope, 0.0)
     deviations = [r.rate_pct_per_s / model.rate_at(r.load_pct if slope else 0.0) - 1 for r in used]
     spread = math.sqrt(sum(d * d for d in deviations) / len(deviations))
-    rel = min(MAX_REL, math.sqrt(spread ** 2 + PRIOR_REL ** 2 / len(used)))
+    rel = math.sqrt(spread ** 2 + PRIOR_REL ** 2 / len(used))
     return Model(ups, used, intercept, slope, rel)
 
 

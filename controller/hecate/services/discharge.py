@@ -93,6 +93,12 @@ class OutageRecorder:
                 out[snap.ups] = estimate
         return out
 
+    def note(self, ups: str) -> str | None:
+        """Why the UPS's model gives no estimate though it has outages to learn from (None: it does, or none
+        counts)."""
+        model = self.models.get(ups)
+        return discharge.SCATTERED if model is not None and model.scattered else None
+
     def save(self, outages: list[discharge.Outage]) -> None:
         """Write ``outages`` in the background (in order, one write at a time); the models follow."""
         if not outages:
