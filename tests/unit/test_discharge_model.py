@@ -57,6 +57,23 @@ def test_the_rate_follows_the_load() -> None:
     assert model.rate_at(0.0) >= discharge.RATE_FLOOR_FRACTION * 0.2
 
 
+def test_a_load_above_the_recorded_ones_scales_the_rate_at_least_proportionally() -> None:
+    flat = discharge.fit("pyr", [linear("pyr", "2026-01-01T00:00:00Z", 0.05, 10.0, seconds=100)])
+    assert flat is not None
+    assert flat.rate_at(10.0) == pytest.approx(0.05)
+    assert flat.rate_at(5.0) == pytest.approx(0.05)  # lighter: the flat rate (no promise of a longer runtime)
+    assert flat.rate_at(90.0) == pytest.approx(0.45)  # nine times the load: nine times the rate
+    at_90 = flat.estimate(80.0, 90.0)
+    assert at_90 is not None
+    assert at_90.seconds == pytest.approx(80.0 / 0.45)
+    # a line with an intercept would grow slower than the load: beyond the heaviest it is proportional
+    line = discharge.fit("pyr", [linear("pyr", "2026-01-01T00:00:00Z", 0.1, 20.0),
+                                 linear("pyr", "2026-01-02T00:00:00Z", 0.12, 40.0)])
+    assert line is not None
+    assert line.rate_at(30.0) == pytest.approx(0.11)  # inside the recorded loads: the line
+    assert line.rate_at(80.0) == pytest.approx(0.24)  # 0.12 x 80/40, above the line's 0.16
+
+
 def test_other_upses_outages_do_not_count() -> None:
     assert discharge.fit("sta", [linear("pyr", "2026-01-01T00:00:00Z", 0.1)]) is None
 
@@ -102,6 +119,16 @@ def test_uncertainty_shrinks_with_more_consistent_outages(rate: float, load: flo
     assert more is not None
     assert more.uncertainty_s < fewer.uncertainty_s
     assert more.seconds == pytest.approx(fewer.seconds)
+
+
+@given(outage_sets, loads, loads)
+def test_a_heavier_load_never_gives_a_longer_estimate(specs: list[tuple[float, float | None]], a: float | None,
+                                                       b: float | None) -> None:
+    if a is None or b is None:
+        return
+    model = model_of(specs)
+    light, heavy = sorted((a, b))
+    assert model.rate_at(heavy) >= model.rate_at(light)
 
 
 def test_inconsistent_outages_are_less_certain_than_consistent_ones() -> None:

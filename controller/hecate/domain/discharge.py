@@ -19,7 +19,9 @@ The model, per UPS (docs/decisions.md, "The learned discharge model"):
   apart (a negative slope -- more load, slower fall -- is noise: the line is then flat);
   otherwise the rate is the mean of the outages' rates. The rate used is never below
   :data:`RATE_FLOOR_FRACTION` of the fastest recorded one (a line extrapolated to a light
-  load cannot promise an endless battery); with no load reading now, it is the fastest.
+  load cannot promise an endless battery); above the heaviest recorded load it is at least the
+  rate at that load times load / heaviest (a flat model, learned at one load, scales too); with
+  no load reading now, it is the fastest.
 * **The estimate** is ``(charge - empty) / rate``: ``empty`` is the charge at which the UPS
   reports low battery (``battery.charge.low``) when it says, else 0 %.
 * **The uncertainty** is the estimate times a relative error ``sqrt(spread^2 + PRIOR^2 / n)``:
@@ -129,10 +131,18 @@ class Model:
         return self.rel_uncertainty >= MAX_REL
 
     def rate_at(self, load_pct: float | None) -> float:
+        """The fall rate at ``load_pct``: along the line (floored at :data:`RATE_FLOOR_FRACTION` of the fastest
+        recorded rate); above the heaviest recorded load, at least the rate there scaled by load / that load (a
+        flat model learned at one load knows nothing of a heavier one); with no load, the fastest."""
         fastest = max(r.rate_pct_per_s for r in self.rates)
         if load_pct is None or not math.isfinite(load_pct):
             return fastest
-        return max(self.intercept + self.slope * load_pct, RATE_FLOOR_FRACTION * fastest)
+        rate = max(self.intercept + self.slope * load_pct, RATE_FLOOR_FRACTION * fastest)
+        heaviest = max((r.load_pct for r in self.rates if r.load_pct is not None), default=None)
+        if heaviest is not None and load_pct > heaviest:
+            at_heaviest = max(self.intercept + self.slope * heaviest, RATE_FLOOR_FRACTION * fastest)
+            rate = max(rate, at_heaviest * load_pct / max(heaviest, 1.0))
+        return rate
 
     def estimate(self, charge_pct: float | None, load_pct: float | None, empty_pct: float | None = None) -> \
             RuntimeEstimate | None:
