@@ -145,3 +145,30 @@ def test_the_monitor_records_an_outage_off_its_poll_and_learns_from_it(tmp_path:
     assert est.seconds == pytest.approx(50.0)
     assert est.outages == 1
     assert decisions == []
+
+
+class BrokenModel(OutageRecorder):
+    def estimates(self, snapshots: object) -> dict[str, discharge.RuntimeEstimate]:
+        raise ZeroDivisionError("a model that fails")
+
+
+def test_a_failing_model_never_stops_a_poll_from_deciding(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = HecateConfig.model_validate({"state_dir": str(tmp_path / "state"),
+                                          "ups": [{"name": "pyr", "host": "127.0.0.1"}]})
+    decisions: list[trigger.Decision] = []
+
+    async def handler(d: trigger.Decision, b: Budget) -> None:
+        decisions.append(d)
+
+    reader = Reader()
+    monitor = Monitor(config, reader, StateStore(config.state_dir), handler)
+    monitor.outages = BrokenModel(monitor.store)
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(monitor.poll_once())
+        reader.status = "OB DISCHRG LB"
+        outcome = asyncio.run(monitor.poll_once())
+    assert outcome.shutdown is not None
+    assert outcome.shutdown.reason is trigger.Reason.low_battery
+    assert [d.reason for d in decisions] == [trigger.Reason.low_battery]
+    assert monitor.view.estimates == {}
+    assert sum("discharge model's estimates failed" in r.message for r in caplog.records) == 1  # logged once
