@@ -8,8 +8,9 @@ is also written at the decision and when its run ends (the host may power off be
 mains come back): each later write of the same outage replaces the earlier one.
 
 The history is read once, when the recorder is made, without side effects (no lock, a corrupt
-file stays where it is): ``hecate status`` polling directly makes one too. Writes run in a thread (:meth:`OutageRecorder.save`), one at a time, and never raise: a
-poll, or a decided shutdown, never waits for them. The store counts a failed write
+file stays where it is): ``hecate status`` polling directly makes one too. Writes run in a
+thread (:meth:`OutageRecorder.save`), one at a time, and never raise: a poll, or a decided
+shutdown, never waits for them. The store counts a failed write
 (``discharge`` in ``hecate_state_write_errors_total``).
 """
 
