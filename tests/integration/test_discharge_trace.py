@@ -23,8 +23,7 @@ from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
 from hecate.services import status
 from hecate.services.monitor import Monitor
-from hecate_lab.procs import free_port
-from hecate_lab.ups import DEFAULT_VARS, LabUps
+from hecate_lab.ups import DEFAULT_VARS, start_ups
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -32,23 +31,8 @@ RATE = 2  # %/s, the trace's fall in both outages
 POLL_S = 0.5
 
 
-def start_runtimeless_ups(workdir: Path) -> LabUps:
-    values = {k: v for k, v in DEFAULT_VARS.items() if k != "battery.runtime"}
-    ups = LabUps(name="aporia", dir=workdir / "ups" / "aporia", port=free_port(), values=values)
-    ups.dir.mkdir(parents=True, exist_ok=True)
-    ups.write_config()
-    try:
-        ups.start_driver()
-        ups.start_upsd()
-        ups.wait_ready()
-    except BaseException:
-        ups.stop()
-        raise
-    return ups
-
-
 def test_an_estimate_learned_from_a_recorded_outage_triggers_with_the_budget_left(tmp_path: Path) -> None:
-    ups = start_runtimeless_ups(tmp_path)
+    ups = start_ups(tmp_path, "aporia", values={k: v for k, v in DEFAULT_VARS.items() if k != "battery.runtime"})
     try:
         assert "battery.runtime" not in ups.read()
         config = HecateConfig.model_validate({
