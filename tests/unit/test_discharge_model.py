@@ -122,7 +122,7 @@ def test_uncertainty_shrinks_with_more_consistent_outages(rate: float, load: flo
 
 
 @given(outage_sets, loads, loads)
-def test_a_heavier_load_never_gives_a_longer_estimate(specs: list[tuple[float, float | None]], a: float | None,
+def test_a_heavier_load_never_gives_a_slower_fall(specs: list[tuple[float, float | None]], a: float | None,
                                                        b: float | None) -> None:
     if a is None or b is None:
         return

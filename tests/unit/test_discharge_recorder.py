@@ -114,6 +114,16 @@ def test_a_direct_status_poll_leaves_a_corrupt_file_where_it_is(tmp_path: Path) 
     assert not list(state.glob("discharge.json.corrupt-*"))
 
 
+def test_a_scattered_history_gives_no_estimate_and_says_why(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.record_outages([outage("2026-01-01T00:00:00Z", 0.1), outage("2026-01-02T00:00:00Z", 0.1),
+                          outage("2026-01-03T00:00:00Z", 1.0)])
+    rec = OutageRecorder(store)
+    assert rec.estimates([reading("OB DISCHRG", 100, 0)]) == {}
+    assert rec.note("pyr") == discharge.SCATTERED
+    assert rec.note("other") is None
+
+
 def test_a_file_that_cannot_be_read_is_not_overwritten(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.discharge_path.mkdir()  # not a regular file: cannot be read
