@@ -221,9 +221,11 @@ class LabUps:
         os.replace(tmp, self.dev_path)
 
 
-def start_ups(workdir: Path, name: str) -> LabUps:
-    """Start one lab UPS (driver + upsd) under ``workdir/ups/<name>`` and wait until it serves."""
-    ups = LabUps(name=name, dir=workdir / "ups" / name, port=free_port())
+def start_ups(workdir: Path, name: str, values: dict[str, str] | None = None) -> LabUps:
+    """Start one lab UPS (driver + upsd) under ``workdir/ups/<name>`` and wait until it serves; ``values``: its
+    initial variables (default :data:`DEFAULT_VARS`, e.g. without ``battery.runtime`` for one that reports none)."""
+    ups = LabUps(name=name, dir=workdir / "ups" / name, port=free_port(),
+                 values=dict(DEFAULT_VARS if values is None else values))
     ups.dir.mkdir(parents=True, exist_ok=True)
     ups.write_config()
     try:

@@ -1,10 +1,14 @@
 """The learned discharge model on the real lab upsd + dummy-ups: a UPS with no ``battery.runtime``.
 
 One outage trace, played by dummy-ups itself (:meth:`LabUps.play`), holds two outages with the
-charge falling linearly at 2 %/s (the second from 94 %): the monitor records the first one itself (discharge.json,
+charge falling linearly at 2 %/s (the second from 90 %): the monitor records the first one itself (discharge.json,
 written by the product's own recorder when the UPS is back on mains), learns the rate from it,
 and during the second its estimate follows the trace and the runtime trigger decides on the
 conservative bound -- with at least the budget left before the trace's charge reaches 0.
+
+Kept short: the first outage lasts 11 s, just over the 10 s the model needs (polled every
+0.25 s, the recorded span is at least ~10.4 s), one second on mains, and the second starts at
+90 %, two points above where the conservative bound (one outage: -30 %) crosses the threshold.
 """
 
 from __future__ import annotations
@@ -23,32 +27,16 @@ from hecate.domain.budget import Budget
 from hecate.domain.config import HecateConfig
 from hecate.services import status
 from hecate.services.monitor import Monitor
-from hecate_lab.procs import free_port
-from hecate_lab.ups import DEFAULT_VARS, LabUps
+from hecate_lab.ups import DEFAULT_VARS, start_ups
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 RATE = 2  # %/s, the trace's fall in both outages
-POLL_S = 0.5
-
-
-def start_runtimeless_ups(workdir: Path) -> LabUps:
-    values = {k: v for k, v in DEFAULT_VARS.items() if k != "battery.runtime"}
-    ups = LabUps(name="aporia", dir=workdir / "ups" / "aporia", port=free_port(), values=values)
-    ups.dir.mkdir(parents=True, exist_ok=True)
-    ups.write_config()
-    try:
-        ups.start_driver()
-        ups.start_upsd()
-        ups.wait_ready()
-    except BaseException:
-        ups.stop()
-        raise
-    return ups
+POLL_S = 0.25
 
 
 def test_an_estimate_learned_from_a_recorded_outage_triggers_with_the_budget_left(tmp_path: Path) -> None:
-    ups = start_runtimeless_ups(tmp_path)
+    ups = start_ups(tmp_path, "aporia", values={k: v for k, v in DEFAULT_VARS.items() if k != "battery.runtime"})
     try:
         assert "battery.runtime" not in ups.read()
         config = HecateConfig.model_validate({
@@ -65,9 +53,9 @@ def test_an_estimate_learned_from_a_recorded_outage_triggers_with_the_budget_lef
         monitor = Monitor(config, nut.NutReader(timeout=1.0), StateStore(config.state_dir), handler)
         threshold = monitor.budget.threshold_s  # the floor: 1 s + 30 s margin
         first = [(0, {"ups.status": "OB DISCHRG", "battery.charge": 100})]
-        first += [(1, {"battery.charge": 100 - RATE * i}) for i in range(1, 12)]
-        mains = [(1, {"ups.status": "OL CHRG", "battery.charge": 94})]  # the lab's battery recharges at once
-        second = [(1, {"ups.status": "OB DISCHRG"})] + [(1, {"battery.charge": 94 - RATE * i}) for i in range(1, 30)]
+        first += [(1, {"battery.charge": 100 - RATE * i}) for i in range(1, 11)]  # 11 s on battery with mains' step
+        mains = [(1, {"ups.status": "OL CHRG", "battery.charge": 90})]  # the lab's battery recharges at once
+        second = [(1, {"ups.status": "OB DISCHRG"})] + [(1, {"battery.charge": 90 - RATE * i}) for i in range(1, 30)]
         ups.play(first + mains + second)
 
         seen: list[tuple[float, float | None]] = []  # (charge, estimate) at each poll of the second outage

@@ -57,6 +57,23 @@ def test_the_rate_follows_the_load() -> None:
     assert model.rate_at(0.0) >= discharge.RATE_FLOOR_FRACTION * 0.2
 
 
+def test_a_load_above_the_recorded_ones_scales_the_rate_at_least_proportionally() -> None:
+    flat = discharge.fit("pyr", [linear("pyr", "2026-01-01T00:00:00Z", 0.05, 10.0, seconds=100)])
+    assert flat is not None
+    assert flat.rate_at(10.0) == pytest.approx(0.05)
+    assert flat.rate_at(5.0) == pytest.approx(0.05)  # lighter: the flat rate (no promise of a longer runtime)
+    assert flat.rate_at(90.0) == pytest.approx(0.45)  # nine times the load: nine times the rate
+    at_90 = flat.estimate(80.0, 90.0)
+    assert at_90 is not None
+    assert at_90.seconds == pytest.approx(80.0 / 0.45)
+    # a line with an intercept would grow slower than the load: beyond the heaviest it is proportional
+    line = discharge.fit("pyr", [linear("pyr", "2026-01-01T00:00:00Z", 0.1, 20.0),
+                                 linear("pyr", "2026-01-02T00:00:00Z", 0.12, 40.0)])
+    assert line is not None
+    assert line.rate_at(30.0) == pytest.approx(0.11)  # inside the recorded loads: the line
+    assert line.rate_at(80.0) == pytest.approx(0.24)  # 0.12 x 80/40, above the line's 0.16
+
+
 def test_other_upses_outages_do_not_count() -> None:
     assert discharge.fit("sta", [linear("pyr", "2026-01-01T00:00:00Z", 0.1)]) is None
 
@@ -82,6 +99,10 @@ def test_the_estimate_is_monotone_in_charge_and_never_negative(specs: list[tuple
     model = model_of(specs)
     low, high = sorted((a, b))
     e_low, e_high = model.estimate(low, load), model.estimate(high, load)
+    if model.scattered:
+        assert e_low is None
+        assert e_high is None
+        return
     assert e_low is not None
     assert e_high is not None
     assert 0 <= e_low.seconds <= e_high.seconds
@@ -100,12 +121,46 @@ def test_uncertainty_shrinks_with_more_consistent_outages(rate: float, load: flo
     assert more.seconds == pytest.approx(fewer.seconds)
 
 
+@given(outage_sets, loads, loads)
+def test_a_heavier_load_never_gives_a_slower_fall(specs: list[tuple[float, float | None]], a: float | None,
+                                                       b: float | None) -> None:
+    if a is None or b is None:
+        return
+    model = model_of(specs)
+    light, heavy = sorted((a, b))
+    assert model.rate_at(heavy) >= model.rate_at(light)
+
+
 def test_inconsistent_outages_are_less_certain_than_consistent_ones() -> None:
     same = model_of([(0.1, 40.0)] * 4).estimate(80.0, 40.0)
     scattered = model_of([(0.05, 40.0), (0.15, 40.0), (0.1, 40.0), (0.1, 40.0)]).estimate(80.0, 40.0)
     assert same is not None
     assert scattered is not None
     assert scattered.uncertainty_s / scattered.seconds > same.uncertainty_s / same.seconds
+
+
+def test_scattered_outages_give_no_estimate_rather_than_a_bound_of_zero() -> None:
+    model = model_of([(0.1, 40.0), (0.1, 40.0), (1.0, 40.0)])  # one outage ten times faster than the others
+    assert model.scattered
+    assert model.estimate(100.0, 40.0) is None
+    assert model.estimate(100.0, None) is None
+
+
+@given(outage_sets, st.floats(min_value=50, max_value=100), loads)
+def test_a_scattered_history_never_bounds_the_runtime_at_zero(specs: list[tuple[float, float | None]], charge: float,
+                                                              load: float | None) -> None:
+    est = model_of(specs).estimate(charge, load)
+    assert est is None or est.conservative_s >= (1 - discharge.MAX_REL) * est.seconds > 0
+
+
+def test_status_says_why_a_scattered_model_gives_no_estimate() -> None:
+    from hecate.cli.runtime_lines import runtime_lines
+
+    row = {"name": "pyr", "polled": True, "reachable": True, "stale": False, "runtime_untrusted_reason": "missing",
+           "runtime_estimate": None, "triggers": ["low_battery", "fsd", "deadtime"], "discharge_recorded": 3,
+           "discharge_note": discharge.SCATTERED}
+    [line] = runtime_lines([row], {})
+    assert line.endswith("it triggers on LB, FSD, deadtime (3 outages recorded, outages too scattered to estimate)")
 
 
 garbage_numbers = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
@@ -120,7 +175,8 @@ def test_garbage_samples_never_raise(raw: list[tuple[float | None, float | None,
     model = discharge.fit("pyr", [Outage("pyr", "2026-01-01T00:00:00Z", samples)])
     if model is not None:
         est = model.estimate(charge, load, empty)
-        assert est is None or (0 <= est.conservative_s <= est.seconds and math.isfinite(est.seconds))
+        assert est is None or ((1 - discharge.MAX_REL) * est.seconds <= est.conservative_s <= est.seconds
+                               and math.isfinite(est.seconds))
 
 
 json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),

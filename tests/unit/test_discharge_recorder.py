@@ -74,18 +74,54 @@ def test_the_file_is_capped(tmp_path: Path) -> None:
     assert kept[-1].started_at == "2026-01-25T00:00:00Z"
 
 
-def test_a_corrupt_file_reads_as_empty_is_moved_aside_and_then_a_new_one_starts(
+def test_a_corrupt_file_reads_as_empty_is_moved_aside_at_the_next_write_and_then_a_new_one_starts(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = StateStore(tmp_path)
     store.discharge_path.write_bytes(b'{"version": 1, "ups": {"pyr": "torn')
     with caplog.at_level(logging.WARNING):
         assert OutageRecorder(store).models == {}
+    assert store.discharge_path.read_bytes().endswith(b"torn")  # reading moves nothing
+    assert any("discharge.json is corrupt" in w for w in store.warnings)
+    store.record_outages([outage("2026-01-01T00:00:00Z")])
     aside = list(tmp_path.glob("discharge.json.corrupt-*"))
     assert len(aside) == 1
     assert aside[0].read_bytes().endswith(b"torn")
-    assert any("discharge.json is corrupt" in w for w in store.warnings)
-    store.record_outages([outage("2026-01-01T00:00:00Z")])
+    assert any("moved it to" in w for w in store.warnings)
     assert list(store.load_discharge()) == ["pyr"]
+
+
+def test_a_direct_status_poll_leaves_a_corrupt_file_where_it_is(tmp_path: Path) -> None:
+    import socket
+
+    import yaml
+    from click.testing import CliRunner
+
+    from hecate.cli import cli
+
+    with socket.socket() as s:  # a port where nothing listens, and no daemon socket: status polls directly
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "hecate.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
+                                      "ups": [{"name": "pyr", "host": "127.0.0.1", "port": port}],
+                                      "metrics": {"socket": str(tmp_path / "hecate.sock")}}))
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "discharge.json").write_bytes(b"torn")
+    ran = CliRunner().invoke(cli, ["status", "--config", str(config), "--json"])
+    assert ran.exit_code == 3, ran.output
+    assert (state / "discharge.json").read_bytes() == b"torn"
+    assert not list(state.glob("discharge.json.corrupt-*"))
+
+
+def test_a_scattered_history_gives_no_estimate_and_says_why(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.record_outages([outage("2026-01-01T00:00:00Z", 0.1), outage("2026-01-02T00:00:00Z", 0.1),
+                          outage("2026-01-03T00:00:00Z", 1.0)])
+    rec = OutageRecorder(store)
+    assert rec.estimates([reading("OB DISCHRG", 100, 0)]) == {}
+    assert rec.note("pyr") == discharge.SCATTERED
+    assert rec.note("other") is None
 
 
 def test_a_file_that_cannot_be_read_is_not_overwritten(tmp_path: Path) -> None:
@@ -145,3 +181,30 @@ def test_the_monitor_records_an_outage_off_its_poll_and_learns_from_it(tmp_path:
     assert est.seconds == pytest.approx(50.0)
     assert est.outages == 1
     assert decisions == []
+
+
+class BrokenModel(OutageRecorder):
+    def estimates(self, snapshots: object) -> dict[str, discharge.RuntimeEstimate]:
+        raise ZeroDivisionError("a model that fails")
+
+
+def test_a_failing_model_never_stops_a_poll_from_deciding(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = HecateConfig.model_validate({"state_dir": str(tmp_path / "state"),
+                                          "ups": [{"name": "pyr", "host": "127.0.0.1"}]})
+    decisions: list[trigger.Decision] = []
+
+    async def handler(d: trigger.Decision, b: Budget) -> None:
+        decisions.append(d)
+
+    reader = Reader()
+    monitor = Monitor(config, reader, StateStore(config.state_dir), handler)
+    monitor.outages = BrokenModel(monitor.store)
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(monitor.poll_once())
+        reader.status = "OB DISCHRG LB"
+        outcome = asyncio.run(monitor.poll_once())
+    assert outcome.shutdown is not None
+    assert outcome.shutdown.reason is trigger.Reason.low_battery
+    assert [d.reason for d in decisions] == [trigger.Reason.low_battery]
+    assert monitor.view.estimates == {}
+    assert sum("discharge model's estimates failed" in r.message for r in caplog.records) == 1  # logged once

@@ -289,9 +289,14 @@ class StateStore:
         return self.dir / DISCHARGE_FILE
 
     def load_discharge(self) -> dict[str, list[discharge.Outage]]:
-        """The recorded outages per UPS, oldest first; a corrupt file is moved aside and reads as empty."""
-        with self._file_lock(DISCHARGE_FILE):
-            return self._load_discharge_locked()[0]
+        """The recorded outages per UPS, oldest first. A read that changes nothing (no lock: writes are atomic
+        renames), so a one-shot ``hecate status`` may call it: a corrupt file reads as empty and stays where it
+        is (reported) until the next recorded outage moves it aside."""
+        history, _, why = self._read_discharge()
+        if why is not None:
+            self._report(f"{self.discharge_path} is corrupt ({why}); the discharge model starts empty (the file "
+                         "is moved aside when the next outage is recorded)")
+        return history
 
     def record_outages(self, outages: list[discharge.Outage]) -> dict[str, list[discharge.Outage]]:
         """Add (or replace: same UPS and start) outages, capped (:func:`hecate.domain.discharge.merge`); the
@@ -313,19 +318,26 @@ class StateStore:
             self.write_ok(DISCHARGE)
             return merged
 
-    def _load_discharge_locked(self) -> tuple[dict[str, list[discharge.Outage]], bool]:
-        """The history, and whether the file may be written (False: it is there but could not be read)."""
+    def _read_discharge(self) -> tuple[dict[str, list[discharge.Outage]], bool, str | None]:
+        """The history; whether the file may be written (False: it is there but could not be read); why it is
+        corrupt (None: it is not)."""
         try:
             raw = read_nofollow(self.discharge_path)
         except FileNotFoundError:
-            return {}, True
+            return {}, True, None
         except OSError as err:
             self._report(f"{self.discharge_path} cannot be read ({err}); the discharge model starts empty")
-            return {}, False
+            return {}, False, None
         try:
-            return discharge.parse(raw), True
+            return discharge.parse(raw), True, None
         except discharge.Corrupt as err:
-            why = str(err)
+            return {}, True, str(err)
+
+    def _load_discharge_locked(self) -> tuple[dict[str, list[discharge.Outage]], bool]:
+        """The history before a write, and whether the file may be written; a corrupt one is moved aside."""
+        history, writable, why = self._read_discharge()
+        if why is None:
+            return history, writable
         try:
             aside = move_aside(self.discharge_path)
         except OSError as err:

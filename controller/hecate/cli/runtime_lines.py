@@ -33,5 +33,6 @@ def runtime_lines(ups: list[dict[str, Any]], trig: dict[str, Any]) -> list[str]:
                 named.append(TRIGGER_TEXT.get(t, t))
         learned = u.get("discharge_recorded")
         lines.append(f"Runtime:   {u['name']}: {what}; it triggers on {', '.join(named)}"
-                     + (f" ({learned} outages recorded, none long enough to learn from)" if learned else ""))
+                     + (f" ({learned} outages recorded, {u.get('discharge_note') or 'none long enough to learn from'})"
+                        if learned else ""))
     return lines

@@ -19,14 +19,18 @@ The model, per UPS (docs/decisions.md, "The learned discharge model"):
   apart (a negative slope -- more load, slower fall -- is noise: the line is then flat);
   otherwise the rate is the mean of the outages' rates. The rate used is never below
   :data:`RATE_FLOOR_FRACTION` of the fastest recorded one (a line extrapolated to a light
-  load cannot promise an endless battery); with no load reading now, it is the fastest.
+  load cannot promise an endless battery); above the heaviest recorded load it is at least the
+  rate at that load times load / heaviest (a flat model, learned at one load, scales too); with
+  no load reading now, it is the fastest.
 * **The estimate** is ``(charge - empty) / rate``: ``empty`` is the charge at which the UPS
   reports low battery (``battery.charge.low``) when it says, else 0 %.
 * **The uncertainty** is the estimate times a relative error ``sqrt(spread^2 + PRIOR^2 / n)``:
   ``spread`` is the RMS of the outages' relative deviations from the model, and the prior
   term (:data:`PRIOR_REL`) stands for what few outages cannot show (one outage: +-30 %),
   shrinking as consistent outages add up. The trigger uses the conservative bound, the
-  estimate minus its uncertainty.
+  estimate minus its uncertainty. At :data:`MAX_REL` or more the outages disagree too much
+  to say anything: the model gives no estimate (:attr:`Model.scattered`), and the UPS keeps
+  the triggers it has without a runtime.
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ MIN_DROP_PCT = 3.0
 MIN_LOAD_RANGE_PCT = 5.0
 RATE_FLOOR_FRACTION = 0.25
 PRIOR_REL = 0.3
-MAX_REL = 1.0
-"""The relative uncertainty is capped here: the conservative bound is then 0 (no trust at all)."""
+MAX_REL = 0.5
+"""At this relative uncertainty or more there is no estimate: a bound of less than half the estimate (down to
+0, which would trigger at once) says the outages disagree, not how long the battery lasts."""
+SCATTERED = "outages too scattered to estimate"
 
 
 class Corrupt(ValueError):
@@ -119,16 +125,31 @@ class Model:
     """%/s per load percent (0: flat)."""
     rel_uncertainty: float
 
+    @property
+    def scattered(self) -> bool:
+        """The outages disagree too much (:data:`MAX_REL`): the model gives no estimate."""
+        return self.rel_uncertainty >= MAX_REL
+
     def rate_at(self, load_pct: float | None) -> float:
+        """The fall rate at ``load_pct``: along the line (floored at :data:`RATE_FLOOR_FRACTION` of the fastest
+        recorded rate); above the heaviest recorded load, at least the rate there scaled by load / that load (a
+        flat model learned at one load knows nothing of a heavier one); with no load, the fastest."""
         fastest = max(r.rate_pct_per_s for r in self.rates)
         if load_pct is None or not math.isfinite(load_pct):
             return fastest
-        return max(self.intercept + self.slope * load_pct, RATE_FLOOR_FRACTION * fastest)
+        rate = max(self.intercept + self.slope * load_pct, RATE_FLOOR_FRACTION * fastest)
+        heaviest = max((r.load_pct for r in self.rates if r.load_pct is not None), default=None)
+        if heaviest is not None and load_pct > heaviest:
+            at_heaviest = max(self.intercept + self.slope * heaviest, RATE_FLOOR_FRACTION * fastest)
+            rate = max(rate, at_heaviest * load_pct / max(heaviest, 1.0))
+        return rate
 
     def estimate(self, charge_pct: float | None, load_pct: float | None, empty_pct: float | None = None) -> \
             RuntimeEstimate | None:
         """The runtime from ``charge_pct`` at ``load_pct`` down to ``empty_pct`` (None: 0 %); None without a
-        usable charge."""
+        usable charge, or when the model is :attr:`scattered`."""
+        if self.scattered:
+            return None
         if charge_pct is None or not math.isfinite(charge_pct) or not 0 <= charge_pct <= 100:
             return None
         empty = empty_pct if empty_pct is not None and math.isfinite(empty_pct) and 0 <= empty_pct < 100 else 0.0
@@ -190,7 +211,7 @@ def fit(ups: str, outages: Iterable[Outage]) -> Model | None:
     model = Model(ups, used, intercept, slope, 0.0)
     deviations = [r.rate_pct_per_s / model.rate_at(r.load_pct if slope else 0.0) - 1 for r in used]
     spread = math.sqrt(sum(d * d for d in deviations) / len(deviations))
-    rel = min(MAX_REL, math.sqrt(spread ** 2 + PRIOR_REL ** 2 / len(used)))
+    rel = math.sqrt(spread ** 2 + PRIOR_REL ** 2 / len(used))
     return Model(ups, used, intercept, slope, rel)
 
 

@@ -7,8 +7,10 @@ is over and goes to the state dir's ``discharge.json``. An outage that decided a
 is also written at the decision and when its run ends (the host may power off before the
 mains come back): each later write of the same outage replaces the earlier one.
 
-Writes run in a thread (:meth:`OutageRecorder.save`), one at a time, and never raise: a
-poll, or a decided shutdown, never waits for them. The store counts a failed write
+The history is read once, when the recorder is made, without side effects (no lock, a corrupt
+file stays where it is): ``hecate status`` polling directly makes one too. Writes run in a
+thread (:meth:`OutageRecorder.save`), one at a time, and never raise: a poll, or a decided
+shutdown, never waits for them. The store counts a failed write
 (``discharge`` in ``hecate_state_write_errors_total``).
 """
 
@@ -92,6 +94,12 @@ class OutageRecorder:
             if estimate is not None:
                 out[snap.ups] = estimate
         return out
+
+    def note(self, ups: str) -> str | None:
+        """Why the UPS's model gives no estimate though it has outages to learn from (None: it does, or none
+        counts)."""
+        model = self.models.get(ups)
+        return discharge.SCATTERED if model is not None and model.scattered else None
 
     def save(self, outages: list[discharge.Outage]) -> None:
         """Write ``outages`` in the background (in order, one write at a time); the models follow."""

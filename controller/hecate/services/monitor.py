@@ -91,6 +91,7 @@ class Monitor:
                                         config.trigger.safety_factor, config.trigger.min_budget_s)
         self.refresh_budget()
         self.outages = OutageRecorder(store)
+        self._estimates_failed = False
         self._was_busy = False
 
     # -- the configuration in force -----------------------------------------------------
@@ -177,7 +178,7 @@ class Monitor:
         timeout = self.read_timeout()
         snapshots: Sequence[Snapshot] = await asyncio.gather(*(self.reader.read(u, timeout) for u in self.config.ups))
         now = self.clock()
-        self.view.estimates = self.outages.estimates(snapshots)
+        self.view.estimates = self._estimates(snapshots)
         state, outcome = trigger.decide(self.view.state, snapshots, self.thresholds(), now)
         self.view.snapshots = {s.ups: s for s in snapshots}
         self.view.state, self.view.outcome = state, outcome
@@ -204,6 +205,19 @@ class Monitor:
             self.clear_latch()
         self._record_outages(snapshots, now, outcome)
         return outcome
+
+    def _estimates(self, snapshots: Sequence[Snapshot]) -> dict[str, discharge.RuntimeEstimate]:
+        """The discharge model's estimates; none when it fails (logged once until it works again): the
+        decision never waits on the model, LB, FSD and the other triggers still decide."""
+        try:
+            estimates = self.outages.estimates(snapshots)
+        except Exception:  # the model is an extra: a poll decides without it
+            if not self._estimates_failed:
+                log.exception("the discharge model's estimates failed; deciding without them")
+            self._estimates_failed = True
+            return {}
+        self._estimates_failed = False
+        return estimates
 
     def _record_outages(self, snapshots: Sequence[Snapshot], now: float, outcome: trigger.Outcome) -> None:
         """Outages that ended go to the history; at a fresh decision, and when the run it started ends, the
