@@ -409,12 +409,13 @@ def supervise(node_dir: Path) -> int:
         _record(node_dir, "boot")
         rc = proc.wait()
     stopping = (node_dir / STOPPING_MARK).exists()
-    _record(node_dir, "killed" if stopping else "off", rc)
     with contextlib.suppress(OSError, ValueError):
         state = nodestate.read_state(node_dir)
         state["power"] = "off"
         state["services"] = dict.fromkeys(state.get("services", {}), "inactive")
         nodestate.write_state(node_dir, state)
+    # After the state: whoever sees the end in the power log finds the node's state off too.
+    _record(node_dir, "killed" if stopping else "off", rc)
     _remove_cgroups(name)
     return 0
 

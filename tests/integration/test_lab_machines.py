@@ -119,7 +119,9 @@ def test_a_machine_has_real_sshd_narrow_sudo_disabled_k3s_and_a_poweroff_that_en
     off = ssh(lab, node, "sudo -n systemctl poweroff")
     assert off.returncode in (0, 255), off  # the reply, or the session cut by the power-off
     deadline = time.monotonic() + 20
-    while machines.pid1(node) is not None and time.monotonic() < deadline:
+    # The machine's end is recorded by its supervisor after PID 1 is gone: wait for the record too.
+    while ((machines.pid1(node) is not None or len(machines.power_events(node)) < 2)
+           and time.monotonic() < deadline):
         time.sleep(0.05)
     assert machines.pid1(node) is None, "the machine did not power off"
     assert [e["event"] for e in machines.power_events(node)] == ["boot", "off"]
