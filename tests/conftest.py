@@ -1,5 +1,5 @@
 """Shared fixtures: a whole lab (real upsd, real sshd nodes, emulated API), always torn down; a fake daemon
-socket; a small tmpfs to fill up or remount read-only, always unmounted."""
+socket; a small tmpfs to fill up or remount read-only, always unmounted; a daemon scraped by a real Prometheus."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+import yaml
 
 from hecate.domain.plan import Stage
 from hecate.domain.runs import RunRecord, StageRecord
 from hecate.services.executor import StepOutcome
+from hecate_lab import prometheus
 from hecate_lab import wheelhouse as wheelhouse_mod
 from hecate_lab.cluster_sim import Delays
+from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
 from hecate_lab.testbed import Lab, LabSpec
 from hecate_lab.ups import LabUps, start_ups
 
@@ -59,6 +63,30 @@ def wheelhouse() -> Path:
     """Wheels of this checkout's product and its dependencies (built once, cached by content), for
     offline installs: ``pip install --no-index --find-links <wheelhouse> hecate``."""
     return wheelhouse_mod.build()
+
+
+@contextlib.contextmanager
+def scraped_daemon(root: Path, ups: LabUps, rule_files: list[Path], **config: Any) -> Iterator[
+        tuple[int, prometheus.Prometheus]]:
+    """A Hecate daemon polling ``ups`` (``config`` laid over a minimal hecate.yaml in ``root``) and a real
+    Prometheus scraping it every second with ``rule_files``; its metrics port and the server, once a scrape
+    succeeded. Both are stopped on the way out, also when the test fails."""
+    port = free_port()
+    path = root / "hecate.yaml"
+    path.write_text(yaml.safe_dump({
+        "host_name": "titan-db", "state_dir": str(root / "state"),
+        "ups": [{"name": ups.name, "host": ups.host, "port": ups.port}],
+        "metrics": {"listen": f"127.0.0.1:{port}", "socket": str(root / "run" / "hecate.sock")}, **config}))
+    daemon = start_daemon(path, log=root / "daemon.log")
+    server = None
+    try:
+        server = prometheus.start(root / "prometheus", [f"127.0.0.1:{port}"], rule_files=rule_files)
+        wait_for(server.targets_up, 20, "prometheus to scrape the daemon", root / "daemon.log")
+        yield port, server
+    finally:
+        if server is not None:
+            server.stop()
+        stop_daemon(daemon, timeout=10)
 
 
 def coordinator_lab_spec(wheelhouse: Path) -> LabSpec:

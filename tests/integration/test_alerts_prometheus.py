@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import scraped_daemon
 from hecate_lab import prometheus
-from hecate_lab.procs import free_port, start_daemon, stop_daemon, wait_for
+from hecate_lab.procs import wait_for
 from hecate_lab.ups import LabUps, start_ups
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90),
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90),
 RULES = Path(__file__).resolve().parents[2] / "host" / "prometheus" / "hecate-alerts.rules.yaml"
 ALERT = "HecateUpsOnBattery"
 FOR_S = 2.0
-SCRAPE_S = 1.0
+SCRAPE_S = 1.0  # scraped_daemon: Prometheus scrapes and evaluates every second
 POLL_S = 0.2  # the daemon's poll on mains and on battery: what upsd says reaches /metrics within it
 
 
@@ -56,26 +57,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """upsd + dummy-ups, a daemon polling it, and Prometheus scraping the daemon with the rules; all stopped."""
     root = tmp_path_factory.mktemp("alerts")
     ups = start_ups(root, "pyrphoros")
-    daemon = prom = None
     try:
-        port = free_port()
-        config = root / "hecate.yaml"
-        config.write_text(yaml.safe_dump({
-            "host_name": "titan-db", "state_dir": str(root / "state"),
-            "ups": [{"name": ups.name, "host": ups.host, "port": ups.port}],
-            "trigger": {"poll_interval_s": POLL_S, "poll_interval_on_battery_s": POLL_S},
-            "metrics": {"listen": f"127.0.0.1:{port}", "socket": str(root / "run" / "hecate.sock")},
-        }))
-        daemon = start_daemon(config, log=root / "daemon.log")
         rules = short_for(root)
-        prom = prometheus.start(root / "prometheus", [f"127.0.0.1:{port}"], rule_files=[rules],
-                                scrape_interval_s=SCRAPE_S, evaluation_interval_s=1.0)
-        wait_for(prom.targets_up, 20, "prometheus to scrape the daemon", root / "daemon.log")
-        yield Stack(ups, prom, yaml.safe_load(rules.read_text()))
+        with scraped_daemon(root, ups, [rules], trigger={"poll_interval_s": POLL_S,
+                                                         "poll_interval_on_battery_s": POLL_S}) as (_, prom):
+            yield Stack(ups, prom, yaml.safe_load(rules.read_text()))
     finally:
-        if prom is not None:
-            prom.stop()
-        stop_daemon(daemon, timeout=10)
         ups.stop()
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import dashboard
+from conftest import scraped_daemon
 from hecate.adapters.store import StateStore
 from hecate.domain.runs import RunKind, RunRecord, RunResult
 from hecate_lab import prometheus
-from hecate_lab.procs import free_port, http_get, start_daemon, stop_daemon, wait_for
+from hecate_lab.procs import free_port, http_get, wait_for
 from hecate_lab.ups import start_ups
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -64,40 +64,25 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         pytest.skip("prometheus is not installed (the setup installs the Debian package 'prometheus')")
     tmp = tmp_path_factory.mktemp("dashboard")
     ups = start_ups(tmp, "pyrphoros")
-    proc = server = None
     try:
         # An executed startup already in the history: hecate_last_run_duration_seconds covers executed runs only.
         started = datetime.now(UTC) - timedelta(hours=1)
         StateStore(tmp / "state").append_run(RunRecord(
             id="startup-seeded", kind=RunKind.startup, dry_run=False, started_at=started,
             finished_at=started + timedelta(seconds=95), duration_s=95.0, result=RunResult.success))
-        port = free_port()
-        config = tmp / "hecate.yaml"
-        config.write_text(yaml.safe_dump({
-            "host_name": "titan-db",
-            "state_dir": str(tmp / "state"),
-            "ups": [{"name": ups.name, "host": ups.host, "port": ups.port}],
-            "trigger": {"poll_interval_s": 0.5, "poll_interval_on_battery_s": 0.2, "debounce_polls": 2},
-            "metrics": {"listen": f"127.0.0.1:{port}", "socket": str(tmp / "run" / "hecate.sock")},
-            "peer": {"listen": f"127.0.0.1:{free_port()}"},
-        }))
-        proc = start_daemon(config, log=tmp / "daemon.log")
         rules = tmp / "probe-rules.yaml"
         rules.write_text(PROBE_RULES)
-        server = prometheus.start(tmp / "prometheus", [f"127.0.0.1:{port}"], rule_files=[rules])
-        wait_for(server.targets_up, 20, "prometheus to scrape the daemon", tmp / "daemon.log")
-
-        ups.set(ups_status="OB LB DISCHRG", battery_runtime=42, battery_charge=12)
-        wait_for(lambda: server.query('hecate_runs_total{kind="shutdown", dry_run="true"}'), 20,
-                 "the daemon to decide, record the dry-run and prometheus to scrape it", tmp / "daemon.log")
-        wait_for(lambda: server.query('ALERTS{alertname="HecateDashboardProbe", alertstate="firing"}'), 10,
-                 "the probe alert to fire")
-        wait_for(lambda: not empty_queries(server), 10, "every query to return data")
-        yield Scraped(server, http_get(port, "/metrics")[1].decode())
+        with scraped_daemon(tmp, ups, [rules], peer={"listen": f"127.0.0.1:{free_port()}"},
+                            trigger={"poll_interval_s": 0.5, "poll_interval_on_battery_s": 0.2,
+                                     "debounce_polls": 2}) as (port, server):
+            ups.set(ups_status="OB LB DISCHRG", battery_runtime=42, battery_charge=12)
+            wait_for(lambda: server.query('hecate_runs_total{kind="shutdown", dry_run="true"}'), 20,
+                     "the daemon to decide, record the dry-run and prometheus to scrape it", tmp / "daemon.log")
+            wait_for(lambda: server.query('ALERTS{alertname="HecateDashboardProbe", alertstate="firing"}'), 10,
+                     "the probe alert to fire")
+            wait_for(lambda: not empty_queries(server), 10, "every query to return data")
+            yield Scraped(server, http_get(port, "/metrics")[1].decode())
     finally:
-        if server is not None:
-            server.stop()
-        stop_daemon(proc, timeout=10)
         ups.stop()
 
 
